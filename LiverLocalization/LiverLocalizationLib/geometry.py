@@ -1,0 +1,106 @@
+"""Physical geometry helpers: LPS/RAS, points and indices, voxel volume, image checks.
+
+The library's world coordinates are LPS millimetres (ITK/SimpleITK); RAS only at the boundaries.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+
+
+def lps_to_ras(point) -> np.ndarray:
+    """Convert a point (or an (n, 3) array of points) from LPS to RAS millimetres (and back: it is its own inverse)."""
+    return np.asarray(point, dtype=float) * np.array([-1.0, -1.0, 1.0])
+
+
+ras_to_lps = lps_to_ras
+
+
+def direction_matrix(image: sitk.Image) -> np.ndarray:
+    """The image's 3×3 direction cosine matrix (columns = index axes in LPS)."""
+    return np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
+
+
+def voxel_volume_ml(image: sitk.Image) -> float:
+    """Volume of one voxel in millilitres."""
+    return float(np.prod(image.GetSpacing())) / 1000.0
+
+
+def index_to_lps(image: sitk.Image, index_xyz) -> np.ndarray:
+    """Continuous (x, y, z) indices, shape (3,) or (n, 3), to LPS mm."""
+    idx = np.asarray(index_xyz, dtype=float)
+    m = direction_matrix(image) * np.asarray(image.GetSpacing(), dtype=float)[None, :]
+    return idx @ m.T + np.asarray(image.GetOrigin(), dtype=float)
+
+
+def lps_to_index(image: sitk.Image, point_lps) -> np.ndarray:
+    """LPS mm, shape (3,) or (n, 3), to continuous (x, y, z) indices."""
+    p = np.asarray(point_lps, dtype=float) - np.asarray(image.GetOrigin(), dtype=float)
+    m = direction_matrix(image) * np.asarray(image.GetSpacing(), dtype=float)[None, :]
+    return p @ np.linalg.inv(m).T
+
+
+def voxel_centers_lps(image: sitk.Image, zyx_indices: np.ndarray) -> np.ndarray:
+    """LPS mm of voxel centres given as an (n, 3) array of [z, y, x] array indices (numpy order)."""
+    return index_to_lps(image, np.asarray(zyx_indices, dtype=float)[:, ::-1])
+
+
+def physical_grid_lps(image: sitk.Image, dtype=np.float32) -> np.ndarray:
+    """LPS coordinates of every voxel centre, shape (nz, ny, nx, 3). Memory: 12 bytes per voxel."""
+    nx, ny, nz = image.GetSize()
+    m = direction_matrix(image) * np.asarray(image.GetSpacing(), dtype=float)[None, :]
+    origin = np.asarray(image.GetOrigin(), dtype=float)
+    k, j, i = np.meshgrid(np.arange(nz), np.arange(ny), np.arange(nx), indexing="ij")
+    out = np.empty((nz, ny, nx, 3), dtype=dtype)
+    for axis in range(3):
+        out[..., axis] = origin[axis] + m[axis, 0] * i + m[axis, 1] * j + m[axis, 2] * k
+    return out
+
+
+def same_geometry(a: sitk.Image, b: sitk.Image, tolerance: float = 1e-4) -> bool:
+    """True when two images share size, spacing, origin and direction (within tolerance in mm)."""
+    return (
+        a.GetSize() == b.GetSize()
+        and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tolerance)
+        and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tolerance)
+        and np.allclose(a.GetDirection(), b.GetDirection(), atol=tolerance)
+    )
+
+
+def require_same_geometry(image: sitk.Image, reference: sitk.Image, what: str) -> None:
+    """Raise InputError when `image` (called `what`) does not share `reference`'s voxel grid."""
+    if not same_geometry(image, reference):
+        raise InputError(
+            f"{what} does not have the CT's geometry (size {image.GetSize()} vs {reference.GetSize()}, "
+            f"spacing {tuple(round(s, 3) for s in image.GetSpacing())} vs "
+            f"{tuple(round(s, 3) for s in reference.GetSpacing())}, origin or direction differ). "
+            "Resample it onto the CT first (e.g. Slicer's Resample Scalar/Vector/DWI Volume, or export the "
+            "segmentation with the CT as reference geometry)."
+        )
+
+
+def copy_geometry(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    """A SimpleITK image from a [z, y, x] array with the reference image's geometry."""
+    image = sitk.GetImageFromArray(array)
+    image.CopyInformation(reference)
+    return image
+
+
+def resample_to_spacing(image: sitk.Image, spacing_mm, interpolator=sitk.sitkLinear, default_value: float = 0.0) -> sitk.Image:
+    """Resample onto a grid of the given spacing covering the same physical extent and direction."""
+    spacing_mm = np.broadcast_to(np.asarray(spacing_mm, dtype=float), (3,))
+    old_spacing = np.asarray(image.GetSpacing(), dtype=float)
+    old_size = np.asarray(image.GetSize(), dtype=float)
+    new_size = np.maximum(1, np.round(old_size * old_spacing / spacing_mm)).astype(int)
+    # keep the physical extent centred: first voxel centre shifts by half the spacing change
+    shift = (spacing_mm - old_spacing) / 2.0
+    origin = np.asarray(image.GetOrigin()) + direction_matrix(image) @ shift
+    return sitk.Resample(
+        image, [int(s) for s in new_size], sitk.Transform(), interpolator, tuple(origin),
+        tuple(float(s) for s in spacing_mm), image.GetDirection(), default_value, image.GetPixelID(),
+    )

@@ -1,0 +1,95 @@
+"""Label values, segment names, colours and SNOMED CT codes used by every label map and report.
+
+Codes follow domain.md §3 (SNOMED CT, as used by Slicer's terminologies).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Tissue label map written by the pipeline (tissue.nii.gz)
+BACKGROUND = 0
+PARENCHYMA = 1
+LESION = 2
+VESSEL = 3
+TISSUE_NAMES = {BACKGROUND: "background", PARENCHYMA: "liver parenchyma", LESION: "lesion", VESSEL: "vessel"}
+
+# Ground-truth tissue label map of the phantom (truth_tissue.nii.gz)
+TRUTH_PARENCHYMA = 1
+TRUTH_LESION = 2
+TRUTH_HEPATIC_VEIN = 3
+TRUTH_PORTAL_VEIN = 4
+TRUTH_IVC = 5
+
+# Couinaud segments: label value k (1..8) is segment ROMAN[k]
+COUINAUD_ROMAN = {1: "I", 2: "II", 3: "III", 4: "IV", 5: "V", 6: "VI", 7: "VII", 8: "VIII"}
+COUINAUD_LABELS = tuple(COUINAUD_ROMAN)
+
+# Landmark names (Slicer markups control-point labels), domain.md §1
+LANDMARK_NAMES = ("IVC", "IVC_inferior", "RHV", "MHV", "LHV", "RPV", "LPV", "UP")
+REQUIRED_LANDMARKS = ("IVC", "RHV", "MHV", "LHV", "RPV", "LPV")
+OPTIONAL_LANDMARKS = ("IVC_inferior", "UP")
+HEPATIC_VEIN_LANDMARKS = ("RHV", "MHV", "LHV")
+PORTAL_VEIN_LANDMARKS = ("RPV", "LPV", "UP")
+
+# Lesion kinds the classifier knows
+LESION_KINDS = ("cyst", "haemangioma", "metastasis", "hcc")
+MALIGNANT_KINDS = frozenset({"metastasis", "hcc"})
+
+
+@dataclass(frozen=True)
+class Code:
+    """A coded concept: (coding scheme, code value, code meaning)."""
+
+    scheme: str
+    value: str
+    meaning: str
+
+
+ANATOMICAL_STRUCTURE = Code("SCT", "123037004", "Anatomical Structure")
+MORPHOLOGICALLY_ALTERED_STRUCTURE = Code("SCT", "49755003", "Morphologically Altered Structure")
+
+
+@dataclass(frozen=True)
+class SegmentStyle:
+    """How a structure appears as a Slicer segment: name, colour (0..1 RGB) and terminology."""
+
+    name: str
+    color: tuple[float, float, float]
+    category: Code
+    type: Code
+
+
+def _sct(value: str, meaning: str) -> Code:
+    return Code("SCT", value, meaning)
+
+
+LIVER = SegmentStyle("Liver", (0.87, 0.51, 0.38), ANATOMICAL_STRUCTURE, _sct("10200004", "Liver"))
+VESSELS = SegmentStyle("Liver vessels", (0.0, 0.59, 0.81), ANATOMICAL_STRUCTURE, _sct("32764006", "Portal vein"))
+PORTAL_VEIN = SegmentStyle("Portal vein", (0.0, 0.59, 0.81), ANATOMICAL_STRUCTURE, _sct("32764006", "Portal vein"))
+HEPATIC_VEIN = SegmentStyle("Hepatic vein", (0.0, 0.35, 0.78), ANATOMICAL_STRUCTURE, _sct("8993003", "Hepatic vein"))
+IVC = SegmentStyle("Inferior vena cava", (0.0, 0.2, 0.6), ANATOMICAL_STRUCTURE, _sct("64131007", "Inferior vena cava"))
+LESION_STYLE = SegmentStyle("Lesion", (0.9, 0.9, 0.1), MORPHOLOGICALLY_ALTERED_STRUCTURE, _sct("52988006", "Lesion"))
+NEOPLASM_STYLE = SegmentStyle("Neoplasm", (0.9, 0.2, 0.2), MORPHOLOGICALLY_ALTERED_STRUCTURE, _sct("108369006", "Neoplasm"))
+CYST_STYLE = SegmentStyle("Cyst", (0.6, 0.9, 1.0), MORPHOLOGICALLY_ALTERED_STRUCTURE, _sct("441457006", "Cyst"))
+
+# Couinaud segments with distinct colours (a qualitative palette readable on CT)
+COUINAUD_STYLES = {
+    1: SegmentStyle("Couinaud I", (0.65, 0.34, 0.16), ANATOMICAL_STRUCTURE, _sct("71133005", "Caudate lobe of liver")),
+    2: SegmentStyle("Couinaud II", (0.89, 0.10, 0.11), ANATOMICAL_STRUCTURE, _sct("277956007", "Hepatic segment II")),
+    3: SegmentStyle("Couinaud III", (0.22, 0.49, 0.72), ANATOMICAL_STRUCTURE, _sct("277957003", "Hepatic segment III")),
+    4: SegmentStyle("Couinaud IV", (0.30, 0.69, 0.29), ANATOMICAL_STRUCTURE, _sct("277958008", "Hepatic segment IV")),
+    5: SegmentStyle("Couinaud V", (0.60, 0.31, 0.64), ANATOMICAL_STRUCTURE, _sct("277959000", "Hepatic segment V")),
+    6: SegmentStyle("Couinaud VI", (1.00, 0.50, 0.00), ANATOMICAL_STRUCTURE, _sct("277960005", "Hepatic segment VI")),
+    7: SegmentStyle("Couinaud VII", (1.00, 1.00, 0.20), ANATOMICAL_STRUCTURE, _sct("277961009", "Hepatic segment VII")),
+    8: SegmentStyle("Couinaud VIII", (0.97, 0.51, 0.75), ANATOMICAL_STRUCTURE, _sct("277962002", "Hepatic segment VIII")),
+}
+
+
+def lesion_style(kind: str | None) -> SegmentStyle:
+    """Segment style for a lesion of a classified kind (None: not classified)."""
+    if kind == "cyst":
+        return CYST_STYLE
+    if kind in MALIGNANT_KINDS:
+        return NEOPLASM_STYLE
+    return LESION_STYLE

@@ -1,0 +1,127 @@
+"""Image and markups I/O round trips keep geometry exactly; bad files give clear errors."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from LiverLocalizationLib import geometry, io
+from LiverLocalizationLib.errors import InputError
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def rotated_image(pixel=sitk.sitkInt16):
+    img = sitk.Image(20, 16, 12, pixel)
+    img.SetSpacing((0.7, 0.8, 2.5))
+    img.SetOrigin((-12.5, 30.25, 101.0))
+    rot = sitk.VersorTransform((0.2, -0.1, 0.3), 0.4)  # axis, angle (rad)
+    img.SetDirection(rot.GetMatrix())
+    arr = np.random.default_rng(0).integers(-1000, 1000, size=(12, 16, 20)).astype(np.int16)
+    out = sitk.GetImageFromArray(arr)
+    out.CopyInformation(img)
+    return out
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha"])
+def test_image_round_trip_keeps_rotated_geometry(tmp_path, suffix):
+    img = rotated_image()
+    path = io.write_image(img, tmp_path / f"x{suffix}")
+    back = io.read_image(path)
+    assert back.GetSize() == img.GetSize()
+    np.testing.assert_allclose(back.GetSpacing(), img.GetSpacing(), atol=1e-6)
+    np.testing.assert_allclose(back.GetOrigin(), img.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(back.GetDirection(), img.GetDirection(), atol=1e-5)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(img))
+
+
+def test_index_and_physical_points_agree_with_simpleitk():
+    img = rotated_image()
+    idx = np.array([[3, 5, 7], [0, 0, 0], [19, 15, 11]], float)
+    ours = geometry.index_to_lps(img, idx)
+    theirs = np.array([img.TransformContinuousIndexToPhysicalPoint(tuple(i)) for i in idx])
+    np.testing.assert_allclose(ours, theirs, atol=1e-9)
+    np.testing.assert_allclose(geometry.lps_to_index(img, ours), idx, atol=1e-9)
+    grid = geometry.physical_grid_lps(img, dtype=np.float64)
+    np.testing.assert_allclose(grid[7, 5, 3], theirs[0], atol=1e-9)
+
+
+def test_markups_round_trip_lps_and_ras(tmp_path):
+    pts = {"IVC": np.array([10.0, -20.5, 30.25]), "RHV": np.array([-40.0, 5.0, 60.0])}
+    for system in ("LPS", "RAS"):
+        path = io.write_markups(tmp_path / f"l_{system}.mrk.json", pts, coordinate_system=system)
+        doc = json.loads(path.read_text())
+        assert doc["markups"][0]["coordinateSystem"] == system
+        stored = doc["markups"][0]["controlPoints"][0]["position"]
+        expected = pts["IVC"] * (np.array([-1, -1, 1]) if system == "RAS" else 1)
+        np.testing.assert_allclose(stored, expected)
+        back = io.read_markups(path)
+        assert set(back) == set(pts)
+        for k in pts:
+            np.testing.assert_allclose(back[k], pts[k], atol=1e-4)
+
+
+def test_markups_errors(tmp_path):
+    bad = tmp_path / "bad.mrk.json"
+    bad.write_text("{not json")
+    with pytest.raises(InputError, match="not a Slicer markups JSON"):
+        io.read_markups(bad)
+    dup = tmp_path / "dup.mrk.json"
+    io.write_markups(dup, {"IVC": np.zeros(3)})
+    doc = json.loads(dup.read_text())
+    doc["markups"][0]["controlPoints"].append(dict(doc["markups"][0]["controlPoints"][0]))
+    dup.write_text(json.dumps(doc))
+    with pytest.raises(InputError, match="'IVC' appears twice"):
+        io.read_markups(dup)
+    with pytest.raises(InputError, match="no such markups file"):
+        io.read_markups(tmp_path / "missing.mrk.json")
+
+
+def test_read_image_errors(tmp_path):
+    with pytest.raises(InputError, match="no such file"):
+        io.read_image(tmp_path / "nope.nii.gz")
+    junk = tmp_path / "junk.nii.gz"
+    junk.write_bytes(b"this is not an image")
+    with pytest.raises(InputError, match="cannot be read as an image"):
+        io.read_image(junk)
+    with pytest.raises(InputError, match="no DICOM series"):
+        io.read_image(tmp_path)
+
+
+def ct_like(size=(32, 32, 16)):
+    arr = np.full(size[::-1], -1000, np.float32)
+    arr[4:-4, 6:-6, 6:-6] = 100
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing((1.0, 1.0, 2.0))
+    return img
+
+
+def test_validate_ct_accepts_ct_and_rejects_bad_volumes():
+    assert io.validate_ct(ct_like()).GetPixelID() == sitk.sitkFloat32
+    with pytest.raises(InputError, match="2-D"):
+        io.validate_ct(sitk.Image(64, 64, sitk.sitkInt16))
+    with pytest.raises(InputError, match="at least 8 voxels"):
+        io.validate_ct(ct_like((32, 32, 3)))
+    nan = sitk.GetArrayFromImage(ct_like())
+    nan[3, 3, 3] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        io.validate_ct(sitk.GetImageFromArray(nan))
+    with pytest.raises(InputError, match="constant"):
+        io.validate_ct(sitk.GetImageFromArray(np.zeros((16, 32, 32), np.float32)))
+    mri = sitk.GetImageFromArray(np.random.default_rng(0).uniform(0, 900, (16, 32, 32)).astype(np.float32))
+    with pytest.raises(InputError, match="does not look like CT"):
+        io.validate_ct(mri)
+
+
+@pytest.mark.skipif(not SHARED.exists(), reason="../shared/data is absent (real CTs are only in the project's CI and dev machines)")
+def test_real_dicom_series_and_flipped_nifti():
+    dicom = io.read_image(SHARED / "totalseg_example" / "ct_dicom")
+    assert dicom.GetSize() == (512, 512, 20)
+    np.testing.assert_allclose(dicom.GetSpacing(), (0.9765625, 0.9765625, 2.0), atol=1e-4)
+    io.validate_ct(dicom)
+    flipped = io.read_image(SHARED / "totalseg_example" / "example_ct_sm.nii.gz")
+    np.testing.assert_allclose(geometry.direction_matrix(flipped), np.diag([-1, -1, 1]), atol=1e-6)
+    marks = io.read_markups(SHARED / "ircadb1_1" / "landmarks.mrk.json")
+    assert {"IVC", "RHV", "MHV", "LHV", "RPV", "LPV", "UP", "IVC_inferior"} <= set(marks)

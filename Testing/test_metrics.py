@@ -107,3 +107,17 @@ def test_bootstrap_ci_resamples_groups_and_brackets_estimate():
     assert lo <= est <= hi
     # group accuracies are 1, .5, 1, .5 → any resample mean lies in [0.5, 1]
     assert lo >= 0.5 and hi <= 1.0
+
+
+def test_match_instances_pairs_misses_and_false_positives():
+    truth = np.zeros((10, 10, 10), np.uint16)
+    test = np.zeros_like(truth)
+    truth[1:4, 1:4, 1:4] = 1          # found (shifted by one voxel)
+    test[2:5, 1:4, 1:4] = 7
+    truth[6:9, 6:9, 6:9] = 2          # missed
+    test[0:2, 7:9, 7:9] = 3           # false positive
+    m = metrics.match_instances(test, truth, min_iou=0.1)
+    assert [(a, b) for a, b, _ in m["pairs"]] == [(7, 1)]
+    assert m["pairs"][0][2] == pytest.approx(18 / 36)
+    assert m["missed"] == [2]
+    assert m["false_positives"] == [3]

@@ -234,3 +234,40 @@ def bootstrap_ci(
         return estimate, float("nan"), float("nan")
     alpha = (1.0 - confidence) / 2.0
     return estimate, float(np.quantile(values, alpha)), float(np.quantile(values, 1.0 - alpha))
+
+
+# ---------------------------------------------------------------- instance (lesion) detection
+
+def match_instances(test_labels, truth_labels, min_iou: float = 0.1) -> dict:
+    """Match detected instances to true instances by overlap (one-to-one, greedy on IoU).
+
+    Returns {"pairs": [(test_id, truth_id, iou)], "missed": [truth ids], "false_positives": [test ids]}.
+    A pair needs IoU ≥ min_iou; unmatched truths are misses, unmatched detections false positives.
+    """
+    t = sitk.GetArrayViewFromImage(test_labels) if isinstance(test_labels, sitk.Image) else np.asarray(test_labels)
+    r = sitk.GetArrayViewFromImage(truth_labels) if isinstance(truth_labels, sitk.Image) else np.asarray(truth_labels)
+    t = np.asarray(t, dtype=np.int64)
+    r = np.asarray(r, dtype=np.int64)
+    test_ids = [int(v) for v in np.unique(t) if v]
+    truth_ids = [int(v) for v in np.unique(r) if v]
+    both = (t > 0) & (r > 0)
+    pair_codes, inter = np.unique(t[both] * (int(r.max()) + 1) + r[both], return_counts=True)
+    test_sizes = dict(zip(*np.unique(t[t > 0], return_counts=True)))
+    truth_sizes = dict(zip(*np.unique(r[r > 0], return_counts=True)))
+    candidates = []
+    for code, n in zip(pair_codes, inter):
+        a, b = divmod(int(code), int(r.max()) + 1)
+        union = test_sizes[a] + truth_sizes[b] - n
+        candidates.append((n / union, a, b))
+    pairs, used_test, used_truth = [], set(), set()
+    for score, a, b in sorted(candidates, reverse=True):
+        if score < min_iou or a in used_test or b in used_truth:
+            continue
+        pairs.append((a, b, float(score)))
+        used_test.add(a)
+        used_truth.add(b)
+    return {
+        "pairs": pairs,
+        "missed": [b for b in truth_ids if b not in used_truth],
+        "false_positives": [a for a in test_ids if a not in used_test],
+    }

@@ -1,0 +1,212 @@
+"""The ``liverloc`` command: phantom generation, the pipeline, classifier training and evaluation.
+
+Errors in the user's input are printed as one clear line (no traceback) with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from . import __version__
+from .errors import InputError
+
+DESCRIPTION = """\
+LiverLocalization: find liver tumours on CT and tell in which Couinaud segment(s) they lie.
+
+Stages of `liverloc run`: denoising (median or edge-preserving), EM tissue segmentation
+(liver parenchyma, lesions, vessels), Couinaud segments I-VIII from vessel landmarks, CNN
+classification of each lesion with Grad-CAM. Results keep the CT's geometry exactly.
+"""
+
+EPILOG = """\
+examples:
+  liverloc phantom --out case --seed 7 --size full
+  liverloc run case/ct.nii.gz --landmarks case/landmarks.mrk.json --out result
+  liverloc run ct_dicom_folder/ --landmarks clicks.mrk.json --liver-mask liver.nii.gz --out result
+  liverloc train --out model --cases 120 --epochs 30 --seed 0
+  liverloc evaluate-classifier --weights model/lesion_classifier.safetensors --out evaluation
+"""
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, enabled: bool = True) -> Iterator[Callable[[float, str], None]]:
+    """A progress callback (fraction 0..1, message) drawn as a tqdm bar on stderr."""
+    if not enabled:
+        yield lambda fraction, message: None
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=100, desc=description, unit="%", leave=True, file=sys.stderr,
+              bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed} {postfix}") as bar:
+
+        def update(fraction: float, message: str) -> None:
+            target = int(round(max(0.0, min(1.0, fraction)) * 100))
+            if target > bar.n:
+                bar.update(target - bar.n)
+            bar.set_postfix_str(message, refresh=True)
+
+        yield update
+
+
+def _add_phantom(sub) -> None:
+    p = sub.add_parser("phantom", help="generate a synthetic liver CT phantom with ground truth",
+                       description="Generate a synthetic portal-venous liver CT with ground truth (tissues, "
+                                   "Couinaud segments, lesions, landmarks). Deterministic by seed.")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--size", choices=("small", "full"), default="small",
+                   help="small: ~2 mm voxels (fast); full: 512x512 in-plane, ~0.7 mm x 1.5-2.5 mm slices")
+    p.add_argument("--oblique", action="store_true", help="store the volume with a rotated direction matrix")
+    p.add_argument("--flip", action="store_true", help="store the volume with flipped axes (e.g. RAS-ordered NIfTI)")
+    p.add_argument("--lesions", type=int, default=None, help="number of lesions (default: 0-6 by seed)")
+    p.set_defaults(func=_cmd_phantom)
+
+
+def _cmd_phantom(args) -> int:
+    from .phantom import generate_phantom, write_phantom
+
+    with progress_bar("phantom", not args.quiet) as progress:
+        phantom = generate_phantom(seed=args.seed, size=args.size, oblique=args.oblique, flip=args.flip,
+                                   n_lesions=args.lesions, progress=progress)
+    paths = write_phantom(phantom, args.out)
+    print(f"Phantom seed {args.seed} ({args.size}): liver {phantom.liver_volume_ml:.0f} ml, "
+          f"{len(phantom.lesions)} lesion(s), CT {phantom.ct.GetSize()} at "
+          f"{tuple(round(s, 2) for s in phantom.ct.GetSpacing())} mm")
+    for lesion in phantom.lesions:
+        print(f"  lesion {lesion['id']}: {lesion['kind']}, {lesion['diameter_mm']:.0f} mm, segment {lesion['main_segment']}")
+    print(f"Written to {Path(args.out).resolve()}: " + ", ".join(sorted(p.name for p in paths.values())))
+    return 0
+
+
+def _add_run(sub) -> None:
+    from .pipeline import PipelineOptions
+
+    defaults = PipelineOptions()
+    p = sub.add_parser("run", help="run the pipeline on a CT",
+                       description="Denoise, segment liver/lesions/vessels by EM, map Couinaud segments from the "
+                                   "landmarks, classify each lesion; write images, a Slicer .seg.nrrd, reports and figures.")
+    p.add_argument("ct", type=Path, help="CT volume: .nii/.nii.gz/.nrrd/.mha file or a DICOM series folder (HU)")
+    p.add_argument("--landmarks", type=Path, help="Slicer markups .mrk.json (or .fcsv) with IVC, IVC_inferior, RHV, MHV, "
+                                                   "LHV, RPV, LPV, UP; LPS or RAS as the file states")
+    p.add_argument("--liver-mask", type=Path, help="a liver mask on the CT's grid (e.g. from TotalSegmentator); "
+                                                   "nonzero = liver. Replaces the EM liver extraction")
+    p.add_argument("--out", required=True, type=Path, help="output folder (created; existing result files are replaced)")
+    p.add_argument("--denoise", choices=("median", "curvature", "bilateral", "none"), default=defaults.denoise_method,
+                   help=f"denoising method (default {defaults.denoise_method})")
+    p.add_argument("--median-radius-mm", type=float, default=defaults.median_radius_mm,
+                   help=f"median filter radius in mm (default {defaults.median_radius_mm})")
+    p.add_argument("--classes", type=int, default=None, help="number of EM intensity classes (default: chosen by BIC)")
+    p.add_argument("--min-lesion-mm3", type=float, default=defaults.min_lesion_volume_mm3,
+                   help=f"smallest lesion kept, mm³ (default {defaults.min_lesion_volume_mm3:g})")
+    p.add_argument("--couinaud-method", choices=("auto", "planes", "territories"), default=defaults.couinaud_method,
+                   help="Couinaud mapping: landmark planes, portal territories, or auto (default)")
+    p.add_argument("--no-classify", action="store_true", help="skip the CNN lesion classification")
+    p.add_argument("--weights", type=Path, default=None, help="classifier weights (.safetensors); default: the shipped model")
+    p.add_argument("--truth", type=Path, default=None, help="a phantom folder: also score the result against its ground truth")
+    p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+    p.set_defaults(func=_cmd_run)
+
+
+def _cmd_run(args) -> int:
+    from . import io, pipeline
+
+    options = pipeline.PipelineOptions(
+        denoise_method=args.denoise, median_radius_mm=args.median_radius_mm, n_classes=args.classes,
+        min_lesion_volume_mm3=args.min_lesion_mm3, couinaud_method=args.couinaud_method,
+        classify=not args.no_classify, weights_path=str(args.weights) if args.weights else None,
+    )
+    ct = io.read_image(args.ct)
+    landmarks = io.read_markups(args.landmarks) if args.landmarks else None
+    liver_mask = io.read_image(args.liver_mask) if args.liver_mask else None
+    with progress_bar("liverloc run", not args.quiet) as progress:
+        result = pipeline.run_pipeline(ct, landmarks, liver_mask, options, progress=progress)
+        paths = pipeline.write_outputs(result, args.out, figures=not args.no_figures, progress=progress)
+    print(pipeline.summary_text(result))
+    if args.truth:
+        scores = pipeline.score_against_phantom(result, args.truth)
+        paths["evaluation"] = pipeline.write_json(scores, Path(args.out) / "evaluation.json")
+        print(pipeline.scores_text(scores))
+    print(f"Outputs in {Path(args.out).resolve()}:")
+    for name in sorted(p.name for p in paths.values()):
+        print(f"  {name}")
+    return 0
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train the lesion classifier on phantom cases (split by case)",
+                       description="Generate phantom cases, extract detected lesions, split by case, train the CNN with "
+                                   "augmentation; write safetensors weights, a JSON model card and figures.")
+    p.add_argument("--out", required=True, type=Path, help="output folder for weights, model card and figures")
+    p.add_argument("--cases", type=int, default=120, help="number of phantom cases (default 120)")
+    p.add_argument("--epochs", type=int, default=30, help="training epochs (default 30)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of cases, split and initialisation (default 0)")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args) -> int:
+    from .classifier_training import train
+
+    with progress_bar("train", not args.quiet) as progress:
+        card = train(args.out, n_cases=args.cases, epochs=args.epochs, seed=args.seed, progress=progress)
+    test = card.get("metrics", {}).get("test", {})
+    if test:
+        print("Held-out cases: " + ", ".join(f"{k} {v:.3f}" for k, v in test.items() if isinstance(v, (int, float))))
+    print(f"Weights and model card in {Path(args.out).resolve()}")
+    return 0
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate-classifier", help="evaluate classifier weights on phantom cases never used in training",
+                       description="Confusion matrix, accuracy, sensitivity, specificity, precision, F1 and ROC AUC with "
+                                   "95 %% bootstrap confidence intervals (resampled by case), per kind and malignant vs benign.")
+    p.add_argument("--weights", type=Path, default=None, help="weights (.safetensors); default: the shipped model")
+    p.add_argument("--out", required=True, type=Path, help="output folder (evaluation.json, confusion_matrix.png)")
+    p.add_argument("--cases", type=int, default=40, help="number of evaluation cases (default 40)")
+    p.add_argument("--first-seed", type=int, default=None,
+                   help="first phantom seed (default: the first seed after the model card's training and test seeds)")
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_evaluate(args) -> int:
+    from .classifier_training import evaluate, evaluation_seeds
+
+    seeds = evaluation_seeds(args.weights, args.cases, args.first_seed)
+    with progress_bar("evaluate", not args.quiet) as progress:
+        report = evaluate(args.weights, seeds, args.out, progress=progress)
+    print(report.get("summary", ""))
+    print(f"Evaluation in {Path(args.out).resolve()}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="liverloc", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_phantom(sub)
+    _add_run(sub)
+    _add_train(sub)
+    _add_evaluate(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except InputError as exc:
+        print(f"liverloc {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("liverloc: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,414 @@
+"""The pipeline: denoise → EM tissues → Couinaud segments → lesion classification, and its outputs.
+
+`run_pipeline` works in memory on SimpleITK images (used by the CLI and by the Slicer module's
+logic); `write_outputs` writes the result folder; `result_segments` is the one place that names,
+colours and codes the result segments for both the `.seg.nrrd` file and Slicer's segmentation node.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from . import geometry, io, labels
+from .errors import InputError
+
+Progress = Callable[[float, str], None]
+
+DENOISE_METHODS = ("median", "curvature", "bilateral", "none")
+COUINAUD_METHODS = ("auto", "planes", "territories")
+
+
+class Cancelled(Exception):
+    """Raised between stages when the caller's should_cancel() returns True."""
+
+
+@dataclass
+class PipelineOptions:
+    """Settings of one run (units in the names)."""
+
+    denoise_method: str = "curvature"
+    median_radius_mm: float = 1.0
+    n_classes: int | None = None
+    min_lesion_volume_mm3: float = 100.0
+    couinaud_method: str = "auto"
+    classify: bool = True
+    weights_path: str | None = None
+
+    def validate(self) -> None:
+        if self.denoise_method not in DENOISE_METHODS:
+            raise InputError(f"Unknown denoising method {self.denoise_method!r}; choose one of {', '.join(DENOISE_METHODS)}.")
+        if self.couinaud_method not in COUINAUD_METHODS:
+            raise InputError(f"Unknown Couinaud method {self.couinaud_method!r}; choose one of {', '.join(COUINAUD_METHODS)}.")
+        if not 0 < self.median_radius_mm <= 10:
+            raise InputError(f"Median radius {self.median_radius_mm} mm is out of range; use 0.5-10 mm (1 mm is typical).")
+        if self.n_classes is not None and not 2 <= self.n_classes <= 8:
+            raise InputError(f"{self.n_classes} EM classes: use 2-8, or leave it unset to choose by BIC.")
+        if self.min_lesion_volume_mm3 < 0:
+            raise InputError("The smallest lesion volume cannot be negative.")
+
+
+@dataclass
+class PipelineResult:
+    """Everything one run produced; every image has the CT's geometry."""
+
+    ct: sitk.Image
+    denoised: sitk.Image
+    liver_mask: sitk.Image
+    tissue: sitk.Image
+    lesion_labels: sitk.Image
+    vessel_mask: sitk.Image
+    couinaud: sitk.Image | None
+    gradcam: sitk.Image | None
+    lesions: list[dict]
+    em_classes: list[dict]
+    landmarks: dict[str, np.ndarray] | None
+    options: PipelineOptions
+    timings: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    couinaud_method: str | None = None
+    couinaud_volumes_ml: dict[str, float] | None = None
+
+
+def _stage_progress(progress: Progress | None, start: float, stop: float) -> Progress:
+    def report(fraction: float, message: str) -> None:
+        if progress is not None:
+            progress(start + (stop - start) * max(0.0, min(1.0, fraction)), message)
+
+    return report
+
+
+def _check_cancel(should_cancel: Callable[[], bool] | None) -> None:
+    if should_cancel is not None and should_cancel():
+        raise Cancelled("Cancelled by the user; no results were written.")
+
+
+def _binary_liver_mask(liver_mask: sitk.Image, ct: sitk.Image) -> sitk.Image:
+    geometry.require_same_geometry(liver_mask, ct, "The liver mask")
+    mask = sitk.Cast(sitk.NotEqual(liver_mask, 0), sitk.sitkUInt8)
+    if not sitk.GetArrayViewFromImage(mask).any():
+        raise InputError("The liver mask is empty; give a mask with the liver set to nonzero, or run without it.")
+    return mask
+
+
+def run_pipeline(
+    ct: sitk.Image,
+    landmarks: dict[str, np.ndarray] | None,
+    liver_mask: sitk.Image | None = None,
+    options: PipelineOptions | None = None,
+    progress: Progress | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> PipelineResult:
+    """Run every stage on a CT in Hounsfield units.
+
+    Args:
+        ct: the CT volume (any scalar pixel type, values in HU, any spacing and direction).
+        landmarks: label → point in LPS mm (IVC, IVC_inferior, RHV, MHV, LHV, RPV, LPV, UP); None skips
+            the Couinaud stage and leaves liver extraction without seeds.
+        liver_mask: optional liver mask on the CT's grid (nonzero = liver); replaces EM liver extraction.
+        options: settings; defaults when None.
+        progress: called with (fraction 0..1, message).
+        should_cancel: polled between stages; when it returns True, `Cancelled` is raised.
+
+    All input is checked before any work, and the inputs are never modified.
+    """
+    from . import couinaud, denoise, lesions, tissue_model
+
+    options = options or PipelineOptions()
+    options.validate()
+    ct_float = io.validate_ct(ct)
+    mask = _binary_liver_mask(liver_mask, ct_float) if liver_mask is not None else None
+    warnings: list[str] = []
+    if landmarks:
+        warnings += couinaud.check_landmarks(landmarks, ct_float)
+    else:
+        warnings.append("No landmarks: Couinaud segments are not computed" + ("" if mask is not None else
+                        ", and the liver is found without seeds (place landmarks for a reliable liver extraction)") + ".")
+    timings: dict[str, float] = {}
+
+    _check_cancel(should_cancel)
+    t0 = time.perf_counter()
+    if options.denoise_method == "none":
+        denoised = ct_float
+    else:
+        denoised = denoise.denoise(ct_float, options.denoise_method, median_radius_mm=options.median_radius_mm,
+                                   progress=_stage_progress(progress, 0.0, 0.15))
+    timings["denoise_s"] = time.perf_counter() - t0
+
+    _check_cancel(should_cancel)
+    t0 = time.perf_counter()
+    tissues = tissue_model.segment_tissues(
+        denoised, landmarks or None, mask, n_classes=options.n_classes,
+        min_lesion_volume_mm3=options.min_lesion_volume_mm3, progress=_stage_progress(progress, 0.15, 0.6))
+    timings["tissue_s"] = time.perf_counter() - t0
+    timings.update({f"tissue_{k}" if not k.startswith("tissue") else k: v for k, v in tissues.timings.items()})
+    rows = {row["id"]: row for row in lesions.measure_lesions(tissues.lesion_labels, ct_float)}
+
+    couinaud_labels = None
+    couinaud_result = None
+    if landmarks:
+        _check_cancel(should_cancel)
+        _stage_progress(progress, 0.6, 0.75)(0.0, "Couinaud segments")
+        t0 = time.perf_counter()
+        couinaud_result = couinaud.map_couinaud(tissues.liver_mask, landmarks, tissues.vessel_mask,
+                                                method=options.couinaud_method)
+        couinaud_labels = couinaud_result.labels
+        warnings += [w for w in couinaud_result.warnings if w not in warnings]
+        for loc in couinaud.localize_lesions(tissues.lesion_labels, couinaud_labels, landmarks):
+            rows.setdefault(loc["id"], {"id": loc["id"]}).update(loc)
+        timings["couinaud_s"] = time.perf_counter() - t0
+
+    gradcam = None
+    if options.classify and rows:
+        _check_cancel(should_cancel)
+        t0 = time.perf_counter()
+        from . import classifier
+
+        model = classifier.load_model(options.weights_path)
+        predictions, gradcam = classifier.classify_lesions(ct_float, tissues.lesion_labels, model,
+                                                           progress=_stage_progress(progress, 0.75, 0.95))
+        for pred in predictions:
+            rows.setdefault(pred["id"], {"id": pred["id"]}).update(pred)
+        timings["classify_s"] = time.perf_counter() - t0
+
+    if progress is not None:
+        progress(0.95, "done")
+    return PipelineResult(
+        ct=ct_float, denoised=denoised, liver_mask=tissues.liver_mask, tissue=tissues.tissue,
+        lesion_labels=tissues.lesion_labels, vessel_mask=tissues.vessel_mask, couinaud=couinaud_labels,
+        gradcam=gradcam, lesions=[rows[k] for k in sorted(rows)], em_classes=tissues.model.as_dicts(),
+        landmarks=dict(landmarks) if landmarks else None, options=options, timings=timings, warnings=warnings,
+        couinaud_method=couinaud_result.method if couinaud_result else None,
+        couinaud_volumes_ml=couinaud_result.volumes_ml if couinaud_result else None,
+    )
+
+
+# ------------------------------------------------------------------------ segments
+
+def lesion_segment_name(row: dict) -> str:
+    """'Lesion 2 – metastasis – VII' (kind and main segment when known)."""
+    parts = [f"Lesion {row['id']}"]
+    if row.get("kind"):
+        parts.append(str(row["kind"]))
+    if row.get("main_segment"):
+        parts.append(str(row["main_segment"]))
+    return " – ".join(parts)
+
+
+def result_segments(result: PipelineResult):
+    """The result as Slicer segments: liver, each lesion, vessels, Couinaud I–VIII (names, colours, SNOMED codes)."""
+    from .segfile import SegmentSpec
+
+    liver = sitk.GetArrayViewFromImage(result.liver_mask) > 0
+    specs = [SegmentSpec("liver", labels.LIVER.name, liver, labels.LIVER)]
+    lesion_arr = sitk.GetArrayViewFromImage(result.lesion_labels)
+    for row in result.lesions:
+        style = labels.lesion_style(row.get("kind"))
+        specs.append(SegmentSpec(f"lesion_{row['id']}", lesion_segment_name(row), lesion_arr == row["id"], style))
+    specs.append(SegmentSpec("vessels", labels.VESSELS.name, sitk.GetArrayViewFromImage(result.vessel_mask) > 0, labels.VESSELS))
+    if result.couinaud is not None:
+        seg_arr = sitk.GetArrayViewFromImage(result.couinaud)
+        for value, style in labels.COUINAUD_STYLES.items():
+            specs.append(SegmentSpec(f"couinaud_{labels.COUINAUD_ROMAN[value]}", style.name, seg_arr == value, style))
+    return specs
+
+
+# ------------------------------------------------------------------------ reports
+
+REPORT_COLUMNS = (
+    "id", "volume_ml", "max_diameter_mm", "mean_hu", "centroid_ras", "main_segment", "segments", "segment_fractions",
+    "distance_hepatic_vein_landmark_mm", "nearest_hepatic_vein_landmark", "distance_portal_vein_landmark_mm",
+    "nearest_portal_vein_landmark", "kind", "malignant_probability", "kind_probabilities",
+)
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, (np.floating, float)):
+        return None if not np.isfinite(value) else round(float(value), 4)
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+def write_json(data, path) -> Path:
+    """Write data as indented JSON (numpy values converted, floats rounded to 4 decimals)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_jsonable(data), indent=2))
+    return path
+
+
+def report_dict(result: PipelineResult) -> dict:
+    """The machine-readable report: input geometry, per-lesion rows, EM classes, segments, timings, warnings."""
+    from . import __version__
+
+    ct = result.ct
+    voxel_ml = geometry.voxel_volume_ml(ct)
+    return {
+        "software": f"LiverLocalization {__version__}",
+        "input": {"size": list(ct.GetSize()), "spacing_mm": list(ct.GetSpacing()), "origin_lps_mm": list(ct.GetOrigin()),
+                  "direction": list(ct.GetDirection())},
+        "options": result.options.__dict__,
+        "liver_volume_ml": float(sitk.GetArrayViewFromImage(result.liver_mask).sum()) * voxel_ml,
+        "couinaud_method": result.couinaud_method,
+        "couinaud_volumes_ml": result.couinaud_volumes_ml,
+        "landmarks_ras_mm": {k: geometry.lps_to_ras(v) for k, v in (result.landmarks or {}).items()},
+        "lesions": result.lesions,
+        "em_classes": result.em_classes,
+        "timings_s": result.timings,
+        "warnings": result.warnings,
+    }
+
+
+def write_report_csv(rows: list[dict], path) -> Path:
+    """One row per lesion; nested values (fractions, probabilities) as compact JSON in their cell."""
+    path = Path(path)
+    extra = sorted({k for row in rows for k in row} - set(REPORT_COLUMNS))
+    columns = list(REPORT_COLUMNS) + extra
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        for row in rows:
+            cells = []
+            for col in columns:
+                value = _jsonable(row.get(col, ""))
+                cells.append(json.dumps(value, separators=(",", ":")) if isinstance(value, (dict, list)) else value)
+            writer.writerow(cells)
+    return path
+
+
+def summary_text(result: PipelineResult) -> str:
+    """A readable summary for the terminal: liver volume, each lesion with its segment(s) and kind."""
+    report = report_dict(result)
+    lines = [f"Liver: {report['liver_volume_ml']:.0f} ml; {len(result.lesions)} lesion(s) found."]
+    for row in result.lesions:
+        text = f"  Lesion {row['id']}: {row.get('max_diameter_mm', float('nan')):.0f} mm, {row.get('volume_ml', 0):.1f} ml"
+        if row.get("main_segment"):
+            others = [s for s in row.get("segments", []) if s != row["main_segment"]]
+            text += f", segment {row['main_segment']}" + (f" (also {', '.join(others)})" if others else "")
+        if row.get("kind"):
+            text += f", {row['kind']} (malignant p={row.get('malignant_probability', float('nan')):.2f})"
+        lines.append(text)
+    for warning in result.warnings:
+        lines.append(f"Note: {warning}")
+    timing = ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in result.timings.items() if k.endswith("_s") and "_" not in k[:-2])
+    if timing:
+        lines.append(f"Time: {timing}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------ outputs
+
+def write_outputs(result: PipelineResult, out_dir, figures: bool = True, progress: Progress | None = None) -> dict[str, Path]:
+    """Write images (.nii.gz), the Slicer segmentation (.seg.nrrd), report.json/.csv and figures to out_dir."""
+    from . import segfile
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    images = {"denoised": result.denoised, "tissue": result.tissue, "lesions": result.lesion_labels,
+              "couinaud": result.couinaud, "gradcam": result.gradcam}
+    for name, image in images.items():
+        if image is not None:
+            paths[name] = io.write_image(image, out / f"{name}.nii.gz")
+    paths["segmentation"] = segfile.write_seg_nrrd(out / "segmentation.seg.nrrd", result.ct, result_segments(result))
+    paths["report_json"] = write_json(report_dict(result), out / "report.json")
+    paths["report_csv"] = write_report_csv(result.lesions, out / "report.csv")
+    if figures:
+        if progress is not None:
+            progress(0.97, "figures")
+        paths.update(write_figures(result, out))
+    if progress is not None:
+        progress(1.0, "written")
+    return paths
+
+
+def write_figures(result: PipelineResult, out: Path) -> dict[str, Path]:
+    """overview.png (stage panel), couinaud.png, gradcam.png where those stages ran."""
+    from .figures import overview
+
+    paths = {"overview": overview.plot_overview(result.ct, result.denoised, result.liver_mask, result.tissue,
+                                                result.lesion_labels, out / "overview.png")}
+    if result.couinaud is not None:
+        from .figures import couinaud as couinaud_figure
+
+        paths["couinaud_png"] = couinaud_figure.plot_couinaud(result.ct, result.couinaud, result.landmarks,
+                                                              result.lesion_labels, out / "couinaud.png")
+    if result.gradcam is not None and result.lesions:
+        from .figures import classifier as classifier_figure
+
+        paths["gradcam_png"] = classifier_figure.plot_gradcam_panels(result.ct, result.lesion_labels, result.gradcam,
+                                                                     result.lesions, out / "gradcam.png")
+    return paths
+
+
+# ------------------------------------------------------------------------ scoring on a phantom
+
+def score_against_phantom(result: PipelineResult, truth_dir) -> dict:
+    """Compare a result with a phantom's ground truth folder (as written by `liverloc phantom`)."""
+    from . import metrics
+
+    truth_dir = Path(truth_dir)
+    truth = json.loads((truth_dir / "truth.json").read_text())
+    truth_couinaud = io.read_image(truth_dir / "truth_couinaud.nii.gz")
+    truth_lesions = io.read_image(truth_dir / "truth_lesions.nii.gz")
+    geometry.require_same_geometry(truth_couinaud, result.ct, "The phantom's truth")
+    liver_truth = sitk.GetArrayViewFromImage(truth_couinaud) > 0
+    scores: dict = {"liver_dice": metrics.dice(result.liver_mask, liver_truth)}
+    lesion_truth = sitk.GetArrayViewFromImage(truth_lesions)
+    scores["lesion_dice"] = metrics.dice(sitk.GetArrayViewFromImage(result.lesion_labels) > 0, lesion_truth > 0)
+    match = metrics.match_instances(result.lesion_labels, truth_lesions)
+    truth_rows = {row["id"]: row for row in truth.get("lesions", [])}
+    big = [i for i, row in truth_rows.items() if row.get("diameter_mm", 0) >= 10]
+    found = {b for _, b, _ in match["pairs"]}
+    scores["lesions_truth"] = len(truth_rows)
+    scores["detection_recall_ge10mm"] = (sum(i in found for i in big) / len(big)) if big else None
+    scores["false_positives"] = len(match["false_positives"])
+    if result.couinaud is not None:
+        rows = metrics.per_class_table(result.couinaud, truth_couinaud, labels.COUINAUD_ROMAN)
+        scores["couinaud_dice"] = {row["name"]: row["dice"] for row in rows}
+        scores["couinaud_mean_dice"] = float(np.mean([row["dice"] for row in rows]))
+    by_id = {row["id"]: row for row in result.lesions}
+    located, classified = [], []
+    for test_id, truth_id, _ in match["pairs"]:
+        mine, true = by_id.get(test_id, {}), truth_rows.get(truth_id, {})
+        if "main_segment" in mine and "main_segment" in true:
+            located.append(mine["main_segment"] == true["main_segment"])
+        if "kind" in mine and "kind" in true:
+            classified.append((mine["kind"] == true["kind"],
+                               (mine.get("malignant_probability", 0) >= 0.5) == bool(true.get("malignant"))))
+    scores["main_segment_correct"] = f"{sum(located)}/{len(located)}"
+    if classified:
+        scores["kind_correct"] = f"{sum(k for k, _ in classified)}/{len(classified)}"
+        scores["malignancy_correct"] = f"{sum(m for _, m in classified)}/{len(classified)}"
+    return scores
+
+
+def scores_text(scores: dict) -> str:
+    """Readable lines of score_against_phantom's result."""
+    lines = [f"Against the phantom's truth: liver Dice {scores['liver_dice']:.3f}, lesion Dice {scores['lesion_dice']:.3f}, "
+             f"{scores['false_positives']} false positive lesion(s)"]
+    if scores.get("detection_recall_ge10mm") is not None:
+        lines.append(f"  detection recall (lesions >= 10 mm): {scores['detection_recall_ge10mm']:.2f}")
+    if "couinaud_mean_dice" in scores:
+        per = ", ".join(f"{k} {v:.2f}" for k, v in scores["couinaud_dice"].items())
+        lines.append(f"  Couinaud mean Dice {scores['couinaud_mean_dice']:.3f} ({per})")
+    lines.append(f"  main segment correct: {scores['main_segment_correct']}")
+    if "kind_correct" in scores:
+        lines.append(f"  kind correct: {scores['kind_correct']}, malignant/benign correct: {scores['malignancy_correct']}")
+    return "\n".join(lines)

@@ -269,7 +269,7 @@ def fit(train_set: LesionDataset, val_set: LesionDataset, epochs: int = 30, seed
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
             seen += len(idx)
         val_logits = _predict_logits(net, val_set.patches)
         val_loss = _nll(val_logits, val_set.labels)

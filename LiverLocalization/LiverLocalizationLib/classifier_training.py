@@ -336,6 +336,23 @@ def classification_metrics(probabilities: np.ndarray, y: np.ndarray, case_ids: n
     }
 
 
+def gradcam_localisation(model, patches: np.ndarray, margin_voxels: int = 3) -> dict:
+    """How much Grad-CAM mass lies in/around the lesion (mask dilated by margin_voxels), over patches.
+
+    Returns mean and median fraction and, as the baseline, the mean fraction a uniform map would get.
+    """
+    fractions, uniform = [], []
+    for x in patches:
+        cam = classifier.gradcam(model, x)
+        fractions.append(classifier.gradcam_mass_near_lesion(cam, x[1], margin_voxels))
+        uniform.append(classifier.gradcam_mass_near_lesion(np.ones_like(cam), x[1], margin_voxels))
+    f = np.asarray(fractions, float)
+    return {"margin_voxels": margin_voxels, "mean_fraction_near_lesion": float(np.nanmean(f)) if len(f) else float("nan"),
+            "median_fraction_near_lesion": float(np.nanmedian(f)) if len(f) else float("nan"),
+            "uniform_map_fraction": float(np.mean(uniform)) if uniform else float("nan"),
+            "n_empty_maps": int(np.sum(~np.isfinite(f)))}
+
+
 def headline(detail: dict) -> dict[str, float]:
     """The few numbers a summary shows (point estimates)."""
     mal = detail["malignant"]
@@ -356,6 +373,10 @@ def summary_text(detail: dict, title: str) -> str:
              f"  malignant vs benign: AUC {fmt(mal['roc_auc'])}, accuracy {fmt(mal['accuracy'])}, "
              f"sensitivity {fmt(mal['sensitivity'])}, specificity {fmt(mal['specificity'])}, "
              f"precision {fmt(mal['precision'])}, F1 {fmt(mal['f1'])}, ECE {fmt(mal['ece'])}"]
+    if "gradcam" in detail:
+        g = detail["gradcam"]
+        lines.append(f"  Grad-CAM mass within {g['margin_voxels']} patch voxels of the lesion: mean "
+                     f"{g['mean_fraction_near_lesion']:.2f} (a uniform map: {g['uniform_map_fraction']:.2f})")
     for kind, row in detail["kinds"]["per_kind"].items():
         lines.append(f"  {kind} (n={row['n']}): sensitivity {fmt(row['sensitivity'])}, specificity {fmt(row['specificity'])}, "
                      f"F1 {fmt(row['f1'])}, AUC {fmt(row['roc_auc'])}")
@@ -405,6 +426,8 @@ def train(out_dir, n_cases: int = 120, epochs: int = 30, seed: int = 0, progress
     temperature = fit_temperature(val_logits, val_set.labels)
     test_probs = classifier.softmax(_predict_logits(net, test_set.patches) / temperature)
     detail = classification_metrics(test_probs, test_set.labels, test_set.case_ids, n_bootstrap, seed)
+    detail["gradcam"] = gradcam_localisation(classifier.LesionClassifier(net, {"temperature": temperature}),
+                                             test_set.patches)
     if progress is not None:
         progress(0.97, "writing weights, model card and figures")
     card = {
@@ -496,6 +519,7 @@ def evaluate(weights_path, seeds: Sequence[int], out_dir, progress: Progress | N
         progress(0.9, f"classifying {len(data)} lesions")
     probs = model.predict_proba(data.patches) if len(data) else np.zeros((0, len(KINDS)))
     detail = classification_metrics(probs, data.labels, data.case_ids, n_bootstrap)
+    detail["gradcam"] = gradcam_localisation(model, data.patches)
     report = {
         "weights": str(Path(weights_path or classifier.DEFAULT_WEIGHTS)),
         "weights_sha256": classifier.file_sha256(model.path),

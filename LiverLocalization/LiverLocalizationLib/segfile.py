@@ -3,7 +3,7 @@
 A ``.seg.nrrd`` is a NRRD volume in LPS space whose voxels hold segment label values, plus
 ``key:=value`` header fields that Slicer's ``vtkMRMLSegmentationStorageNode`` reads back: for each
 segment ``Segment{i}_ID``, ``_Name``, ``_Color`` (0..1 RGB), ``_Tags`` (``key:value|`` pairs, among
-them ``TerminologyEntry``), ``_Extent`` (voxel bounds in the reference grid), ``_Layer`` and
+them ``TerminologyEntry``), ``_Extent`` (voxel bounds in the file's cropped grid), ``_Layer`` and
 ``_LabelValue``; for the whole file ``Segmentation_ReferenceImageExtentOffset`` (where the cropped
 file grid starts in the reference grid) and ``Segmentation_ConversionParameters`` (among them the
 reference image geometry, i.e. the CT's grid, in RAS).
@@ -20,6 +20,7 @@ Masks are numpy boolean arrays indexed ``[z, y, x]`` on the reference image's gr
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,9 @@ ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
 TERMINOLOGY_TAG = "TerminologyEntry"
 # Tag that marks segments written by LiverLocalization (used by the MRML bridge to find its own segments)
 GENERATED_TAG = "LiverLocalization.Generated"
+# The SegmentSpec ID a generated segment holds, and a checksum of its voxels when written (detects user edits)
+RESULT_ID_TAG = "LiverLocalization.ResultID"
+CHECKSUM_TAG = "LiverLocalization.Checksum"
 
 LIVER_REGION = labels.Code("SCT", "10200004", "Liver")
 
@@ -104,9 +108,18 @@ def default_region(style: labels.SegmentStyle) -> labels.Code | None:
     return LIVER_REGION if style.category == labels.MORPHOLOGICALLY_ALTERED_STRUCTURE else None
 
 
+def mask_checksum(mask: np.ndarray) -> str:
+    """Short hash of a boolean [z, y, x] mask on the reference grid (shape included)."""
+    mask = np.asarray(mask, dtype=bool)
+    digest = hashlib.sha1(str(mask.shape).encode())
+    digest.update(np.packbits(mask, axis=None).tobytes())
+    return digest.hexdigest()[:20]
+
+
 def segment_tags(spec: SegmentSpec) -> dict[str, str]:
-    """All tags written for a segment: its terminology entry, the generated-by mark and the spec's own tags."""
-    tags = {TERMINOLOGY_TAG: terminology_entry(spec.style, default_region(spec.style)), GENERATED_TAG: "1"}
+    """All tags written for a segment: terminology entry, generated-by mark, result ID, voxel checksum, the spec's own tags."""
+    tags = {TERMINOLOGY_TAG: terminology_entry(spec.style, default_region(spec.style)), GENERATED_TAG: "1",
+            RESULT_ID_TAG: spec.segment_id, CHECKSUM_TAG: mask_checksum(spec.mask)}
     tags.update(spec.tags)
     return tags
 
@@ -262,7 +275,8 @@ def write_seg_nrrd(path: str | os.PathLike, reference: sitk.Image, segments: lis
         if box is None:
             extent = "0 -1 0 -1 0 -1"
         else:
-            lo, hi = box[0][::-1], box[1][::-1]
+            # extents are relative to the file's (cropped) voxel buffer, as Slicer writes them
+            lo, hi = box[0][::-1] - offset_xyz, box[1][::-1] - offset_xyz
             extent = " ".join(f"{int(a)} {int(b)}" for a, b in zip(lo, hi))
         color = " ".join(_format_float(round(float(c), 6)) for c in spec.style.color)
         prefix = f"Segment{index}_"

@@ -1,0 +1,581 @@
+"""The one bridge between LiverLocalizationLib and Slicer's MRML scene (imports ``slicer`` and ``vtk``, never ``qt``).
+
+Conversions keep geometry exact: a volume node's IJK-to-RAS matrix (oblique included, and a linear
+parent transform applied) becomes a SimpleITK image in LPS millimetres and back; markups control
+points (RAS, world) become landmarks (label → LPS mm); segments are exported on the input volume's
+grid. Results go to output nodes the module owns: the segmentation node is updated in place on
+reruns, but only segments the module made (tagged ``LiverLocalization.Generated``) and that nobody
+edited since (checked against a checksum stored in a tag); user segments and user edits are never
+overwritten or deleted.
+
+Works inside Slicer and headless with the ``slicer-core`` wheel (see `create_headless_scene`).
+Every function uses ``slicer.mrmlScene`` unless a scene is given.
+"""
+
+from __future__ import annotations
+
+import json
+import types
+from collections.abc import Callable
+
+import numpy as np
+import SimpleITK as sitk
+import slicer
+import vtk
+from vtk.util import numpy_support
+
+from . import labels, segfile
+from .errors import InputError
+
+GENERATED_TAG = segfile.GENERATED_TAG
+CHECKSUM_TAG = segfile.CHECKSUM_TAG
+RESULT_ID_TAG = segfile.RESULT_ID_TAG
+MODULE_ATTRIBUTE = "LiverLocalization.Output"  # node attribute naming the role of a module output node
+_LPS_TO_RAS_4 = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+# ------------------------------------------------------------------------ headless scene
+
+_HEADLESS_LOGICS = (
+    ("subjecthierarchy", "vtkSlicerSubjectHierarchyModuleLogic"),
+    ("terminologies", "vtkSlicerTerminologiesModuleLogic"),
+    ("segmentations", "vtkSlicerSegmentationsModuleLogic"),
+    ("volumes", "vtkSlicerVolumesLogic"),
+    ("markups", "vtkSlicerMarkupsLogic"),
+    ("tables", "vtkSlicerTablesLogic"),
+)
+
+
+def create_headless_scene(home_directory: str | None = None):
+    """Build a scene the way Slicer's application does, without Qt (for tests and scripts using slicer-core).
+
+    Creates a vtkMRMLScene, a vtkSlicerApplicationLogic with its colour logic (default colour nodes), the
+    segmentation converter rules, and the module logics of Subject hierarchy, Terminologies,
+    Segmentations, Volumes, Markups and Tables (each given the scene and the application logic and
+    registered with SetModuleLogic). Sets ``slicer.mrmlScene`` and ``slicer.modules.<name>.logic()``.
+    Returns (scene, application_logic). Inside the Slicer application it returns the running scene.
+    """
+    if getattr(slicer, "app", None) is not None:
+        return slicer.mrmlScene, slicer.app.applicationLogic()
+    import tempfile
+
+    warnings_shown = vtk.vtkObject.GetGlobalWarningDisplay()
+    vtk.vtkObject.GlobalWarningDisplayOff()  # missing share files (colour files, terminology JSON) are expected here
+    try:
+        scene = slicer.vtkMRMLScene()
+        app = slicer.vtkSlicerApplicationLogic()
+        app.SetHomeDirectory(home_directory or tempfile.gettempdir())
+        app.SetMRMLScene(scene)
+        factory = slicer.vtkSegmentationConverterFactory.GetInstance()
+        for rule in (slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule, slicer.vtkClosedSurfaceToBinaryLabelmapConversionRule):
+            if not any(isinstance(r, rule) for r in factory.GetConverterRules()):
+                factory.RegisterConverterRule(rule())
+        color_logic = slicer.vtkSlicerColorLogic()
+        color_logic.SetMRMLApplicationLogic(app)
+        color_logic.SetMRMLScene(scene)
+        app.SetColorLogic(color_logic)
+        modules = types.SimpleNamespace(colors=types.SimpleNamespace(logic=lambda: color_logic))
+        for name, class_name in _HEADLESS_LOGICS:
+            logic = getattr(slicer, class_name)()
+            logic.SetMRMLApplicationLogic(app)
+            logic.SetMRMLScene(scene)
+            app.SetModuleLogic(name, logic)
+            setattr(modules, name, types.SimpleNamespace(logic=(lambda logic=logic: logic), name=name))
+        # the volumes logic looks up the colours logic by name to give new volumes a colour table
+        app.SetModuleLogic("Colors", color_logic)
+    finally:
+        vtk.vtkObject.SetGlobalWarningDisplay(warnings_shown)
+    slicer.mrmlScene = scene
+    slicer.modules = modules
+    slicer.app = None
+    return scene, app
+
+
+def _scene(scene=None):
+    scene = scene or slicer.mrmlScene
+    if scene is None:
+        raise RuntimeError("No MRML scene: run inside Slicer or call create_headless_scene() first.")
+    return scene
+
+
+# ------------------------------------------------------------------------ volumes
+
+def _matrix_to_numpy(matrix: vtk.vtkMatrix4x4) -> np.ndarray:
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def _numpy_to_matrix(array: np.ndarray) -> vtk.vtkMatrix4x4:
+    matrix = vtk.vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            matrix.SetElement(r, c, float(array[r, c]))
+    return matrix
+
+
+def _to_world(node) -> np.ndarray:
+    """4×4 matrix from the node's local coordinates to world RAS; InputError for a non-linear parent transform."""
+    transform = node.GetParentTransformNode()
+    if transform is None:
+        return np.eye(4)
+    if not transform.IsTransformToWorldLinear():
+        raise InputError(f"'{node.GetName()}' is under a non-linear transform; harden the transform first "
+                         "(Data module: right-click → Harden transform).")
+    matrix = vtk.vtkMatrix4x4()
+    transform.GetMatrixTransformToWorld(matrix)
+    return _matrix_to_numpy(matrix)
+
+
+def volume_ijk_to_ras(node) -> np.ndarray:
+    """The volume's 4×4 IJK-to-RAS matrix in world coordinates (parent linear transform applied)."""
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    return _to_world(node) @ _matrix_to_numpy(matrix)
+
+
+def image_geometry_from_node(node) -> sitk.Image:
+    """A uint8 image of zeros with the volume node's grid (size, LPS origin, spacing, direction)."""
+    image_data = node.GetImageData() if node is not None else None
+    if image_data is None:
+        raise InputError("The volume has no voxels; load or select a CT volume.")
+    return segfile.image_geometry_from_ijk_to_ras(volume_ijk_to_ras(node), image_data.GetDimensions())
+
+
+def volume_node_to_image(node) -> sitk.Image:
+    """A volume node as a SimpleITK image (LPS mm; voxel type kept; values copied).
+
+    The geometry is the node's IJK-to-RAS matrix (world, oblique directions kept) converted to LPS.
+    Raises InputError for a missing node, an empty volume or a multi-component (colour) volume.
+    """
+    if node is None or not node.IsA("vtkMRMLVolumeNode"):
+        raise InputError("No input volume: select a CT volume.")
+    image_data = node.GetImageData()
+    if image_data is None or image_data.GetPointData().GetScalars() is None:
+        raise InputError(f"'{node.GetName()}' has no voxels; load the CT again.")
+    if image_data.GetNumberOfScalarComponents() != 1:
+        raise InputError(f"'{node.GetName()}' has {image_data.GetNumberOfScalarComponents()} components per voxel; "
+                         "a scalar CT volume is needed.")
+    nx, ny, nz = image_data.GetDimensions()
+    array = numpy_support.vtk_to_numpy(image_data.GetPointData().GetScalars()).reshape(nz, ny, nx).copy()
+    image = sitk.GetImageFromArray(array)
+    image.CopyInformation(image_geometry_from_node(node))
+    return image
+
+
+def image_to_volume_node(image: sitk.Image, name: str, node=None, scene=None, node_class: str = "vtkMRMLScalarVolumeNode"):
+    """Put a SimpleITK image (LPS geometry) into a new or given volume node (RAS); returns the node.
+
+    The voxel type is kept; the node's IJK-to-RAS matrix encodes spacing, origin and direction exactly.
+    A given node is updated in place (its display settings kept) and renamed only when it is new.
+    """
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError("Only 3-D scalar images can be shown as volumes.")
+    scene = _scene(scene)
+    if node is None:
+        node = scene.AddNewNodeByClass(node_class, name)
+    array = np.ascontiguousarray(sitk.GetArrayViewFromImage(image))
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8)
+    image_data = vtk.vtkImageData()
+    image_data.SetDimensions(image.GetSize())
+    scalars = numpy_support.numpy_to_vtk(array.ravel(), deep=True)
+    image_data.GetPointData().SetScalars(scalars)
+    node.SetIJKToRASMatrix(_numpy_to_matrix(segfile.ijk_to_ras_matrix(image)))
+    node.SetAndObserveImageData(image_data)
+    if node.GetDisplayNode() is None:
+        node.CreateDefaultDisplayNodes()
+    return node
+
+
+# ------------------------------------------------------------------------ markups
+
+def _canonical_label(label: str) -> str:
+    lookup = {name.lower(): name for name in labels.LANDMARK_NAMES}
+    return lookup.get(label.strip().lower(), label.strip())
+
+
+def markups_to_landmarks(markups_node) -> dict[str, np.ndarray]:
+    """Defined control points of a markups node as landmarks: label → LPS mm (world coordinates).
+
+    Labels are matched to the project's landmark names ignoring case (``ivc`` → ``IVC``); points
+    not yet placed are skipped; a label used twice raises InputError naming it.
+    """
+    if markups_node is None:
+        return {}
+    landmarks: dict[str, np.ndarray] = {}
+    defined = slicer.vtkMRMLMarkupsNode.PositionDefined
+    for i in range(markups_node.GetNumberOfControlPoints()):
+        if markups_node.GetNthControlPointPositionStatus(i) != defined:
+            continue
+        label = _canonical_label(markups_node.GetNthControlPointLabel(i))
+        if label in landmarks:
+            raise InputError(f"Landmark '{label}' is placed twice in '{markups_node.GetName()}'; delete one of them.")
+        ras = np.zeros(3)
+        markups_node.GetNthControlPointPositionWorld(i, ras)
+        landmarks[label] = ras * np.array([-1.0, -1.0, 1.0])
+    return landmarks
+
+
+def landmarks_to_markups(landmarks: dict[str, np.ndarray], name: str = "Liver landmarks", node=None, scene=None):
+    """Landmarks (label → LPS mm) as control points of a new or given point-list node (RAS); returns the node.
+
+    Points of a given node with the same labels are moved; other points are kept.
+    """
+    scene = _scene(scene)
+    if node is None:
+        node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name)
+        node.CreateDefaultDisplayNodes()
+    descriptions = getattr(labels, "LANDMARK_DESCRIPTIONS", {})
+    existing = {_canonical_label(node.GetNthControlPointLabel(i)): i for i in range(node.GetNumberOfControlPoints())}
+    for label, lps in landmarks.items():
+        ras = [float(v) for v in np.asarray(lps, dtype=float) * np.array([-1.0, -1.0, 1.0])]
+        if label in existing:
+            node.SetNthControlPointPositionWorld(existing[label], *ras)
+        else:
+            index = node.AddControlPointWorld(vtk.vtkVector3d(*ras), label)
+            if label in descriptions:
+                node.SetNthControlPointDescription(index, descriptions[label])
+    return node
+
+
+# ------------------------------------------------------------------------ segmentations
+
+def segment_to_array(segmentation_node, segment_id: str, reference_volume_node) -> np.ndarray:
+    """A segment as a boolean [z, y, x] array on the reference volume's grid (resampled by Slicer if needed)."""
+    if segmentation_node.GetSegmentation().GetSegment(segment_id) is None:
+        raise InputError(f"'{segmentation_node.GetName()}' has no segment with ID '{segment_id}'.")
+    array = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation_node, segment_id, reference_volume_node)
+    return np.asarray(array) > 0
+
+
+def segment_to_image(segmentation_node, segment_id: str, reference_volume_node) -> sitk.Image:
+    """A segment as a uint8 0/1 SimpleITK image with exactly the reference volume's grid (LPS)."""
+    if segmentation_node is None:
+        raise InputError("No segmentation selected for the liver mask.")
+    image = sitk.GetImageFromArray(segment_to_array(segmentation_node, segment_id, reference_volume_node).astype(np.uint8))
+    image.CopyInformation(image_geometry_from_node(reference_volume_node))
+    return image
+
+
+def _oriented_labelmap(mask: np.ndarray, ijk_to_ras: np.ndarray):
+    """A vtkOrientedImageData holding the mask cropped to its bounding box (extent in reference IJK)."""
+    image = slicer.vtkOrientedImageData()
+    image.SetImageToWorldMatrix(_numpy_to_matrix(ijk_to_ras))
+    if mask.any():
+        nz = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+        (z0, z1), (y0, y1), (x0, x1) = [(int(v[0]), int(v[-1])) for v in nz]
+        cropped = np.ascontiguousarray(mask[z0:z1 + 1, y0:y1 + 1, x0:x1 + 1], dtype=np.uint8)
+    else:
+        z0 = z1 = y0 = y1 = x0 = x1 = 0
+        cropped = np.zeros((1, 1, 1), dtype=np.uint8)
+    image.SetExtent(x0, x1, y0, y1, z0, z1)
+    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(cropped.ravel(), deep=True, array_type=vtk.VTK_UNSIGNED_CHAR))
+    return image
+
+
+def _unique_segment_id(segmentation, wanted: str) -> str:
+    candidate, n = wanted, 2
+    while segmentation.GetSegment(candidate) is not None:
+        candidate, n = f"{wanted}_{n}", n + 1
+    return candidate
+
+
+def _set_segment(segmentation_node, segment_id: str, spec: segfile.SegmentSpec, mask: np.ndarray, ijk_to_ras: np.ndarray) -> None:
+    segmentation = segmentation_node.GetSegmentation()
+    if segmentation.GetSegment(segment_id) is None:
+        segmentation.AddEmptySegment(segment_id, spec.name, list(spec.style.color))
+    ok = slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+        _oriented_labelmap(mask, ijk_to_ras), segmentation_node, segment_id,
+        slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+    if not ok:
+        raise RuntimeError(f"Slicer could not set the voxels of segment '{segment_id}'.")
+    segment = segmentation.GetSegment(segment_id)
+    segment.SetName(spec.name)
+    segment.SetColor(*[float(c) for c in spec.style.color])
+    segment.SetNameAutoGenerated(False)
+    segment.SetColorAutoGenerated(False)
+    for key, value in segfile.segment_tags(spec).items():
+        segment.SetTag(key, value)
+
+
+def _mark_user_owned(segment) -> None:
+    """An edited generated segment becomes the user's: no longer tagged as generated, name marked."""
+    segment.RemoveTag(GENERATED_TAG)
+    segment.RemoveTag(CHECKSUM_TAG)
+    if not segment.GetName().endswith("(edited)"):
+        segment.SetName(segment.GetName() + " (edited)")
+
+
+def generated_segment_ids(segmentation_node) -> list[str]:
+    """IDs of the segments this module wrote (tag LiverLocalization.Generated)."""
+    segmentation = segmentation_node.GetSegmentation()
+    out = []
+    for index in range(segmentation.GetNumberOfSegments()):
+        if segmentation.GetNthSegment(index).HasTag(GENERATED_TAG):
+            out.append(segmentation.GetNthSegmentID(index))
+    return out
+
+
+def segment_tag(segment, tag: str) -> str | None:
+    """A segment's tag value, None when absent."""
+    value = vtk.reference("")
+    return str(value) if segment.GetTag(tag, value) else None
+
+
+def write_segments(segmentation_node, reference_volume_node, specs: list[segfile.SegmentSpec],
+                   name: str = "Liver localization", scene=None, warnings: list[str] | None = None):
+    """Write segments into the module's output segmentation node (new when None); returns the node.
+
+    Geometry: the reference volume's grid (masks are [z, y, x] arrays on it). On a node written before:
+    a generated segment that is unchanged since is updated in place (same ID, display settings kept);
+    one the user edited is left alone and the new result goes to a new segment ID (a warning says so);
+    generated segments absent from `specs` are removed only when unedited; segments the user added are
+    never touched. Warnings are appended to `warnings` when a list is given.
+    """
+    scene = _scene(scene)
+    warnings = warnings if warnings is not None else []
+    reference = image_geometry_from_node(reference_volume_node)
+    shape = tuple(reversed(reference.GetSize()))
+    for spec in specs:
+        if np.shape(spec.mask) != shape:
+            raise InputError(f"Segment '{spec.segment_id}': mask shape {np.shape(spec.mask)} is not the volume's {shape}.")
+    if segmentation_node is None:
+        segmentation_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+        segmentation_node.CreateDefaultDisplayNodes()
+        segmentation_node.SetAttribute(MODULE_ATTRIBUTE, "segmentation")
+    segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume_node)
+    ijk_to_ras = volume_ijk_to_ras(reference_volume_node)
+    segmentation = segmentation_node.GetSegmentation()
+
+    def edited(segment_id: str) -> bool:
+        segment = segmentation.GetSegment(segment_id)
+        stored = segment_tag(segment, CHECKSUM_TAG)
+        if stored is None:
+            return True
+        return segfile.mask_checksum(segment_to_array(segmentation_node, segment_id, reference_volume_node)) != stored
+
+    wanted = {spec.segment_id for spec in specs}
+    generated = {}  # result ID -> segment ID of the generated segment holding it
+    for segment_id in generated_segment_ids(segmentation_node):
+        result_id = segment_tag(segmentation.GetSegment(segment_id), RESULT_ID_TAG) or segment_id
+        generated.setdefault(result_id, segment_id)
+    with _modify_blocked(segmentation_node):
+        for result_id, segment_id in list(generated.items()):
+            if result_id in wanted:
+                continue
+            if edited(segment_id):
+                _mark_user_owned(segmentation.GetSegment(segment_id))
+                warnings.append(f"Segment '{segmentation.GetSegment(segment_id).GetName()}' from an earlier run was edited; "
+                                "it was kept although this run did not produce it.")
+            else:
+                segmentation.RemoveSegment(segment_id)
+        for spec in specs:
+            mask = np.asarray(spec.mask, dtype=bool)
+            segment_id = generated.get(spec.segment_id)
+            if segment_id is not None and edited(segment_id):
+                existing = segmentation.GetSegment(segment_id)
+                _mark_user_owned(existing)
+                segment_id = None
+                warnings.append(f"Segment '{spec.name}' was edited since the last run; your edit is kept as "
+                                f"'{existing.GetName()}' and the new result is in a new segment.")
+            if segment_id is None:
+                segment_id = _unique_segment_id(segmentation, spec.segment_id)
+            _set_segment(segmentation_node, segment_id, spec, mask, ijk_to_ras)
+        segmentation.CollapseBinaryLabelmaps(False)
+    return segmentation_node
+
+
+class _modify_blocked:
+    """Context manager: batch the node's Modified events (StartModify/EndModify)."""
+
+    def __init__(self, node):
+        self.node = node
+
+    def __enter__(self):
+        self.state = self.node.StartModify()
+        return self.node
+
+    def __exit__(self, *exc):
+        self.node.EndModify(self.state)
+        return False
+
+
+# ------------------------------------------------------------------------ tables
+
+def _cell_text(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (dict, list, tuple, np.ndarray)):
+        return json.dumps(_plain(value), separators=(",", ":"))
+    return str(value)
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_plain(v) for v in (value.tolist() if isinstance(value, np.ndarray) else value)]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return round(value, 4) if np.isfinite(value) else None
+    return value
+
+
+def _column_kind(values: list) -> str:
+    present = [v for v in values if v is not None]
+    if present and all(isinstance(v, (bool, np.bool_)) for v in present):
+        return "string"
+    if present and all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in present):
+        return "int"
+    if present and all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+                       for v in present):
+        return "double"
+    return "string"
+
+
+def write_table(rows: list[dict], name: str = "Liver lesions", node=None, scene=None, columns: list[str] | None = None,
+                units: dict[str, str] | None = None):
+    """Rows (dicts) into a new or given table node, one column per key; returns the node.
+
+    Numbers become numeric columns (NaN for missing values), other values text (lists and dicts as
+    compact JSON). Units: from `units` or from the key's suffix (_ml, _mm, _hu, _ras → mm).
+    """
+    scene = _scene(scene)
+    if node is None:
+        node = scene.AddNewNodeByClass("vtkMRMLTableNode", name)
+        node.SetAttribute(MODULE_ATTRIBUTE, "table")
+    if columns is None:
+        columns = []
+        for row in rows:
+            columns += [k for k in row if k not in columns]
+    suffix_units = {"_ml": "ml", "_mm": "mm", "_hu": "HU", "_mm3": "mm3", "_ras": "mm"}
+    table = vtk.vtkTable()
+    for column in columns:
+        values = [row.get(column) for row in rows]
+        kind = _column_kind(values)
+        if kind == "int" and any(v is None for v in values):
+            kind = "double"
+        array = {"int": vtk.vtkIntArray, "double": vtk.vtkDoubleArray, "string": vtk.vtkStringArray}[kind]()
+        array.SetName(column)
+        for value in values:
+            if kind == "string":
+                array.InsertNextValue(_cell_text(value))
+            elif kind == "int":
+                array.InsertNextValue(int(value))
+            else:
+                array.InsertNextValue(float("nan") if value is None else float(value))
+        table.AddColumn(array)
+    with _modify_blocked(node):
+        node.SetAndObserveTable(table)
+        for column in columns:
+            unit = (units or {}).get(column) or next((u for s, u in suffix_units.items() if column.endswith(s)), "")
+            if unit:
+                node.SetColumnUnitLabel(column, unit)
+        node.SetLocked(False)
+    return node
+
+
+# ------------------------------------------------------------------------ subject hierarchy
+
+def place_next_to(node, input_node) -> None:
+    """Put an output node in the subject hierarchy under the input node's parent (its study), when it has one."""
+    if node is None or input_node is None:
+        return
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(node.GetScene())
+    if sh is None:
+        return
+    input_item = sh.GetItemByDataNode(input_node)
+    item = sh.GetItemByDataNode(node)
+    if not input_item or not item:
+        return
+    parent = sh.GetItemParent(input_item)
+    if parent and sh.GetItemParent(item) != parent:
+        sh.SetItemParent(item, parent)
+
+
+# ------------------------------------------------------------------------ running on nodes
+
+LESION_TABLE_COLUMNS = (
+    "id", "volume_ml", "max_diameter_mm", "mean_hu", "centroid_ras", "main_segment", "segments", "segment_fractions",
+    "distance_hepatic_vein_landmark_mm", "nearest_hepatic_vein_landmark", "distance_portal_vein_landmark_mm",
+    "nearest_portal_vein_landmark", "kind", "malignant_probability",
+)
+
+
+def lesion_table_rows(lesions: list[dict]) -> list[dict]:
+    """Per-lesion rows for the table: the report columns first, then any others the pipeline added."""
+    extra = []
+    for row in lesions:
+        extra += [k for k in row if k not in LESION_TABLE_COLUMNS and k not in extra]
+    return [{k: row.get(k) for k in list(LESION_TABLE_COLUMNS) + extra} for row in lesions]
+
+
+def run_on_nodes(volume_node, markups_node=None, liver_segmentation_node=None, liver_segment_id: str | None = None,
+                 options=None, outputs: dict | None = None, progress: Callable[[float, str], None] | None = None,
+                 should_cancel: Callable[[], bool] | None = None) -> dict:
+    """Run the pipeline on scene nodes and put the results into output nodes; input nodes are never modified.
+
+    volume_node: the CT (HU). markups_node: point list with the landmarks (labels IVC, IVC_inferior, RHV,
+    MHV, LHV, RPV, LPV, UP; RAS world); None runs without Couinaud segments. liver_segmentation_node and
+    liver_segment_id: an optional liver mask replacing liver extraction. options: pipeline.PipelineOptions.
+    outputs: existing output nodes to update, keys 'segmentation', 'table', 'denoised', 'gradcam' (missing
+    or None: created). Returns {'segmentation', 'table', 'denoised', 'gradcam' (None when not computed),
+    'result' (pipeline.PipelineResult), 'warnings' (list of str)}.
+    """
+    from . import pipeline
+
+    if volume_node is None:
+        raise InputError("Select the CT volume to analyse.")
+    if liver_segmentation_node is not None and not liver_segment_id:
+        raise InputError("A liver segmentation was selected without choosing its liver segment.")
+    outputs = dict(outputs or {})
+    ct = volume_node_to_image(volume_node)
+    landmarks = markups_to_landmarks(markups_node) if markups_node is not None else None
+    liver_mask = (segment_to_image(liver_segmentation_node, liver_segment_id, volume_node)
+                  if liver_segmentation_node is not None else None)
+    result = pipeline.run_pipeline(ct, landmarks or None, liver_mask=liver_mask, options=options,
+                                   progress=progress, should_cancel=should_cancel)
+    if progress is not None:
+        progress(0.97, "Writing results to the scene")
+    warnings = list(result.warnings)
+    base = volume_node.GetName()
+    scene = volume_node.GetScene()
+    segmentation = write_segments(outputs.get("segmentation"), volume_node, pipeline.result_segments(result),
+                                  name=f"{base} liver localization", scene=scene, warnings=warnings)
+    table = write_table(lesion_table_rows(result.lesions), name=f"{base} lesions", node=outputs.get("table"), scene=scene)
+    denoised = image_to_volume_node(result.denoised, f"{base} denoised", node=outputs.get("denoised"), scene=scene)
+    _copy_window_level(volume_node, denoised)
+    gradcam = None
+    if result.gradcam is not None:
+        gradcam = image_to_volume_node(result.gradcam, f"{base} Grad-CAM", node=outputs.get("gradcam"), scene=scene)
+        _set_heat_colormap(gradcam)
+    for node, role in ((segmentation, "segmentation"), (table, "table"), (denoised, "denoised"), (gradcam, "gradcam")):
+        if node is not None:
+            node.SetAttribute(MODULE_ATTRIBUTE, role)
+            place_next_to(node, volume_node)
+    if progress is not None:
+        progress(1.0, "Done")
+    return {"segmentation": segmentation, "table": table, "denoised": denoised, "gradcam": gradcam,
+            "result": result, "warnings": warnings}
+
+
+def _copy_window_level(source, target) -> None:
+    src, dst = source.GetDisplayNode(), target.GetDisplayNode()
+    if src is None or dst is None:
+        return
+    dst.SetAutoWindowLevel(False)
+    dst.SetWindowLevel(src.GetWindow(), src.GetLevel())
+
+
+def _set_heat_colormap(node) -> None:
+    display = node.GetDisplayNode()
+    if display is None:
+        return
+    scene = node.GetScene()
+    for color_id in ("vtkMRMLColorTableNodeFileColdToHotRainbow.txt", "vtkMRMLColorTableNodeRainbow",
+                     "vtkMRMLColorTableNodeFileInferno.txt"):
+        if scene.GetNodeByID(color_id) is not None:
+            display.SetAndObserveColorNodeID(color_id)
+            break
+    display.SetAutoWindowLevel(False)
+    display.SetWindowLevelMinMax(0.0, 1.0)

@@ -1,0 +1,247 @@
+"""Denoising a CT before tissue segmentation: median (radius in mm), curvature anisotropic diffusion, bilateral.
+
+Every function takes a SimpleITK image in Hounsfield units (any scalar pixel type, any spacing and
+direction) and returns a float32 image with exactly the input's geometry (size, spacing, origin,
+direction). Filters run only on the bounding box of the body (voxels above -500 HU plus a margin):
+air outside it is copied unchanged, which saves a third to a half of the time on typical CTs.
+
+`denoise_metrics` measures what a filter did: noise sigma inside homogeneous parenchyma, edge
+sharpness across the liver border and PSNR against a noise-free reference (the phantom's `ct_clean`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import contextmanager
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError
+
+METHODS = ("median", "curvature", "bilateral")
+DEFAULT_CONDUCTANCE = 1.0
+BODY_THRESHOLD_HU = -500.0
+Progress = Callable[[float, str], None]
+
+
+@contextmanager
+def _quiet_itk():
+    """Silence ITK's console warnings (the curvature filter warns about time steps even when they are stable)."""
+    previous = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(previous)
+
+
+def _as_float(image: sitk.Image) -> sitk.Image:
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError("Denoising needs a scalar image (one value per voxel).")
+    return sitk.Cast(image, sitk.sitkFloat32) if image.GetPixelID() != sitk.sitkFloat32 else image
+
+
+def body_bounding_box(image: sitk.Image, threshold_hu: float = BODY_THRESHOLD_HU, margin_voxels: int = 3):
+    """Index box (start_xyz, size_xyz) around every voxel above `threshold_hu`, with a margin; the whole image if none."""
+    arr = sitk.GetArrayViewFromImage(image)
+    size = np.asarray(image.GetSize())
+    # project along axes instead of argwhere: cheap on 34 M voxels
+    above = arr > threshold_hu
+    zs = np.flatnonzero(above.any(axis=(1, 2)))
+    if zs.size == 0:
+        return (0, 0, 0), tuple(int(s) for s in size)
+    ys = np.flatnonzero(above.any(axis=(0, 2)))
+    xs = np.flatnonzero(above.any(axis=(0, 1)))
+    lo = np.array([xs[0], ys[0], zs[0]]) - margin_voxels
+    hi = np.array([xs[-1], ys[-1], zs[-1]]) + margin_voxels + 1
+    lo = np.maximum(lo, 0)
+    hi = np.minimum(hi, size)
+    return tuple(int(v) for v in lo), tuple(int(v) for v in hi - lo)
+
+
+def _on_body(image: sitk.Image, filter_fn: Callable[[sitk.Image], sitk.Image]) -> sitk.Image:
+    """Apply filter_fn to the body's bounding box and paste the result into a float32 copy of the image."""
+    image = _as_float(image)
+    start, size = body_bounding_box(image)
+    if tuple(size) == tuple(image.GetSize()):
+        out = filter_fn(image)
+    else:
+        crop = sitk.RegionOfInterest(image, size, start)
+        out = sitk.Paste(image, sitk.Cast(filter_fn(crop), sitk.sitkFloat32), size, (0, 0, 0), start)
+    out = sitk.Cast(out, sitk.sitkFloat32)
+    out.CopyInformation(image)
+    return out
+
+
+def median_radius_voxels(spacing_mm, radius_mm: float) -> tuple[int, int, int]:
+    """Median radius per axis in voxels: round(radius_mm / spacing) per axis (0 where the spacing exceeds 2 radii).
+
+    E.g. 1 mm on 0.57×0.57×1.6 mm gives (2, 2, 1); on 2 mm isotropic gives (0, 0, 0) → (1, 1, 1) is not forced.
+    """
+    return tuple(int(round(radius_mm / float(s))) for s in spacing_mm)
+
+
+def median_filter(image: sitk.Image, radius_mm: float = 1.0) -> sitk.Image:
+    """Median filter whose neighbourhood is a box of half-width `radius_mm` (mm) on every axis.
+
+    The radius is converted per axis with the voxel spacing, so anisotropic voxels get fewer voxels
+    along their long axis. When every per-axis radius rounds to 0 the radius is raised to 1 voxel on
+    the finest axes (a median over nothing would not denoise). Returns float32 with the input's geometry.
+    """
+    if not radius_mm > 0:
+        raise InputError(f"The median radius must be positive (got {radius_mm} mm).")
+    radius = list(median_radius_voxels(image.GetSpacing(), radius_mm))
+    if max(radius) == 0:
+        finest = min(image.GetSpacing())
+        radius = [1 if abs(s - finest) < 1e-6 else 0 for s in image.GetSpacing()]
+    return _on_body(image, lambda img: sitk.Median(img, radius))
+
+
+def stable_time_step(spacing_mm) -> float:
+    """Largest stable explicit time step for 3-D anisotropic diffusion: min spacing / 2^(d+1), with a 10 % margin.
+
+    ITK's diffusion filters use physical spacing; above this bound the explicit scheme oscillates and blows up
+    (domain.md §4: 0.0625, ITK's default, is unstable for 0.74 mm voxels).
+    """
+    return 0.9 * float(min(spacing_mm)) / 2.0 ** (len(spacing_mm) + 1)
+
+
+def curvature_diffusion(image: sitk.Image, iterations: int = 5, conductance: float = DEFAULT_CONDUCTANCE,
+                        time_step: float | None = None) -> sitk.Image:
+    """Curvature anisotropic diffusion (edge-preserving: smooths inside regions, not across edges).
+
+    Args:
+        image: CT in HU.
+        iterations: number of explicit diffusion steps (5 removes about a third of the noise sigma).
+        conductance: edge sensitivity (ITK's conductance, relative to the mean gradient; lower keeps more edges).
+        time_step: diffusion time per iteration; None uses `stable_time_step(spacing)`. Larger values than the
+            stable bound raise InputError.
+    Returns float32 with the input's geometry.
+    """
+    if iterations < 1:
+        raise InputError(f"Curvature diffusion needs at least one iteration (got {iterations}).")
+    limit = float(min(image.GetSpacing())) / 2.0 ** (image.GetDimension() + 1)
+    if time_step is None:
+        time_step = stable_time_step(image.GetSpacing())
+    elif not 0 < time_step <= limit:
+        raise InputError(f"Time step {time_step} is unstable for voxel spacing {min(image.GetSpacing()):.3f} mm; "
+                         f"use a value in (0, {limit:.4f}] or leave it unset.")
+
+    def run(img: sitk.Image) -> sitk.Image:
+        f = sitk.CurvatureAnisotropicDiffusionImageFilter()
+        f.SetNumberOfIterations(int(iterations))
+        f.SetTimeStep(float(time_step))
+        f.SetConductanceParameter(float(conductance))
+        with _quiet_itk():
+            return f.Execute(img)
+
+    return _on_body(image, run)
+
+
+def bilateral(image: sitk.Image, domain_sigma_mm: float = 1.0, range_sigma_hu: float = 40.0) -> sitk.Image:
+    """Bilateral filter: Gaussian in space (sigma in mm) times Gaussian in intensity (sigma in HU).
+
+    Voxels across an edge stronger than ~2 range sigmas hardly contribute, so edges are kept. Slow for large
+    domain sigmas (the kernel spans 2.5 sigma per side). Returns float32 with the input's geometry.
+    """
+    if domain_sigma_mm <= 0 or range_sigma_hu <= 0:
+        raise InputError("Bilateral sigmas must be positive (domain in mm, range in HU).")
+    return _on_body(image, lambda img: sitk.Bilateral(img, float(domain_sigma_mm), float(range_sigma_hu)))
+
+
+def denoise(image: sitk.Image, method: str = "curvature", *, median_radius_mm: float = 1.0, iterations: int = 5,
+            conductance: float = DEFAULT_CONDUCTANCE, domain_sigma_mm: float = 1.0, range_sigma_hu: float = 40.0,
+            progress: Progress | None = None) -> sitk.Image:
+    """Denoise a CT with one of METHODS; float32 result with exactly the input's geometry.
+
+    Args:
+        image: CT in HU (any scalar pixel type, spacing and direction). Not modified.
+        method: "median" (radius `median_radius_mm` mm), "curvature" (curvature anisotropic diffusion,
+            `iterations`, `conductance`, stable time step) or "bilateral" (`domain_sigma_mm`, `range_sigma_hu`).
+        progress: optional callback (fraction 0..1, message).
+    """
+    if method not in METHODS:
+        raise InputError(f"Unknown denoising method {method!r}; choose one of {', '.join(METHODS)}.")
+    if image.GetDimension() != 3:
+        raise InputError(f"Denoising needs a 3-D volume (got {image.GetDimension()}-D).")
+    if progress is not None:
+        progress(0.0, f"denoising ({method})")
+    if method == "median":
+        out = median_filter(image, median_radius_mm)
+    elif method == "curvature":
+        out = curvature_diffusion(image, iterations=iterations, conductance=conductance)
+    else:
+        out = bilateral(image, domain_sigma_mm, range_sigma_hu)
+    if progress is not None:
+        progress(1.0, f"denoised ({method})")
+    return out
+
+
+# ----------------------------------------------------------------------------------- measurements
+
+def _border_profile_width(arr: np.ndarray, mask: np.ndarray, spacing_zyx: np.ndarray) -> float:
+    """Edge width (mm) across a mask's border: mean 10-90 % rise distance, estimated from intensity vs signed distance."""
+    from scipy import ndimage
+
+    inside = ndimage.distance_transform_edt(mask, sampling=spacing_zyx)
+    outside = ndimage.distance_transform_edt(~mask, sampling=spacing_zyx)
+    signed = np.where(mask, inside, -outside)
+    band = np.abs(signed) <= 6.0
+    d = signed[band]
+    v = arr[band].astype(np.float64)
+    bins = np.arange(-6.0, 6.0 + 1e-6, 0.5)
+    which = np.digitize(d, bins)
+    prof = np.array([np.median(v[which == i]) if np.any(which == i) else np.nan for i in range(1, len(bins))])
+    centers = (bins[:-1] + bins[1:]) / 2
+    ok = np.isfinite(prof)
+    prof, centers = prof[ok], centers[ok]
+    if prof.size < 4:
+        return float("nan")
+    lo, hi = np.median(prof[centers < -3.5]), np.median(prof[centers > 3.5])
+    if not np.isfinite(lo) or not np.isfinite(hi) or abs(hi - lo) < 1e-3:
+        return float("nan")
+    frac = (prof - lo) / (hi - lo)
+    # first crossings of 10 % and 90 % going from outside (negative distance) to inside
+    x10 = np.interp(0.1, np.maximum.accumulate(frac), centers)
+    x90 = np.interp(0.9, np.maximum.accumulate(frac), centers)
+    return float(x90 - x10)
+
+
+def denoise_metrics(image: sitk.Image, liver_mask, clean: sitk.Image | None = None,
+                    peak_hu: float = 400.0) -> dict[str, float]:
+    """Measure the noise and sharpness of a CT (the input, or a denoising result), in HU and mm.
+
+    Args:
+        image: the CT (noisy input or filtered), HU.
+        liver_mask: liver mask (image or [z, y, x] bool array) on that grid; noise is measured in its
+            interior (eroded by 3 mm), edge width across its border.
+        clean: optional noise-free reference (phantom): gives PSNR and RMSE in the body.
+        peak_hu: the PSNR's peak signal (HU range of interest; 400 HU = abdominal window width).
+    Returns noise_sd_hu (sd inside the eroded liver), noise_sd_core_hu (sd of its central 90 %, less
+    sensitive to vessels and lesions), edge_width_mm (10-90 % rise across the liver border, smaller is sharper) and, with `clean`,
+    psnr_db and rmse_hu (in voxels above -500 HU of the clean image).
+    """
+    from scipy import ndimage
+
+    arr = sitk.GetArrayViewFromImage(image).astype(np.float32)
+    mask = (sitk.GetArrayViewFromImage(liver_mask) if isinstance(liver_mask, sitk.Image) else np.asarray(liver_mask)) > 0
+    spacing_zyx = np.asarray(image.GetSpacing(), dtype=float)[::-1]
+    radius = np.maximum(1, np.round(3.0 / spacing_zyx)).astype(int)
+    structure = np.ones(tuple(2 * r + 1 for r in radius), dtype=bool)
+    interior = ndimage.binary_erosion(mask, structure=structure)
+    if not interior.any():
+        interior = mask
+    values = arr[interior]
+    # homogeneity: use the central 90 % to keep vessels and lesions from inflating the sd
+    lo, hi = np.percentile(values, [5, 95])
+    core = values[(values >= lo) & (values <= hi)]
+    out = {"noise_sd_hu": float(np.std(values)), "noise_sd_core_hu": float(np.std(core)),
+           "edge_width_mm": _border_profile_width(arr, mask, spacing_zyx)}
+    if clean is not None:
+        ref = sitk.GetArrayViewFromImage(clean).astype(np.float32)
+        body = ref > BODY_THRESHOLD_HU
+        mse = float(np.mean((arr[body] - ref[body]) ** 2))
+        out["rmse_hu"] = float(np.sqrt(mse))
+        out["psnr_db"] = float(10 * np.log10(peak_hu ** 2 / max(mse, 1e-12)))
+    return out

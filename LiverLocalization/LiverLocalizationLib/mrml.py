@@ -485,11 +485,11 @@ def place_next_to(node, input_node) -> None:
     if sh is None:
         return
     input_item = sh.GetItemByDataNode(input_node)
+    parent = sh.GetItemParent(input_item) if input_item else sh.GetSceneItemID()
     item = sh.GetItemByDataNode(node)
-    if not input_item or not item:
-        return
-    parent = sh.GetItemParent(input_item)
-    if parent and sh.GetItemParent(item) != parent:
+    if not item:  # Slicer's application adds items for new nodes; a bare scene does not
+        sh.CreateItem(parent or sh.GetSceneItemID(), node)
+    elif parent and sh.GetItemParent(item) != parent:
         sh.SetItemParent(item, parent)
 
 

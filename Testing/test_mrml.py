@@ -1,0 +1,270 @@
+"""The MRML bridge against Slicer's real MRML library (slicer-core), headless."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+pytest.importorskip("slicer", reason="slicer-core is not installed (pip install slicer-core)")
+
+from LiverLocalizationLib import io, labels, mrml, segfile  # noqa: E402
+from LiverLocalizationLib.errors import InputError  # noqa: E402
+
+
+def _oblique_ct(size=(36, 30, 20)) -> sitk.Image:
+    rng = np.random.default_rng(0)
+    arr = rng.normal(100, 20, size[::-1]).astype(np.int16)
+    arr[:, :2, :] = -1000
+    ct = sitk.GetImageFromArray(arr)
+    ct.SetSpacing((0.75, 0.9, 2.5))
+    ct.SetOrigin((120.5, -80.25, 300.0))
+    a = 0.35
+    rot = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+    ct.SetDirection(rot.ravel().tolist())
+    return ct
+
+
+def _ball(shape, centre_zyx, radius) -> np.ndarray:
+    z, y, x = np.indices(shape)
+    return (z - centre_zyx[0]) ** 2 + (y - centre_zyx[1]) ** 2 + (x - centre_zyx[2]) ** 2 <= radius ** 2
+
+
+# ------------------------------------------------------------------------ volumes
+
+@pytest.mark.parametrize("pixel", [sitk.sitkInt16, sitk.sitkFloat32, sitk.sitkUInt8])
+def test_volume_round_trip_is_exact_including_oblique_geometry(slicer_scene, pixel):
+    ct = sitk.Cast(_oblique_ct(), pixel)
+    node = mrml.image_to_volume_node(ct, "CT")
+    # Slicer's IJK-to-RAS of the node is the LPS geometry with x and y negated
+    matrix = mrml.volume_ijk_to_ras(node)
+    expected_first_voxel_ras = np.asarray(ct.TransformIndexToPhysicalPoint((0, 0, 0))) * [-1, -1, 1]
+    np.testing.assert_allclose(matrix[:3, 3], expected_first_voxel_ras, atol=1e-9)
+    corner = (35, 29, 19)
+    np.testing.assert_allclose(matrix @ [*corner, 1], [*(np.asarray(ct.TransformIndexToPhysicalPoint(corner)) * [-1, -1, 1]), 1],
+                               atol=1e-9)
+    back = mrml.volume_node_to_image(node)
+    assert back.GetPixelID() == ct.GetPixelID()
+    assert back.GetSize() == ct.GetSize()
+    np.testing.assert_allclose(back.GetOrigin(), ct.GetOrigin(), atol=1e-9)
+    np.testing.assert_allclose(back.GetSpacing(), ct.GetSpacing(), atol=1e-9)
+    np.testing.assert_allclose(back.GetDirection(), ct.GetDirection(), atol=1e-12)
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(back), sitk.GetArrayViewFromImage(ct))
+
+
+def test_volume_under_linear_transform_is_read_in_world_coordinates(slicer_scene):
+    import vtk
+
+    ct = _oblique_ct()
+    node = mrml.image_to_volume_node(ct, "CT")
+    transform = slicer_scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    matrix = vtk.vtkMatrix4x4()
+    matrix.SetElement(0, 3, 10.0)  # 10 mm to the right (RAS x)
+    transform.SetMatrixTransformToParent(matrix)
+    node.SetAndObserveTransformNodeID(transform.GetID())
+    back = mrml.volume_node_to_image(node)
+    np.testing.assert_allclose(np.asarray(back.GetOrigin()) - ct.GetOrigin(), [-10.0, 0, 0], atol=1e-9)  # LPS x = -RAS x
+
+
+def test_bad_volumes_are_refused(slicer_scene):
+    with pytest.raises(InputError, match="select a CT"):
+        mrml.volume_node_to_image(None)
+    empty = slicer_scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty")
+    with pytest.raises(InputError, match="no voxels"):
+        mrml.volume_node_to_image(empty)
+
+
+def test_update_existing_volume_node_in_place(slicer_scene):
+    ct = _oblique_ct()
+    node = mrml.image_to_volume_node(ct, "out")
+    smaller = sitk.Cast(ct[::2, ::2, ::2], sitk.sitkFloat32) * 0.5
+    same = mrml.image_to_volume_node(smaller, "ignored", node=node)
+    assert same is node and node.GetName() == "out"
+    np.testing.assert_allclose(sitk.GetArrayFromImage(mrml.volume_node_to_image(node)), sitk.GetArrayFromImage(smaller))
+
+
+# ------------------------------------------------------------------------ markups
+
+def test_markups_landmarks_round_trip_lps_ras(slicer_scene):
+    landmarks = {"IVC": np.array([10.0, 20.0, 30.0]), "RHV": np.array([-40.5, 12.25, 55.0])}
+    node = mrml.landmarks_to_markups(landmarks, "landmarks")
+    ras = np.zeros(3)
+    node.GetNthControlPointPositionWorld(0, ras)
+    np.testing.assert_allclose(ras, [-10.0, -20.0, 30.0])
+    back = mrml.markups_to_landmarks(node)
+    assert set(back) == set(landmarks)
+    for k in landmarks:
+        np.testing.assert_allclose(back[k], landmarks[k])
+    # moving an existing label updates it, a new one is added
+    mrml.landmarks_to_markups({"IVC": np.array([1.0, 2.0, 3.0]), "LPV": np.array([0.0, 0.0, 0.0])}, node=node)
+    assert node.GetNumberOfControlPoints() == 3
+    np.testing.assert_allclose(mrml.markups_to_landmarks(node)["IVC"], [1.0, 2.0, 3.0])
+
+
+def test_markups_labels_case_unplaced_points_and_duplicates(slicer_scene):
+    node = slicer_scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "pts")
+    node.AddControlPoint(1.0, 2.0, 3.0, "ivc")
+    index = node.AddControlPoint(0.0, 0.0, 0.0, "RHV")
+    node.UnsetNthControlPointPosition(index)
+    assert set(mrml.markups_to_landmarks(node)) == {"IVC"}
+    node.AddControlPoint(4.0, 5.0, 6.0, "IVC")
+    with pytest.raises(InputError, match="'IVC' is placed twice"):
+        mrml.markups_to_landmarks(node)
+
+
+def test_real_landmarks_file_matches_markups_node(slicer_scene, ircadb_crop_dir):
+    """Slicer's own JSON reader and our io.read_markups agree on the real landmarks (LPS file)."""
+    landmarks = io.read_markups(ircadb_crop_dir / "landmarks.mrk.json")
+    node = slicer_scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "real")
+    storage = slicer_scene.AddNewNodeByClass("vtkMRMLMarkupsJsonStorageNode")
+    storage.SetFileName(str(ircadb_crop_dir / "landmarks.mrk.json"))
+    assert storage.ReadData(node) == 1
+    from_node = mrml.markups_to_landmarks(node)
+    assert set(from_node) == set(landmarks) == set(labels.LANDMARK_NAMES)
+    for k in landmarks:
+        np.testing.assert_allclose(from_node[k], landmarks[k], atol=1e-4)
+
+
+# ------------------------------------------------------------------------ segmentations
+
+def _specs(shape) -> list[segfile.SegmentSpec]:
+    liver = _ball(shape, (10, 15, 18), 9)
+    lesion = _ball(shape, (10, 15, 20), 3)
+    z, y, x = np.indices(shape)
+    return [
+        segfile.SegmentSpec("liver", "Liver", liver, labels.LIVER),
+        segfile.SegmentSpec("lesion_1", "Lesion 1 – metastasis – VII", lesion, labels.NEOPLASM_STYLE),
+        segfile.SegmentSpec("couinaud_VII", "Couinaud VII", liver & (x >= 18), labels.COUINAUD_STYLES[7]),
+        segfile.SegmentSpec("couinaud_VI", "Couinaud VI", liver & (x < 18), labels.COUINAUD_STYLES[6]),
+    ]
+
+
+def _ids(node) -> list[str]:
+    seg = node.GetSegmentation()
+    return [seg.GetNthSegmentID(i) for i in range(seg.GetNumberOfSegments())]
+
+
+def test_write_segments_voxels_names_colours_terminology(slicer_scene):
+    ct = _oblique_ct()
+    volume = mrml.image_to_volume_node(ct, "CT")
+    specs = _specs(tuple(reversed(ct.GetSize())))
+    node = mrml.write_segments(None, volume, specs)
+    assert _ids(node) == [s.segment_id for s in specs]
+    assert node.GetNodeReference(node.GetReferenceImageGeometryReferenceRole()) is volume
+    for spec in specs:
+        segment = node.GetSegmentation().GetSegment(spec.segment_id)
+        assert segment.GetName() == spec.name
+        np.testing.assert_allclose(segment.GetColor(), spec.style.color, atol=1e-6)
+        entry = segfile.parse_terminology_entry(mrml.segment_tag(segment, "TerminologyEntry"))
+        assert entry["category"] == spec.style.category and entry["type"] == spec.style.type
+        np.testing.assert_array_equal(mrml.segment_to_array(node, spec.segment_id, volume), spec.mask)
+    mask_image = mrml.segment_to_image(node, "lesion_1", volume)
+    assert mask_image.GetPixelID() == sitk.sitkUInt8
+    np.testing.assert_allclose(mask_image.GetDirection(), ct.GetDirection(), atol=1e-12)
+    np.testing.assert_allclose(mask_image.GetOrigin(), ct.GetOrigin(), atol=1e-9)
+
+
+def test_rerun_updates_own_segments_and_keeps_user_work(slicer_scene):
+    import slicer
+
+    ct = _oblique_ct()
+    volume = mrml.image_to_volume_node(ct, "CT")
+    shape = tuple(reversed(ct.GetSize()))
+    specs = _specs(shape)
+    node = mrml.write_segments(None, volume, specs)
+    # the user adds a segment and edits the lesion
+    user_id = node.GetSegmentation().AddEmptySegment("my_tumour", "My tumour", [0.0, 1.0, 0.0])
+    user_mask = _ball(shape, (5, 5, 5), 2)
+    slicer.util.updateSegmentBinaryLabelmapFromArray(user_mask.astype(np.uint8), node, user_id, volume)
+    edited = specs[1].mask.copy()
+    edited[10, 15, 25:30] = True
+    slicer.util.updateSegmentBinaryLabelmapFromArray(edited.astype(np.uint8), node, "lesion_1", volume)
+
+    # second run: a bigger lesion, liver unchanged, no Couinaud VI any more
+    new_lesion = _ball(shape, (10, 15, 20), 4)
+    specs2 = [specs[0], segfile.SegmentSpec("lesion_1", specs[1].name, new_lesion, labels.NEOPLASM_STYLE), specs[2]]
+    warnings: list[str] = []
+    same = mrml.write_segments(node, volume, specs2, warnings=warnings)
+    assert same is node
+    ids = _ids(node)
+    assert "couinaud_VI" not in ids  # stale, unedited: removed
+    assert "my_tumour" in ids  # the user's own segment is untouched
+    np.testing.assert_array_equal(mrml.segment_to_array(node, "my_tumour", volume), user_mask)
+    # the edited lesion is kept as the user's, the new result went to a new segment
+    np.testing.assert_array_equal(mrml.segment_to_array(node, "lesion_1", volume), edited)
+    assert node.GetSegmentation().GetSegment("lesion_1").GetName().endswith("(edited)")
+    assert not node.GetSegmentation().GetSegment("lesion_1").HasTag(segfile.GENERATED_TAG)
+    new_ids = [i for i in ids if i.startswith("lesion_1_")]
+    assert len(new_ids) == 1
+    np.testing.assert_array_equal(mrml.segment_to_array(node, new_ids[0], volume), new_lesion)
+    assert any("edited" in w for w in warnings)
+
+    # third run, nothing edited since: updates in place, no new segments, no warnings
+    warnings = []
+    mrml.write_segments(node, volume, specs2, warnings=warnings)
+    assert _ids(node) == ids and warnings == []
+
+
+def test_segment_id_taken_by_user_segment_is_not_overwritten(slicer_scene):
+    ct = _oblique_ct()
+    volume = mrml.image_to_volume_node(ct, "CT")
+    specs = _specs(tuple(reversed(ct.GetSize())))
+    node = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "user's")
+    node.CreateDefaultDisplayNodes()
+    node.GetSegmentation().AddEmptySegment("liver", "User liver", [1.0, 0.0, 0.0])
+    mrml.write_segments(node, volume, specs[:1])
+    assert node.GetSegmentation().GetSegment("liver").GetName() == "User liver"
+    assert not mrml.segment_to_array(node, "liver", volume).any()
+    np.testing.assert_array_equal(mrml.segment_to_array(node, "liver_2", volume), specs[0].mask)
+
+
+def test_saved_segmentation_node_reads_back_with_segfile(tmp_path, slicer_scene):
+    ct = _oblique_ct()
+    volume = mrml.image_to_volume_node(ct, "CT")
+    specs = _specs(tuple(reversed(ct.GetSize())))
+    node = mrml.write_segments(None, volume, specs)
+    storage = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    storage.SetFileName(str(tmp_path / "node.seg.nrrd"))
+    assert storage.WriteData(node) == 1
+    grid, segments = segfile.read_seg_nrrd(tmp_path / "node.seg.nrrd")
+    np.testing.assert_allclose(grid.GetDirection(), ct.GetDirection(), atol=1e-9)
+    np.testing.assert_allclose(grid.GetOrigin(), ct.GetOrigin(), atol=1e-6)
+    for seg, spec in zip(segments, specs):
+        assert seg["id"] == spec.segment_id and seg["name"] == spec.name
+        assert seg["tags"][segfile.CHECKSUM_TAG] == segfile.mask_checksum(spec.mask)
+        np.testing.assert_array_equal(seg["mask"], spec.mask)
+
+
+# ------------------------------------------------------------------------ tables and hierarchy
+
+def test_write_table_types_units_and_update(slicer_scene):
+    rows = [
+        {"id": 1, "volume_ml": 2.5, "main_segment": "VII", "segments": ["VII", "VIII"], "malignant_probability": None},
+        {"id": 2, "volume_ml": 0.75, "main_segment": "II", "segments": ["II"], "malignant_probability": 0.9},
+    ]
+    node = mrml.write_table(rows, "lesions")
+    table = node.GetTable()
+    assert table.GetNumberOfRows() == 2 and node.GetNumberOfColumns() == 5
+    assert table.GetColumnByName("id").GetDataTypeAsString() == "int"
+    assert table.GetColumnByName("volume_ml").GetValue(1) == pytest.approx(0.75)
+    assert node.GetColumnUnitLabel("volume_ml") == "ml"
+    assert table.GetColumnByName("segments").GetValue(0) == '["VII","VIII"]'
+    assert np.isnan(table.GetColumnByName("malignant_probability").GetValue(0))
+    same = mrml.write_table(rows[:1], node=node)
+    assert same is node and node.GetTable().GetNumberOfRows() == 1
+
+
+def test_outputs_are_placed_in_the_input_study(slicer_scene):
+    import slicer
+
+    volume = mrml.image_to_volume_node(_oblique_ct(), "CT")
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer_scene)
+    patient = sh.CreateSubjectItem(sh.GetSceneItemID(), "Patient")
+    study = sh.CreateStudyItem(patient, "Study")
+    if sh.GetItemByDataNode(volume):
+        sh.SetItemParent(sh.GetItemByDataNode(volume), study)
+    else:  # a bare scene has no subject hierarchy plugins adding items for new nodes
+        sh.CreateItem(study, volume)
+    table = mrml.write_table([{"id": 1}], "t")
+    mrml.place_next_to(table, volume)
+    assert sh.GetItemParent(sh.GetItemByDataNode(table)) == study

@@ -31,6 +31,17 @@ REQUIRED_LANDMARKS = ("IVC", "RHV", "MHV", "LHV", "RPV", "LPV")
 OPTIONAL_LANDMARKS = ("IVC_inferior", "UP")
 HEPATIC_VEIN_LANDMARKS = ("RHV", "MHV", "LHV")
 PORTAL_VEIN_LANDMARKS = ("RPV", "LPV", "UP")
+# Where each landmark goes (shown next to its placement button in the Slicer module), domain.md §1
+LANDMARK_DESCRIPTIONS = {
+    "IVC": "Inferior vena cava where the hepatic veins join it (hepatic-vein confluence, top of the liver).",
+    "IVC_inferior": "Optional: inferior vena cava at the lower end of the caudate lobe (segment I); gives the IVC axis.",
+    "RHV": "Right hepatic vein, 2-4 cm from the IVC: splits right posterior (VI, VII) from right anterior (V, VIII).",
+    "MHV": "Middle hepatic vein, 2-4 cm from the IVC (Cantlie's line): splits the right liver (V, VIII) from IV.",
+    "LHV": "Left hepatic vein, 2-4 cm from the IVC: splits IV from the left lateral segments II and III.",
+    "RPV": "Right portal vein at the portal bifurcation: the transverse plane splitting VII, VIII from VI, V.",
+    "LPV": "Left portal vein at the portal bifurcation: the transverse plane splitting II, IVa from III, IVb.",
+    "UP": "Optional: umbilical portion of the left portal vein (falciform ligament): lower border of IV with III.",
+}
 
 # Lesion kinds the classifier knows
 LESION_KINDS = ("cyst", "haemangioma", "metastasis", "hcc")

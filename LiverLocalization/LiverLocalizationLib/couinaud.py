@@ -1,0 +1,448 @@
+"""Couinaud segments I–VIII from vessel landmarks (planes, portal territories).
+
+Everything is computed in physical LPS millimetres, from the voxel centres of the liver mask
+(``geometry``), so the result does not depend on the image's spacing, orientation or storage order.
+
+Geometry (domain.md §1, docs/couinaud_geometry.md):
+
+* **IVC axis.** The line through ``IVC`` (hepatic-vein confluence) and ``IVC_inferior`` (lower end of
+  segment I); without ``IVC_inferior`` the patient's superior–inferior axis (LPS +z) through ``IVC``.
+  Heights ``h`` are measured along this axis from ``IVC``; "horizontal" means perpendicular to it.
+* **Hepatic planes.** The three vertical planes through the IVC axis and ``RHV``, ``MHV``, ``LHV`` are
+  half-planes at azimuths φ_R < φ_M < φ_L about the axis (azimuth 0 toward the RHV, increasing from the
+  patient's right through anterior to the left). A voxel's azimuth puts it in one sector: right posterior
+  (VI/VII) below φ_R, right anterior (V/VIII) up to φ_M, IV up to the left border, II/III beyond, and
+  back to the right posterior sector across the cut that bisects the reflex angle from φ_L round to φ_R
+  (behind the IVC). Below the LHV, the IV | II/III border turns to the azimuth of ``UP`` (umbilical
+  portion; falciform ligament), blended linearly in height between the two landmarks.
+* **Portal planes.** Horizontal (perpendicular to the IVC axis) per side: through ``RPV`` for the right
+  liver (VII/VIII above, VI/V below) and through ``LPV`` for the left lateral section (II above, III
+  below), as the reference annotations (3D-IRCADb / GLC-UNet) draw them. IVa/IVb are not split (label 4).
+* **Segment I.** The dorsal region between the IVC axis and the portal bifurcation ``B`` (mid-point of
+  RPV and LPV): an elliptic cylinder in the horizontal plane centred on the line from the axis to B,
+  spanning ``CAUDATE_ALONG`` × D along it and ``CAUDATE_ACROSS`` × D across it (D = horizontal distance
+  axis–B), from the height of ``IVC_inferior`` to that of ``IVC``.
+
+Portal territories (``method='territories'``) refine the planes with a vessel mask: see `portal_territories`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import SimpleITK as sitk
+
+from . import geometry, labels
+from .errors import InputError
+
+Progress = Callable[[float, str], None]
+
+METHODS = ("auto", "planes", "territories")
+
+# Where each landmark goes (used in messages that ask the user to place it)
+LANDMARK_HELP = {
+    "IVC": "on the inferior vena cava where the hepatic veins join it (hepatic-vein confluence)",
+    "IVC_inferior": "on the inferior vena cava at the lower end of the caudate lobe (segment I)",
+    "RHV": "on the right hepatic vein, 2-4 cm from the IVC",
+    "MHV": "on the middle hepatic vein, 2-4 cm from the IVC",
+    "LHV": "on the left hepatic vein, 2-4 cm from the IVC",
+    "RPV": "on the right portal vein at the portal bifurcation",
+    "LPV": "on the left portal vein at the portal bifurcation",
+    "UP": "on the umbilical portion of the left portal vein",
+}
+
+# Segment I shape, as fractions of the horizontal distance D from the IVC axis to the portal bifurcation
+CAUDATE_CENTRE = 0.40  # centre of the ellipse along the axis→bifurcation line
+CAUDATE_ALONG = 0.40  # semi-axis along that line
+CAUDATE_ACROSS = 0.38  # semi-axis across it
+MIN_VEIN_RADIUS_MM = 5.0  # a hepatic vein landmark closer than this to the IVC axis defines no plane
+MIN_SEPARATION_MM = 3.0  # two landmarks closer than this are taken as coincident
+SEGMENT_MIN_FRACTION = 0.05  # lesion share of a segment for it to be listed in "segments"
+
+
+@dataclass
+class CouinaudResult:
+    """Couinaud label map and its summary.
+
+    labels: uint8 0 outside the liver, 1..8 = segments I..VIII, the liver mask's geometry.
+    method: 'planes' or 'territories' (what was actually used).
+    warnings: messages for the user (missing optional landmarks, what the result falls back to).
+    missing_landmarks: optional landmarks that were absent.
+    volumes_ml: segment name "I".."VIII" → volume in ml; fractions: → share of the labelled liver.
+    """
+
+    labels: sitk.Image
+    method: str
+    warnings: list[str] = field(default_factory=list)
+    missing_landmarks: list[str] = field(default_factory=list)
+    volumes_ml: dict[str, float] = field(default_factory=dict)
+    fractions: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class LandmarkFrame:
+    """The landmark geometry in one frame (all LPS mm / radians).
+
+    origin: IVC landmark; axis: unit IVC axis pointing superior; e1, e2: horizontal unit vectors (e1 toward
+    the RHV, e2 = axis × e1, so that azimuth increases from the patient's right through anterior to left).
+    azimuth: landmark → azimuth (radians, RHV = 0); height: landmark → height along the axis from IVC;
+    cut: azimuth of the posterior cut where the left lateral sector meets the right posterior one
+    (between φ_L and 2π); bifurcation: B, the mid-point of RPV and LPV.
+    """
+
+    origin: np.ndarray
+    axis: np.ndarray
+    e1: np.ndarray
+    e2: np.ndarray
+    azimuth: dict[str, float]
+    height: dict[str, float]
+    radius: dict[str, float]
+    cut: float
+    bifurcation: np.ndarray
+    axis_from_landmarks: bool
+
+
+def _missing_message(names) -> str:
+    return "; ".join(f"{n} ({LANDMARK_HELP.get(n, '')})" for n in names)
+
+
+def _horizontal(v: np.ndarray, axis: np.ndarray) -> np.ndarray:
+    return v - np.outer(v @ axis, axis) if v.ndim == 2 else v - (v @ axis) * axis
+
+
+def landmark_frame(landmarks: dict[str, np.ndarray]) -> LandmarkFrame:
+    """Build the IVC-axis frame from the landmarks (LPS mm). Assumes `check_landmarks` passed."""
+    pts = {k: np.asarray(v, dtype=float) for k, v in landmarks.items()}
+    c = pts["IVC"]
+    if "IVC_inferior" in pts:
+        axis = c - pts["IVC_inferior"]
+        axis = axis / np.linalg.norm(axis)
+        from_landmarks = True
+    else:
+        axis = np.array([0.0, 0.0, 1.0])  # LPS +z = superior
+        from_landmarks = False
+    e1 = _horizontal(pts["RHV"] - c, axis)
+    e1 = e1 / np.linalg.norm(e1)
+    e2 = np.cross(axis, e1)
+    azimuth, height, radius = {}, {}, {}
+    for name, p in pts.items():
+        d = p - c
+        h = float(d @ axis)
+        x, y = float(d @ e1), float(d @ e2)
+        height[name] = h
+        radius[name] = float(np.hypot(x, y))
+        azimuth[name] = float(np.arctan2(y, x) % (2 * np.pi))
+    # the cut behind the IVC bisects the reflex angle from the left border round to the RHV (2π)
+    left = max(azimuth["LHV"], azimuth.get("UP", azimuth["LHV"]))
+    cut = (left + 2 * np.pi) / 2.0
+    bif = (pts["RPV"] + pts["LPV"]) / 2.0
+    return LandmarkFrame(c, axis, e1, e2, azimuth, height, radius, float(cut), bif, from_landmarks)
+
+
+def _inside(reference: sitk.Image, p: np.ndarray, margin_vox: float = 0.5) -> bool:
+    idx = geometry.lps_to_index(reference, p)
+    size = np.asarray(reference.GetSize(), dtype=float)
+    return bool(np.all(idx >= -margin_vox) and np.all(idx <= size - 1 + margin_vox))
+
+
+def check_landmarks(landmarks: dict[str, np.ndarray], reference: sitk.Image | None = None) -> list[str]:
+    """Check Couinaud landmarks (label → LPS mm); return warnings, raise InputError on unusable ones.
+
+    Errors: a required landmark (IVC, RHV, MHV, LHV, RPV, LPV) missing; a point that is not 3 finite
+    numbers; a point outside `reference` (when given; usually the CT); two landmarks within 3 mm of each
+    other; a hepatic vein within 5 mm of the IVC axis (no plane); hepatic veins not in the order right,
+    middle, left going from the patient's right through anterior to left about the IVC (swapped labels or a
+    mirrored image); RPV not to the right of LPV; IVC_inferior not below IVC or the IVC axis tilted more than
+    45° from the patient's superior–inferior axis; the portal bifurcation more than 30 mm above the
+    hepatic-vein confluence or more than 120 mm below it.
+    Warnings: missing optional landmarks (UP, IVC_inferior) with what the result falls back to, and
+    unknown labels (ignored).
+    """
+    warnings: list[str] = []
+    if not isinstance(landmarks, dict):
+        raise InputError("Landmarks must be a mapping of label → point (LPS mm).")
+    pts: dict[str, np.ndarray] = {}
+    for name, p in landmarks.items():
+        arr = np.asarray(p, dtype=float)
+        if arr.shape != (3,) or not np.isfinite(arr).all():
+            raise InputError(f"Landmark {name!r} is not a point of 3 finite coordinates (got {p!r}).")
+        pts[name] = arr
+    missing = [n for n in labels.REQUIRED_LANDMARKS if n not in pts]
+    if missing:
+        raise InputError(
+            "Couinaud mapping needs the landmarks " + ", ".join(labels.REQUIRED_LANDMARKS) + "; missing: "
+            + ", ".join(missing) + ". Place " + _missing_message(missing) + "."
+        )
+    unknown = sorted(n for n in pts if n not in labels.LANDMARK_NAMES)
+    if unknown:
+        warnings.append(f"Landmarks {', '.join(unknown)} are not used (known labels: {', '.join(labels.LANDMARK_NAMES)}).")
+    if reference is not None:
+        outside = [n for n in pts if n in labels.LANDMARK_NAMES and not _inside(reference, pts[n])]
+        if outside:
+            raise InputError(
+                f"Landmarks {', '.join(outside)} lie outside the image. Check that they were placed on this CT and "
+                "that the markups file states its coordinate system (LPS or RAS) correctly."
+            )
+    known = [n for n in labels.LANDMARK_NAMES if n in pts]
+    for i, a in enumerate(known):
+        for b in known[i + 1:]:
+            if np.linalg.norm(pts[a] - pts[b]) < MIN_SEPARATION_MM:
+                raise InputError(f"Landmarks {a} and {b} coincide (less than {MIN_SEPARATION_MM:g} mm apart); "
+                                 f"place {a} {LANDMARK_HELP[a]} and {b} {LANDMARK_HELP[b]}.")
+    if "IVC_inferior" in pts:
+        axis = pts["IVC"] - pts["IVC_inferior"]
+        length = float(np.linalg.norm(axis))
+        if axis[2] <= 0:
+            raise InputError("IVC_inferior lies above IVC: place IVC at the hepatic-vein confluence and IVC_inferior "
+                             "lower down on the IVC, at the lower end of segment I (or check that the labels are not swapped).")
+        tilt = float(np.degrees(np.arccos(np.clip(axis[2] / length, -1, 1))))
+        if tilt > 45.0:
+            raise InputError(f"The IVC axis (IVC_inferior → IVC) is tilted {tilt:.0f}° from the patient's "
+                             "superior–inferior axis; both points must lie on the IVC, one above the other.")
+    else:
+        warnings.append("No IVC_inferior landmark: the IVC axis is taken as the patient's superior–inferior axis "
+                        "through IVC, and segment I ends below at a height estimated from the portal bifurcation. "
+                        "Place IVC_inferior " + LANDMARK_HELP["IVC_inferior"] + " for a better segment I.")
+    if "UP" not in pts:
+        warnings.append("No UP landmark: segment IV is separated from II/III by the LHV plane alone, also below "
+                        "the LHV. Place UP " + LANDMARK_HELP["UP"] + " for a better IV | III border.")
+    frame = landmark_frame(pts)
+    for v in labels.HEPATIC_VEIN_LANDMARKS:
+        if frame.radius[v] < MIN_VEIN_RADIUS_MM:
+            raise InputError(f"{v} lies on the IVC axis (within {MIN_VEIN_RADIUS_MM:g} mm of it), so it defines no "
+                             f"plane: place {v} {LANDMARK_HELP[v]}.")
+    az = frame.azimuth
+    # order right → anterior → left about the axis: 0 = φ_R < φ_M < φ_L < π + some (left lateral beyond)
+    if not (0.0 < az["MHV"] < az["LHV"] < 1.5 * np.pi):
+        raise InputError(
+            "The hepatic vein landmarks are not in anatomical order (RHV on the patient's right, MHV in the "
+            "middle, LHV on the left, going round the IVC through anterior): "
+            f"azimuths RHV 0°, MHV {np.degrees(az['MHV']):.0f}°, LHV {np.degrees(az['LHV']):.0f}°. "
+            "Check for swapped labels or a left-right flipped image."
+        )
+    if frame.radius.get("UP", 1.0) < MIN_VEIN_RADIUS_MM:
+        raise InputError(f"UP lies on the IVC axis; place UP {LANDMARK_HELP['UP']}.")
+    right_to_left = _horizontal(pts["LHV"] - pts["RHV"], frame.axis)
+    if float((pts["LPV"] - pts["RPV"]) @ right_to_left) <= 0:
+        raise InputError("RPV does not lie to the right of LPV (measured along RHV → LHV). Check for swapped "
+                         "portal landmarks or a left-right flipped image.")
+    for v in ("RPV", "LPV"):
+        h = frame.height[v]
+        if h > 30.0:
+            raise InputError(f"{v} lies {h:.0f} mm above the hepatic-vein confluence (IVC); the portal bifurcation is "
+                             f"below it. Place {v} {LANDMARK_HELP[v]}.")
+        if h < -120.0:
+            raise InputError(f"{v} lies {-h:.0f} mm below the hepatic-vein confluence (IVC); that is not the portal "
+                             f"bifurcation. Place {v} {LANDMARK_HELP[v]}.")
+    return warnings
+
+
+# ------------------------------------------------------------------------------------------- mapping
+
+def liver_points(mask: sitk.Image) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+    """Nonzero voxels of a mask: their [z, y, x] index arrays and LPS mm centres as float32 (n, 3)."""
+    arr = sitk.GetArrayViewFromImage(mask)
+    zyx = np.nonzero(arr)
+    m = (geometry.direction_matrix(mask) * np.asarray(mask.GetSpacing(), dtype=float)[None, :]).astype(np.float32)
+    origin = np.asarray(mask.GetOrigin(), dtype=np.float32)
+    pts = np.empty((zyx[0].size, 3), dtype=np.float32)
+    for axis in range(3):
+        pts[:, axis] = origin[axis] + m[axis, 0] * zyx[2] + m[axis, 1] * zyx[1] + m[axis, 2] * zyx[0]
+    return zyx, pts
+
+
+def _lerp_clamped(h: np.ndarray, h0: float, v0: float, h1: float, v1: float) -> np.ndarray:
+    if abs(h1 - h0) < 1e-6:
+        return np.full(h.shape, (v0 + v1) / 2.0, dtype=np.float32)
+    t = np.clip((h - h0) / (h1 - h0), 0.0, 1.0)
+    return (v0 + t * (v1 - v0)).astype(np.float32)
+
+
+def plane_labels(points_lps: np.ndarray, frame: LandmarkFrame) -> np.ndarray:
+    """Couinaud label (uint8 1..8) of each point (n, 3) in LPS mm by the landmark planes (module docstring)."""
+    c = frame.origin.astype(np.float32)
+    d = points_lps - c
+    h = d @ frame.axis.astype(np.float32)
+    x = d @ frame.e1.astype(np.float32)
+    y = d @ frame.e2.astype(np.float32)
+    phi = np.arctan2(y, x)
+    phi = np.where(phi < 0, phi + np.float32(2 * np.pi), phi)
+    phi = np.where(phi >= frame.cut, phi - np.float32(2 * np.pi), phi)  # right posterior sector wraps round to < 0
+    az, hh = frame.azimuth, frame.height
+    if "UP" in az:
+        left_border = _lerp_clamped(h, hh["UP"], az["UP"], hh["LHV"], az["LHV"])
+    else:
+        left_border = np.float32(az["LHV"])
+    right_sup = h >= np.float32(hh["RPV"])
+    left_sup = h >= np.float32(hh["LPV"])
+    out = np.where(left_sup, np.uint8(2), np.uint8(3))
+    out[phi < left_border] = 4
+    ant = phi < az["MHV"]
+    out[ant] = np.where(right_sup[ant], np.uint8(8), np.uint8(5))
+    post = phi < 0.0
+    out[post] = np.where(right_sup[post], np.uint8(7), np.uint8(6))
+    # segment I: elliptic cylinder between the IVC axis and the portal bifurcation
+    b = frame.bifurcation - frame.origin
+    bh = _horizontal(b, frame.axis)
+    dist_b = float(np.linalg.norm(bh))
+    f = bh / max(dist_b, 1e-6)
+    g = np.cross(frame.axis, f)
+    u = d @ f.astype(np.float32)
+    v = d @ g.astype(np.float32)
+    h_bottom = hh["IVC_inferior"] if "IVC_inferior" in hh else 1.3 * float(b @ frame.axis)
+    caudate = ((u - CAUDATE_CENTRE * dist_b) / (CAUDATE_ALONG * dist_b)) ** 2 + (v / (CAUDATE_ACROSS * dist_b)) ** 2 <= 1.0
+    caudate &= (h <= 0.0) & (h >= np.float32(h_bottom))
+    out[caudate] = 1
+    return out
+
+
+def _summary(values: np.ndarray, voxel_ml: float) -> tuple[dict[str, float], dict[str, float]]:
+    counts = np.bincount(values, minlength=9)[1:9].astype(float)
+    total = max(counts.sum(), 1.0)
+    volumes = {labels.COUINAUD_ROMAN[k]: float(counts[k - 1] * voxel_ml) for k in labels.COUINAUD_LABELS}
+    fractions = {labels.COUINAUD_ROMAN[k]: float(counts[k - 1] / total) for k in labels.COUINAUD_LABELS}
+    return volumes, fractions
+
+
+def map_couinaud(liver_mask: sitk.Image, landmarks: dict[str, np.ndarray], vessel_mask: sitk.Image | None = None,
+                 method: str = "auto", progress: Progress | None = None) -> CouinaudResult:
+    """Label every voxel of the liver mask (lesions and vessels inside it included) with Couinaud 1..8.
+
+    Args:
+        liver_mask: liver (nonzero) on any grid; the result has exactly its geometry.
+        landmarks: label → LPS mm (IVC, RHV, MHV, LHV, RPV, LPV required; IVC_inferior, UP optional).
+        vessel_mask: optional intrahepatic vessels (nonzero) on the liver mask's grid, for portal territories.
+        method: 'planes' (landmark planes only), 'territories' (planes refined by portal territories of the
+            vessel mask; needs it), or 'auto' (see `choose_method`).
+        progress: callback(fraction 0..1, message).
+    """
+    if method not in METHODS:
+        raise InputError(f"Unknown Couinaud method {method!r}; choose one of {', '.join(METHODS)}.")
+    if method == "territories" and vessel_mask is None:
+        raise InputError("The 'territories' Couinaud method needs a vessel mask; give one or use method 'planes'.")
+    if vessel_mask is not None:
+        geometry.require_same_geometry(vessel_mask, liver_mask, "The vessel mask")
+    warnings = check_landmarks(landmarks, liver_mask)
+    missing = [n for n in labels.OPTIONAL_LANDMARKS if n not in landmarks]
+    if progress is not None:
+        progress(0.0, "Couinaud: liver voxels")
+    zyx, pts = liver_points(liver_mask)
+    if pts.shape[0] == 0:
+        raise InputError("The liver mask is empty: nothing to divide into Couinaud segments.")
+    frame = landmark_frame(landmarks)
+    if progress is not None:
+        progress(0.3, "Couinaud: landmark planes")
+    values = plane_labels(pts, frame)
+    used = "planes"
+    chosen = choose_method(method, vessel_mask)
+    if chosen == "territories":
+        if progress is not None:
+            progress(0.6, "Couinaud: portal territories")
+        refined, note = portal_territories(liver_mask, zyx, values, vessel_mask, frame)
+        if refined is not None:
+            values, used = refined, "territories"
+        elif note:
+            warnings.append(note)
+    out = np.zeros(sitk.GetArrayViewFromImage(liver_mask).shape, dtype=np.uint8)
+    out[zyx] = values
+    image = geometry.copy_geometry(out, liver_mask)
+    volumes, fractions = _summary(values, geometry.voxel_volume_ml(liver_mask))
+    for name, frac in fractions.items():
+        if frac < 0.005:
+            warnings.append(f"Couinaud segment {name} holds only {100 * frac:.1f} % of the liver: check the landmarks.")
+    if progress is not None:
+        progress(1.0, "Couinaud: done")
+    return CouinaudResult(image, used, warnings, missing, volumes, fractions)
+
+
+def choose_method(method: str, vessel_mask: sitk.Image | None) -> str:
+    """The method 'auto' resolves to: measured best (docs/couinaud_geometry.md), 'planes' without vessels."""
+    if method != "auto":
+        return method
+    return "planes"
+
+
+def portal_territories(liver_mask, zyx, plane_values, vessel_mask, frame):
+    """Placeholder until territories are measured; returns (None, note)."""
+    return None, "Portal territories are not available yet; the landmark planes were used."
+
+
+# ------------------------------------------------------------------------------------ localization
+
+def localize_lesions(lesion_labels: sitk.Image, couinaud_labels: sitk.Image,
+                     landmarks: dict[str, np.ndarray]) -> list[dict]:
+    """Where each lesion lies: Couinaud segment shares and distances to the vessel landmarks.
+
+    Args:
+        lesion_labels: lesion instances (0 background, 1..n), the Couinaud map's geometry.
+        couinaud_labels: 0 outside the liver, 1..8 = I..VIII.
+        landmarks: label → LPS mm.
+
+    Returns one dict per lesion id, ascending:
+        id; segment_fractions: "I".."VIII" → share of the lesion's voxels inside the liver (all eight keys,
+        summing to 1; all 0 when no voxel lies in the liver); main_segment: the largest share (None if none);
+        segments: segments with a share ≥ 5 % (`SEGMENT_MIN_FRACTION`), largest first;
+        distance_hepatic_vein_landmark_mm / nearest_hepatic_vein_landmark: the smallest distance from the
+        lesion's surface (its nearest voxel centre; 0 when the landmark lies inside it) to RHV, MHV or LHV;
+        distance_portal_vein_landmark_mm / nearest_portal_vein_landmark: the same for RPV, LPV, UP.
+        voxels_outside_liver: lesion voxels with no Couinaud label.
+    """
+    geometry.require_same_geometry(lesion_labels, couinaud_labels, "The lesion label map")
+    les = sitk.GetArrayViewFromImage(lesion_labels)
+    cou = sitk.GetArrayViewFromImage(couinaud_labels)
+    zyx = np.nonzero(les)
+    ids = les[zyx].astype(np.int64)
+    segs = cou[zyx].astype(np.int64)
+    if ids.size == 0:
+        return []
+    order = np.argsort(ids, kind="stable")
+    ids, segs = ids[order], segs[order]
+    zyx_sorted = np.stack([a[order] for a in zyx], axis=1)
+    bounds = np.flatnonzero(np.diff(ids)) + 1
+    starts = np.concatenate([[0], bounds])
+    stops = np.concatenate([bounds, [ids.size]])
+    pts_all = geometry.voxel_centers_lps(lesion_labels, zyx_sorted)
+    label_index = _lesion_label_index(lesion_labels)
+    rows = []
+    for s, e in zip(starts, stops):
+        lesion_id = int(ids[s])
+        counts = np.bincount(segs[s:e], minlength=9)[1:9].astype(float)
+        total = counts.sum()
+        fractions = {labels.COUINAUD_ROMAN[k]: (float(counts[k - 1] / total) if total else 0.0)
+                     for k in labels.COUINAUD_LABELS}
+        listed = sorted((n for n, f in fractions.items() if f >= SEGMENT_MIN_FRACTION), key=lambda n: -fractions[n])
+        row = {
+            "id": lesion_id,
+            "segment_fractions": fractions,
+            "main_segment": max(fractions, key=fractions.get) if total else None,
+            "segments": listed,
+            "voxels_outside_liver": int((segs[s:e] == 0).sum()),
+        }
+        pts = pts_all[s:e]
+        for kind, names in (("hepatic", labels.HEPATIC_VEIN_LANDMARKS), ("portal", labels.PORTAL_VEIN_LANDMARKS)):
+            best_name, best = None, None
+            for name in names:
+                if name not in landmarks:
+                    continue
+                dist = _distance_to_lesion(np.asarray(landmarks[name], float), pts, lesion_labels, label_index, lesion_id)
+                if best is None or dist < best:
+                    best_name, best = name, dist
+            row[f"distance_{kind}_vein_landmark_mm"] = None if best is None else round(float(best), 2)
+            row[f"nearest_{kind}_vein_landmark"] = best_name
+        rows.append(row)
+    return rows
+
+
+def _lesion_label_index(lesion_labels: sitk.Image):
+    return sitk.GetArrayViewFromImage(lesion_labels)
+
+
+def _distance_to_lesion(point: np.ndarray, lesion_pts: np.ndarray, lesion_labels: sitk.Image, arr, lesion_id: int) -> float:
+    """Distance (mm) from a point to the nearest voxel centre of a lesion; 0 when the point's voxel is in it."""
+    idx = np.round(geometry.lps_to_index(lesion_labels, point)).astype(int)
+    size = np.asarray(lesion_labels.GetSize())
+    if np.all(idx >= 0) and np.all(idx < size) and int(arr[idx[2], idx[1], idx[0]]) == lesion_id:
+        return 0.0
+    return float(np.sqrt(((lesion_pts - point) ** 2).sum(axis=1).min()))

@@ -144,11 +144,11 @@ class _Anatomy:
         self.dome_r = (-62.0 + u(-6, 6), -5.0 + u(-6, 6), 95.0 + u(-5, 5), 95.0, 100.0, 70.0)
         self.dome_l = (58.0 + u(-6, 6), 5.0, 78.0 + u(-5, 5), 85.0, 95.0, 70.0)
         # liver lobes
-        self.right_c = np.array([-68.0, -4.0, 14.0]) + rng.normal(0, 3, 3)
-        self.right_r = np.array([72.0, 80.0, 80.0]) * u(0.94, 1.06, 3)
-        self.left_c = np.array([22.0, -44.0, 40.0]) + rng.normal(0, 3, 3)
-        self.left_r = np.array([72.0 * u(0.85, 1.15), 34.0 * u(0.9, 1.1), 34.0 * u(0.9, 1.1)])
-        self.left_taper = u(0.35, 0.6)
+        self.right_c = np.array([-72.0, 2.0, 12.0]) + rng.normal(0, 3, 3)
+        self.right_r = np.array([63.0, 78.0, 80.0]) * u(0.94, 1.06, 3)
+        self.left_c = np.array([48.0, -32.0, 36.0]) + rng.normal(0, 3, 3)
+        self.left_r = np.array([100.0 * u(0.88, 1.12), 46.0 * u(0.9, 1.1), 40.0 * u(0.9, 1.1)])
+        self.left_taper = u(0.4, 0.6)
         self.left_rot = _rotation(u(-0.1, 0.1), u(-0.15, 0.05), u(-0.25, 0.05))
         self.caud_c = np.array([-6.0, 16.0, 6.0]) + rng.normal(0, 2, 3)
         self.caud_r = np.array([20.0, 15.0, 30.0]) * u(0.9, 1.1, 3)
@@ -168,7 +168,7 @@ class _Anatomy:
         self.spleen_c = np.array([98.0, 52.0, 22.0]) + rng.normal(0, 4, 3)
         self.spleen_r = np.array([26.0, 48.0, 50.0]) * u(0.85, 1.15)
         self.spleen_rot = _rotation(0.0, 0.0, -0.6)
-        self.stomach_c = np.array([70.0, 0.0, 18.0]) + rng.normal(0, 4, 3)
+        self.stomach_c = np.array([74.0, 14.0, 14.0]) + rng.normal(0, 4, 3)
         self.stomach_r = np.array([42.0, 40.0, 55.0]) * u(0.85, 1.1)
         self.stomach_rot = _rotation(0.0, 0.3, -0.4)
         self.stomach_air = u(0.15, 0.5)
@@ -198,7 +198,7 @@ class _Anatomy:
         self.rng_vessels = np.random.default_rng(rng.integers(2**63))
         # calibrated later
         self.theta_off = {"RHV": 0.35, "MHV": 1.3, "LHV": 2.2}
-        self.horiz_off = 0.0
+        self.horiz_off = {"post": 0.0, "ant": 0.0, "iv": 0.0, "left": 0.0}
         self.caud_k = 1.0
         # hepatic-vein confluence: about 2 cm below the liver's upper surface at the IVC
         self.z_conf = float(self.z_dia(self.ivc_xy[0], self.ivc_xy[1])) - 5.0 - u(18.0, 24.0)
@@ -283,17 +283,24 @@ class _Anatomy:
         ax, ay, c, waves = self.horiz
         return ax * X + ay * Y + c * ((X + 30.0) / 100.0) ** 2 * 30.0 + _waves(X, Y, 0.0 * X, waves)
 
+    def sectors(self, X, Y, Z):
+        """Sector index at canonical points: 0 right posterior, 1 right anterior, 2 IV, 3 left lateral."""
+        th, r = self.theta_r(X, Y)
+        sec = np.full(np.shape(th), 3, np.uint8)
+        for i, vein in ((2, "LHV"), (1, "MHV"), (0, "RHV")):
+            sec[th < self.theta_off[vein] + self.border_shape(vein, r, Z)] = i
+        return sec
+
+    def horiz_offset(self, sector):
+        """Height offset (mm) of the superior/inferior border surface in each sector."""
+        offs = np.array([self.horiz_off[k] for k in ("post", "ant", "iv", "left")])
+        return offs[sector]
+
     def couinaud(self, X, Y, Z):
         """Couinaud label 1..8 at liver points (arrays of canonical coordinates)."""
-        th, r = self.theta_r(X, Y)
-        sup = Z - self.horiz_shape(X, Y) > self.horiz_off
-        out = np.where(sup, 2, 3).astype(np.uint8)  # left lateral
-        is_iv = th < self.theta_off["LHV"] + self.border_shape("LHV", r, Z)
-        out[is_iv] = 4
-        ant = th < self.theta_off["MHV"] + self.border_shape("MHV", r, Z)
-        out[ant] = np.where(sup[ant], 8, 5)
-        post = th < self.theta_off["RHV"] + self.border_shape("RHV", r, Z)
-        out[post] = np.where(sup[post], 7, 6)
+        sec = self.sectors(X, Y, Z)
+        sup = Z - self.horiz_shape(X, Y) > self.horiz_offset(sec)
+        out = np.array([[6, 7], [5, 8], [4, 4], [3, 2]], np.uint8)[sec, sup.astype(np.intp)]
         out[_ellipsoid_k(X, Y, Z, self.caud_c, self.caud_r) < self.caud_k] = 1
         return out
 
@@ -411,9 +418,11 @@ def _calibrate(anat: _Anatomy, coarse: _Coarse) -> np.ndarray:
         anat.theta_off[vein] = float(np.quantile(v[keep], q))
         keep &= v >= anat.theta_off[vein]
         remaining -= frac
-    h = Z[rest] - anat.horiz_shape(X[rest], Y[rest])
-    inferior = (f[3] + f[5] + f[6] + 0.4 * f[4]) / (1.0 - f[1])
-    anat.horiz_off = float(np.quantile(h, inferior))
+    sec = anat.sectors(X[rest], Y[rest], Zr)
+    h = Zr - anat.horiz_shape(X[rest], Y[rest])
+    for i, key, inf, sup in ((0, "post", f[6], f[7]), (1, "ant", f[5], f[8]), (2, "iv", 0.4, 0.6), (3, "left", f[3], f[2])):
+        sel = h[sec == i]
+        anat.horiz_off[key] = float(np.quantile(sel, inf / (inf + sup))) if len(sel) else 0.0
     return anat.couinaud(X, Y, Z)
 
 
@@ -516,15 +525,16 @@ def _build_vessels(anat: _Anatomy, coarse: _Coarse, labels_coarse: np.ndarray):
                 tubes.append(_Tube(bp, br, labels.TRUTH_HEPATIC_VEIN, vein + "_trib"))
 
     # portal bifurcation: on the superior/inferior border, anterior to the caudate, right of the fissure
-    bx, by = anat.caud_c[0] - 14.0, anat.caud_c[1] - anat.caud_r[1] * anat.caud_k - 9.0
-    bz = float(anat.horiz_off + anat.horiz_shape(np.array(bx), np.array(by)))
+    bx, by = anat.ivc_xy[0] - 4.0, anat.caud_c[1] - anat.caud_r[1] * anat.caud_k - 9.0
+    bz = float(0.5 * (anat.horiz_off["ant"] + anat.horiz_off["post"]) + anat.horiz_shape(np.array(bx), np.array(by)))
     pb = np.array([bx, by, bz])
     trunk_start = np.array([bx + 22.0, by + 18.0, bz - 60.0])
     trunk = _polyline(trunk_start, pb, 3.0)
     tubes.append(_Tube(trunk, np.full(len(trunk), 7.0), labels.TRUTH_PORTAL_VEIN, "PV"))
 
     def horiz_z(x, y):
-        return float(anat.horiz_off + anat.horiz_shape(np.array(x), np.array(y)))
+        sec = anat.sectors(np.array([x]), np.array([y]), np.array([bz]))
+        return float(anat.horiz_offset(sec)[0] + anat.horiz_shape(np.array(x), np.array(y)))
 
     def branch(a, b, ra, rb, name, extend=1.6, wiggle=3.0, sub=2):
         end = a + extend * (b - a)
@@ -569,7 +579,7 @@ def _build_vessels(anat: _Anatomy, coarse: _Coarse, labels_coarse: np.ndarray):
         branch(end, cent[inf], 4.0, 2.0, f"seg{inf}", extend=1.7)
 
     # left portal vein: transverse part to the umbilical fissure (on the LHV border surface), then the UP
-    r_u, z_u = 48.0, bz
+    r_u, z_u = 62.0, bz
     u0 = _vein_point(anat, "LHV", r_u, z_u)
     u0[2] = horiz_z(u0[0], u0[1])
     lpv = _polyline(pb, u0, 2.5)

@@ -131,6 +131,11 @@ def run_pipeline(
     else:
         warnings.append("No landmarks: Couinaud segments are not computed" + ("" if mask is not None else
                         ", and the liver is found without seeds (place landmarks for a reliable liver extraction)") + ".")
+    model = None
+    if options.classify:  # load (and check) the weights before any work, so a bad file fails fast
+        from . import classifier
+
+        model = classifier.load_model(options.weights_path)
     timings: dict[str, float] = {}
 
     _check_cancel(should_cancel)
@@ -166,12 +171,9 @@ def run_pipeline(
         timings["couinaud_s"] = time.perf_counter() - t0
 
     gradcam = None
-    if options.classify and rows:
+    if model is not None and rows:
         _check_cancel(should_cancel)
         t0 = time.perf_counter()
-        from . import classifier
-
-        model = classifier.load_model(options.weights_path)
         predictions, gradcam = classifier.classify_lesions(ct_float, tissues.lesion_labels, model,
                                                            progress=_stage_progress(progress, 0.75, 0.95))
         for pred in predictions:

@@ -1,0 +1,555 @@
+"""Liver Localization: find liver tumours on CT and say in which Couinaud segment(s) they lie.
+
+Scripted module in Slicer's ExtensionWizard layout: the Module, Widget, Logic and Test classes stay
+thin; all computation is in LiverLocalizationLib (headless, tested with slicer-core), and the one
+bridge to the scene is LiverLocalizationLib.mrml.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Annotated
+
+import slicer
+import vtk
+from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+from LiverLocalizationLib import labels
+
+README_URL = "https://github.com/LiverLocalization/LiverLocalization#readme"
+SAMPLE_CATEGORY = "Liver Localization"
+SAMPLE_NAME = "LiverPhantom"
+# Python packages the classification stage needs beyond what Slicer bundles (torch comes from the PyTorch extension)
+CLASSIFIER_PACKAGES = {"safetensors": "safetensors>=0.4"}
+
+
+#
+# LiverLocalization
+#
+
+
+class LiverLocalization(ScriptedLoadableModule):
+    """Module description shown in Slicer (title, category, help, acknowledgement); registers the sample data."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("Liver Localization")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.dependencies = ["Markups", "Segmentations", "Tables"]
+        self.parent.contributors = ["LiverLocalization contributors"]
+        self.parent.helpText = _(
+            "Finds liver tumours on a portal-venous CT and tells in which Couinaud segment(s) they lie: "
+            "denoising, EM tissue segmentation (parenchyma, lesions, vessels), Couinaud segments I-VIII from "
+            "vessel landmarks you place, and a CNN lesion classification with a Grad-CAM map. "
+            f'See the <a href="{README_URL}">documentation and tutorial</a>.')
+        self.parent.acknowledgementText = _(
+            "Developed as open source (MIT licence). Real test data: 3D-IRCADb-01 (IRCAD, France); Couinaud "
+            "annotations from the GLC-UNet set (Tian et al., MLMI 2019). The sample case is a synthetic phantom "
+            "generated on your computer (nothing is downloaded).")
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+#
+# Sample data: a phantom generated locally (no download)
+#
+
+
+def registerSampleData():
+    """Register the synthetic phantom in the Sample Data module (generated on click, nothing downloaded)."""
+    import SampleData
+
+    iconsPath = os.path.join(os.path.dirname(__file__), "Resources", "Icons")
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category=SAMPLE_CATEGORY,
+        sampleName=SAMPLE_NAME,
+        thumbnailFileName=os.path.join(iconsPath, "LiverPhantom.png"),
+        uris=[],
+        fileNames=[],
+        customDownloader=lambda source: LiverLocalizationLogic().loadPhantomSample(),
+    )
+
+
+#
+# LiverLocalizationParameterNode
+#
+
+
+@parameterNodeWrapper
+class LiverLocalizationParameterNode:
+    """The module's settings, saved with the scene.
+
+    inputVolume - CT in Hounsfield units. landmarks - point list with the vessel landmarks (labels IVC, RHV, ...).
+    liverSegmentation - optional segmentation holding a liver mask (segment chosen in the GUI).
+    denoiseMethod, medianRadiusMm (mm) - denoising. nClasses - EM classes (0: chosen by BIC).
+    minLesionVolumeMm3 (mm^3) - smaller lesion candidates are dropped. couinaudMethod - planes, portal territories or auto.
+    classify - run the lesion classifier. Outputs: segmentation, lesion table, denoised and Grad-CAM volumes.
+    """
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    landmarks: vtkMRMLMarkupsFiducialNode
+    liverSegmentation: vtkMRMLSegmentationNode
+    denoiseMethod: Annotated[str, Choice(["curvature", "median", "bilateral", "none"])] = "curvature"
+    medianRadiusMm: Annotated[float, WithinRange(0.5, 10.0)] = 1.0
+    nClasses: Annotated[int, WithinRange(0, 8)] = 0
+    minLesionVolumeMm3: Annotated[float, WithinRange(0.0, 10000.0)] = 100.0
+    couinaudMethod: Annotated[str, Choice(["auto", "planes", "territories"])] = "auto"
+    classify: bool = True
+    outputSegmentation: vtkMRMLSegmentationNode
+    outputTable: vtkMRMLTableNode
+    denoisedVolume: vtkMRMLScalarVolumeNode
+    gradcamVolume: vtkMRMLScalarVolumeNode
+
+
+#
+# LiverLocalizationWidget
+#
+
+
+class LiverLocalizationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The module's panel: inputs, landmark placement, settings, Apply with progress, results."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._observedMarkups = None
+        self._landmarkButtons = {}
+        self._landmarkStatusLabels = {}
+        self._cancelRequested = False
+        self._running = False
+
+    def setup(self) -> None:
+        """Build the panel from Resources/UI/LiverLocalization.ui and connect it."""
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/LiverLocalization.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = LiverLocalizationLogic()
+
+        self._buildLandmarkButtons()
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self.ui.liverSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self._updateLiverSegmentList)
+        self.ui.landmarksSelector.connect("currentNodeChanged(vtkMRMLNode*)", self._observeLandmarks)
+        self.ui.compareDenoisedButton.connect("toggled(bool)", self.onCompareDenoised)
+        self.ui.showCouinaudButton.connect("toggled(bool)", self.onShowCouinaud)
+        self.ui.showLesionsButton.connect("toggled(bool)", self.onShowLesions)
+        self.ui.showGradCamButton.connect("toggled(bool)", self.onShowGradCam)
+        self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
+        self.ui.cancelButton.enabled = False
+        self.ui.progressBar.setVisible(False)
+        self.initializeParameterNode()
+
+    def _buildLandmarkButtons(self) -> None:
+        """One 'Place' button per landmark (label, status, where it goes) in the Landmarks section."""
+        import qt
+
+        layout = self.ui.landmarkButtonsFrame.layout()
+        for row, name in enumerate(labels.LANDMARK_NAMES):
+            button = qt.QPushButton(name)
+            button.objectName = f"place{name}Button"
+            button.toolTip = labels.LANDMARK_DESCRIPTIONS[name]
+            button.connect("clicked(bool)", lambda checked, n=name: self.onPlaceLandmark(n))
+            status = qt.QLabel()
+            description = qt.QLabel(labels.LANDMARK_DESCRIPTIONS[name])
+            description.wordWrap = True
+            layout.addWidget(button, row, 0)
+            layout.addWidget(status, row, 1)
+            layout.addWidget(description, row, 2)
+            self._landmarkButtons[name] = button
+            self._landmarkStatusLabels[name] = status
+
+    def cleanup(self) -> None:
+        """Called when the application closes and the module widget is destroyed."""
+        self.removeObservers()
+
+    def enter(self) -> None:
+        """Called each time the user opens this module."""
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        """Called each time the user opens a different module."""
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        """Create/observe the parameter node and pick the first CT and point list when none is selected."""
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if firstVolumeNode:
+                self._parameterNode.inputVolume = firstVolumeNode
+
+    def setParameterNode(self, inputParameterNode: LiverLocalizationParameterNode | None) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self._observeLandmarks(self._parameterNode.landmarks)
+            self._checkCanApply()
+
+    # ---------------------------------------------------------------- inputs and landmarks
+
+    def _observeLandmarks(self, node=None) -> None:
+        if self._observedMarkups is not None:
+            self.removeObserver(self._observedMarkups, slicer.vtkMRMLMarkupsNode.PointModifiedEvent, self._updateLandmarkStatus)
+            self.removeObserver(self._observedMarkups, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self._updateLandmarkStatus)
+            self.removeObserver(self._observedMarkups, slicer.vtkMRMLMarkupsNode.PointRemovedEvent, self._updateLandmarkStatus)
+        self._observedMarkups = node
+        if node is not None:
+            for event in (slicer.vtkMRMLMarkupsNode.PointModifiedEvent, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent,
+                          slicer.vtkMRMLMarkupsNode.PointRemovedEvent):
+                self.addObserver(node, event, self._updateLandmarkStatus)
+        self._updateLandmarkStatus()
+
+    def _updateLandmarkStatus(self, caller=None, event=None) -> None:
+        status = self.logic.landmarkStatus(self._parameterNode.landmarks if self._parameterNode else None)
+        for name, label in self._landmarkStatusLabels.items():
+            optional = name in labels.OPTIONAL_LANDMARKS
+            label.text = _("placed") if status.get(name) else (_("optional") if optional else _("missing"))
+            label.setStyleSheet("" if status.get(name) or optional else "color: #c0392b; font-weight: bold")
+        missing = [n for n in labels.REQUIRED_LANDMARKS if not status.get(n)]
+        self.ui.landmarksStatusLabel.text = (
+            _("All required landmarks are placed.") if not missing
+            else _("Missing: {names}. Without them no Couinaud segments are computed.").format(names=", ".join(missing)))
+        self._checkCanApply()
+
+    def onPlaceLandmark(self, name: str) -> None:
+        """Start placing (or re-placing) the landmark `name` in the selected point list (created when none)."""
+        with slicer.util.tryWithErrorDisplay(_("Could not start landmark placement."), waitCursor=False):
+            if not self._parameterNode.landmarks:
+                node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", _("Liver landmarks"))
+                node.CreateDefaultDisplayNodes()
+                self._parameterNode.landmarks = node
+            self.logic.startLandmarkPlacement(self._parameterNode.landmarks, name)
+
+    def _updateLiverSegmentList(self, node=None) -> None:
+        self.ui.liverSegmentComboBox.clear()
+        if node is None:
+            self.ui.liverSegmentComboBox.enabled = False
+            return
+        segmentation = node.GetSegmentation()
+        for index in range(segmentation.GetNumberOfSegments()):
+            self.ui.liverSegmentComboBox.addItem(segmentation.GetNthSegment(index).GetName(), segmentation.GetNthSegmentID(index))
+        self.ui.liverSegmentComboBox.enabled = True
+        liverIndex = self.ui.liverSegmentComboBox.findText("Liver")
+        if liverIndex >= 0:
+            self.ui.liverSegmentComboBox.currentIndex = liverIndex
+
+    def _checkCanApply(self, caller=None, event=None) -> None:
+        reason = self.logic.inputProblem(self._parameterNode.inputVolume if self._parameterNode else None)
+        self.ui.applyButton.enabled = reason is None and not self._running
+        self.ui.applyButton.toolTip = reason or _("Run denoising, tissue segmentation, Couinaud mapping and classification.")
+        self.ui.medianRadiusSliderWidget.enabled = bool(self._parameterNode and self._parameterNode.denoiseMethod == "median")
+
+    # ---------------------------------------------------------------- running
+
+    def _options(self):
+        from LiverLocalizationLib.pipeline import PipelineOptions
+
+        p = self._parameterNode
+        weights = self.ui.weightsPathLineEdit.currentPath.strip()
+        return PipelineOptions(
+            denoise_method=p.denoiseMethod, median_radius_mm=float(p.medianRadiusMm),
+            n_classes=int(p.nClasses) or None, min_lesion_volume_mm3=float(p.minLesionVolumeMm3),
+            couinaud_method=p.couinaudMethod, classify=bool(p.classify), weights_path=weights or None)
+
+    def onApplyButton(self) -> None:
+        """Run the pipeline on the selected nodes, with progress and cancel; results go to the output nodes."""
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Liver localization failed."), waitCursor=True):
+            if p.classify and not self.logic.ensureClassifierDependencies(askConfirmation=True):
+                self.ui.statusLabel.text = _("Classification needs packages that are not installed; run without it "
+                                             "(untick Classify) or install them.")
+                return
+            liverSegmentId = self.ui.liverSegmentComboBox.currentData if p.liverSegmentation else None
+            self._setRunning(True)
+            try:
+                outputs = self.logic.run(
+                    p.inputVolume, p.landmarks, p.liverSegmentation, liverSegmentId, options=self._options(),
+                    outputs={"segmentation": p.outputSegmentation, "table": p.outputTable, "denoised": p.denoisedVolume,
+                             "gradcam": p.gradcamVolume},
+                    progress=self._onProgress, shouldCancel=lambda: self._cancelRequested)
+            finally:
+                self._setRunning(False)
+            p.outputSegmentation = outputs["segmentation"]
+            p.outputTable = outputs["table"]
+            p.denoisedVolume = outputs["denoised"]
+            if outputs["gradcam"] is not None:
+                p.gradcamVolume = outputs["gradcam"]
+            self._showResults(outputs)
+
+    def _setRunning(self, running: bool) -> None:
+        self._running = running
+        self._cancelRequested = False
+        self.ui.cancelButton.enabled = running
+        self.ui.progressBar.setVisible(running)
+        self.ui.progressBar.value = 0
+        self._checkCanApply()
+
+    def _onProgress(self, fraction: float, message: str) -> None:
+        self.ui.progressBar.value = int(round(100 * fraction))
+        self.ui.statusLabel.text = message
+        slicer.app.processEvents()
+
+    def onCancelButton(self) -> None:
+        self._cancelRequested = True
+        self.ui.statusLabel.text = _("Cancelling after the current step...")
+
+    def _showResults(self, outputs: dict) -> None:
+        result = outputs["result"]
+        from LiverLocalizationLib import pipeline
+
+        self.ui.resultsCollapsibleButton.collapsed = False
+        self.ui.lesionTableView.setMRMLTableNode(outputs["table"])
+        text = pipeline.summary_text(result).replace("\n", "<br>")
+        for warning in outputs["warnings"]:
+            if warning not in result.warnings:
+                text += "<br>" + _("Note: {warning}").format(warning=warning)
+        self.ui.resultsSummaryLabel.text = text
+        self.ui.statusLabel.text = _("Done.")
+        slicer.util.setSliceViewerLayers(background=self._parameterNode.inputVolume, fit=True)
+        self.ui.showCouinaudButton.enabled = result.couinaud is not None
+        self.ui.showGradCamButton.enabled = outputs["gradcam"] is not None
+        self.ui.showCouinaudButton.checked = result.couinaud is not None
+        self.ui.showLesionsButton.checked = True
+        self.onShowCouinaud(self.ui.showCouinaudButton.checked)
+
+    # ---------------------------------------------------------------- result display
+
+    def onShowCouinaud(self, show: bool) -> None:
+        self.logic.setSegmentsVisible(self._parameterNode.outputSegmentation, "couinaud_", show)
+
+    def onShowLesions(self, show: bool) -> None:
+        self.logic.setSegmentsVisible(self._parameterNode.outputSegmentation, "lesion_", show)
+
+    def onShowGradCam(self, show: bool) -> None:
+        gradcam = self._parameterNode.gradcamVolume
+        if gradcam is None:
+            return
+        slicer.util.setSliceViewerLayers(foreground=gradcam if show else None, foregroundOpacity=0.45 if show else 0.0)
+
+    def onCompareDenoised(self, show: bool) -> None:
+        """Before/after: the denoised volume in the foreground over the input (fade with the slice-view slider)."""
+        denoised = self._parameterNode.denoisedVolume
+        if denoised is None:
+            self.ui.statusLabel.text = _("Run the module first: the denoised volume does not exist yet.")
+            return
+        slicer.util.setSliceViewerLayers(background=self._parameterNode.inputVolume,
+                                         foreground=denoised if show else None, foregroundOpacity=0.5 if show else 0.0)
+
+    def onInstallDependencies(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Installing packages failed."), waitCursor=True):
+            ok = self.logic.ensureClassifierDependencies(askConfirmation=True)
+            self.ui.dependenciesStatusLabel.text = _("All packages are installed.") if ok else _("Some packages are missing.")
+
+
+#
+# LiverLocalizationLogic
+#
+
+
+class LiverLocalizationLogic(ScriptedLoadableModuleLogic):
+    """Usable without the GUI (Python console, scripts); everything computes in LiverLocalizationLib.
+
+    Coordinates: nodes are in RAS (Slicer); the library works in LPS millimetres; conversions are in
+    LiverLocalizationLib.mrml. Input nodes are never modified.
+    """
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+
+    def getParameterNode(self):
+        return LiverLocalizationParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def inputProblem(inputVolume) -> str | None:
+        """Why Apply cannot run with this input (None when it can)."""
+        if inputVolume is None:
+            return _("Select the CT volume.")
+        if inputVolume.GetImageData() is None:
+            return _("The selected volume has no voxels.")
+        return None
+
+    def run(self, inputVolume: vtkMRMLScalarVolumeNode, landmarks: vtkMRMLMarkupsFiducialNode | None = None,
+            liverSegmentation: vtkMRMLSegmentationNode | None = None, liverSegmentId: str | None = None,
+            options=None, outputs: dict | None = None, progress=None, shouldCancel=None) -> dict:
+        """Run the whole pipeline on scene nodes.
+
+        :param inputVolume: CT in Hounsfield units (any spacing and orientation).
+        :param landmarks: point list with control points labelled IVC, IVC_inferior, RHV, MHV, LHV, RPV, LPV, UP
+            (RAS, world); None: no Couinaud segments.
+        :param liverSegmentation: optional segmentation with a liver mask; liverSegmentId picks the segment.
+        :param options: LiverLocalizationLib.pipeline.PipelineOptions (defaults when None).
+        :param outputs: output nodes to reuse, keys 'segmentation', 'table', 'denoised', 'gradcam'.
+        :param progress: callback(fraction 0..1, message); shouldCancel: callable polled between stages.
+        :return: dict with the output nodes ('segmentation', 'table', 'denoised', 'gradcam'), 'result'
+            (PipelineResult, images in LPS) and 'warnings'.
+        :raises ValueError: (InputError) on bad input, with a message saying what to do.
+        """
+        from LiverLocalizationLib import mrml
+
+        problem = self.inputProblem(inputVolume)
+        if problem:
+            raise ValueError(problem)
+        return mrml.run_on_nodes(inputVolume, landmarks, liverSegmentation, liverSegmentId, options=options,
+                                 outputs=outputs, progress=progress, should_cancel=shouldCancel)
+
+    @staticmethod
+    def landmarkStatus(markupsNode) -> dict[str, bool]:
+        """Landmark name -> placed (a defined control point with that label exists)."""
+        if markupsNode is None:
+            return {name: False for name in labels.LANDMARK_NAMES}
+        from LiverLocalizationLib import mrml
+
+        try:
+            placed = mrml.markups_to_landmarks(markupsNode)
+        except ValueError:
+            placed = {}
+        return {name: name in placed for name in labels.LANDMARK_NAMES}
+
+    @staticmethod
+    def startLandmarkPlacement(markupsNode, name: str) -> None:
+        """Switch to place mode so that the next click sets the control point labelled `name` (created if needed)."""
+        index = next((i for i in range(markupsNode.GetNumberOfControlPoints())
+                      if markupsNode.GetNthControlPointLabel(i).strip().lower() == name.lower()), -1)
+        if index < 0:
+            index = markupsNode.AddControlPoint(vtk.vtkVector3d(0, 0, 0), name)
+            markupsNode.SetNthControlPointDescription(index, labels.LANDMARK_DESCRIPTIONS.get(name, ""))
+        markupsNode.UnsetNthControlPointPosition(index)
+        markupsNode.SetControlPointPlacementStartIndex(index)
+        selectionNode = slicer.mrmlScene.GetNodeByID("vtkMRMLSelectionNodeSingleton")
+        selectionNode.SetReferenceActivePlaceNodeClassName("vtkMRMLMarkupsFiducialNode")
+        selectionNode.SetActivePlaceNodeID(markupsNode.GetID())
+        interactionNode = slicer.mrmlScene.GetNodeByID("vtkMRMLInteractionNodeSingleton")
+        interactionNode.SetPlaceModePersistence(0)
+        interactionNode.SetCurrentInteractionMode(interactionNode.Place)
+
+    @staticmethod
+    def setSegmentsVisible(segmentationNode, idPrefix: str, visible: bool) -> None:
+        """Show or hide the output segments whose result ID starts with idPrefix ('couinaud_', 'lesion_')."""
+        if segmentationNode is None or segmentationNode.GetDisplayNode() is None:
+            return
+        from LiverLocalizationLib import mrml
+
+        segmentation = segmentationNode.GetSegmentation()
+        display = segmentationNode.GetDisplayNode()
+        for index in range(segmentation.GetNumberOfSegments()):
+            segment = segmentation.GetNthSegment(index)
+            resultId = mrml.segment_tag(segment, mrml.RESULT_ID_TAG) or segmentation.GetNthSegmentID(index)
+            if resultId.startswith(idPrefix):
+                display.SetSegmentVisibility(segmentation.GetNthSegmentID(index), visible)
+
+    @staticmethod
+    def missingClassifierPackages() -> list[str]:
+        """Pip requirements of the classifier that are not importable (torch is handled by the PyTorch extension)."""
+        import importlib.util
+
+        return [req for module, req in CLASSIFIER_PACKAGES.items() if importlib.util.find_spec(module) is None]
+
+    def ensureClassifierDependencies(self, askConfirmation: bool = True) -> bool:
+        """Install the classifier's packages after the user agrees; torch through PyTorchUtils. True when all present."""
+        missing = self.missingClassifierPackages()
+        if missing:
+            if askConfirmation and not slicer.util.confirmOkCancelDisplay(
+                    _("Lesion classification needs these Python packages: {names}. Install them now?").format(
+                        names=", ".join(missing))):
+                return False
+            slicer.util.pip_install(missing)
+        try:
+            import PyTorchUtils
+        except ImportError:
+            logging.warning("The PyTorch extension is not installed; install it from the Extensions Manager.")
+            return False
+        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+        if not torchLogic.torchInstalled():
+            return torchLogic.installTorch(askConfirmation=askConfirmation) is not None
+        return True
+
+    def loadPhantomSample(self, seed: int = 7, size: str = "small"):
+        """Generate the synthetic phantom (a few seconds, nothing downloaded) and load it.
+
+        :return: (CT volume node, landmarks point-list node, Phantom with the ground truth in LPS).
+        """
+        from LiverLocalizationLib import mrml
+        from LiverLocalizationLib.phantom import generate_phantom
+
+        phantom = generate_phantom(seed=seed, size=size)
+        volume = mrml.image_to_volume_node(phantom.ct, SAMPLE_NAME)
+        landmarks = mrml.landmarks_to_markups(phantom.landmarks, f"{SAMPLE_NAME} landmarks")
+        displayNode = volume.GetDisplayNode()
+        if displayNode is not None:
+            displayNode.SetAutoWindowLevel(False)
+            displayNode.SetWindowLevel(350, 60)
+        slicer.util.setSliceViewerLayers(background=volume, fit=True)
+        return volume, landmarks, phantom
+
+
+#
+# LiverLocalizationTest
+#
+
+
+class LiverLocalizationTest(ScriptedLoadableModuleTest):
+    """End-to-end self-test on the phantom sample: landmarks placed, logic run, results checked against truth."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_LiverLocalization_phantom()
+
+    def test_LiverLocalization_phantom(self):
+        import numpy as np
+        import SimpleITK as sitk
+        from LiverLocalizationLib import metrics, mrml
+        from LiverLocalizationLib.pipeline import PipelineOptions
+
+        self.delayDisplay("Generating the phantom sample")
+        logic = LiverLocalizationLogic()
+        volume, landmarks, phantom = logic.loadPhantomSample(seed=7)
+        self.assertEqual(set(logic.landmarkStatus(landmarks).values()), {True})
+
+        self.delayDisplay("Running the pipeline")
+        outputs = logic.run(volume, landmarks, options=PipelineOptions(classify=False))
+        segmentation = outputs["segmentation"]
+        liver = mrml.segment_to_array(segmentation, "liver", volume)
+        truthCouinaud = sitk.GetArrayViewFromImage(phantom.truth_couinaud)
+        self.assertGreater(metrics.dice(liver, truthCouinaud > 0), 0.85)
+        result = outputs["result"]
+        self.assertIsNotNone(result.couinaud)
+        dices = [metrics.dice(mrml.segment_to_array(segmentation, f"couinaud_{roman}", volume), truthCouinaud == value)
+                 for value, roman in labels.COUINAUD_ROMAN.items()]
+        self.assertGreater(float(np.mean(dices)), 0.6)
+        self.assertEqual(outputs["table"].GetNumberOfRows(), len(result.lesions))
+        self.delayDisplay("Test passed")

@@ -1,0 +1,228 @@
+"""Packaging of the Slicer extension: CMake lists match the files, the .ui holds every widget the module uses,
+icons, the Extensions Index description file, and the module file's import-time rules."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import struct
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULE_DIR = ROOT / "LiverLocalization"
+MODULE_FILE = MODULE_DIR / "LiverLocalization.py"
+UI_FILE = MODULE_DIR / "Resources" / "UI" / "LiverLocalization.ui"
+
+# Widget class expected for every `self.ui.<name>` the module uses
+EXPECTED_WIDGETS = {
+    "inputVolumeSelector": "qMRMLNodeComboBox",
+    "landmarksSelector": "qMRMLNodeComboBox",
+    "liverSegmentationSelector": "qMRMLNodeComboBox",
+    "liverSegmentComboBox": "QComboBox",
+    "landmarkButtonsFrame": "QFrame",
+    "landmarksStatusLabel": "QLabel",
+    "denoiseMethodComboBox": "QComboBox",
+    "medianRadiusSliderWidget": "ctkSliderWidget",
+    "compareDenoisedButton": "QPushButton",
+    "nClassesSpinBox": "QSpinBox",
+    "minLesionVolumeSliderWidget": "ctkSliderWidget",
+    "couinaudMethodComboBox": "QComboBox",
+    "classifyCheckBox": "QCheckBox",
+    "weightsPathLineEdit": "ctkPathLineEdit",
+    "outputSegmentationSelector": "qMRMLNodeComboBox",
+    "outputTableSelector": "qMRMLNodeComboBox",
+    "denoisedVolumeSelector": "qMRMLNodeComboBox",
+    "gradcamVolumeSelector": "qMRMLNodeComboBox",
+    "installDependenciesButton": "QPushButton",
+    "dependenciesStatusLabel": "QLabel",
+    "applyButton": "QPushButton",
+    "cancelButton": "QPushButton",
+    "progressBar": "QProgressBar",
+    "statusLabel": "QLabel",
+    "resultsCollapsibleButton": "ctkCollapsibleButton",
+    "resultsSummaryLabel": "QLabel",
+    "lesionTableView": "qMRMLTableView",
+    "showCouinaudButton": "QPushButton",
+    "showLesionsButton": "QPushButton",
+    "showGradCamButton": "QPushButton",
+}
+SECTIONS = ("Inputs", "Landmarks", "Denoising", "Tissue model", "Couinaud segments", "Classification", "Outputs", "Advanced",
+            "Results")
+# parameter type -> widget classes parameterNodeWrapper can connect it to
+PARAMETER_WIDGETS = {
+    "vtkMRMLScalarVolumeNode": {"qMRMLNodeComboBox"}, "vtkMRMLMarkupsFiducialNode": {"qMRMLNodeComboBox"},
+    "vtkMRMLSegmentationNode": {"qMRMLNodeComboBox"}, "vtkMRMLTableNode": {"qMRMLNodeComboBox"},
+    "str": {"QComboBox"}, "float": {"ctkSliderWidget", "QDoubleSpinBox"}, "int": {"QSpinBox", "QSlider"},
+    "bool": {"QCheckBox"},
+}
+ALLOWED_TOP_LEVEL_IMPORTS = {"slicer", "vtk", "qt", "ctk", "SimpleITK", "numpy", "scipy", "LiverLocalizationLib", "__future__"}
+
+
+def _cmake_list(text: str, variable: str) -> list[str]:
+    match = re.search(rf"set\({variable}\s+(.*?)\)", text, re.S)
+    assert match, f"{variable} not set"
+    return [line.strip() for line in match.group(1).split() if line.strip() and not line.strip().startswith("#")]
+
+
+def _cmake_value(text: str, variable: str) -> str:
+    match = re.search(rf'set\({variable}\s+"([^"]*)"\)', text)
+    assert match, f"{variable} not set"
+    return match.group(1)
+
+
+def _ui_widgets() -> dict[str, ET.Element]:
+    tree = ET.parse(UI_FILE)
+    return {w.get("name"): w for w in tree.iter("widget")}
+
+
+def _ui_names_used_by_module() -> set[str]:
+    source = MODULE_FILE.read_text()
+    return set(re.findall(r"self\.ui\.(\w+)", source))
+
+
+# ------------------------------------------------------------------------ CMake
+
+def test_module_cmake_lists_every_python_file_and_resource():
+    text = (MODULE_DIR / "CMakeLists.txt").read_text()
+    scripts = {s.replace("${MODULE_NAME}", "LiverLocalization") for s in _cmake_list(text, "MODULE_PYTHON_SCRIPTS")}
+    on_disk = {"LiverLocalization.py"} | {
+        p.relative_to(MODULE_DIR).as_posix() for p in (MODULE_DIR / "LiverLocalizationLib").rglob("*.py")
+        if "__pycache__" not in p.parts}
+    assert sorted(on_disk - scripts) == [], "Python files missing from MODULE_PYTHON_SCRIPTS in LiverLocalization/CMakeLists.txt"
+    assert sorted(scripts - on_disk) == [], "MODULE_PYTHON_SCRIPTS lists files that do not exist"
+    resources = {s.replace("${MODULE_NAME}", "LiverLocalization") for s in _cmake_list(text, "MODULE_PYTHON_RESOURCES")}
+    resources_on_disk = {p.relative_to(MODULE_DIR).as_posix() for p in (MODULE_DIR / "Resources").rglob("*")
+                         if p.is_file() and "__pycache__" not in p.parts}
+    assert sorted(resources_on_disk - resources) == [], "resources missing from MODULE_PYTHON_RESOURCES"
+    assert sorted(resources - resources_on_disk) == [], "MODULE_PYTHON_RESOURCES lists files that do not exist"
+    assert "WITH_GENERIC_TESTS" in text and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
+    testing = (MODULE_DIR / "Testing" / "Python" / "CMakeLists.txt").read_text()
+    for script in re.findall(r"SCRIPT\s+(\S+?\.py)", testing):
+        assert (MODULE_DIR / "Testing" / "Python" / script).exists(), script
+
+
+def test_extension_cmake_meta_information():
+    text = (ROOT / "CMakeLists.txt").read_text()
+    assert re.search(r"^project\(LiverLocalization\)", text, re.M)
+    for key in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS", "DEPENDS"):
+        assert _cmake_value(text, f"EXTENSION_{key}").strip(), key
+    assert _cmake_value(text, "EXTENSION_DEPENDS") == "PyTorch"
+    assert "find_package(Slicer REQUIRED)" in text and "add_subdirectory(LiverLocalization)" in text
+    assert not "LiverLocalization".lower().startswith("slicer")
+    # icon and screenshots named in the URLs are files of this repository
+    for url in [_cmake_value(text, "EXTENSION_ICONURL")] + _cmake_value(text, "EXTENSION_SCREENSHOTURLS").split():
+        relative = url.split("/main/", 1)[1]
+        assert (ROOT / relative).is_file(), f"{relative} (named in the top-level CMakeLists.txt) is missing"
+
+
+def test_extensions_index_description_file():
+    doc = json.loads((ROOT / "LiverLocalization.json").read_text())
+    allowed = {"$schema", "category", "scm_url", "scm_revision", "scm_type", "build_dependencies", "dicom_support_rule",
+               "build_subdirectory", "enabled", "tier"}
+    assert set(doc) <= allowed
+    assert {"$schema", "category", "scm_url"} <= set(doc)
+    assert "slicer-extension-catalog-entry-schema" in doc["$schema"]
+    cmake = (ROOT / "CMakeLists.txt").read_text()
+    assert doc["category"] == _cmake_value(cmake, "EXTENSION_CATEGORY")
+    assert doc["build_dependencies"] == _cmake_value(cmake, "EXTENSION_DEPENDS").split()
+    assert 1 <= doc.get("tier", 1) <= 5
+
+
+# ------------------------------------------------------------------------ UI
+
+def test_ui_has_every_widget_the_module_uses_with_the_right_class():
+    widgets = _ui_widgets()
+    used = _ui_names_used_by_module()
+    assert used, "the module uses no self.ui widgets?"
+    unknown = used - set(EXPECTED_WIDGETS)
+    assert not unknown, f"module uses widgets this test does not know yet: {sorted(unknown)}"
+    for name in used:
+        assert name in widgets, f"'{name}' is used by LiverLocalization.py but missing from the .ui"
+        assert widgets[name].get("class") == EXPECTED_WIDGETS[name], name
+    titles = {w.find("property[@name='text']/string").text for w in widgets.values() if w.get("class") == "ctkCollapsibleButton"}
+    assert set(SECTIONS) <= titles
+
+
+def test_ui_parameter_bindings_match_the_parameter_node():
+    tree = ast.parse(MODULE_FILE.read_text())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "LiverLocalizationParameterNode")
+    fields = {}
+    for stmt in cls.body:
+        if isinstance(stmt, ast.AnnAssign):
+            annotation = stmt.annotation
+            if isinstance(annotation, ast.Subscript):  # Annotated[type, ...]
+                annotation = annotation.slice.elts[0]
+            fields[stmt.target.id] = ast.unparse(annotation)
+    bound = {}
+    for widget in _ui_widgets().values():
+        prop = widget.find("property[@name='SlicerParameterName']/string")
+        if prop is not None:
+            bound[prop.text] = widget.get("class")
+    assert set(bound) <= set(fields), f"the .ui binds unknown parameters {set(bound) - set(fields)}"
+    for name, widget_class in bound.items():
+        assert widget_class in PARAMETER_WIDGETS[fields[name]], (name, fields[name], widget_class)
+    # every node-typed parameter is editable in the GUI
+    node_fields = {k for k, v in fields.items() if v.startswith("vtkMRML")}
+    assert node_fields <= set(bound)
+
+
+def test_mrml_widgets_get_the_scene():
+    tree = ET.parse(UI_FILE)
+    receivers = {c.findtext("receiver") for c in tree.iter("connection") if c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"}
+    mrml_widgets = {n for n, w in _ui_widgets().items() if w.get("class", "").startswith("qMRML") and n != "LiverLocalization"}
+    assert mrml_widgets <= receivers
+
+
+# ------------------------------------------------------------------------ icons and module file
+
+def _png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()[:24]
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return struct.unpack(">II", data[16:24])
+
+
+@pytest.mark.parametrize("path", ["LiverLocalization/Resources/Icons/LiverLocalization.png", "Resources/Icons/LiverLocalization.png"])
+def test_icons_are_128_png(path):
+    assert _png_size(ROOT / path) == (128, 128)
+
+
+def test_module_file_imports_only_slicer_bundled_packages_at_load():
+    tree = ast.parse(MODULE_FILE.read_text())
+    stdlib = set(sys.stdlib_module_names)
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = [node.module or ""]
+        else:
+            continue
+        for name in names:
+            top = name.split(".")[0]
+            assert top in ALLOWED_TOP_LEVEL_IMPORTS or top in stdlib, f"module-level import of {name}"
+    # the library modules imported at load must themselves be light (stdlib only)
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.module == "LiverLocalizationLib":
+            for alias in node.names:
+                lib = ast.parse((MODULE_DIR / "LiverLocalizationLib" / f"{alias.name}.py").read_text())
+                for inner in lib.body:
+                    if isinstance(inner, (ast.Import, ast.ImportFrom)):
+                        mods = [a.name for a in inner.names] if isinstance(inner, ast.Import) else [inner.module or ""]
+                        assert all(m.split(".")[0] in stdlib for m in mods if m), (alias.name, mods)
+
+
+def test_module_has_the_four_template_classes_and_sample_registration():
+    tree = ast.parse(MODULE_FILE.read_text())
+    classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
+    assert {"LiverLocalization", "LiverLocalizationWidget", "LiverLocalizationLogic", "LiverLocalizationTest"} <= set(classes)
+    assert [ast.unparse(b) for b in classes["LiverLocalizationTest"].bases] == ["ScriptedLoadableModuleTest"]
+    functions = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    assert "registerSampleData" in functions
+    source = MODULE_FILE.read_text()
+    assert 'slicer.app.connect("startupCompleted()", registerSampleData)' in source
+    assert "tryWithErrorDisplay" in source and "parameterNodeWrapper" in source
+    assert "pip_install(\"torch" not in source and "PyTorchUtils" in source

@@ -337,12 +337,20 @@ class _Grid:
             return None
         return (slice(lo[2], hi[2]), slice(lo[1], hi[1]), slice(lo[0], hi[0]))
 
-    def coords(self, sl):
-        """Canonical X, Y, Z (float32, broadcastable to the box shape) of the voxels of index slices sl."""
+    def coords(self, sl, step=(1, 1, 1)):
+        """Canonical X, Y, Z (float32, broadcastable to the box shape) of the voxels of index slices sl.
+
+        With step > 1 along an axis, every step-th index from the slice start on, up to and including
+        the first index at or past the slice end (so that linear interpolation covers the whole box).
+        """
         q0, a = self.q_affine()
-        k = np.arange(sl[0].start, sl[0].stop, dtype=np.float32)[:, None, None]
-        j = np.arange(sl[1].start, sl[1].stop, dtype=np.float32)[None, :, None]
-        i = np.arange(sl[2].start, sl[2].stop, dtype=np.float32)[None, None, :]
+        ax_idx = []
+        for s, st in zip(sl, step, strict=True):
+            n = -(-(s.stop - 1 - s.start) // st) + 1 if st > 1 else s.stop - s.start
+            ax_idx.append(s.start + st * np.arange(n, dtype=np.float32))
+        k = ax_idx[0][:, None, None]
+        j = ax_idx[1][None, :, None]
+        i = ax_idx[2][None, None, :]
         out = []
         for ax in range(3):
             c = np.float32(q0[ax])
@@ -375,6 +383,39 @@ def _full(a, shape):
     return np.broadcast_to(a, shape)
 
 
+def _upsample(a, shape, step):
+    """Linear interpolation of samples taken every step voxels (from index 0) back to the full box shape."""
+    for axis, (n, st) in enumerate(zip(shape, step, strict=True)):
+        if st == 1 or a.shape[axis] == n:
+            continue
+        pos = np.arange(n, dtype=np.float32) / st
+        i0 = np.minimum(pos.astype(np.intp), a.shape[axis] - 1)
+        i1 = np.minimum(i0 + 1, a.shape[axis] - 1)
+        w = (pos - i0).reshape([-1 if d == axis else 1 for d in range(a.ndim)])
+        a0 = np.take(a, i0, axis=axis)
+        a = a0 + (np.take(a, i1, axis=axis) - a0) * w
+    return a
+
+
+def _field_step(grid, feature_mm):
+    """Sub-sampling steps (z, y, x) that keep sample spacing below feature_mm (physical)."""
+    sp = grid.spacing
+    return tuple(max(1, int(feature_mm // sp[ax])) for ax in (2, 1, 0))
+
+
+def _smooth_field(grid, sl, fn, feature_mm=3.0):
+    """A smooth function of canonical (X, Y, Z) on index slices sl, evaluated on a sub-sampled grid and interpolated."""
+    step = _field_step(grid, feature_mm)
+    shape = tuple(s.stop - s.start for s in sl)
+    if step == (1, 1, 1):
+        X, Y, Z = (_full(c, shape) for c in grid.coords(sl))
+        return np.asarray(fn(X, Y, Z), np.float32)
+    X, Y, Z = grid.coords(sl, step)
+    cshape = np.broadcast_shapes(X.shape, Y.shape, Z.shape)
+    X, Y, Z = (_full(c, cshape) for c in (X, Y, Z))
+    return _upsample(np.asarray(fn(X, Y, Z), np.float32), shape, step)
+
+
 # ----------------------------------------------------------------------------- coarse canonical grid
 
 class _Coarse:
@@ -405,7 +446,7 @@ def _calibrate(anat: _Anatomy, coarse: _Coarse) -> np.ndarray:
     X, Y, Z = coarse.X, coarse.Y, coarse.Z
     f = anat.frac_target
     kc = _ellipsoid_k(X, Y, Z, anat.caud_c, anat.caud_r)
-    anat.caud_k = float(min(np.quantile(kc, f[1]), 1.15))
+    anat.caud_k = float(min(np.quantile(kc, f[1]), 1.4))
     rest = kc >= anat.caud_k
     th, r = anat.theta_r(X, Y)
     th, r, Zr = th[rest], r[rest], Z[rest]
@@ -758,7 +799,7 @@ def _render_body(grid, anat, hu, prm):
         h[mus] = prm["muscle"]
         cav_sd = anat.cavity_sd(X, Y)
         cav = cav_sd < 0
-        fat_tex = _waves(X, Y, Z, anat.fat_waves)
+        fat_tex = _smooth_field(grid, sl, lambda x, y, z: _waves(x, y, z, anat.fat_waves), 4.0)
         h[cav] = (prm["fat"] + fat_tex)[cav]
         zd = anat.z_dia(X, Y)
         thorax = cav & (Z > zd + 1.0)
@@ -766,7 +807,7 @@ def _render_body(grid, anat, hu, prm):
         dia = cav & (Z > zd - 5.0) & (Z <= zd + 1.0)
         h[dia] = prm["muscle"]
         # bowel loops below the liver
-        bw = _waves(X, Y, Z, anat.bowel_waves)
+        bw = _smooth_field(grid, sl, lambda x, y, z: _waves(x, y, z, anat.bowel_waves), 3.0)
         bowel = cav & (Z < zd - 40.0) & (bw > 0.35) & (Y < 40)
         h[bowel] = prm["bowel"]
         h[bowel & (bw > 1.3) & (Y < -30)] = -950.0
@@ -873,21 +914,29 @@ def _segment_distance(X, Y, Z, a, b):
     return np.sqrt((X - a[0] - t * ab[0]) ** 2 + (Y - a[1] - t * ab[1]) ** 2 + (Z - a[2] - t * ab[2]) ** 2)
 
 
-def _render_liver(grid, anat, hu, tissue, couinaud, prm, liver_waves):
-    lo = np.array([-170.0, -130.0, -130.0])
-    hi = np.array([150.0, 130.0, 140.0])
-    sl = grid.box(lo, hi)
+def _render_liver(grid, anat, coarse, hu, tissue, couinaud, prm, liver_waves):
+    """Liver parenchyma, its truth and Couinaud labels; the surface is found on a sub-sampled grid and refined
+    exactly wherever the interpolated signed distance is within a safety margin of zero."""
+    pts = coarse.points()
+    sl = grid.box(pts.min(axis=0) - 2 * _COARSE_MM, pts.max(axis=0) + 2 * _COARSE_MM)
     if sl is None:
         return
+    step = _field_step(grid, 2.5)
+    margin = 2.0 * max(grid.spacing[ax] * st for ax, st in zip((2, 1, 0), step, strict=True)) / grid.scale + 1.0
     for s in grid.chunks(sl, 2_000_000):
-        X, Y, Z = grid.coords(s)
         shape = tuple(v.stop - v.start for v in s)
-        X, Y, Z = (_full(a, shape) for a in (X, Y, Z))
-        inside = anat.liver_sd(X, Y, Z) < 0
+        sd = _smooth_field(grid, s, anat.liver_sd, 2.5)
+        near = np.abs(sd) < margin
+        if near.any():
+            X, Y, Z = (_full(a, shape) for a in grid.coords(s))
+            sd[near] = anat.liver_sd(X[near], Y[near], Z[near])
+        inside = sd < 0
         if not inside.any():
             continue
+        X, Y, Z = (_full(a, shape) for a in grid.coords(s))
         x, y, z = X[inside], Y[inside], Z[inside]
-        hu[s][inside] = prm["liver"] + _waves(x, y, z, liver_waves)
+        tex = _smooth_field(grid, s, lambda a, b, c: _waves(a, b, c, liver_waves), 3.0)
+        hu[s][inside] = prm["liver"] + tex[inside]
         tissue[s][inside] = labels.TRUTH_PARENCHYMA
         couinaud[s][inside] = anat.couinaud(x, y, z)
 
@@ -1002,7 +1051,7 @@ def generate_phantom(seed: int = 0, size: str = "small", oblique: bool = False, 
     tissue = np.zeros(shape, np.uint8)
     couinaud = np.zeros(shape, np.uint8)
     lesion_ids = np.zeros(shape, np.uint16)
-    _render_liver(grid, anat, hu, tissue, couinaud, prm, liver_waves)
+    _render_liver(grid, anat, coarse, hu, tissue, couinaud, prm, liver_waves)
     report(0.6, "lesions and vessels")
     _render_lesions(grid, anat, specs, hu, tissue, lesion_ids, prm)
     vessel = np.zeros(shape, np.uint8)

@@ -222,7 +222,7 @@ def check_landmarks(landmarks: dict[str, np.ndarray], reference: sitk.Image | No
             f"azimuths RHV 0°, MHV {np.degrees(az['MHV']):.0f}°, LHV {np.degrees(az['LHV']):.0f}°. "
             "Check for swapped labels or a left-right flipped image."
         )
-    if frame.radius.get("UP", 1.0) < MIN_VEIN_RADIUS_MM:
+    if "UP" in frame.radius and frame.radius["UP"] < MIN_VEIN_RADIUS_MM:
         raise InputError(f"UP lies on the IVC axis; place UP {LANDMARK_HELP['UP']}.")
     right_to_left = _horizontal(pts["LHV"] - pts["RHV"], frame.axis)
     if float((pts["LPV"] - pts["RPV"]) @ right_to_left) <= 0:

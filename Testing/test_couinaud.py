@@ -272,7 +272,7 @@ def test_real_crop_matches_reference_segments(ircadb_crop_dir):
 @pytest.fixture(scope="module")
 def phantom_case():
     phantom = pytest.importorskip("LiverLocalizationLib.phantom")
-    return phantom.generate_phantom(seed=11, size="small")
+    return phantom.generate_phantom(seed=11, size="small", n_lesions=4)
 
 
 def test_phantom_segments_and_lesions(phantom_case):

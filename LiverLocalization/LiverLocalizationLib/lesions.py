@@ -1,16 +1,18 @@
 """Lesions and vessels inside the liver, lesion instances and their measurements.
 
 Inside the liver mask the intensities are modelled by an EM mixture with one class anchored at the
-parenchyma (median and 1.4826 × MAD of the liver's voxels, robust to vessels and tumours) and free
-classes for everything else (K by BIC); free classes indistinguishable from the anchor join the
-parenchyma. After mean-field MRF smoothing, a voxel that is not parenchyma is *hypodense* when it is
-darker than the parenchyma mean and *hyperdense* when brighter.
+parenchyma (median and 1.4826 × MAD of the liver's voxels, robust to vessels and tumours, and wide
+enough to include the regional variation of enhancement) and free classes for everything else (K by
+BIC). Classes are named by their mean in units of that parenchyma sd (`liver_mixture`); after
+mean-field MRF smoothing each voxel is parenchyma, hypodense or hyperdense.
 
-- Lesions: connected hypodense regions (holes filled) plus compact hyperdense blobs (survive an
-  opening that removes tubes thinner than `vessel_max_radius_mm`, and are not elongated), each a
-  connected instance; regions smaller than `min_lesion_volume_mm3` or with fat's intensity (mean
-  below -30 HU) are dropped. Instances are numbered 1..n by volume, largest first.
-- Vessels: the remaining hyperdense voxels (tubular, connected to the vessel tree).
+- Lesions: connected hypodense regions (holes filled) whose mean is at least `separation_sd` sds below
+  the parenchyma and above fat (-30 HU), whose surface lies mostly inside the liver (not gallbladder,
+  bowel or surface partial volume), larger than `min_lesion_volume_mm3`; enhancing rims and nodules
+  (hyperdense or hypodense voxels within `rim_mm` of the dark core, e.g. a haemangioma's peripheral
+  nodules) join them. Instances are numbered 1..n by volume, largest first. Lesions that are only
+  hyperdense are not reported: in the portal-venous phase they cannot be told from vessels by intensity.
+- Vessels: the remaining hyperdense voxels.
 """
 
 from __future__ import annotations
@@ -60,15 +62,20 @@ def _elongation(coords_zyx_mm: np.ndarray) -> float:
 
 
 def classify_voxels(arr: np.ndarray, classes: np.ndarray | None, liver: np.ndarray, model, spacing_xyz,
-                    *, min_lesion_volume_mm3: float = 100.0, vessel_max_radius_mm: float = 4.0,
-                    max_hyper_elongation: float = 2.5, separation_sd: float = 2.0):
+                    *, min_lesion_volume_mm3: float = 100.0, separation_sd: float = 2.0, rim_mm: float = 3.0,
+                    max_outside_contact: float = 0.35):
     """Split the liver's voxels into lesion instances and vessels.
 
     Args:
         arr: intensities (HU) [z, y, x]; liver: bool liver mask, same shape.
         classes: per-voxel MAP class of `model` after MRF smoothing (or None: computed without MRF).
         model: a MixtureModel from `liver_mixture` (class names 'parenchyma', 'lesion-hypo', 'vessel', 'mixed').
-        separation_sd: bound (in robust parenchyma sds) for judging voxels of 'mixed' classes.
+        separation_sd: bound (in robust parenchyma sds) for judging voxels of 'mixed' classes, and the least
+            contrast of a lesion's mean below the parenchyma.
+        rim_mm: voxels connected to a dark core within rim_mm (geodesic) join it when they are hyperdense
+            (enhancing rims, nodules) or darker than half-way between the core's mean and the parenchyma
+            (the half-maximum edge).
+        max_outside_contact: largest fraction of a lesion's one-voxel shell allowed outside the liver.
         spacing_xyz: voxel spacing in mm (x, y, z).
     Returns (lesion instance labels uint16 [z, y, x], vessel mask bool).
     """
@@ -86,41 +93,36 @@ def classify_voxels(arr: np.ndarray, classes: np.ndarray | None, liver: np.ndarr
     hyper = liver & ((names == "vessel")[classes] | (mixed & (arr > hi)))
 
     min_voxels = int(np.ceil(min_lesion_volume_mm3 / voxel_mm3))
-    # hypodense lesions: components with holes filled; drop fat
+    six = ndimage.generate_binary_structure(3, 1)
+    steps = max(1, int(round(rim_mm / spacing_zyx.min())))
     lab, n = ndimage.label(hypo)
     lesion = np.zeros(arr.shape, np.int32)
     next_id = 1
-    if n:
-        objects = ndimage.find_objects(lab)
-        for i, sl in enumerate(objects, start=1):
-            comp = lab[sl] == i
-            if comp.sum() < min_voxels:
-                continue
-            comp = ndimage.binary_fill_holes(comp)
-            if float(arr[sl][comp].mean()) < FAT_MEAN_HU:
-                continue
-            lesion[sl][comp] = next_id
-            next_id += 1
-    # hyperdense blobs: what survives an opening wider than vessels, if compact
-    vessel = hyper.copy()
-    if hyper.any():
-        opened = ndimage.binary_opening(hyper, structure=_ball(vessel_max_radius_mm, spacing_zyx))
-        lab, n = ndimage.label(opened)
-        for i, sl in enumerate(ndimage.find_objects(lab) if n else [], start=1):
-            comp = lab[sl] == i
-            if comp.sum() < min_voxels:
-                continue
-            pts = np.argwhere(comp) * spacing_zyx
-            if _elongation(pts) > max_hyper_elongation:
-                continue
-            grown = ndimage.binary_dilation(comp, structure=_ball(vessel_max_radius_mm, spacing_zyx)) & hyper[sl]
-            grown = ndimage.binary_fill_holes(grown | comp)
-            target = lesion[sl]
-            target[grown & (target == 0)] = next_id
-            vessel[sl][grown] = False
-            next_id += 1
+    for i, sl in enumerate(ndimage.find_objects(lab) if n else [], start=1):
+        sl = tuple(slice(max(0, s.start - 3), s.stop + 3) for s in sl)
+        comp = lab[sl] == i
+        if comp.sum() < min_voxels:
+            continue
+        comp = ndimage.binary_fill_holes(comp)
+        mean_hu = float(arr[sl][comp].mean())
+        # fat (between liver lobes) and weak dips are not lesions
+        if mean_hu < FAT_MEAN_HU or mean_hu > mu - separation_sd * sd:
+            continue
+        # a region whose surface lies largely outside the liver is the gallbladder, bowel or partial
+        # volume at the liver's surface, not a tumour
+        shell = ndimage.binary_dilation(comp, structure=six) & ~comp
+        if (shell & ~liver[sl]).sum() > max_outside_contact * shell.sum():
+            continue
+        # enhancing rims and nodules (haemangioma) next to the dark core belong to the lesion
+        # and so does the margin down to half the lesion's contrast (the half-maximum edge)
+        allowed = (hyper[sl] | (arr[sl] < 0.5 * (mean_hu + mu))) & liver[sl]
+        grown = ndimage.binary_dilation(comp, structure=six, iterations=steps, mask=allowed) | comp
+        grown = ndimage.binary_fill_holes(grown)
+        target = lesion[sl]
+        target[grown & (target == 0)] = next_id
+        next_id += 1
     lesion = relabel_by_volume(lesion, min_voxels)
-    vessel &= lesion == 0
+    vessel = hyper & (lesion == 0)
     return lesion, vessel
 
 

@@ -232,7 +232,9 @@ def extract_liver(ct: sitk.Image, landmarks: dict[str, np.ndarray] | None = None
     liver_small = ndimage.binary_dilation(core, iterations=steps, mask=candidate)
     liver_small = ndimage.binary_closing(liver_small, structure=_ball(closing_mm, sp_zyx), iterations=1,
                                          border_value=0)
-    liver_small = fill_holes(_largest_component(liver_small))
+    parenchyma = _largest_component(liver_small)
+    added, rejected = dark_regions(arr, parenchyma, fill_holes(parenchyma), par_mu, par_sd, sp_zyx)
+    liver_small = fill_holes(parenchyma | added) & ~rejected
     report(0.7, "liver: full-resolution border")
 
     # 5. back to the CT's grid with a refined border
@@ -249,6 +251,11 @@ def extract_liver(ct: sitk.Image, landmarks: dict[str, np.ndarray] | None = None
         vote = 0.5 * pb + 0.5 * up_arr[band]
         refined = inside.copy()
         refined[band] = vote > 0.5
+        if added.any():  # lesions added at the border keep their extent (their intensity is not the liver's)
+            add_img = sitk.GetImageFromArray(added.astype(np.float32))
+            add_img.CopyInformation(small)
+            refined |= sitk.GetArrayViewFromImage(
+                sitk.Resample(add_img, roi, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)) > 0.5
     else:
         refined = up_arr > 0.5
     refined = ndimage.binary_opening(refined, structure=ndimage.generate_binary_structure(3, 1))
@@ -259,6 +266,42 @@ def extract_liver(ct: sitk.Image, landmarks: dict[str, np.ndarray] | None = None
     mask.CopyInformation(ct)
     report(1.0, "liver done")
     return mask
+
+
+def dark_regions(arr: np.ndarray, parenchyma: np.ndarray, filled: np.ndarray, par_mu: float, par_sd: float,
+                 spacing_zyx, *, hull_mm: float = 15.0, dark_sd: float = 3.0, min_liver_contact: float = 0.65,
+                 fat_hu: float = -60.0) -> tuple[np.ndarray, np.ndarray]:
+    """Decide which hypodense regions in or at the liver belong to it: tumours and cysts yes, gallbladder no.
+
+    Candidates: voxels outside the parenchyma but inside its hole-filled version or within `hull_mm` of it,
+    darker than parenchyma by `dark_sd` sds and above fat (`fat_hu`), in components touching the
+    parenchyma. A component belongs to the liver when at least `min_liver_contact` of its one-voxel shell
+    is parenchyma: a tumour (even one bulging from the surface) is mostly surrounded by parenchyma,
+    while the gallbladder, bowel and the fat rim around the liver touch other tissue over much of their
+    surface in 3-D, even where a 2-D slice shows them enclosed.
+    Returns (accepted, rejected) voxel masks (bool, arr's shape).
+    """
+    near = filled | ndimage.binary_dilation(parenchyma, structure=_ball(hull_mm, spacing_zyx))
+    dark = near & ~parenchyma & (arr > fat_hu) & (arr < par_mu - dark_sd * par_sd)
+    six = ndimage.generate_binary_structure(3, 1)
+    dark = ndimage.binary_opening(dark, structure=six)
+    lab, n = ndimage.label(dark)
+    accepted = np.zeros(arr.shape, bool)
+    rejected = np.zeros(arr.shape, bool)
+    if n == 0:
+        return accepted, rejected
+    for i, sl in enumerate(ndimage.find_objects(lab), start=1):
+        sl = tuple(slice(max(0, s.start - 2), s.stop + 2) for s in sl)
+        comp = lab[sl] == i
+        shell = ndimage.binary_dilation(comp, structure=six) & ~comp
+        contact = (shell & parenchyma[sl]).sum()
+        if contact == 0:
+            continue
+        if contact / shell.sum() >= min_liver_contact:
+            accepted[sl] |= comp
+        else:
+            rejected[sl] |= comp
+    return accepted, rejected
 
 
 def _right_upper_component(lab: np.ndarray, counts: np.ndarray, image: sitk.Image) -> np.ndarray:

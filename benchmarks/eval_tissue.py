@@ -1,0 +1,120 @@
+"""Accuracy of the denoise + EM tissue stage on phantoms and on the real case; prints a table.
+
+Usage (from the repository root):
+    PYTHONPATH=LiverLocalization .venv/bin/python benchmarks/eval_tissue.py [--seeds 100 101 102 103 104]
+        [--size full|small] [--method curvature] [--no-real] [--oblique] [--flip]
+
+Per phantom: liver Dice (truth = parenchyma, lesions, hepatic and portal veins; IVC excluded), lesion
+Dice (all lesion voxels), detection recall for lesions >= 10 mm (IoU >= 0.1 one-to-one matching),
+false-positive lesions; and for the real CT ../shared/data/ircadb1_1 (full resolution, its landmarks)
+the liver Dice against mask_liver and the intrahepatic vessel Dice. Targets (issue 3): liver Dice
+>= 0.95 (phantom), >= 0.92 (real); lesion Dice >= 0.75; recall >= 0.9 with <= 1 FP per case.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "LiverLocalization"))
+
+from LiverLocalizationLib import denoise, io, labels, metrics, tissue_model  # noqa: E402
+
+REAL = ROOT.parent / "shared" / "data" / "ircadb1_1"
+
+
+def evaluate_phantom(seed: int, size: str, method: str, oblique: bool = False, flip: bool = False) -> dict:
+    from LiverLocalizationLib.phantom import generate_phantom
+
+    ph = generate_phantom(seed, size=size, oblique=oblique, flip=flip)
+    t0 = time.perf_counter()
+    den = denoise.denoise(ph.ct, method)
+    t1 = time.perf_counter()
+    res = tissue_model.segment_tissues(den, ph.landmarks)
+    t2 = time.perf_counter()
+    truth = sitk.GetArrayViewFromImage(ph.truth_tissue)
+    liver_truth = np.isin(truth, [labels.TRUTH_PARENCHYMA, labels.TRUTH_LESION, labels.TRUTH_HEPATIC_VEIN,
+                                  labels.TRUTH_PORTAL_VEIN])
+    liver = sitk.GetArrayViewFromImage(res.liver_mask) > 0
+    lesion_truth = sitk.GetArrayViewFromImage(ph.truth_lesions)
+    lesion = sitk.GetArrayViewFromImage(res.lesion_labels)
+    match = metrics.match_instances(lesion, lesion_truth)
+    found = {b for _, b, _ in match["pairs"]}
+    big = [row["id"] for row in ph.lesions if row["diameter_mm"] >= 10]
+    vessel_truth = np.isin(truth, [labels.TRUTH_HEPATIC_VEIN, labels.TRUTH_PORTAL_VEIN])
+    missed = [f"{row['kind']}:{row['diameter_mm']:.0f}mm" for row in ph.lesions if row["id"] not in found]
+    return {
+        "case": f"phantom {seed} {size}" + (" oblique" if oblique else "") + (" flip" if flip else ""),
+        "liver_dice": metrics.dice(liver, liver_truth),
+        "lesion_dice": metrics.dice(lesion > 0, lesion_truth > 0) if (lesion_truth > 0).any() else float("nan"),
+        "recall_ge10": (sum(i in found for i in big) / len(big)) if big else float("nan"),
+        "n_truth": len(ph.lesions),
+        "fp": len(match["false_positives"]),
+        "vessel_dice": metrics.dice(sitk.GetArrayViewFromImage(res.vessel_mask) > 0, vessel_truth & liver_truth),
+        "denoise_s": t1 - t0,
+        "tissue_s": t2 - t1,
+        "missed": ",".join(missed),
+    }
+
+
+def evaluate_real(method: str) -> dict | None:
+    if not (REAL / "ct.nii.gz").exists():
+        return None
+    ct = io.read_image(REAL / "ct.nii.gz")
+    landmarks = io.read_markups(REAL / "landmarks.mrk.json")
+    t0 = time.perf_counter()
+    den = denoise.denoise(ct, method)
+    t1 = time.perf_counter()
+    res = tissue_model.segment_tissues(den, landmarks)
+    t2 = time.perf_counter()
+    truth = sitk.GetArrayViewFromImage(io.read_image(REAL / "mask_liver.nii.gz")) > 0
+    vessels = sitk.GetArrayViewFromImage(io.read_image(REAL / "mask_vessels_intrahepatic.nii.gz")) > 0
+    liver = sitk.GetArrayViewFromImage(res.liver_mask) > 0
+    return {
+        "case": "ircadb1_1 full",
+        "liver_dice": metrics.dice(liver, truth),
+        "lesion_dice": float("nan"), "recall_ge10": float("nan"), "n_truth": -1,
+        "fp": int(sitk.GetArrayViewFromImage(res.lesion_labels).max()),
+        "vessel_dice": metrics.dice(sitk.GetArrayViewFromImage(res.vessel_mask) > 0, vessels),
+        "denoise_s": t1 - t0, "tissue_s": t2 - t1, "missed": "(no tumour truth: fp = lesions found)",
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="*", default=[100, 101, 102, 103, 104])
+    parser.add_argument("--size", default="full", choices=["small", "full"])
+    parser.add_argument("--method", default="curvature", choices=denoise.METHODS)
+    parser.add_argument("--no-real", action="store_true")
+    parser.add_argument("--oblique", action="store_true")
+    parser.add_argument("--flip", action="store_true")
+    args = parser.parse_args(argv)
+    rows = [evaluate_phantom(s, args.size, args.method, args.oblique, args.flip) for s in args.seeds]
+    if not args.no_real:
+        real = evaluate_real(args.method)
+        if real is None:
+            print(f"(real case skipped: {REAL} not found)")
+        else:
+            rows.append(real)
+    head = f"{'case':<24}{'liver':>7}{'lesion':>8}{'rec>=10':>8}{'truth':>6}{'FP':>4}{'vessel':>8}{'den s':>7}{'tis s':>7}  missed"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(f"{r['case']:<24}{r['liver_dice']:>7.3f}{r['lesion_dice']:>8.3f}{r['recall_ge10']:>8.2f}{r['n_truth']:>6}"
+              f"{r['fp']:>4}{r['vessel_dice']:>8.3f}{r['denoise_s']:>7.1f}{r['tissue_s']:>7.1f}  {r['missed']}")
+    ph = [r for r in rows if r["case"].startswith("phantom")]
+    if ph:
+        print(f"phantom mean: liver Dice {np.mean([r['liver_dice'] for r in ph]):.3f}, lesion Dice "
+              f"{np.nanmean([r['lesion_dice'] for r in ph]):.3f}, recall>=10mm {np.nanmean([r['recall_ge10'] for r in ph]):.2f}, "
+              f"FP/case {np.mean([r['fp'] for r in ph]):.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

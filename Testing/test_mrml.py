@@ -268,3 +268,134 @@ def test_outputs_are_placed_in_the_input_study(slicer_scene):
     table = mrml.write_table([{"id": 1}], "t")
     mrml.place_next_to(table, volume)
     assert sh.GetItemParent(sh.GetItemByDataNode(table)) == study
+
+
+# ------------------------------------------------------------------------ the whole pipeline on scene nodes
+
+def _input_state(volume, markups, segmentation=None):
+    """Everything about the input nodes that must not change: voxels, geometry, names, points, segments."""
+    state = {
+        "voxels": mrml.volume_node_to_image(volume), "ijk_to_ras": mrml.volume_ijk_to_ras(volume), "name": volume.GetName(),
+        "points": {k: v.copy() for k, v in mrml.markups_to_landmarks(markups).items()},
+        "n_points": markups.GetNumberOfControlPoints(),
+    }
+    if segmentation is not None:
+        seg = segmentation.GetSegmentation()
+        state["segments"] = [(seg.GetNthSegmentID(i), seg.GetNthSegment(i).GetName(),
+                              segfile.mask_checksum(mrml.segment_to_array(segmentation, seg.GetNthSegmentID(i), volume)))
+                             for i in range(seg.GetNumberOfSegments())]
+    return state
+
+
+def _assert_same_state(before, after):
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(after.pop("voxels")), sitk.GetArrayFromImage(before.pop("voxels")))
+    np.testing.assert_array_equal(after.pop("ijk_to_ras"), before.pop("ijk_to_ras"))
+    points_after, points_before = after.pop("points"), before.pop("points")
+    assert points_after.keys() == points_before.keys()
+    for k in points_before:
+        np.testing.assert_array_equal(points_after[k], points_before[k])
+    assert after == before
+
+
+@pytest.fixture(scope="module")
+def phantom_case():
+    from LiverLocalizationLib.phantom import generate_phantom
+
+    return generate_phantom(seed=7, size="small")
+
+
+def test_run_on_phantom_nodes_fills_outputs_and_keeps_inputs(tmp_path, slicer_scene, phantom_case):
+    import slicer
+    from LiverLocalizationLib import metrics
+    from LiverLocalizationLib.pipeline import PipelineOptions
+
+    volume = mrml.image_to_volume_node(phantom_case.ct, "Phantom")
+    markups = mrml.landmarks_to_markups(phantom_case.landmarks, "Phantom landmarks")
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer_scene)
+    study = sh.CreateStudyItem(sh.CreateSubjectItem(sh.GetSceneItemID(), "Patient"), "Study")
+    sh.CreateItem(study, volume)
+    before = _input_state(volume, markups)
+    reported = []
+    out = mrml.run_on_nodes(volume, markups, options=PipelineOptions(classify=False),
+                            progress=lambda f, m: reported.append(f))
+    _assert_same_state(before, _input_state(volume, markups))
+    assert reported[-1] == 1.0 and all(b >= a - 1e-9 for a, b in zip(reported, reported[1:]))
+
+    result = out["result"]
+    seg = out["segmentation"]
+    truth = sitk.GetArrayViewFromImage(phantom_case.truth_couinaud)
+    liver_dice = metrics.dice(mrml.segment_to_array(seg, "liver", volume), truth > 0)
+    couinaud_dice = [metrics.dice(mrml.segment_to_array(seg, f"couinaud_{r}", volume), truth == v)
+                     for v, r in labels.COUINAUD_ROMAN.items()]
+    assert liver_dice > 0.9, liver_dice  # measured 0.961
+    assert np.mean(couinaud_dice) > 0.7, couinaud_dice  # measured 0.79
+    # segment names, terminology and one segment per lesion
+    segmentation = seg.GetSegmentation()
+    names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+    assert names[0] == "Liver" and "Couinaud VIII" in names and "Liver vessels" in names
+    lesion_names = [n for n in names if n.startswith("Lesion ")]
+    assert len(lesion_names) == len(result.lesions)
+    for row in result.lesions:
+        segment = segmentation.GetSegment(f"lesion_{row['id']}")
+        assert segment.GetName().endswith(row["main_segment"])
+        entry = segfile.parse_terminology_entry(mrml.segment_tag(segment, "TerminologyEntry"))
+        assert entry["category"] == labels.MORPHOLOGICALLY_ALTERED_STRUCTURE and entry["region"] == segfile.LIVER_REGION
+    # the lesion table holds the pipeline's rows
+    table = out["table"]
+    assert table.GetNumberOfRows() == len(result.lesions)
+    for i, row in enumerate(result.lesions):
+        assert table.GetTable().GetColumnByName("main_segment").GetValue(i) == row["main_segment"]
+        assert table.GetTable().GetColumnByName("volume_ml").GetValue(i) == pytest.approx(row["volume_ml"])
+    # the denoised volume lies on the input grid; outputs sit in the input's study
+    denoised = out["denoised"]
+    np.testing.assert_allclose(mrml.volume_ijk_to_ras(denoised), mrml.volume_ijk_to_ras(volume))
+    assert out["gradcam"] is None
+    for node in (seg, table, denoised):
+        assert sh.GetItemParent(sh.GetItemByDataNode(node)) == study
+    # the node saved by Slicer as .seg.nrrd reads back identical, through Slicer and through segfile
+    storage = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    storage.SetFileName(str(tmp_path / "result.seg.nrrd"))
+    assert storage.WriteData(seg) == 1
+    _, read = segfile.read_seg_nrrd(tmp_path / "result.seg.nrrd")
+    reloaded = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    reader = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    reader.SetFileName(str(tmp_path / "result.seg.nrrd"))
+    assert reader.ReadData(reloaded) == 1
+    for item in read:
+        mask = mrml.segment_to_array(seg, item["id"], volume)
+        np.testing.assert_array_equal(item["mask"], mask)
+        np.testing.assert_array_equal(mrml.segment_to_array(reloaded, item["id"], volume), mask)
+
+    # a rerun into the same output nodes reuses them and adds no nodes
+    n_nodes = slicer_scene.GetNumberOfNodes()
+    again = mrml.run_on_nodes(volume, markups, options=PipelineOptions(classify=False),
+                              outputs={k: out[k] for k in ("segmentation", "table", "denoised")})
+    assert all(again[k] is out[k] for k in ("segmentation", "table", "denoised"))
+    assert slicer_scene.GetNumberOfNodes() == n_nodes and again["warnings"] == out["warnings"]
+
+
+def test_run_on_real_crop_with_liver_mask_segment(slicer_scene, ircadb_crop_dir):
+    from LiverLocalizationLib import metrics
+    from LiverLocalizationLib.pipeline import PipelineOptions
+
+    ct = io.read_image(ircadb_crop_dir / "ct.nii.gz")
+    liver = sitk.GetArrayFromImage(io.read_image(ircadb_crop_dir / "mask_liver.nii.gz")) > 0
+    couinaud = sitk.GetArrayFromImage(io.read_image(ircadb_crop_dir / "couinaud_labels.nii.gz"))
+    volume = mrml.image_to_volume_node(ct, "IRCAD 1.1")
+    markups = slicer_scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "landmarks")
+    storage = slicer_scene.AddNewNodeByClass("vtkMRMLMarkupsJsonStorageNode")
+    storage.SetFileName(str(ircadb_crop_dir / "landmarks.mrk.json"))
+    assert storage.ReadData(markups) == 1
+    user = mrml.write_segments(None, volume, [segfile.SegmentSpec("my_liver", "My liver", liver, labels.LIVER)], name="user")
+    before = _input_state(volume, markups, user)
+    out = mrml.run_on_nodes(volume, markups, user, "my_liver", options=PipelineOptions(classify=False))
+    _assert_same_state(before, _input_state(volume, markups, user))
+    seg = out["segmentation"]
+    assert seg is not user
+    np.testing.assert_array_equal(mrml.segment_to_array(seg, "liver", volume), liver)
+    dice = [metrics.dice(mrml.segment_to_array(seg, f"couinaud_{r}", volume), couinaud == v) for v, r in labels.COUINAUD_ROMAN.items()]
+    assert np.mean(dice) > 0.85, dice  # measured 0.923 (landmark planes against the reference annotation)
+    with pytest.raises(InputError, match="liver segment"):
+        mrml.run_on_nodes(volume, markups, user, None)
+    with pytest.raises(InputError, match="no segment with ID"):
+        mrml.run_on_nodes(volume, markups, user, "nope")

@@ -240,11 +240,39 @@ def landmarks_to_markups(landmarks: dict[str, np.ndarray], name: str = "Liver la
 # ------------------------------------------------------------------------ segmentations
 
 def segment_to_array(segmentation_node, segment_id: str, reference_volume_node) -> np.ndarray:
-    """A segment as a boolean [z, y, x] array on the reference volume's grid (resampled by Slicer if needed)."""
+    """A segment as a boolean [z, y, x] array on the reference volume's grid (resampled by Slicer, nearest
+    neighbour, when the segmentation has another geometry; parent transforms applied). No scene nodes are made."""
     if segmentation_node.GetSegmentation().GetSegment(segment_id) is None:
         raise InputError(f"'{segmentation_node.GetName()}' has no segment with ID '{segment_id}'.")
-    array = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation_node, segment_id, reference_volume_node)
-    return np.asarray(array) > 0
+    labelmap = slicer.vtkOrientedImageData()
+    if not slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
+            segmentation_node, segment_id, labelmap, True):
+        raise RuntimeError(f"Slicer could not give the voxels of segment '{segment_id}'.")
+    dims = reference_volume_node.GetImageData().GetDimensions()
+    out = np.zeros(tuple(reversed(dims)), dtype=bool)
+    extent = labelmap.GetExtent()
+    if extent[0] > extent[1] or extent[2] > extent[3] or extent[4] > extent[5] or labelmap.GetPointData().GetScalars() is None:
+        return out  # empty segment
+    reference = slicer.vtkOrientedImageData()
+    reference.SetExtent(0, dims[0] - 1, 0, dims[1] - 1, 0, dims[2] - 1)
+    reference.SetImageToWorldMatrix(_numpy_to_matrix(volume_ijk_to_ras(reference_volume_node)))
+    resampled = slicer.vtkOrientedImageData()
+    if not slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(labelmap, reference, resampled, False, True):
+        raise RuntimeError(f"Slicer could not resample segment '{segment_id}' onto '{reference_volume_node.GetName()}'.")
+    x0, x1, y0, y1, z0, z1 = resampled.GetExtent()
+    if x0 > x1 or resampled.GetPointData().GetScalars() is None:
+        return out
+    values = numpy_support.vtk_to_numpy(resampled.GetPointData().GetScalars()).reshape(z1 - z0 + 1, y1 - y0 + 1, x1 - x0 + 1)
+    # clip to the reference grid (padding may have extended it)
+    lo = [max(0, v) for v in (z0, y0, x0)]
+    hi = [min(n - 1, v) for n, v in zip(out.shape, (z1, y1, x1))]
+    if any(a > b for a, b in zip(lo, hi)):
+        return out
+    src = values[lo[0] - z0:hi[0] - z0 + 1, lo[1] - y0:hi[1] - y0 + 1, lo[2] - x0:hi[2] - x0 + 1]
+    # the labelmap may be a layer shared with other segments: this segment is its label value
+    label_value = segmentation_node.GetSegmentation().GetSegment(segment_id).GetLabelValue()
+    out[lo[0]:hi[0] + 1, lo[1]:hi[1] + 1, lo[2]:hi[2] + 1] = src == label_value
+    return out
 
 
 def segment_to_image(segmentation_node, segment_id: str, reference_volume_node) -> sitk.Image:

@@ -137,7 +137,7 @@ class _Anatomy:
         # body: outer ellipse, fat and muscle thickness
         self.body_ax = 160.0 * u(0.95, 1.05)
         self.body_ay_ant = 112.0 * u(0.93, 1.07)
-        self.body_ay_post = 100.0 * u(0.95, 1.05)
+        self.body_ay_post = 124.0 * u(0.95, 1.05)
         self.fat = u(12.0, 26.0)
         self.wall = u(8.0, 12.0)
         # diaphragm domes: z = top - height * ((x - cx)^2 / wx^2 + (y - cy)^2 / wy^2)
@@ -150,8 +150,8 @@ class _Anatomy:
         self.left_r = np.array([100.0 * u(0.88, 1.12), 46.0 * u(0.9, 1.1), 40.0 * u(0.9, 1.1)])
         self.left_taper = u(0.4, 0.6)
         self.left_rot = _rotation(u(-0.1, 0.1), u(-0.15, 0.05), u(-0.25, 0.05))
-        self.caud_c = np.array([-6.0, 16.0, 6.0]) + rng.normal(0, 2, 3)
-        self.caud_r = np.array([20.0, 15.0, 30.0]) * u(0.9, 1.1, 3)
+        self.caud_c = np.array([-6.0, 16.0, 12.0]) + rng.normal(0, 2, 3)
+        self.caud_r = np.array([23.0, 17.0, 33.0]) * u(0.9, 1.1, 3)
         self.inf_z0, self.inf_slope_x, self.inf_slope_y = -62.0 + u(-8, 8), u(0.3, 0.5), u(-0.15, 0.1)
         self.liver_waves = _random_waves(rng, 6, (90.0, 200.0), u(3.0, 5.5))
         # vessels: IVC and aorta axes (x, y) and radii
@@ -186,7 +186,7 @@ class _Anatomy:
         # ribs
         self.rib_pitch = u(32.0, 38.0)
         self.rib_phase = u(0.0, 1.0)
-        self.rib_drop = u(55.0, 75.0)
+        self.rib_drop = u(120.0, 160.0)
         # Couinaud border shapes (radians): theta_v(r, z) = offset + kappa * (r - 40)/100 + lam * (z - zc)/100 + wiggle
         self.border = {v: (u(-0.35, 0.35), u(-0.3, 0.3), u(0.02, 0.07), u(40.0, 90.0), u(0, 2 * np.pi))
                        for v in ("RHV", "MHV", "LHV")}
@@ -212,7 +212,11 @@ class _Anatomy:
     def cavity_sd(self, X, Y):
         """Approximate signed distance (mm) to the inner wall of the abdominal/thoracic cavity."""
         inset = self.fat + self.wall
-        return (self.body_k(X, Y, inset) - 1.0) * (self.body_ay_post - inset)
+        a = self.body_ax - inset
+        b = np.where(Y < 0, self.body_ay_ant, self.body_ay_post) - inset
+        k = np.sqrt((X / a) ** 2 + (Y / b) ** 2)
+        grad = np.sqrt((X / (a * a)) ** 2 + (Y / (b * b)) ** 2) / np.maximum(k, 1e-6)
+        return (k - 1.0) / np.maximum(grad, 1.0 / np.maximum(a, b))
 
     def z_dia(self, X, Y):
         """Height (z, mm) of the diaphragm's lower (abdominal) surface above (x, y)."""
@@ -446,7 +450,7 @@ def _calibrate(anat: _Anatomy, coarse: _Coarse) -> np.ndarray:
     X, Y, Z = coarse.X, coarse.Y, coarse.Z
     f = anat.frac_target
     kc = _ellipsoid_k(X, Y, Z, anat.caud_c, anat.caud_r)
-    anat.caud_k = float(min(np.quantile(kc, f[1]), 1.4))
+    anat.caud_k = float(min(np.quantile(kc, f[1]), 1.5))
     rest = kc >= anat.caud_k
     th, r = anat.theta_r(X, Y)
     th, r, Zr = th[rest], r[rest], Z[rest]
@@ -505,7 +509,7 @@ def _vein_point(anat, vein, r, z):
     return np.array([anat.ivc_xy[0] - r * math.cos(th), anat.ivc_xy[1] - r * math.sin(th), z])
 
 
-def _build_vessels(anat: _Anatomy, coarse: _Coarse, labels_coarse: np.ndarray):
+def _build_vessels(anat: _Anatomy, coarse: _Coarse, labels_coarse: np.ndarray, scale: float = 1.0):
     """Hepatic veins, IVC, portal tree (canonical tubes) and the landmarks (canonical)."""
     rng = anat.rng_vessels
     tubes: list[_Tube] = []
@@ -545,7 +549,7 @@ def _build_vessels(anat: _Anatomy, coarse: _Coarse, labels_coarse: np.ndarray):
         tubes.append(_Tube(pts, radii, labels.TRUTH_HEPATIC_VEIN, vein))
         # landmark ~3 cm (physical ~35 mm from the IVC axis, canonical here) out along the vein
         dist = np.linalg.norm(pts[:, :2] - anat.ivc_xy[None], axis=1)
-        i_mark = int(np.argmin(np.abs(dist - 36.0)))
+        i_mark = int(np.argmin(np.abs(dist - rng.uniform(28.0, 40.0) / scale)))
         marks[vein] = pts[i_mark].copy()
         # tributaries
         for _ in range(rng.integers(2, 5)):
@@ -695,10 +699,10 @@ def _place_lesions(anat, coarse, tubes, rng, n, kinds, scale):
         elif kind == "haemangioma":
             spec["hu"] = rng.uniform(45.0, 70.0)
             spec["rim_hu"] = rng.uniform(140.0, 175.0)
-            spec["fill"] = rng.uniform(0.45, 0.8)
+            spec["fill"] = rng.uniform(0.3, 0.65)
         elif kind == "metastasis":
             spec["hu"] = rng.uniform(45.0, 80.0)
-            spec["rim_hu"] = rng.uniform(100.0, 125.0)
+            spec["rim_hu"] = rng.uniform(115.0, 140.0)
             spec["necrosis"] = rng.uniform(0.0, 0.5)
         else:  # hcc
             spec["hu"] = rng.uniform(82.0, 96.0)
@@ -724,16 +728,17 @@ def _lesion_values(spec, X, Y, Z, liver_hu):
     if kind == "cyst":
         hu = spec["hu"] + 1.5 * tex
     elif kind == "haemangioma":
-        nodules = np.clip(tex * 0.8 + 0.6, 0, 1)
-        periph = np.clip((rho - (1 - spec["fill"])) / max(spec["fill"], 1e-3), 0, 1)
-        hu = spec["hu"] + (spec["rim_hu"] - spec["hu"]) * periph * nodules
+        # globular nodules as bright as blood pool in a peripheral band that fills in centripetally
+        nodules = np.clip((tex - 0.1) * 2.5, 0, 1)
+        band = np.clip((rho - (1 - spec["fill"])) / 0.1, 0, 1)
+        hu = spec["hu"] + 4.0 * tex + (spec["rim_hu"] - spec["hu"]) * band * np.maximum(nodules, 0.25)
     elif kind == "metastasis":
         core = spec["hu"] - 25.0 * spec["necrosis"] * np.clip(1 - rho / 0.6, 0, 1)
-        rim = np.clip((rho - 0.78) / 0.12, 0, 1)
+        rim = np.clip((rho - 0.72) / 0.12, 0, 1)
         hu = core + 12.0 * tex + (spec["rim_hu"] - core) * rim
     else:
         mosaic = np.where(tex > 0.3, 8.0, -6.0)
-        rim = np.clip((rho - 0.88) / 0.06, 0, 1)
+        rim = np.clip((rho - 0.84) / 0.06, 0, 1)
         hu = spec["hu"] + mosaic + 3.0 * tex + (spec["rim_hu"] - spec["hu"]) * rim
     return rho, hu
 
@@ -813,15 +818,15 @@ def _render_body(grid, anat, hu, prm):
         h[bowel & (bw > 1.3) & (Y < -30)] = -950.0
         # ribs: oblique bands in the wall, descending anteriorly, absent at the anterior midline
         uu = (Y + anat.body_ay_ant) / (anat.body_ay_ant + anat.body_ay_post)
-        zr = Z + anat.rib_drop * (1.0 - uu)
-        ph = (zr / anat.rib_pitch + anat.rib_phase) % 1.0
-        wall = (cav_sd >= -1.0) & (cav_sd < 9.0)
-        ribs = wall & (ph < 10.0 / anat.rib_pitch) & (zr > -75.0) & ~((np.abs(X) < 45) & (Y < 0))
+        zr = Z + anat.rib_drop * np.clip(1.0 - uu, 0.0, 1.0) ** 1.4
+        ph = ((zr / anat.rib_pitch + anat.rib_phase) % 1.0) * anat.rib_pitch  # mm within one rib period
+        e = ((ph - 6.0) / 6.0) ** 2 + ((cav_sd - 4.5) / 4.0) ** 2  # rib cross-section: 12 mm tall, 8 mm thick
+        ribs = (e < 1.0) & (zr > -75.0) & ~((np.abs(X) < 45) & (Y < 0))
         h[ribs] = prm["rib"]
-        h[ribs & ((ph < 2.0 / anat.rib_pitch) | (ph > 8.0 / anat.rib_pitch))] = prm["cortical"]
+        h[ribs & (e > 0.55)] = prm["cortical"]
         # spine and back muscles
         for sx in (-1.0, 1.0):
-            pm = ((X - sx * 34.0) / 25.0) ** 2 + ((Y - 98.0) / 20.0) ** 2 < 1.0
+            pm = ((X - sx * 34.0) / 27.0) ** 2 + ((Y - 100.0) / 24.0) ** 2 < 1.0
             h[pm & body] = prm["muscle"]
             ps = (((X - sx * 36.0) / 15.0) ** 2 + ((Y - 58.0) / 15.0) ** 2 < 1.0) & (Z < -40.0)
             h[ps] = prm["muscle"]
@@ -832,7 +837,7 @@ def _render_body(grid, anat, hu, prm):
         h[(vb < 1.0) & disc] = 85.0
         canal = (X / 9.0) ** 2 + ((Y - 90.0) / 8.0) ** 2
         arch = (canal >= 1.0) & ((X / 16.0) ** 2 + ((Y - 92.0) / 15.0) ** 2 < 1.0) & (Y > 80.0)
-        spinous = (np.abs(X) < 4.5) & (Y > 95.0) & (Y < 122.0)
+        spinous = (np.abs(X) < 4.5) & (Y > 95.0) & (Y < 114.0)
         h[arch | spinous] = prm["rib"]
         h[canal < 1.0] = 25.0
         hu[sl] = h
@@ -1033,7 +1038,7 @@ def generate_phantom(seed: int = 0, size: str = "small", oblique: bool = False, 
     target_ml = float(rng_anat.uniform(1300.0, 2050.0))
     scale = (target_ml / coarse.volume_ml()) ** (1.0 / 3.0)
     report(0.1, "vessels")
-    tubes, marks_q = _build_vessels(anat, coarse, labels_coarse)
+    tubes, marks_q = _build_vessels(anat, coarse, labels_coarse, scale)
     if n_lesions is None:
         n_lesions = int(rng_les.choice(7, p=[0.07, 0.11, 0.2, 0.2, 0.18, 0.13, 0.11]))
     specs = _place_lesions(anat, coarse, tubes, rng_les, int(n_lesions), kinds, scale)

@@ -702,7 +702,7 @@ def _place_lesions(anat, coarse, tubes, rng, n, kinds, scale):
             spec["fill"] = rng.uniform(0.3, 0.65)
         elif kind == "metastasis":
             spec["hu"] = rng.uniform(45.0, 80.0)
-            spec["rim_hu"] = rng.uniform(115.0, 140.0)
+            spec["rim_hu"] = rng.uniform(110.0, 135.0)
             spec["necrosis"] = rng.uniform(0.0, 0.5)
         else:  # hcc
             spec["hu"] = rng.uniform(82.0, 96.0)
@@ -734,7 +734,7 @@ def _lesion_values(spec, X, Y, Z, liver_hu):
         hu = spec["hu"] + 4.0 * tex + (spec["rim_hu"] - spec["hu"]) * band * np.maximum(nodules, 0.25)
     elif kind == "metastasis":
         core = spec["hu"] - 25.0 * spec["necrosis"] * np.clip(1 - rho / 0.6, 0, 1)
-        rim = np.clip((rho - 0.72) / 0.12, 0, 1)
+        rim = np.clip((rho - 0.86) / 0.07, 0, 1)
         hu = core + 12.0 * tex + (spec["rim_hu"] - core) * rim
     else:
         mosaic = np.where(tex > 0.3, 8.0, -6.0)

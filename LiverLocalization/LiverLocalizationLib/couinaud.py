@@ -57,6 +57,7 @@ LANDMARK_HELP = {
 CAUDATE_CENTRE = 0.40  # centre of the ellipse along the axis→bifurcation line
 CAUDATE_ALONG = 0.40  # semi-axis along that line
 CAUDATE_ACROSS = 0.38  # semi-axis across it
+CAUDATE_LEFT = 0.10  # centre shifted to the patient's left of that line (segment I lies left of and in front of the IVC)
 MIN_VEIN_RADIUS_MM = 5.0  # a hepatic vein landmark closer than this to the IVC axis defines no plane
 MIN_SEPARATION_MM = 3.0  # two landmarks closer than this are taken as coincident
 SEGMENT_MIN_FRACTION = 0.05  # lesion share of a segment for it to be listed in "segments"
@@ -292,7 +293,7 @@ def plane_labels(points_lps: np.ndarray, frame: LandmarkFrame) -> np.ndarray:
     u = d @ f.astype(np.float32)
     v = d @ g.astype(np.float32)
     h_bottom = hh["IVC_inferior"] if "IVC_inferior" in hh else 1.3 * float(b @ frame.axis)
-    caudate = ((u - CAUDATE_CENTRE * dist_b) / (CAUDATE_ALONG * dist_b)) ** 2 + (v / (CAUDATE_ACROSS * dist_b)) ** 2 <= 1.0
+    caudate = ((u - CAUDATE_CENTRE * dist_b) / (CAUDATE_ALONG * dist_b)) ** 2 + ((v - CAUDATE_LEFT * dist_b) / (CAUDATE_ACROSS * dist_b)) ** 2 <= 1.0
     caudate &= (h <= 0.0) & (h >= np.float32(h_bottom))
     out[caudate] = 1
     return out
@@ -340,7 +341,7 @@ def map_couinaud(liver_mask: sitk.Image, landmarks: dict[str, np.ndarray], vesse
     if chosen == "territories":
         if progress is not None:
             progress(0.6, "Couinaud: portal territories")
-        refined, note = portal_territories(liver_mask, zyx, values, vessel_mask, frame)
+        refined, note = portal_territories(liver_mask, pts, values, vessel_mask, frame, landmarks)
         if refined is not None:
             values, used = refined, "territories"
         elif note:
@@ -364,9 +365,164 @@ def choose_method(method: str, vessel_mask: sitk.Image | None) -> str:
     return "planes"
 
 
-def portal_territories(liver_mask, zyx, plane_values, vessel_mask, frame):
-    """Placeholder until territories are measured; returns (None, note)."""
-    return None, "Portal territories are not available yet; the landmark planes were used."
+TRUNK_RADIUS_MM = 12.0  # portal voxels this close to the RPV–LPV segment or UP are trunk (they lie on borders)
+SEED_RADIUS_MM = 8.0  # vessel voxels this close to a landmark seed the hepatic / portal split
+CONFIDENT_MARGIN_MM = 10.0  # portal voxels this far from every plane border keep their plane label as seeds
+TERRITORY_BAND_MM = 10.0  # territories may relabel liver voxels this close to a plane border ...
+TERRITORY_REACH_MM = 6.0  # ... that lie this close to a labelled portal-vein voxel
+
+
+def _offsets_13():
+    """Half of the 26-neighbourhood (each undirected edge once), as (dz, dy, dx)."""
+    out = []
+    for dz in (-1, 0, 1):
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                if (dz, dy, dx) > (0, 0, 0):
+                    out.append((dz, dy, dx))
+    return out
+
+
+def vessel_graph(zyx: np.ndarray, image: sitk.Image):
+    """26-connected graph of voxels (n, 3) [z, y, x] with edge lengths in mm (scipy CSR, symmetric)."""
+    from scipy import sparse
+
+    n = zyx.shape[0]
+    lo = zyx.min(axis=0) - 1
+    shape = zyx.max(axis=0) - lo + 2
+    lookup = np.full(tuple(int(v) for v in shape), -1, dtype=np.int64)
+    local = zyx - lo
+    lookup[local[:, 0], local[:, 1], local[:, 2]] = np.arange(n)
+    m = geometry.direction_matrix(image) * np.asarray(image.GetSpacing(), dtype=float)[None, :]
+    rows, cols, weights = [], [], []
+    for dz, dy, dx in _offsets_13():
+        nb = lookup[local[:, 0] + dz, local[:, 1] + dy, local[:, 2] + dx]
+        ok = nb >= 0
+        rows.append(np.flatnonzero(ok))
+        cols.append(nb[ok])
+        weights.append(np.full(int(ok.sum()), float(np.linalg.norm(m @ np.array([dx, dy, dz], float)))))
+    r = np.concatenate(rows)
+    c = np.concatenate(cols)
+    w = np.concatenate(weights)
+    g = sparse.coo_matrix((w, (r, c)), shape=(n, n)).tocsr()
+    return g + g.T
+
+
+def _nearest_source(graph, seeds: np.ndarray):
+    """Index of the geodesically nearest seed for each node (-1 when unreachable) and the distance (mm)."""
+    from scipy.sparse import csgraph
+
+    if seeds.size == 0:
+        return np.full(graph.shape[0], -1), np.full(graph.shape[0], np.inf)
+    dist, _pred, src = csgraph.dijkstra(graph, directed=False, indices=seeds, min_only=True, return_predecessors=True)
+    return np.where(np.isfinite(dist), src, -1), dist
+
+
+def _seed_nodes(points: np.ndarray, target: np.ndarray, radius: float, fallback: float = 15.0) -> np.ndarray:
+    d = np.sqrt(((points - target.astype(np.float32)) ** 2).sum(axis=1))
+    near = np.flatnonzero(d <= radius)
+    if near.size == 0 and d.size and d.min() <= fallback:
+        near = np.array([int(np.argmin(d))])
+    return near
+
+
+def _distance_to_segment(points: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    ab = (b - a).astype(np.float32)
+    t = np.clip(((points - a.astype(np.float32)) @ ab) / max(float(ab @ ab), 1e-6), 0.0, 1.0)
+    closest = a.astype(np.float32) + t[:, None] * ab[None, :]
+    return np.sqrt(((points - closest) ** 2).sum(axis=1))
+
+
+def border_margin(points_lps: np.ndarray, frame: LandmarkFrame) -> np.ndarray:
+    """Approximate distance (mm) from each point to the nearest landmark plane border (sector or portal)."""
+    d = points_lps - frame.origin.astype(np.float32)
+    h = d @ frame.axis.astype(np.float32)
+    x = d @ frame.e1.astype(np.float32)
+    y = d @ frame.e2.astype(np.float32)
+    r = np.hypot(x, y)
+    phi = np.arctan2(y, x)
+    az, hh = frame.azimuth, frame.height
+    borders = [0.0, az["MHV"], az["LHV"]] + ([az["UP"]] if "UP" in az else []) + [frame.cut]
+    margin = np.full(points_lps.shape[0], np.inf, dtype=np.float32)
+    for b in borders:
+        diff = np.abs((phi - np.float32(b) + np.pi) % (2 * np.pi) - np.pi)
+        margin = np.minimum(margin, np.where(diff < np.pi / 2, r * np.sin(diff), r))
+    margin = np.minimum(margin, np.minimum(np.abs(h - hh["RPV"]), np.abs(h - hh["LPV"])))
+    return margin
+
+
+def split_hepatic_portal(points: np.ndarray, graph, landmarks: dict[str, np.ndarray]) -> np.ndarray:
+    """Vessel voxels → 1 hepatic, 2 portal, 0 unreached: geodesically nearest landmark (hepatic or portal)."""
+    groups = {1: [n for n in ("RHV", "MHV", "LHV", "IVC") if n in landmarks],
+              2: [n for n in ("RPV", "LPV", "UP") if n in landmarks]}
+    seeds, seed_class = [], []
+    for cls, names in groups.items():
+        for name in names:
+            nodes = _seed_nodes(points, np.asarray(landmarks[name]), SEED_RADIUS_MM)
+            seeds.append(nodes)
+            seed_class.append(np.full(nodes.size, cls))
+    seeds_all = np.concatenate(seeds) if seeds else np.zeros(0, int)
+    cls_all = np.concatenate(seed_class) if seed_class else np.zeros(0, int)
+    seeds_all, first = np.unique(seeds_all, return_index=True)
+    cls_all = cls_all[first]
+    src, _ = _nearest_source(graph, seeds_all)
+    lookup = np.zeros(points.shape[0] if src.size == 0 else max(src.max() + 1, 1), dtype=np.int64)
+    lookup[seeds_all] = cls_all
+    out = np.zeros(points.shape[0], dtype=np.uint8)
+    ok = src >= 0
+    out[ok] = lookup[src[ok]]
+    return out
+
+
+def portal_territories(liver_mask: sitk.Image, liver_pts: np.ndarray, plane_values: np.ndarray, vessel_mask: sitk.Image,
+                       frame: LandmarkFrame, landmarks: dict[str, np.ndarray]):
+    """Refine plane labels by portal territories; returns (labels for the liver voxels, note) or (None, note).
+
+    1. Vessel voxels inside the liver form a 26-connected graph (edge lengths in mm).
+    2. Hepatic or portal: each vessel voxel joins the class of the geodesically nearest landmark (RHV, MHV,
+       LHV, IVC vs RPV, LPV, UP). Hepatic veins run on segment borders, so they are not used further.
+    3. Portal trunk voxels (within `TRUNK_RADIUS_MM` of the RPV–LPV segment or of UP) lie on borders too and
+       are dropped; the other portal voxels at least `CONFIDENT_MARGIN_MM` from every plane border keep
+       their plane label as seeds, and every remaining portal voxel takes the label of the geodesically
+       nearest seed along the tree (so a branch that crosses a plane keeps its segment).
+    4. A liver voxel within `TERRITORY_BAND_MM` of a plane border and within `TERRITORY_REACH_MM` of a
+       labelled portal voxel takes that voxel's label; all others, and segment I, keep the plane label.
+       (Unrestricted nearest-branch territories were measured far worse: whole segments vanished where
+       hepatic and portal trees touch in the mask; see docs/couinaud_geometry.md.)
+    """
+    from scipy.spatial import cKDTree
+
+    liver_arr = sitk.GetArrayViewFromImage(liver_mask) != 0
+    vessel_arr = sitk.GetArrayViewFromImage(vessel_mask) != 0
+    vz = np.argwhere(vessel_arr & liver_arr)
+    if vz.shape[0] < 50:
+        return None, "Too few vessel voxels inside the liver for portal territories; the landmark planes were used."
+    vpts = geometry.voxel_centers_lps(liver_mask, vz).astype(np.float32)
+    graph = vessel_graph(vz, liver_mask)
+    kind = split_hepatic_portal(vpts, graph, landmarks)
+    portal = kind == 2
+    trunk = _distance_to_segment(vpts, np.asarray(landmarks["RPV"]), np.asarray(landmarks["LPV"])) < TRUNK_RADIUS_MM
+    if "UP" in landmarks:
+        trunk |= np.sqrt(((vpts - np.asarray(landmarks["UP"], np.float32)) ** 2).sum(1)) < TRUNK_RADIUS_MM
+    use = portal & ~trunk
+    if use.sum() < 50:
+        return None, "Too few portal-vein voxels found from the landmarks; the landmark planes were used."
+    idx_use = np.flatnonzero(use)
+    sub = graph[idx_use][:, idx_use]
+    ppts = vpts[idx_use]
+    plane = plane_labels(ppts, frame)
+    seeds = np.flatnonzero((border_margin(ppts, frame) >= CONFIDENT_MARGIN_MM) & (plane != 1))
+    src, _ = _nearest_source(sub, seeds)
+    lab = np.where(src >= 0, plane[np.maximum(src, 0)], plane)
+    keep = lab != 1
+    tree = cKDTree(ppts[keep])
+    near_border = np.flatnonzero(border_margin(liver_pts, frame) < TERRITORY_BAND_MM)
+    dist, nearest = tree.query(liver_pts[near_border], k=1, distance_upper_bound=TERRITORY_REACH_MM, workers=-1)
+    values = plane_values.copy()
+    hit = np.isfinite(dist)
+    values[near_border[hit]] = lab[keep][nearest[hit]]
+    values[plane_values == 1] = 1
+    return values, ""
 
 
 # ------------------------------------------------------------------------------------ localization

@@ -291,7 +291,8 @@ class LiverLocalizationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                 self.ui.statusLabel.text = _("Classification needs packages that are not installed; run without it "
                                              "(untick Classify) or install them.")
                 return
-            liverSegmentId = self.ui.liverSegmentComboBox.currentData if p.liverSegmentation else None
+            combo = self.ui.liverSegmentComboBox
+            liverSegmentId = combo.itemData(combo.currentIndex) if p.liverSegmentation and combo.count else None
             self._setRunning(True)
             try:
                 outputs = self.logic.run(
@@ -427,47 +428,23 @@ class LiverLocalizationLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def landmarkStatus(markupsNode) -> dict[str, bool]:
         """Landmark name -> placed (a defined control point with that label exists)."""
-        if markupsNode is None:
-            return {name: False for name in labels.LANDMARK_NAMES}
         from LiverLocalizationLib import mrml
 
-        try:
-            placed = mrml.markups_to_landmarks(markupsNode)
-        except ValueError:
-            placed = {}
-        return {name: name in placed for name in labels.LANDMARK_NAMES}
+        return mrml.landmark_status(markupsNode)
 
     @staticmethod
-    def startLandmarkPlacement(markupsNode, name: str) -> None:
+    def startLandmarkPlacement(markupsNode, name: str) -> int:
         """Switch to place mode so that the next click sets the control point labelled `name` (created if needed)."""
-        index = next((i for i in range(markupsNode.GetNumberOfControlPoints())
-                      if markupsNode.GetNthControlPointLabel(i).strip().lower() == name.lower()), -1)
-        if index < 0:
-            index = markupsNode.AddControlPoint(vtk.vtkVector3d(0, 0, 0), name)
-            markupsNode.SetNthControlPointDescription(index, labels.LANDMARK_DESCRIPTIONS.get(name, ""))
-        markupsNode.UnsetNthControlPointPosition(index)
-        markupsNode.SetControlPointPlacementStartIndex(index)
-        selectionNode = slicer.mrmlScene.GetNodeByID("vtkMRMLSelectionNodeSingleton")
-        selectionNode.SetReferenceActivePlaceNodeClassName("vtkMRMLMarkupsFiducialNode")
-        selectionNode.SetActivePlaceNodeID(markupsNode.GetID())
-        interactionNode = slicer.mrmlScene.GetNodeByID("vtkMRMLInteractionNodeSingleton")
-        interactionNode.SetPlaceModePersistence(0)
-        interactionNode.SetCurrentInteractionMode(interactionNode.Place)
+        from LiverLocalizationLib import mrml
+
+        return mrml.start_landmark_placement(markupsNode, name)
 
     @staticmethod
     def setSegmentsVisible(segmentationNode, idPrefix: str, visible: bool) -> None:
         """Show or hide the output segments whose result ID starts with idPrefix ('couinaud_', 'lesion_')."""
-        if segmentationNode is None or segmentationNode.GetDisplayNode() is None:
-            return
         from LiverLocalizationLib import mrml
 
-        segmentation = segmentationNode.GetSegmentation()
-        display = segmentationNode.GetDisplayNode()
-        for index in range(segmentation.GetNumberOfSegments()):
-            segment = segmentation.GetNthSegment(index)
-            resultId = mrml.segment_tag(segment, mrml.RESULT_ID_TAG) or segmentation.GetNthSegmentID(index)
-            if resultId.startswith(idPrefix):
-                display.SetSegmentVisibility(segmentation.GetNthSegmentID(index), visible)
+        mrml.set_generated_segments_visible(segmentationNode, idPrefix, visible)
 
     @staticmethod
     def missingClassifierPackages() -> list[str]:

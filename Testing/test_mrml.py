@@ -112,6 +112,29 @@ def test_markups_labels_case_unplaced_points_and_duplicates(slicer_scene):
         mrml.markups_to_landmarks(node)
 
 
+def test_landmark_placement_and_status(slicer_scene):
+    node = mrml.landmarks_to_markups({"IVC": np.array([1.0, 2.0, 3.0])}, "landmarks")
+    status = mrml.landmark_status(node)
+    assert status["IVC"] and not status["RHV"] and set(status) == set(labels.LANDMARK_NAMES)
+    index = mrml.start_landmark_placement(node, "RHV")
+    assert node.GetNthControlPointLabel(index) == "RHV"
+    assert node.GetNthControlPointDescription(index) == labels.LANDMARK_DESCRIPTIONS["RHV"]
+    assert node.GetControlPointPlacementStartIndex() == index
+    interaction = slicer_scene.GetNodeByID("vtkMRMLInteractionNodeSingleton")
+    selection = slicer_scene.GetNodeByID("vtkMRMLSelectionNodeSingleton")
+    assert interaction.GetCurrentInteractionMode() == interaction.Place
+    assert selection.GetActivePlaceNodeID() == node.GetID()
+    assert not mrml.landmark_status(node)["RHV"]  # created but not yet placed
+    node.SetNthControlPointPositionWorld(index, 5.0, 6.0, 7.0)
+    assert mrml.landmark_status(node)["RHV"]
+    # re-placing an existing landmark unsets it until the click
+    assert mrml.start_landmark_placement(node, "IVC") == 0
+    assert not mrml.landmark_status(node)["IVC"]
+    assert set(mrml.markups_to_landmarks(node)) == {"RHV"}
+    with pytest.raises(InputError, match="Unknown landmark"):
+        mrml.start_landmark_placement(node, "aorta")
+
+
 def test_real_landmarks_file_matches_markups_node(slicer_scene, ircadb_crop_dir):
     """Slicer's own JSON reader and our io.read_markups agree on the real landmarks (LPS file)."""
     landmarks = io.read_markups(ircadb_crop_dir / "landmarks.mrk.json")
@@ -203,6 +226,36 @@ def test_rerun_updates_own_segments_and_keeps_user_work(slicer_scene):
     warnings = []
     mrml.write_segments(node, volume, specs2, warnings=warnings)
     assert _ids(node) == ids and warnings == []
+
+
+def test_show_hide_generated_segments_only(slicer_scene):
+    ct = _oblique_ct()
+    volume = mrml.image_to_volume_node(ct, "CT")
+    node = mrml.write_segments(None, volume, _specs(tuple(reversed(ct.GetSize()))))
+    node.GetSegmentation().AddEmptySegment("couinaud_mine", "My Couinaud note", [1.0, 1.0, 1.0])
+    assert mrml.set_generated_segments_visible(node, "couinaud_", False) == 2
+    display = node.GetDisplayNode()
+    assert not display.GetSegmentVisibility("couinaud_VI") and not display.GetSegmentVisibility("couinaud_VII")
+    assert display.GetSegmentVisibility("couinaud_mine") and display.GetSegmentVisibility("lesion_1")
+    mrml.set_generated_segments_visible(node, "couinaud_", True)
+    assert display.GetSegmentVisibility("couinaud_VI")
+
+
+def test_segment_from_another_grid_is_resampled_onto_the_volume(slicer_scene):
+    """A user's liver mask drawn on a coarser grid arrives on the CT grid (nearest neighbour, same physical place)."""
+    ct = _oblique_ct()
+    volume = mrml.image_to_volume_node(ct, "CT")
+    coarse = sitk.Image([s // 2 for s in ct.GetSize()], sitk.sitkUInt8)
+    coarse.SetSpacing([2 * s for s in ct.GetSpacing()])
+    coarse.SetDirection(ct.GetDirection())
+    coarse.SetOrigin(ct.TransformContinuousIndexToPhysicalPoint([0.5, 0.5, 0.5]))  # voxel corners coincide
+    coarse_volume = mrml.image_to_volume_node(coarse, "coarse")
+    coarse_mask = _ball(tuple(reversed(coarse.GetSize())), (5, 7, 9), 4)
+    node = mrml.write_segments(None, coarse_volume, [segfile.SegmentSpec("liver", "Liver", coarse_mask, labels.LIVER)])
+    on_ct = mrml.segment_to_array(node, "liver", volume)
+    expected = np.repeat(np.repeat(np.repeat(coarse_mask, 2, axis=0), 2, axis=1), 2, axis=2)
+    assert on_ct.shape == expected.shape
+    np.testing.assert_array_equal(on_ct, expected)
 
 
 def test_segment_id_taken_by_user_segment_is_not_overwritten(slicer_scene):

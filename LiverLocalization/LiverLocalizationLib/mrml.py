@@ -237,6 +237,42 @@ def landmarks_to_markups(landmarks: dict[str, np.ndarray], name: str = "Liver la
     return node
 
 
+def landmark_status(markups_node) -> dict[str, bool]:
+    """Landmark name → placed (a defined control point with that label, case ignored) for every project landmark."""
+    placed: set[str] = set()
+    if markups_node is not None:
+        defined = slicer.vtkMRMLMarkupsNode.PositionDefined
+        for i in range(markups_node.GetNumberOfControlPoints()):
+            if markups_node.GetNthControlPointPositionStatus(i) == defined:
+                placed.add(_canonical_label(markups_node.GetNthControlPointLabel(i)))
+    return {name: name in placed for name in labels.LANDMARK_NAMES}
+
+
+def start_landmark_placement(markups_node, name: str, scene=None) -> int:
+    """Put the scene in place mode so that the next click sets the control point labelled `name`.
+
+    The point is created (with its description) when the list lacks it; an existing one is unset so that the
+    click re-places it. Returns the control point index. Uses the scene's selection and interaction nodes.
+    """
+    if name not in labels.LANDMARK_NAMES:
+        raise InputError(f"Unknown landmark {name!r}; use one of {', '.join(labels.LANDMARK_NAMES)}.")
+    scene = _scene(scene)
+    index = next((i for i in range(markups_node.GetNumberOfControlPoints())
+                  if _canonical_label(markups_node.GetNthControlPointLabel(i)) == name), -1)
+    if index < 0:
+        index = markups_node.AddControlPoint(vtk.vtkVector3d(0.0, 0.0, 0.0), name)
+        markups_node.SetNthControlPointDescription(index, getattr(labels, "LANDMARK_DESCRIPTIONS", {}).get(name, ""))
+    markups_node.UnsetNthControlPointPosition(index)
+    markups_node.SetControlPointPlacementStartIndex(index)
+    selection = scene.GetNodeByID("vtkMRMLSelectionNodeSingleton")
+    selection.SetReferenceActivePlaceNodeClassName(markups_node.GetClassName())
+    selection.SetActivePlaceNodeID(markups_node.GetID())
+    interaction = scene.GetNodeByID("vtkMRMLInteractionNodeSingleton")
+    interaction.SetPlaceModePersistence(0)
+    interaction.SetCurrentInteractionMode(interaction.Place)
+    return index
+
+
 # ------------------------------------------------------------------------ segmentations
 
 def segment_to_array(segmentation_node, segment_id: str, reference_volume_node) -> np.ndarray:
@@ -410,6 +446,22 @@ def write_segments(segmentation_node, reference_volume_node, specs: list[segfile
             _set_segment(segmentation_node, segment_id, spec, mask, ijk_to_ras)
         segmentation.CollapseBinaryLabelmaps(False)
     return segmentation_node
+
+
+def set_generated_segments_visible(segmentation_node, result_id_prefix: str, visible: bool) -> int:
+    """Show or hide the generated segments whose result ID starts with the prefix ('couinaud_', 'lesion_');
+    returns how many changed. User segments are left as they are."""
+    if segmentation_node is None or segmentation_node.GetDisplayNode() is None:
+        return 0
+    segmentation = segmentation_node.GetSegmentation()
+    display = segmentation_node.GetDisplayNode()
+    count = 0
+    for segment_id in generated_segment_ids(segmentation_node):
+        result_id = segment_tag(segmentation.GetSegment(segment_id), RESULT_ID_TAG) or segment_id
+        if result_id.startswith(result_id_prefix):
+            display.SetSegmentVisibility(segment_id, visible)
+            count += 1
+    return count
 
 
 class _modify_blocked:

@@ -93,7 +93,8 @@ def test_module_cmake_lists_every_python_file_and_resource():
     on_disk = {"LiverLocalization.py"} | {
         p.relative_to(MODULE_DIR).as_posix() for p in (MODULE_DIR / "LiverLocalizationLib").rglob("*.py")
         if "__pycache__" not in p.parts}
-    assert sorted(on_disk - scripts) == [], "Python files missing from MODULE_PYTHON_SCRIPTS in LiverLocalization/CMakeLists.txt"
+    assert sorted(on_disk - scripts) == [], ("Python files missing from MODULE_PYTHON_SCRIPTS in LiverLocalization/CMakeLists.txt "
+                                            "(run LiverLocalization/Testing/update_cmake_lists.py)")
     assert sorted(scripts - on_disk) == [], "MODULE_PYTHON_SCRIPTS lists files that do not exist"
     resources = {s.replace("${MODULE_NAME}", "LiverLocalization") for s in _cmake_list(text, "MODULE_PYTHON_RESOURCES")}
     resources_on_disk = {p.relative_to(MODULE_DIR).as_posix() for p in (MODULE_DIR / "Resources").rglob("*")

@@ -221,15 +221,19 @@ class LiverLocalizationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def _observeLandmarks(self, node=None) -> None:
         if self._observedMarkups is not None:
-            self.removeObserver(self._observedMarkups, slicer.vtkMRMLMarkupsNode.PointModifiedEvent, self._updateLandmarkStatus)
-            self.removeObserver(self._observedMarkups, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self._updateLandmarkStatus)
-            self.removeObserver(self._observedMarkups, slicer.vtkMRMLMarkupsNode.PointRemovedEvent, self._updateLandmarkStatus)
+            for event in self._markupsEvents():
+                self.removeObserver(self._observedMarkups, event, self._updateLandmarkStatus)
         self._observedMarkups = node
         if node is not None:
-            for event in (slicer.vtkMRMLMarkupsNode.PointModifiedEvent, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent,
-                          slicer.vtkMRMLMarkupsNode.PointRemovedEvent):
+            for event in self._markupsEvents():
                 self.addObserver(node, event, self._updateLandmarkStatus)
         self._updateLandmarkStatus()
+
+    @staticmethod
+    def _markupsEvents() -> tuple[int, ...]:
+        markups = slicer.vtkMRMLMarkupsNode
+        return (markups.PointModifiedEvent, markups.PointPositionDefinedEvent, markups.PointPositionUndefinedEvent,
+                markups.PointRemovedEvent, markups.PointAddedEvent)
 
     def _updateLandmarkStatus(self, caller=None, event=None) -> None:
         status = self.logic.landmarkStatus(self._parameterNode.landmarks if self._parameterNode else None)

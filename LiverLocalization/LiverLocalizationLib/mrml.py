@@ -613,10 +613,11 @@ def run_on_nodes(volume_node, markups_node=None, liver_segmentation_node=None, l
     landmarks = markups_to_landmarks(markups_node) if markups_node is not None else None
     liver_mask = (segment_to_image(liver_segmentation_node, liver_segment_id, volume_node)
                   if liver_segmentation_node is not None else None)
+    scaled = None if progress is None else (lambda fraction, message: progress(0.95 * fraction, message))
     result = pipeline.run_pipeline(ct, landmarks or None, liver_mask=liver_mask, options=options,
-                                   progress=progress, should_cancel=should_cancel)
+                                   progress=scaled, should_cancel=should_cancel)
     if progress is not None:
-        progress(0.97, "Writing results to the scene")
+        progress(0.96, "Writing results to the scene")
     warnings = list(result.warnings)
     base = volume_node.GetName()
     scene = volume_node.GetScene()
@@ -659,3 +660,6 @@ def _set_heat_colormap(node) -> None:
             break
     display.SetAutoWindowLevel(False)
     display.SetWindowLevelMinMax(0.0, 1.0)
+    # near-zero attention is transparent when the map is shown over the CT
+    display.SetApplyThreshold(True)
+    display.SetThreshold(0.05, 1.0)

@@ -452,3 +452,38 @@ def test_run_on_real_crop_with_liver_mask_segment(slicer_scene, ircadb_crop_dir)
         mrml.run_on_nodes(volume, markups, user, None)
     with pytest.raises(InputError, match="no segment with ID"):
         mrml.run_on_nodes(volume, markups, user, "nope")
+
+
+def test_run_with_classifier_fills_gradcam_volume_and_kinds(tmp_path, slicer_scene, phantom_case):
+    """Plumbing of the classification outputs into the scene (the shipped weights when present, else an
+    untrained network saved as safetensors: this test checks nodes and geometry, not accuracy)."""
+    pytest.importorskip("torch", reason="torch is not installed")
+    pytest.importorskip("safetensors", reason="safetensors is not installed")
+    import torch
+    from LiverLocalizationLib import classifier
+    from LiverLocalizationLib.pipeline import PipelineOptions
+
+    weights = classifier.DEFAULT_WEIGHTS
+    if not weights.is_file():
+        torch.manual_seed(0)
+        card = {"kinds": list(classifier.KINDS), "architecture": dict(classifier.ARCHITECTURE_DEFAULTS),
+                "patch": dict(classifier.PATCH_DEFAULTS), "temperature": 1.0}
+        weights = classifier.save_model(classifier.build_model(), card, tmp_path / "untrained.safetensors")
+    volume = mrml.image_to_volume_node(phantom_case.ct, "Phantom")
+    markups = mrml.landmarks_to_markups(phantom_case.landmarks, "Phantom landmarks")
+    out = mrml.run_on_nodes(volume, markups, options=PipelineOptions(classify=True, weights_path=str(weights)))
+    result = out["result"]
+    if not result.lesions:
+        pytest.skip("no lesion detected on this phantom: nothing to classify")
+    gradcam = out["gradcam"]
+    assert gradcam is not None
+    np.testing.assert_allclose(mrml.volume_ijk_to_ras(gradcam), mrml.volume_ijk_to_ras(volume))
+    values = sitk.GetArrayFromImage(mrml.volume_node_to_image(gradcam))
+    assert values.min() >= 0.0 and values.max() <= 1.0 + 1e-6 and values.max() > 0
+    assert gradcam.GetDisplayNode().GetApplyThreshold()
+    table = out["table"].GetTable()
+    for i, row in enumerate(result.lesions):
+        assert table.GetColumnByName("kind").GetValue(i) == row["kind"]
+        assert table.GetColumnByName("malignant_probability").GetValue(i) == pytest.approx(row["malignant_probability"])
+        name = out["segmentation"].GetSegmentation().GetSegment(f"lesion_{row['id']}").GetName()
+        assert row["kind"] in name

@@ -145,15 +145,15 @@ class _Anatomy:
         self.dome_l = (58.0 + u(-6, 6), 5.0, 78.0 + u(-5, 5), 85.0, 95.0, 70.0)
         # liver lobes
         self.right_c = np.array([-72.0, 2.0, 12.0]) + rng.normal(0, 3, 3)
-        self.right_r = np.array([63.0, 78.0, 80.0]) * u(0.94, 1.06, 3)
+        self.right_r = np.array([63.0, 78.0, 80.0]) * u(0.9, 1.1, 3)
         self.left_c = np.array([48.0, -32.0, 36.0]) + rng.normal(0, 3, 3)
-        self.left_r = np.array([100.0 * u(0.88, 1.12), 46.0 * u(0.9, 1.1), 40.0 * u(0.9, 1.1)])
+        self.left_r = np.array([100.0 * u(0.8, 1.2), 46.0 * u(0.85, 1.15), 40.0 * u(0.85, 1.15)])
         self.left_taper = u(0.4, 0.6)
         self.left_rot = _rotation(u(-0.1, 0.1), u(-0.15, 0.05), u(-0.25, 0.05))
         self.caud_c = np.array([-6.0, 16.0, 12.0]) + rng.normal(0, 2, 3)
         self.caud_r = np.array([23.0, 17.0, 33.0]) * u(0.9, 1.1, 3)
-        self.inf_z0, self.inf_slope_x, self.inf_slope_y = -62.0 + u(-8, 8), u(0.3, 0.5), u(-0.15, 0.1)
-        self.liver_waves = _random_waves(rng, 6, (90.0, 200.0), u(3.0, 5.5))
+        self.inf_z0, self.inf_slope_x, self.inf_slope_y = -62.0 + u(-14, 10), u(0.28, 0.55), u(-0.2, 0.12)
+        self.liver_waves = _random_waves(rng, 6, (90.0, 200.0), u(3.0, 7.0))
         # vessels: IVC and aorta axes (x, y) and radii
         self.ivc_xy = np.array([-22.0, 36.0]) + rng.normal(0, 2, 2)
         self.ivc_r = u(10.0, 12.5)
@@ -674,7 +674,9 @@ def _place_lesions(anat, coarse, tubes, rng, n, kinds, scale):
         kind = str(rng.choice(kinds))
         lo, hi = KIND_DIAMETER_MM[kind]
         diameter = math.exp(rng.uniform(math.log(lo), math.log(hi)))
-        for _attempt in range(8):
+        for attempt in range(24):
+            if attempt >= 4:  # no room: try smaller, never below 5 mm
+                diameter = max(5.0, diameter * 0.88)
             radii = 0.5 * diameter / scale * rng.uniform(0.8, 1.2, 3)
             rmax = float(radii.max())
             touch = rng.random() < 0.3
@@ -687,7 +689,6 @@ def _place_lesions(anat, coarse, tubes, rng, n, kinds, scale):
                 if np.all(d_near > 0.6 * rmax + vr[i_near]) and all(
                         np.linalg.norm(c - s["centre"]) > rmax + s["rmax"] + 3.0 for s in specs):
                     break
-            diameter *= 0.85
         else:
             continue
         spec = {"kind": kind, "centre": c, "radii": radii, "rmax": rmax,

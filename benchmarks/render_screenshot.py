@@ -7,7 +7,8 @@ module's MRML bridge (LiverLocalizationLib.mrml.run_on_nodes) on
 2. a generated phantom with lesions (ground truth known);
 
 and each result is drawn in axial, coronal and sagittal slice views by Slicer's vtkMRMLSliceLogic (volume
-reslicing, window/level) and the Segmentations 2D displayable manager (segment fills and outlines), on an
+reslicing, window/level) and the Segmentations 2D displayable manager (segment fills and outlines), and in a
+3-D view by the Segmentations 3D displayable manager (closed surfaces), on an
 offscreen VTK render window (EGL with Mesa's software driver). The panels are tiled with a caption and a
 Couinaud colour legend. This is a rendering of computed results, not a mock-up of the user interface.
 
@@ -90,6 +91,63 @@ def render_slice_view(scene, app, volume, segmentation, orientation: str, center
     return pixels
 
 
+def render_3d_view(scene, app, segmentation, size=VIEW_SIZE) -> np.ndarray:
+    """Slicer 3-D view (Segmentations 3-D displayable manager, closed surfaces) seen from anterior-superior:
+    uint8 RGB array (height, width, 3)."""
+    import slicer
+    import vtk
+    from vtk.util import numpy_support
+
+    from LiverLocalizationLib import mrml
+
+    width, height = size
+    segmentation.CreateClosedSurfaceRepresentation()
+    display = segmentation.GetDisplayNode()
+    seg = segmentation.GetSegmentation()
+    for i in range(seg.GetNumberOfSegments()):
+        segment_id = seg.GetNthSegmentID(i)
+        result_id = mrml.segment_tag(seg.GetNthSegment(i), mrml.RESULT_ID_TAG) or segment_id
+        opacity = {"liver": 0.0, "vessels": 0.9}.get(result_id, 1.0 if result_id.startswith("lesion_") else 0.3)
+        display.SetSegmentOpacity3D(segment_id, opacity)
+    view = scene.AddNewNodeByClass("vtkMRMLViewNode", f"View3D{id(segmentation) % 100000}")
+    view.SetBoxVisible(False)
+    view.SetAxisLabelsVisible(False)
+    view.SetBackgroundColor(0.0, 0.0, 0.0)
+    view.SetBackgroundColor2(0.12, 0.12, 0.16)
+    window = vtk.vtkRenderWindow()
+    window.SetOffScreenRendering(1)
+    window.SetSize(width, height)
+    renderer = vtk.vtkRenderer()
+    window.AddRenderer(renderer)
+    interactor = vtk.vtkRenderWindowInteractor()
+    interactor.SetRenderWindow(window)
+    factory = slicer.vtkMRMLThreeDViewDisplayableManagerFactory.GetInstance()
+    factory.SetMRMLApplicationLogic(app)
+    for manager in ("vtkMRMLCameraDisplayableManager", "vtkMRMLViewDisplayableManager", "vtkMRMLSegmentationsDisplayableManager3D"):
+        if not factory.IsDisplayableManagerRegistered(manager):
+            factory.RegisterDisplayableManager(manager)
+    group = factory.InstantiateDisplayableManagers(renderer)
+    group.SetMRMLDisplayableNode(view)
+    bounds = [0.0] * 6
+    segmentation.GetRASBounds(bounds)
+    centre = np.array([(bounds[0] + bounds[1]) / 2, (bounds[2] + bounds[3]) / 2, (bounds[4] + bounds[5]) / 2])
+    camera = renderer.GetActiveCamera()
+    camera.SetFocalPoint(*centre)
+    camera.SetPosition(*(centre + np.array([0.0, 600.0, 250.0])))  # anterior (+A) and above (+S): patient's right on the left
+    camera.SetViewUp(0.0, 0.0, 1.0)
+    renderer.ResetCamera()
+    camera.Zoom(1.25)
+    window.Render()
+    grab = vtk.vtkWindowToImageFilter()
+    grab.SetInput(window)
+    grab.Update()
+    image = grab.GetOutput()
+    w, h, _ = image.GetDimensions()
+    pixels = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(h, w, -1)[::-1, :, :3].copy()
+    window.Finalize()
+    return pixels
+
+
 def _style_segments(segmentation) -> None:
     """Couinaud segments filled, lesions strong, vessels blue, liver as outline only."""
     from LiverLocalizationLib import mrml
@@ -133,6 +191,7 @@ def case_panels(scene, app, outputs, volume, center_ras, title: str) -> list[tup
     for orientation in ("Axial", "Coronal", "Sagittal"):
         pixels = render_slice_view(scene, app, volume, outputs["segmentation"], orientation, center_ras)
         views.append((pixels, f"{title} – {orientation.lower()}"))
+    views.append((render_3d_view(scene, app, outputs["segmentation"]), f"{title} – 3-D, anterior"))
     return views
 
 

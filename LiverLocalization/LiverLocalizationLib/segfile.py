@@ -311,7 +311,7 @@ def write_seg_nrrd(path: str | os.PathLike, reference: sitk.Image, segments: lis
     header += [f"{key}:={value}" for key, value in fields.items()]
     payload = np.ascontiguousarray(data if n_layers > 1 else data[..., 0]).astype(np.dtype(dtype).newbyteorder("<"), copy=False).tobytes()
     if compress:
-        payload = gzip.compress(payload, compresslevel=1)
+        payload = gzip.compress(payload, compresslevel=6)  # zlib default: half the size of level 1 for 0.1 s more on a full CT
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as handle:
         handle.write(("\n".join(header) + "\n\n").encode("utf-8"))

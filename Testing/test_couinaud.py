@@ -267,6 +267,9 @@ def test_real_crop_matches_reference_segments(ircadb_crop_dir):
     reference = {"I": .031, "II": .127, "III": .065, "IV": .151, "V": .149, "VI": .096, "VII": .155, "VIII": .227}
     for name, ref in reference.items():
         assert ref / 2.2 <= res.fractions[name] <= ref * 2.2, (name, res.fractions[name])
+    terr = couinaud.map_couinaud(liver, marks, vessels, method="territories")
+    assert terr.method == "territories"
+    assert np.mean(list(dice_per_segment(sitk.GetArrayViewFromImage(terr.labels), truth).values())) >= 0.85
 
 
 @pytest.fixture(scope="module")
@@ -291,3 +294,63 @@ def test_phantom_segments_and_lesions(phantom_case):
             assert row["segment_fractions"][name] == pytest.approx(frac, abs=1e-4)
         assert row["main_segment"] == lesion["main_segment"]
         assert row["distance_hepatic_vein_landmark_mm"] >= 0.0
+
+
+# ------------------------------------------------------------------------------ territories, figures
+
+def tube_mask(reference: sitk.Image, segments, radius_mm: float = 3.0) -> sitk.Image:
+    """Binary mask of straight tubes (pairs of LPS points) on the reference grid."""
+    zyx, pts = couinaud.liver_points(reference)
+    inside = np.zeros(pts.shape[0], bool)
+    for a, b in segments:
+        inside |= couinaud._distance_to_segment(pts, np.asarray(a, float), np.asarray(b, float)) <= radius_mm
+    arr = np.zeros(sitk.GetArrayViewFromImage(reference).shape, np.uint8)
+    arr[tuple(z[inside] for z in zyx)] = 1
+    return geometry.copy_geometry(arr, reference)
+
+
+def test_territories_change_only_voxels_near_plane_borders():
+    marks = box_landmarks()
+    liver = box_liver()
+    rpv, lpv = marks["RPV"], marks["LPV"]
+    # a portal tree: RPV to a right-anterior branch that crosses the MHV plane, LPV to the left lateral section
+    tree = [(rpv, lpv), (rpv, rpv + [-40.0, 0.0, 30.0]), (rpv, rpv + [-45.0, 25.0, -20.0]),
+            (rpv + [-40.0, 0.0, 30.0], rpv + [-20.0, -45.0, 40.0]), (lpv, lpv + [45.0, -10.0, 25.0])]
+    vessels = tube_mask(liver, tree)
+    planes = couinaud.map_couinaud(liver, marks, method="planes")
+    terr = couinaud.map_couinaud(liver, marks, vessels, method="territories")
+    assert terr.method == "territories"
+    a = sitk.GetArrayViewFromImage(planes.labels)
+    b = sitk.GetArrayViewFromImage(terr.labels)
+    changed = np.argwhere(a != b)
+    assert changed.shape[0] > 0
+    margin = couinaud.border_margin(geometry.voxel_centers_lps(liver, changed).astype(np.float32),
+                                    couinaud.landmark_frame(marks))
+    assert margin.max() < couinaud.TERRITORY_BAND_MM
+    np.testing.assert_array_equal(a == 1, b == 1)  # segment I is the planes'
+
+
+def test_territories_without_usable_vessels_fall_back_to_planes():
+    liver = box_liver()
+    empty = liver * 0
+    res = couinaud.map_couinaud(liver, box_landmarks(), empty, method="territories")
+    assert res.method == "planes"
+    assert any("Too few vessel voxels" in w for w in res.warnings)
+    auto = couinaud.map_couinaud(liver, box_landmarks(), empty, method="auto")
+    assert auto.method == "planes" and not any("vessel" in w for w in auto.warnings)
+
+
+def test_figures_are_written(tmp_path):
+    from LiverLocalizationLib.figures import couinaud as figures
+
+    liver = box_liver()
+    ct = sitk.Cast(liver, sitk.sitkInt16) * 100
+    res = couinaud.map_couinaud(liver, box_landmarks(), method="planes")
+    les = np.zeros(sitk.GetArrayViewFromImage(liver).shape, np.uint16)
+    les[28:34, 55:65, 20:30] = 1
+    lesion = geometry.copy_geometry(les, liver)
+    a = figures.plot_couinaud(ct, res.labels, box_landmarks(), lesion, tmp_path / "cou.png")
+    b = figures.plot_geometry(ct, res.labels, box_landmarks(), tmp_path / "geom.png")
+    for path in (a, b):
+        assert path.exists() and path.stat().st_size > 20_000
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -135,6 +135,7 @@ def landmark_frame(landmarks: dict[str, np.ndarray]) -> LandmarkFrame:
         height[name] = h
         radius[name] = float(np.hypot(x, y))
         azimuth[name] = float(np.arctan2(y, x) % (2 * np.pi))
+    azimuth["RHV"] = 0.0  # by construction (e1 points to it); avoids 2π from rounding
     # the cut behind the IVC bisects the reflex angle from the left border round to the RHV (2π)
     left = max(azimuth["LHV"], azimuth.get("UP", azimuth["LHV"]))
     cut = (left + 2 * np.pi) / 2.0

@@ -450,6 +450,10 @@ def test_run_on_real_crop_with_liver_mask_segment(slicer_scene, ircadb_crop_dir)
     assert np.mean(dice) > 0.85, dice  # measured 0.923 (landmark planes against the reference annotation)
     with pytest.raises(InputError, match="liver segment"):
         mrml.run_on_nodes(volume, markups, user, None)
+    with pytest.raises(InputError, match="inputs are never overwritten"):
+        mrml.run_on_nodes(volume, markups, user, "my_liver", outputs={"segmentation": user})
+    with pytest.raises(InputError, match="inputs are never overwritten"):
+        mrml.run_on_nodes(volume, markups, outputs={"denoised": volume})
     with pytest.raises(InputError, match="no segment with ID"):
         mrml.run_on_nodes(volume, markups, user, "nope")
 

@@ -609,6 +609,11 @@ def run_on_nodes(volume_node, markups_node=None, liver_segmentation_node=None, l
     if liver_segmentation_node is not None and not liver_segment_id:
         raise InputError("A liver segmentation was selected without choosing its liver segment.")
     outputs = dict(outputs or {})
+    inputs = {id(n) for n in (volume_node, markups_node, liver_segmentation_node) if n is not None}
+    for role, node in outputs.items():
+        if node is not None and id(node) in inputs:
+            raise InputError(f"The {role} output is one of the input nodes ('{node.GetName()}'); inputs are never "
+                             "overwritten: choose another output node or create a new one.")
     ct = volume_node_to_image(volume_node)
     landmarks = markups_to_landmarks(markups_node) if markups_node is not None else None
     liver_mask = (segment_to_image(liver_segmentation_node, liver_segment_id, volume_node)

@@ -215,6 +215,7 @@ class LiverLocalizationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
             self._observeLandmarks(self._parameterNode.landmarks)
+            self._updateLiverSegmentList(self._parameterNode.liverSegmentation)
             self._checkCanApply()
 
     # ---------------------------------------------------------------- inputs and landmarks
@@ -242,9 +243,13 @@ class LiverLocalizationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             label.text = _("placed") if status.get(name) else (_("optional") if optional else _("missing"))
             label.setStyleSheet("" if status.get(name) or optional else "color: #c0392b; font-weight: bold")
         missing = [n for n in labels.REQUIRED_LANDMARKS if not status.get(n)]
-        self.ui.landmarksStatusLabel.text = (
-            _("All required landmarks are placed.") if not missing
-            else _("Missing: {names}. Without them no Couinaud segments are computed.").format(names=", ".join(missing)))
+        if not missing:
+            text = _("All required landmarks are placed.")
+        elif len(missing) == len(labels.REQUIRED_LANDMARKS):
+            text = _("No landmarks placed: the analysis runs without Couinaud segments.")
+        else:
+            text = _("Missing: {names}. Place them (or select no point list) to run.").format(names=", ".join(missing))
+        self.ui.landmarksStatusLabel.text = text
         self._checkCanApply()
 
     def onPlaceLandmark(self, name: str) -> None:
@@ -270,7 +275,8 @@ class LiverLocalizationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.ui.liverSegmentComboBox.currentIndex = liverIndex
 
     def _checkCanApply(self, caller=None, event=None) -> None:
-        reason = self.logic.inputProblem(self._parameterNode.inputVolume if self._parameterNode else None)
+        p = self._parameterNode
+        reason = self.logic.inputProblem(p.inputVolume if p else None, p.landmarks if p else None)
         self.ui.applyButton.enabled = reason is None and not self._running
         self.ui.applyButton.toolTip = reason or _("Run denoising, tissue segmentation, Couinaud mapping and classification.")
         self.ui.medianRadiusSliderWidget.enabled = bool(self._parameterNode and self._parameterNode.denoiseMethod == "median")
@@ -297,6 +303,8 @@ class LiverLocalizationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                 return
             combo = self.ui.liverSegmentComboBox
             liverSegmentId = combo.itemData(combo.currentIndex) if p.liverSegmentation and combo.count else None
+            from LiverLocalizationLib.pipeline import Cancelled
+
             self._setRunning(True)
             try:
                 outputs = self.logic.run(
@@ -304,6 +312,9 @@ class LiverLocalizationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                     outputs={"segmentation": p.outputSegmentation, "table": p.outputTable, "denoised": p.denoisedVolume,
                              "gradcam": p.gradcamVolume},
                     progress=self._onProgress, shouldCancel=lambda: self._cancelRequested)
+            except Cancelled:
+                self.ui.statusLabel.text = _("Cancelled; no results were written.")
+                return
             finally:
                 self._setRunning(False)
             p.outputSegmentation = outputs["segmentation"]
@@ -397,12 +408,20 @@ class LiverLocalizationLogic(ScriptedLoadableModuleLogic):
         return LiverLocalizationParameterNode(super().getParameterNode())
 
     @staticmethod
-    def inputProblem(inputVolume) -> str | None:
-        """Why Apply cannot run with this input (None when it can)."""
+    def inputProblem(inputVolume, landmarks=None) -> str | None:
+        """Why Apply cannot run with these inputs (None when it can): no CT, or only some required landmarks."""
         if inputVolume is None:
             return _("Select the CT volume.")
         if inputVolume.GetImageData() is None:
             return _("The selected volume has no voxels.")
+        if landmarks is not None:
+            from LiverLocalizationLib import mrml
+
+            status = mrml.landmark_status(landmarks)
+            missing = [n for n in labels.REQUIRED_LANDMARKS if not status[n]]
+            if 0 < len(missing) < len(labels.REQUIRED_LANDMARKS):
+                return _("Place the landmarks {names} (or select no point list to run without Couinaud segments).").format(
+                    names=", ".join(missing))
         return None
 
     def run(self, inputVolume: vtkMRMLScalarVolumeNode, landmarks: vtkMRMLMarkupsFiducialNode | None = None,
@@ -423,7 +442,7 @@ class LiverLocalizationLogic(ScriptedLoadableModuleLogic):
         """
         from LiverLocalizationLib import mrml
 
-        problem = self.inputProblem(inputVolume)
+        problem = self.inputProblem(inputVolume, landmarks)
         if problem:
             raise ValueError(problem)
         return mrml.run_on_nodes(inputVolume, landmarks, liverSegmentation, liverSegmentId, options=options,

@@ -551,5 +551,12 @@ class LiverLocalizationTest(ScriptedLoadableModuleTest):
         dices = [metrics.dice(mrml.segment_to_array(segmentation, f"couinaud_{roman}", volume), truthCouinaud == value)
                  for value, roman in labels.COUINAUD_ROMAN.items()]
         self.assertGreater(float(np.mean(dices)), 0.6)
+        # lesions matched to a true lesion are located in its Couinaud segment (at least half of them)
+        match = metrics.match_instances(result.lesion_labels, phantom.truth_lesions)
+        truthRows = {row["id"]: row for row in phantom.lesions}
+        foundRows = {row["id"]: row for row in result.lesions}
+        located = [foundRows[a]["main_segment"] == truthRows[b]["main_segment"] for a, b, _ in match["pairs"]]
+        self.assertTrue(located)
+        self.assertGreaterEqual(float(np.mean(located)), 0.5)
         self.assertEqual(outputs["table"].GetNumberOfRows(), len(result.lesions))
         self.delayDisplay("Test passed")

@@ -382,6 +382,12 @@ def test_run_on_phantom_nodes_fills_outputs_and_keeps_inputs(tmp_path, slicer_sc
                      for v, r in labels.COUINAUD_ROMAN.items()]
     assert liver_dice > 0.9, liver_dice  # measured 0.961
     assert np.mean(couinaud_dice) > 0.7, couinaud_dice  # measured 0.79
+    # detected lesions that match a true one (IoU) sit in the true lesion's segment
+    match = metrics.match_instances(result.lesion_labels, phantom_case.truth_lesions)
+    truth_rows = {row["id"]: row for row in phantom_case.lesions}
+    found_rows = {row["id"]: row for row in result.lesions}
+    located = [found_rows[a]["main_segment"] == truth_rows[b]["main_segment"] for a, b, _ in match["pairs"]]
+    assert located and np.mean(located) >= 0.5, located  # measured 1/1 (seed 7)
     # segment names, terminology and one segment per lesion
     segmentation = seg.GetSegmentation()
     names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]

@@ -307,7 +307,7 @@ class LiverLocalizationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
             self._setRunning(True)
             try:
-                outputs = self.logic.run(
+                outputs = self.logic.process(
                     p.inputVolume, p.landmarks, p.liverSegmentation, liverSegmentId, options=self._options(),
                     outputs={"segmentation": p.outputSegmentation, "table": p.outputTable, "denoised": p.denoisedVolume,
                              "gradcam": p.gradcamVolume},
@@ -317,11 +317,11 @@ class LiverLocalizationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                 return
             finally:
                 self._setRunning(False)
-            p.outputSegmentation = outputs["segmentation"]
-            p.outputTable = outputs["table"]
-            p.denoisedVolume = outputs["denoised"]
-            if outputs["gradcam"] is not None:
-                p.gradcamVolume = outputs["gradcam"]
+            p.outputSegmentation = outputs.segmentation
+            p.outputTable = outputs.table
+            p.denoisedVolume = outputs.denoised
+            if outputs.gradcam is not None:
+                p.gradcamVolume = outputs.gradcam
             self._showResults(outputs)
 
     def _setRunning(self, running: bool) -> None:
@@ -341,21 +341,21 @@ class LiverLocalizationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self._cancelRequested = True
         self.ui.statusLabel.text = _("Cancelling after the current step...")
 
-    def _showResults(self, outputs: dict) -> None:
-        result = outputs["result"]
+    def _showResults(self, outputs) -> None:
+        result = outputs.result
         from LiverLocalizationLib import pipeline
 
         self.ui.resultsCollapsibleButton.collapsed = False
-        self.ui.lesionTableView.setMRMLTableNode(outputs["table"])
+        self.ui.lesionTableView.setMRMLTableNode(outputs.table)
         text = pipeline.summary_text(result).replace("\n", "<br>")
-        for warning in outputs["warnings"]:
+        for warning in outputs.warnings:
             if warning not in result.warnings:
                 text += "<br>" + _("Note: {warning}").format(warning=warning)
         self.ui.resultsSummaryLabel.text = text
         self.ui.statusLabel.text = _("Done.")
         slicer.util.setSliceViewerLayers(background=self._parameterNode.inputVolume, fit=True)
         self.ui.showCouinaudButton.enabled = result.couinaud is not None
-        self.ui.showGradCamButton.enabled = outputs["gradcam"] is not None
+        self.ui.showGradCamButton.enabled = outputs.gradcam is not None
         self.ui.showCouinaudButton.checked = result.couinaud is not None
         self.ui.showLesionsButton.checked = True
         self.onShowCouinaud(self.ui.showCouinaudButton.checked)
@@ -424,9 +424,9 @@ class LiverLocalizationLogic(ScriptedLoadableModuleLogic):
                     names=", ".join(missing))
         return None
 
-    def run(self, inputVolume: vtkMRMLScalarVolumeNode, landmarks: vtkMRMLMarkupsFiducialNode | None = None,
+    def process(self, inputVolume: vtkMRMLScalarVolumeNode, landmarks: vtkMRMLMarkupsFiducialNode | None = None,
             liverSegmentation: vtkMRMLSegmentationNode | None = None, liverSegmentId: str | None = None,
-            options=None, outputs: dict | None = None, progress=None, shouldCancel=None) -> dict:
+            options=None, outputs: dict | None = None, progress=None, shouldCancel=None):
         """Run the whole pipeline on scene nodes.
 
         :param inputVolume: CT in Hounsfield units (any spacing and orientation).
@@ -436,8 +436,8 @@ class LiverLocalizationLogic(ScriptedLoadableModuleLogic):
         :param options: LiverLocalizationLib.pipeline.PipelineOptions (defaults when None).
         :param outputs: output nodes to reuse, keys 'segmentation', 'table', 'denoised', 'gradcam'.
         :param progress: callback(fraction 0..1, message); shouldCancel: callable polled between stages.
-        :return: dict with the output nodes ('segmentation', 'table', 'denoised', 'gradcam'), 'result'
-            (PipelineResult, images in LPS) and 'warnings'.
+        :return: LiverLocalizationLib.mrml.NodeOutputs: output nodes ``segmentation``, ``table``, ``denoised``,
+            ``gradcam`` (None without classification), ``result`` (PipelineResult, images in LPS) and ``warnings``.
         :raises ValueError: (InputError) on bad input, with a message saying what to do.
         """
         from LiverLocalizationLib import mrml
@@ -541,12 +541,12 @@ class LiverLocalizationTest(ScriptedLoadableModuleTest):
         self.assertEqual(set(logic.landmarkStatus(landmarks).values()), {True})
 
         self.delayDisplay("Running the pipeline")
-        outputs = logic.run(volume, landmarks, options=PipelineOptions(classify=False))
-        segmentation = outputs["segmentation"]
+        outputs = logic.process(volume, landmarks, options=PipelineOptions(classify=False))
+        segmentation = outputs.segmentation
         liver = mrml.segment_to_array(segmentation, "liver", volume)
         truthCouinaud = sitk.GetArrayViewFromImage(phantom.truth_couinaud)
         self.assertGreater(metrics.dice(liver, truthCouinaud > 0), 0.85)
-        result = outputs["result"]
+        result = outputs.result
         self.assertIsNotNone(result.couinaud)
         dices = [metrics.dice(mrml.segment_to_array(segmentation, f"couinaud_{roman}", volume), truthCouinaud == value)
                  for value, roman in labels.COUINAUD_ROMAN.items()]
@@ -558,5 +558,5 @@ class LiverLocalizationTest(ScriptedLoadableModuleTest):
         located = [foundRows[a]["main_segment"] == truthRows[b]["main_segment"] for a, b, _ in match["pairs"]]
         self.assertTrue(located)
         self.assertGreaterEqual(float(np.mean(located)), 0.5)
-        self.assertEqual(outputs["table"].GetNumberOfRows(), len(result.lesions))
+        self.assertEqual(outputs.table.GetNumberOfRows(), len(result.lesions))
         self.delayDisplay("Test passed")

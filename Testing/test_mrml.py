@@ -427,8 +427,8 @@ def test_run_on_phantom_nodes_fills_outputs_and_keeps_inputs(tmp_path, slicer_sc
 
     # a rerun into the same output nodes reuses them and adds no nodes
     n_nodes = slicer_scene.GetNumberOfNodes()
-    again = mrml.run_on_nodes(volume, markups, options=PipelineOptions(classify=False),
-                              outputs={k: out[k] for k in ("segmentation", "table", "denoised")})
+    assert out.table is out["table"] and out.nodes()["segmentation"] is out.segmentation
+    again = mrml.run_on_nodes(volume, markups, options=PipelineOptions(classify=False), outputs=out.nodes())
     assert all(again[k] is out[k] for k in ("segmentation", "table", "denoised"))
     assert slicer_scene.GetNumberOfNodes() == n_nodes and again["warnings"] == out["warnings"]
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import types
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import SimpleITK as sitk
@@ -590,17 +591,41 @@ def lesion_table_rows(lesions: list[dict]) -> list[dict]:
     return [{k: row.get(k) for k in list(LESION_TABLE_COLUMNS) + extra} for row in lesions]
 
 
+@dataclass
+class NodeOutputs:
+    """What run_on_nodes produced: the output nodes, the pipeline result (images in LPS) and the warnings.
+
+    Fields read as attributes (``outputs.table``) or as keys (``outputs["table"]``).
+    """
+
+    segmentation: object
+    table: object
+    denoised: object
+    gradcam: object | None
+    result: object
+    warnings: list[str] = field(default_factory=list)
+
+    def __getitem__(self, key: str):
+        if key not in self.__dataclass_fields__:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def nodes(self) -> dict:
+        """Role → output node (None for outputs not computed), the form run_on_nodes takes as `outputs`."""
+        return {"segmentation": self.segmentation, "table": self.table, "denoised": self.denoised, "gradcam": self.gradcam}
+
+
 def run_on_nodes(volume_node, markups_node=None, liver_segmentation_node=None, liver_segment_id: str | None = None,
                  options=None, outputs: dict | None = None, progress: Callable[[float, str], None] | None = None,
-                 should_cancel: Callable[[], bool] | None = None) -> dict:
+                 should_cancel: Callable[[], bool] | None = None) -> NodeOutputs:
     """Run the pipeline on scene nodes and put the results into output nodes; input nodes are never modified.
 
     volume_node: the CT (HU). markups_node: point list with the landmarks (labels IVC, IVC_inferior, RHV,
     MHV, LHV, RPV, LPV, UP; RAS world); None runs without Couinaud segments. liver_segmentation_node and
     liver_segment_id: an optional liver mask replacing liver extraction. options: pipeline.PipelineOptions.
     outputs: existing output nodes to update, keys 'segmentation', 'table', 'denoised', 'gradcam' (missing
-    or None: created). Returns {'segmentation', 'table', 'denoised', 'gradcam' (None when not computed),
-    'result' (pipeline.PipelineResult), 'warnings' (list of str)}.
+    or None: created). Returns NodeOutputs: segmentation, table, denoised, gradcam (None when not computed),
+    result (pipeline.PipelineResult) and warnings (list of str).
     """
     from . import pipeline
 
@@ -641,8 +666,7 @@ def run_on_nodes(volume_node, markups_node=None, liver_segmentation_node=None, l
             place_next_to(node, volume_node)
     if progress is not None:
         progress(1.0, "Done")
-    return {"segmentation": segmentation, "table": table, "denoised": denoised, "gradcam": gradcam,
-            "result": result, "warnings": warnings}
+    return NodeOutputs(segmentation, table, denoised, gradcam, result, warnings)
 
 
 def _copy_window_level(source, target) -> None:

@@ -29,7 +29,7 @@ from LiverLocalizationLib import labels
 
 README_URL = "https://github.com/LiverLocalization/LiverLocalization#readme"
 SAMPLE_CATEGORY = "Liver Localization"
-SAMPLE_NAME = "LiverPhantom"
+SAMPLE_NAME = "Liver phantom"
 # Python packages the classification stage needs beyond what Slicer bundles (torch comes from the PyTorch extension)
 CLASSIFIER_PACKAGES = {"safetensors": "safetensors>=0.4"}
 

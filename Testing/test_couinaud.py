@@ -168,6 +168,7 @@ def _swap(marks, a, b):
     ({**box_landmarks(), "LHV": np.array([-20.0, 30.0, 40.0])}, "not in anatomical order"),  # left-right mirrored LHV
     (_swap(box_landmarks(), "RPV", "LPV"), "RPV does not lie to the right of LPV"),
     ({**box_landmarks(), "MHV": C + [-3.0, -3.0, 5.0]}, "MHV lies on the IVC axis"),
+    ({**box_landmarks(), "MHV": C + [-50.0, -1.0, 10.0]}, "RHV and MHV lie on almost one plane"),  # collinear with IVC, RHV
     ({**box_landmarks(), "LPV": C + [-19.0, -20.5, -39.0]}, "coincide"),
     ({**box_landmarks(), "RPV": C + [-20.0, -20.0, 60.0]}, "above the hepatic-vein confluence"),
     (_swap(box_landmarks(), "IVC", "IVC_inferior"), "IVC_inferior lies above IVC"),
@@ -190,6 +191,14 @@ def test_bad_method_and_territories_without_vessels():
         couinaud.map_couinaud(box_liver(), box_landmarks(), method="deep")
     with pytest.raises(InputError, match="needs a vessel mask"):
         couinaud.map_couinaud(box_liver(), box_landmarks(), method="territories")
+
+
+def test_progress_reports_fractions_up_to_one():
+    calls = []
+    couinaud.map_couinaud(box_liver(), box_landmarks(), progress=lambda f, msg: calls.append((f, msg)))
+    fractions = [f for f, _ in calls]
+    assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] == 1.0
+    assert all(isinstance(m, str) and m for _, m in calls)
 
 
 def test_empty_liver_mask_raises():

@@ -60,6 +60,7 @@ CAUDATE_ACROSS = 0.38  # semi-axis across it
 CAUDATE_LEFT = 0.10  # centre shifted to the patient's left of that line (segment I lies left of and in front of the IVC)
 MIN_VEIN_RADIUS_MM = 5.0  # a hepatic vein landmark closer than this to the IVC axis defines no plane
 MIN_SEPARATION_MM = 3.0  # two landmarks closer than this are taken as coincident
+MIN_SECTOR_DEG = 3.0  # hepatic veins closer than this in azimuth about the IVC axis are taken as collinear with it
 SEGMENT_MIN_FRACTION = 0.05  # lesion share of a segment for it to be listed in "segments"
 
 
@@ -224,6 +225,12 @@ def check_landmarks(landmarks: dict[str, np.ndarray], reference: sitk.Image | No
             f"azimuths RHV 0°, MHV {np.degrees(az['MHV']):.0f}°, LHV {np.degrees(az['LHV']):.0f}°. "
             "Check for swapped labels or a left-right flipped image."
         )
+    gaps = {("RHV", "MHV"): az["MHV"], ("MHV", "LHV"): az["LHV"] - az["MHV"]}
+    for (a, b), gap in gaps.items():
+        if gap < np.radians(MIN_SECTOR_DEG):
+            raise InputError(f"{a} and {b} lie on almost one plane through the IVC axis (azimuths {np.degrees(gap):.1f}° "
+                             f"apart), so the segment between them would be empty. Place {a} {LANDMARK_HELP[a]} and "
+                             f"{b} {LANDMARK_HELP[b]}.")
     if "UP" in frame.radius and frame.radius["UP"] < MIN_VEIN_RADIUS_MM:
         raise InputError(f"UP lies on the IVC axis; place UP {LANDMARK_HELP['UP']}.")
     right_to_left = _horizontal(pts["LHV"] - pts["RHV"], frame.axis)

@@ -141,7 +141,7 @@ def _scatter_3d(fig, ax_slot, couinaud_labels, landmarks, lesion_labels, n_point
     pick = rng.choice(pts.shape[0], size=min(n_points, pts.shape[0]), replace=False) if pts.shape[0] else []
     q = pts[pick]  # LPS mm; seen from the front (anterior), so the patient's right is on the viewer's left
     colours = np.array([common.COUINAUD_COLORS[int(v)] for v in values[pick]]) if len(pick) else None
-    ax.scatter(q[:, 0], q[:, 1], q[:, 2], c=colours, s=1.0, alpha=0.35, linewidths=0)
+    ax.scatter(q[:, 0], q[:, 1], q[:, 2], c=colours, s=1.5, alpha=0.5, linewidths=0)
     for name, p in landmarks.items():
         ax.scatter([p[0]], [p[1]], [p[2]], color="black", s=18, marker=MARKER.get(name, "x"))
         ax.text(p[0], p[1], p[2], name, fontsize=6)

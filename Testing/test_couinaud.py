@@ -118,6 +118,20 @@ def test_labels_rotate_with_image_and_landmarks():
         assert turned.fractions[name] == pytest.approx(base.fractions[name], abs=1e-3)
 
 
+def test_flipped_storage_gives_the_same_labels_at_the_same_places():
+    """A RAS-ordered grid (direction diag(-1, -1, 1), like many NIfTI files) covering the same block."""
+    img = sitk.Image(90, 90, 60, sitk.sitkUInt8) + 1
+    img.SetSpacing((2.0, 2.0, 2.5))
+    img.SetDirection((-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0))
+    img.SetOrigin((-89.0 + 89 * 2.0, -79.0 + 89 * 2.0, -75.0))
+    flipped = couinaud.map_couinaud(img, box_landmarks(), method="planes")
+    straight = couinaud.map_couinaud(box_liver(), box_landmarks(), method="planes")
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(flipped.labels)[:, ::-1, ::-1],
+                                  sitk.GetArrayViewFromImage(straight.labels))
+    for offset, expected in KNOWN_POINTS:
+        assert label_at(flipped.labels, C + offset) == expected, offset
+
+
 def test_lps_and_ras_markups_files_give_identical_labels(tmp_path):
     lps = io.read_markups(io.write_markups(tmp_path / "lps.mrk.json", box_landmarks(), "LPS"))
     ras = io.read_markups(io.write_markups(tmp_path / "ras.mrk.json", box_landmarks(), "RAS"))

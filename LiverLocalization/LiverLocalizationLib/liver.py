@@ -133,7 +133,8 @@ def liver_class_posterior(values: np.ndarray, model, classes: np.ndarray) -> np.
 
 def extract_liver(ct: sitk.Image, landmarks: dict[str, np.ndarray] | None = None, *,
                   working_spacing_mm: float = 2.5, roi_margin_mm: float = 150.0, seed_radius_mm: float = 20.0,
-                  erosion_mm: float = 6.0, closing_mm: float = 5.0, mrf_beta: float = 1.0,
+                  erosion_mm: float = 6.0, separation_mm: float = 10.0, closing_mm: float = 5.0,
+                  mrf_beta: float = 1.0, dark_sd: float = 3.0,
                   progress: Progress | None = None) -> sitk.Image:
     """Liver mask (uint8 0/1, exactly the CT's geometry) of a (denoised) contrast-enhanced CT in HU.
 
@@ -145,6 +146,8 @@ def extract_liver(ct: sitk.Image, landmarks: dict[str, np.ndarray] | None = None
         roi_margin_mm: half-size of the search box around the landmarks.
         seed_radius_mm: radius of the balls around landmarks used for the parenchyma statistics and as seeds.
         erosion_mm: erosion radius that separates the liver from touching organs (undone by geodesic dilation).
+        separation_mm: erosion radius of the markers of a watershed that cuts the liver from touching organs
+            at necks (`separate_at_necks`); 0 disables it.
         closing_mm: closing radius that brings border notches (vessels, lesions) into the liver.
         mrf_beta: strength of the mean-field smoothing of the liver-class posterior.
     Raises InputError when no liver-like tissue is found near the seeds.
@@ -230,10 +233,12 @@ def extract_liver(ct: sitk.Image, landmarks: dict[str, np.ndarray] | None = None
     core = np.isin(lab, keep)
     steps = int(np.ceil(erosion_mm / sp_zyx.min())) + 1
     liver_small = ndimage.binary_dilation(core, iterations=steps, mask=candidate)
+    if separation_mm > erosion_mm:
+        liver_small &= separate_at_necks(candidate, seed_mask if landmarks else core, sp_zyx, separation_mm)
     liver_small = ndimage.binary_closing(liver_small, structure=_ball(closing_mm, sp_zyx), iterations=1,
                                          border_value=0)
     parenchyma = _largest_component(liver_small)
-    added, rejected = dark_regions(arr, parenchyma, fill_holes(parenchyma), par_mu, par_sd, sp_zyx)
+    added, rejected = dark_regions(arr, parenchyma, fill_holes(parenchyma), par_mu, par_sd, sp_zyx, dark_sd=dark_sd)
     liver_small = fill_holes(parenchyma | added) & ~rejected
     report(0.7, "liver: full-resolution border")
 
@@ -266,6 +271,36 @@ def extract_liver(ct: sitk.Image, landmarks: dict[str, np.ndarray] | None = None
     mask.CopyInformation(ct)
     report(1.0, "liver done")
     return mask
+
+
+def separate_at_necks(candidate: np.ndarray, liver_seeds: np.ndarray, spacing_zyx, separation_mm: float,
+                      min_competitor: float = 0.0) -> np.ndarray:
+    """The part of `candidate` that belongs to the liver when touching organs compete for it.
+
+    Markers: the components of `candidate` eroded by `separation_mm` (each holds a ball of that radius); the largest of those overlapping
+    `liver_seeds` (and any at least a fifth of its size) are the liver's, the others of at least `min_competitor` of its size (pancreas, bowel, spleen, heart of liver-like
+    intensity) compete. A watershed on the
+    negated distance to the candidate's border floods from all markers, so the borders between them fall at
+    the necks where organs touch. Returns the liver's basins (bool).
+    """
+    from skimage.segmentation import watershed
+
+    eroded = ndimage.binary_erosion(candidate, structure=_ball(separation_mm, spacing_zyx))
+    lab, n = ndimage.label(eroded)
+    if n <= 1:
+        return candidate
+    liver_ids = np.unique(lab[liver_seeds & (lab > 0)])
+    if liver_ids.size == 0:
+        return candidate
+    sizes = np.bincount(lab.ravel())
+    liver_ids = liver_ids[sizes[liver_ids] >= 0.2 * sizes[liver_ids].max()]
+    # competitors: markers of a meaningful size (tiny ones are noise inside the liver's own thin parts)
+    competitors = np.flatnonzero(sizes >= min_competitor * sizes[liver_ids].sum())
+    competitors = competitors[(competitors > 0) & ~np.isin(competitors, liver_ids)]
+    markers = np.where(np.isin(lab, liver_ids), 1, np.where(np.isin(lab, competitors), 2, 0)).astype(np.int32)
+    dist = ndimage.distance_transform_edt(candidate, sampling=spacing_zyx).astype(np.float32)
+    basins = watershed(-dist, markers, mask=candidate)
+    return basins == 1
 
 
 def dark_regions(arr: np.ndarray, parenchyma: np.ndarray, filled: np.ndarray, par_mu: float, par_sd: float,

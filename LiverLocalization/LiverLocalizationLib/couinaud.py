@@ -253,12 +253,22 @@ def check_landmarks(landmarks: dict[str, np.ndarray], reference: sitk.Image | No
 def liver_points(mask: sitk.Image) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
     """Nonzero voxels of a mask: their [z, y, x] index arrays and LPS mm centres as float32 (n, 3)."""
     arr = sitk.GetArrayViewFromImage(mask)
-    zyx = np.nonzero(arr)
+    zs = np.flatnonzero(arr.any(axis=(1, 2)))
+    if zs.size == 0:
+        return tuple(np.zeros(0, np.intp) for _ in range(3)), np.zeros((0, 3), np.float32)
+    sub = arr[zs[0]:zs[-1] + 1]  # nonzero() on the slab holding the mask only
+    zyx = np.nonzero(sub)
+    zyx = (zyx[0] + zs[0], zyx[1], zyx[2])
     m = (geometry.direction_matrix(mask) * np.asarray(mask.GetSpacing(), dtype=float)[None, :]).astype(np.float32)
     origin = np.asarray(mask.GetOrigin(), dtype=np.float32)
+    ijk = [zyx[2].astype(np.float32), zyx[1].astype(np.float32), zyx[0].astype(np.float32)]
     pts = np.empty((zyx[0].size, 3), dtype=np.float32)
-    for axis in range(3):
-        pts[:, axis] = origin[axis] + m[axis, 0] * zyx[2] + m[axis, 1] * zyx[1] + m[axis, 2] * zyx[0]
+    for axis in range(3):  # elementwise, not BLAS: predictable on a loaded 2-core machine
+        col = pts[:, axis]
+        np.multiply(ijk[0], m[axis, 0], out=col)
+        col += m[axis, 1] * ijk[1]
+        col += m[axis, 2] * ijk[2]
+        col += origin[axis]
     return zyx, pts
 
 
@@ -269,41 +279,53 @@ def _lerp_clamped(h: np.ndarray, h0: float, v0: float, h1: float, v1: float) -> 
     return (v0 + t * (v1 - v0)).astype(np.float32)
 
 
+def _caudate_axes(frame: LandmarkFrame):
+    """(f, g, D, h_bottom): unit vectors toward and across the bifurcation, their horizontal distance, lower end."""
+    b = frame.bifurcation - frame.origin
+    bh = _horizontal(b, frame.axis)
+    dist_b = float(np.linalg.norm(bh))
+    f = bh / max(dist_b, 1e-6)
+    g = np.cross(frame.axis, f)
+    hh = frame.height
+    h_bottom = hh["IVC_inferior"] if "IVC_inferior" in hh else 1.3 * float(b @ frame.axis)
+    return f, g, dist_b, float(h_bottom)
+
+
 def plane_labels(points_lps: np.ndarray, frame: LandmarkFrame) -> np.ndarray:
     """Couinaud label (uint8 1..8) of each point (n, 3) in LPS mm by the landmark planes (module docstring)."""
-    c = frame.origin.astype(np.float32)
-    d = points_lps - c
-    h = d @ frame.axis.astype(np.float32)
-    x = d @ frame.e1.astype(np.float32)
-    y = d @ frame.e2.astype(np.float32)
-    phi = np.arctan2(y, x)
-    phi = np.where(phi < 0, phi + np.float32(2 * np.pi), phi)
-    phi = np.where(phi >= frame.cut, phi - np.float32(2 * np.pi), phi)  # right posterior sector wraps round to < 0
+    f, g, dist_b, h_bottom = _caudate_axes(frame)
+    p = np.asarray(points_lps, dtype=np.float32)
+    cols = (p[:, 0], p[:, 1], p[:, 2])
+
+    def project(vector: np.ndarray, subset=slice(None)) -> np.ndarray:
+        w = vector.astype(np.float32)
+        out = cols[0][subset] * w[0]
+        out += cols[1][subset] * w[1]
+        out += cols[2][subset] * w[2]
+        out -= np.float32(frame.origin @ vector)
+        return out
+
+    h = project(frame.axis)
+    phi = np.arctan2(project(frame.e2), project(frame.e1))
+    phi[phi < 0] += np.float32(2 * np.pi)
+    phi[phi >= frame.cut] -= np.float32(2 * np.pi)  # right posterior sector wraps round to < 0
     az, hh = frame.azimuth, frame.height
     if "UP" in az:
         left_border = _lerp_clamped(h, hh["UP"], az["UP"], hh["LHV"], az["LHV"])
     else:
         left_border = np.float32(az["LHV"])
     right_sup = h >= np.float32(hh["RPV"])
-    left_sup = h >= np.float32(hh["LPV"])
-    out = np.where(left_sup, np.uint8(2), np.uint8(3))
+    out = np.where(h >= np.float32(hh["LPV"]), np.uint8(2), np.uint8(3))
     out[phi < left_border] = 4
-    ant = phi < az["MHV"]
+    ant = phi < np.float32(az["MHV"])
     out[ant] = np.where(right_sup[ant], np.uint8(8), np.uint8(5))
     post = phi < 0.0
     out[post] = np.where(right_sup[post], np.uint8(7), np.uint8(6))
     # segment I: elliptic cylinder between the IVC axis and the portal bifurcation
-    b = frame.bifurcation - frame.origin
-    bh = _horizontal(b, frame.axis)
-    dist_b = float(np.linalg.norm(bh))
-    f = bh / max(dist_b, 1e-6)
-    g = np.cross(frame.axis, f)
-    u = d @ f.astype(np.float32)
-    v = d @ g.astype(np.float32)
-    h_bottom = hh["IVC_inferior"] if "IVC_inferior" in hh else 1.3 * float(b @ frame.axis)
-    caudate = ((u - CAUDATE_CENTRE * dist_b) / (CAUDATE_ALONG * dist_b)) ** 2 + ((v - CAUDATE_LEFT * dist_b) / (CAUDATE_ACROSS * dist_b)) ** 2 <= 1.0
-    caudate &= (h <= 0.0) & (h >= np.float32(h_bottom))
-    out[caudate] = 1
+    cand = np.flatnonzero((h <= 0.0) & (h >= np.float32(h_bottom)))
+    u = (project(f, cand) - np.float32(CAUDATE_CENTRE * dist_b)) / np.float32(CAUDATE_ALONG * dist_b)
+    v = (project(g, cand) - np.float32(CAUDATE_LEFT * dist_b)) / np.float32(CAUDATE_ACROSS * dist_b)
+    out[cand[u * u + v * v <= 1.0]] = 1
     return out
 
 

@@ -46,6 +46,7 @@ REFERENCE_COUINAUD_FRACTIONS = {1: 0.031, 2: 0.127, 3: 0.065, 4: 0.151, 5: 0.149
 KIND_DIAMETER_MM = {"cyst": (5.0, 40.0), "haemangioma": (8.0, 50.0), "metastasis": (8.0, 45.0), "hcc": (15.0, 60.0)}
 SIZES = ("small", "full")
 _COARSE_MM = 3.0  # canonical grid step for calibration and placement
+UP_RADIUS = 62.0  # canonical distance (mm) of the umbilical portion's origin from the IVC axis
 
 
 @dataclass
@@ -146,14 +147,14 @@ class _Anatomy:
         # liver lobes
         self.right_c = np.array([-72.0, 2.0, 12.0]) + rng.normal(0, 3, 3)
         self.right_r = np.array([63.0, 78.0, 80.0]) * u(0.9, 1.1, 3)
-        self.left_c = np.array([48.0, -32.0, 36.0]) + rng.normal(0, 3, 3)
-        self.left_r = np.array([100.0 * u(0.8, 1.2), 46.0 * u(0.85, 1.15), 40.0 * u(0.85, 1.15)])
+        self.left_c = np.array([46.0, -32.0, 22.0]) + rng.normal(0, 3, 3)
+        self.left_r = np.array([100.0 * u(0.8, 1.2), 46.0 * u(0.85, 1.15), 44.0 * u(0.85, 1.15)])
         self.left_taper = u(0.4, 0.6)
         self.left_rot = _rotation(u(-0.1, 0.1), u(-0.15, 0.05), u(-0.25, 0.05))
         self.caud_c = np.array([-6.0, 16.0, 12.0]) + rng.normal(0, 2, 3)
         self.caud_r = np.array([23.0, 17.0, 33.0]) * u(0.9, 1.1, 3)
         self.inf_z0, self.inf_slope_x, self.inf_slope_y = -62.0 + u(-14, 10), u(0.28, 0.55), u(-0.2, 0.12)
-        self.liver_waves = _random_waves(rng, 6, (90.0, 200.0), u(3.0, 7.0))
+        self.liver_waves = _random_waves(rng, 6, (90.0, 200.0), u(3.0, 5.5))
         # vessels: IVC and aorta axes (x, y) and radii
         self.ivc_xy = np.array([-22.0, 36.0]) + rng.normal(0, 2, 2)
         self.ivc_r = u(10.0, 12.5)
@@ -199,6 +200,9 @@ class _Anatomy:
         # calibrated later
         self.theta_off = {"RHV": 0.35, "MHV": 1.3, "LHV": 2.2}
         self.horiz_off = {"post": 0.0, "ant": 0.0, "iv": 0.0, "left": 0.0}
+        self.left_tilt = None  # (x_ref, dz/dx) of the II/III border
+        self.pb_xy = None  # portal bifurcation (x, y), set by calibration
+        self.up_radius = UP_RADIUS  # distance of the umbilical portion's origin from the IVC axis
         self.caud_k = 1.0
         # hepatic-vein confluence: about 2 cm below the liver's upper surface at the IVC
         self.z_conf = float(self.z_dia(self.ivc_xy[0], self.ivc_xy[1])) - 5.0 - u(18.0, 24.0)
@@ -249,7 +253,7 @@ class _Anatomy:
         d_left = (k - 1.0) * self.left_r[1] * taper
         d_caud = _ellipsoid_sd(X, Y, Z, self.caud_c, self.caud_r)
         d = _smin(_smin(d_right, d_left, 22.0), d_caud, 10.0)
-        d = d + _waves(X, Y, Z, self.liver_waves)
+        d = d + 6.0 * np.tanh(_waves(X, Y, Z, self.liver_waves) / 6.0)  # surface undulation, at most 6 mm
         d = _smax(d, Z - (self.z_dia(X, Y) - 5.0), 4.0)  # under the diaphragm
         z_inf = self.inf_z0 + self.inf_slope_x * (X + 100.0) + self.inf_slope_y * Y
         d = _smax(d, z_inf - Z, 10.0)  # visceral (inferior) surface
@@ -295,15 +299,42 @@ class _Anatomy:
             sec[th < self.theta_off[vein] + self.border_shape(vein, r, Z)] = i
         return sec
 
-    def horiz_offset(self, sector):
-        """Height offset (mm) of the superior/inferior border surface in each sector."""
+    def horiz_offset(self, sector, X=None):
+        """Height offset (mm) of the superior/inferior border surface in each sector.
+
+        In the left lateral sector the border is tilted: it meets the umbilical portion's origin and
+        rises toward the patient's left (II posterosuperior, III anteroinferior).
+        """
         offs = np.array([self.horiz_off[k] for k in ("post", "ant", "iv", "left")])
-        return offs[sector]
+        out = offs[sector]
+        if X is not None and self.left_tilt is not None:
+            x_ref, tilt = self.left_tilt
+            out = np.where(sector == 3, out + tilt * (X - x_ref), out)
+        return out
+
+    def portal_bifurcation_xy(self):
+        """(x, y) of the portal bifurcation: just right of the IVC axis, in front of the caudate lobe."""
+        if self.pb_xy is not None:
+            return self.pb_xy
+        return self.ivc_xy[0] - 4.0, self.caud_c[1] - self.caud_r[1] * self.caud_k - 9.0
+
+    def place_portal_bifurcation(self, z_of_xy):
+        """Move the bifurcation (within 12 mm) to where the liver is thickest at its height z_of_xy(x, y)."""
+        self.pb_xy = None
+        x0, y0 = self.portal_bifurcation_xy()
+        gx, gy = np.meshgrid(np.arange(-12.0, 12.1, 2.0), np.arange(-12.0, 8.1, 2.0))
+        xs, ys = (x0 + gx).ravel(), (y0 + gy).ravel()
+        zs = np.array([z_of_xy(x, y) for x, y in zip(xs, ys, strict=True)])
+        sd = self.liver_sd(xs, ys, zs)
+        caud = _ellipsoid_k(xs, ys, zs, self.caud_c, self.caud_r) < self.caud_k + 0.1
+        cost = np.minimum(sd, -12.0) + 0.05 * np.hypot(gx.ravel(), gy.ravel()) + 100.0 * caud
+        i = int(np.argmin(cost))
+        self.pb_xy = (float(xs[i]), float(ys[i]))
 
     def couinaud(self, X, Y, Z):
         """Couinaud label 1..8 at liver points (arrays of canonical coordinates)."""
         sec = self.sectors(X, Y, Z)
-        sup = Z - self.horiz_shape(X, Y) > self.horiz_offset(sec)
+        sup = Z - self.horiz_shape(X, Y) > self.horiz_offset(sec, X)
         out = np.array([[6, 7], [5, 8], [4, 4], [3, 2]], np.uint8)[sec, sup.astype(np.intp)]
         out[_ellipsoid_k(X, Y, Z, self.caud_c, self.caud_r) < self.caud_k] = 1
         return out
@@ -465,9 +496,36 @@ def _calibrate(anat: _Anatomy, coarse: _Coarse) -> np.ndarray:
         remaining -= frac
     sec = anat.sectors(X[rest], Y[rest], Zr)
     h = Zr - anat.horiz_shape(X[rest], Y[rest])
-    for i, key, inf, sup in ((0, "post", f[6], f[7]), (1, "ant", f[5], f[8]), (2, "iv", 0.4, 0.6), (3, "left", f[3], f[2])):
+    for i, key, inf, sup in ((0, "post", f[6], f[7]), (1, "ant", f[5], f[8]), (2, "iv", 0.4, 0.6)):
         sel = h[sec == i]
         anat.horiz_off[key] = float(np.quantile(sel, inf / (inf + sup))) if len(sel) else 0.0
+    # left lateral: a tilted border through the umbilical portion's origin (at the bifurcation's height)
+    def z_bif(x, y):
+        return 0.5 * (anat.horiz_off["ant"] + anat.horiz_off["post"]) + float(anat.horiz_shape(np.array(x), np.array(y)))
+
+    anat.place_portal_bifurcation(z_bif)
+    bx, by = anat.portal_bifurcation_xy()
+    bz = z_bif(bx, by)
+    for r_up in np.arange(UP_RADIUS, 100.0, 2.0):  # the LPV's transverse part: at least 25 mm long
+        u0 = _vein_point(anat, "LHV", r_up, bz)
+        if math.hypot(u0[0] - bx, u0[1] - by) >= 25.0:
+            break
+    anat.up_radius = float(r_up)
+    anat.horiz_off["left"] = bz - float(anat.horiz_shape(np.array(u0[0]), np.array(u0[1])))
+    left = sec == 3
+    hl, xl = h[left] - anat.horiz_off["left"], X[rest][left] - u0[0]
+    want = f[3] / (f[2] + f[3])
+    lo, hi = -0.3, 0.45  # at most ~24 degrees
+    for _ in range(30):  # fraction inferior grows with the tilt where x > x_ref
+        mid = 0.5 * (lo + hi)
+        if np.mean(hl <= mid * xl) < want:
+            lo = mid
+        else:
+            hi = mid
+    tilt = 0.5 * (lo + hi)
+    shift = float(np.quantile(hl - tilt * xl, want))  # ~0 unless the tilt limit was reached
+    anat.horiz_off["left"] += max(shift, 0.0) if tilt > 0.44 else min(shift, 0.0) if tilt < -0.29 else 0.0
+    anat.left_tilt = (float(u0[0]), tilt)
     return anat.couinaud(X, Y, Z)
 
 
@@ -570,7 +628,7 @@ def _build_vessels(anat: _Anatomy, coarse: _Coarse, labels_coarse: np.ndarray, s
                 tubes.append(_Tube(bp, br, labels.TRUTH_HEPATIC_VEIN, vein + "_trib"))
 
     # portal bifurcation: on the superior/inferior border, anterior to the caudate, right of the fissure
-    bx, by = anat.ivc_xy[0] - 4.0, anat.caud_c[1] - anat.caud_r[1] * anat.caud_k - 9.0
+    bx, by = anat.portal_bifurcation_xy()
     bz = float(0.5 * (anat.horiz_off["ant"] + anat.horiz_off["post"]) + anat.horiz_shape(np.array(bx), np.array(by)))
     pb = np.array([bx, by, bz])
     trunk_start = np.array([bx + 22.0, by + 18.0, bz - 60.0])
@@ -579,7 +637,7 @@ def _build_vessels(anat: _Anatomy, coarse: _Coarse, labels_coarse: np.ndarray, s
 
     def horiz_z(x, y):
         sec = anat.sectors(np.array([x]), np.array([y]), np.array([bz]))
-        return float(anat.horiz_offset(sec)[0] + anat.horiz_shape(np.array(x), np.array(y)))
+        return float(anat.horiz_offset(sec, np.array([x]))[0] + anat.horiz_shape(np.array(x), np.array(y)))
 
     def branch(a, b, ra, rb, name, extend=1.6, wiggle=3.0, sub=2):
         end = a + extend * (b - a)
@@ -624,20 +682,30 @@ def _build_vessels(anat: _Anatomy, coarse: _Coarse, labels_coarse: np.ndarray, s
         branch(end, cent[inf], 4.0, 2.0, f"seg{inf}", extend=1.7)
 
     # left portal vein: transverse part to the umbilical fissure (on the LHV border surface), then the UP
-    r_u, z_u = 62.0, bz
+    r_u, z_u = anat.up_radius, bz
     u0 = _vein_point(anat, "LHV", r_u, z_u)
     u0[2] = horiz_z(u0[0], u0[1])
     lpv = _polyline(pb, u0, 2.5)
     tubes.append(_Tube(lpv, np.full(len(lpv), 5.5), labels.TRUTH_PORTAL_VEIN, "LPV"))
-    marks["LPV"] = lpv[min(4, len(lpv) - 1)].copy()
-    up = np.array([_vein_point(anat, "LHV", r_u + t, u0[2] - 0.3 * t) for t in np.arange(0.0, 40.0, 2.5)])
+    marks["LPV"] = lpv[min(4, max(len(lpv) // 2, 1))].copy()
+    # umbilical portion: anteriorly along the IV | II-III border surface, at the depth where the liver is thickest
+    up, z = [u0], u0[2]
+    dz = np.arange(-6.0, 6.5, 1.5)
+    for t in np.arange(2.5, 45.0, 2.5):
+        zc = z - 0.8 + dz
+        cand = np.array([_vein_point(anat, "LHV", r_u + t, zz) for zz in zc])
+        best = int(np.argmin(anat.liver_sd(cand[:, 0], cand[:, 1], cand[:, 2])))
+        z = float(zc[best])
+        up.append(cand[best])
+    up = np.array(up)
     upr = np.linspace(5.0, 3.5, len(up))
     up, upr = _truncate_inside(anat, up, upr)
     if len(up) < 2:
         up = np.vstack([u0, u0 + [0, -3.0, 0]])
         upr = np.array([5.0, 5.0])
     tubes.append(_Tube(up, upr, labels.TRUTH_PORTAL_VEIN, "UP"))
-    marks["UP"] = up[len(up) // 2].copy()
+    far = np.nonzero(np.linalg.norm(up - marks["LPV"], axis=1) >= 12.0)[0]
+    marks["UP"] = up[max(len(up) // 2, int(far[0]) if len(far) else len(up) - 1)].copy()
     if 2 in cent:
         branch(u0, cent[2], 3.5, 2.0, "seg2", extend=1.7)
     if 3 in cent:

@@ -153,6 +153,7 @@ class LiverLocalizationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.showLesionsButton.connect("toggled(bool)", self.onShowLesions)
         self.ui.showGradCamButton.connect("toggled(bool)", self.onShowGradCam)
         self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
+        self.ui.lesionTableView.connect("doubleClicked(QModelIndex)", self.onLesionDoubleClicked)
         self.ui.cancelButton.enabled = False
         self.ui.progressBar.setVisible(False)
         self.initializeParameterNode()
@@ -347,7 +348,7 @@ class LiverLocalizationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
         self.ui.resultsCollapsibleButton.collapsed = False
         self.ui.lesionTableView.setMRMLTableNode(outputs.table)
-        text = pipeline.summary_text(result).replace("\n", "<br>")
+        text = pipeline.summary_text(result).replace("\n", "<br>") + "<br>" + _("Double-click a table row to show that lesion.")
         for warning in outputs.warnings:
             if warning not in result.warnings:
                 text += "<br>" + _("Note: {warning}").format(warning=warning)
@@ -361,6 +362,11 @@ class LiverLocalizationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.onShowCouinaud(self.ui.showCouinaudButton.checked)
 
     # ---------------------------------------------------------------- result display
+
+    def onLesionDoubleClicked(self, index) -> None:
+        """Centre the slice views on the lesion of the double-clicked table row."""
+        if not self.logic.jumpToLesion(self._parameterNode.outputTable, index.row()):
+            self.ui.statusLabel.text = _("This row has no lesion position.")
 
     def onShowCouinaud(self, show: bool) -> None:
         self.logic.setSegmentsVisible(self._parameterNode.outputSegmentation, "couinaud_", show)
@@ -468,6 +474,17 @@ class LiverLocalizationLogic(ScriptedLoadableModuleLogic):
         from LiverLocalizationLib import mrml
 
         mrml.set_generated_segments_visible(segmentationNode, idPrefix, visible)
+
+    @staticmethod
+    def jumpToLesion(tableNode, row: int) -> bool:
+        """Centre the slice views on the centroid (RAS mm) of a lesion table row; False when the row has none."""
+        from LiverLocalizationLib import mrml
+
+        centroid = mrml.table_row_centroid_ras(tableNode, row)
+        if centroid is None:
+            return False
+        mrml.jump_slices_to(centroid)
+        return True
 
     @staticmethod
     def missingClassifierPackages() -> list[str]:

@@ -307,6 +307,23 @@ def test_write_table_types_units_and_update(slicer_scene):
     assert same is node and node.GetTable().GetNumberOfRows() == 1
 
 
+def test_lesion_row_centroid_and_slice_jump(slicer_scene):
+    import slicer
+
+    volume = mrml.image_to_volume_node(_oblique_ct(), "CT")
+    table = mrml.write_table([{"id": 1, "centroid_ras": [10.5, -20.0, 31.25]}, {"id": 2, "centroid_ras": None}], "lesions")
+    np.testing.assert_allclose(mrml.table_row_centroid_ras(table, 0), [10.5, -20.0, 31.25])
+    assert mrml.table_row_centroid_ras(table, 1) is None and mrml.table_row_centroid_ras(table, 5) is None
+    logic = slicer.vtkMRMLSliceLogic()
+    logic.SetMRMLApplicationLogic(slicer.modules.markups.logic().GetMRMLApplicationLogic())
+    logic.SetMRMLScene(slicer_scene)
+    slice_node = logic.AddSliceNode("Red")
+    slice_node.SetOrientation("Axial")
+    logic.GetSliceCompositeNode().SetBackgroundVolumeID(volume.GetID())
+    mrml.jump_slices_to([10.5, -20.0, 31.25])
+    assert slice_node.GetSliceOffset() == pytest.approx(31.25, abs=1e-6)
+
+
 def test_outputs_are_placed_in_the_input_study(slicer_scene):
     import slicer
 

@@ -556,6 +556,25 @@ def write_table(rows: list[dict], name: str = "Liver lesions", node=None, scene=
     return node
 
 
+def table_row_centroid_ras(table_node, row: int) -> np.ndarray | None:
+    """The 'centroid_ras' cell (RAS mm, as write_table stores it: JSON list) of a lesion table row; None when absent."""
+    column = table_node.GetTable().GetColumnByName("centroid_ras") if table_node is not None else None
+    if column is None or not 0 <= row < table_node.GetNumberOfRows():
+        return None
+    try:
+        value = np.asarray(json.loads(column.GetValue(row)), dtype=float)
+    except (TypeError, ValueError):
+        return None
+    return value if value.shape == (3,) and np.isfinite(value).all() else None
+
+
+def jump_slices_to(ras, scene=None) -> None:
+    """Centre every slice view on a point (RAS mm) with the Markups logic, as clicking a point in Slicer does."""
+    _scene(scene)
+    logic = slicer.modules.markups.logic()
+    logic.JumpSlicesToLocation(*[float(v) for v in ras], True)
+
+
 # ------------------------------------------------------------------------ subject hierarchy
 
 def place_next_to(node, input_node) -> None:

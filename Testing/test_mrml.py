@@ -258,6 +258,22 @@ def test_segment_from_another_grid_is_resampled_onto_the_volume(slicer_scene):
     np.testing.assert_array_equal(on_ct, expected)
 
 
+def test_empty_segments_are_written_and_rerun_cleanly(slicer_scene):
+    ct = _oblique_ct()
+    volume = mrml.image_to_volume_node(ct, "CT")
+    shape = tuple(reversed(ct.GetSize()))
+    specs = _specs(shape)[:1] + [segfile.SegmentSpec("couinaud_I", "Couinaud I", np.zeros(shape, bool), labels.COUINAUD_STYLES[1])]
+    node = mrml.write_segments(None, volume, specs)
+    assert not mrml.segment_to_array(node, "couinaud_I", volume).any()
+    warnings: list[str] = []
+    mrml.write_segments(node, volume, specs, warnings=warnings)
+    assert warnings == [] and _ids(node) == ["liver", "couinaud_I"]
+    # an empty result replacing a non-empty one empties the segment
+    specs[0] = segfile.SegmentSpec("liver", "Liver", np.zeros(shape, bool), labels.LIVER)
+    mrml.write_segments(node, volume, specs, warnings=warnings)
+    assert warnings == [] and not mrml.segment_to_array(node, "liver", volume).any()
+
+
 def test_segment_id_taken_by_user_segment_is_not_overwritten(slicer_scene):
     ct = _oblique_ct()
     volume = mrml.image_to_volume_node(ct, "CT")

@@ -103,19 +103,48 @@ def test_map_couinaud_labels_whole_box_and_reports_volumes():
 
 
 def test_labels_rotate_with_image_and_landmarks():
-    """Rotating the image grid (oblique direction) and the landmarks together labels the same voxels."""
+    """Rotating the image grid (oblique direction) and the landmarks together labels the same voxels
+    (with the IVC axis from the landmarks: the patient's axis does not turn with them)."""
     shift = (0.37, 0.61, 0.83)  # keeps voxel centres off the landmark planes, where float rounding decides
-    base = couinaud.map_couinaud(box_liver(shift=shift), box_landmarks(), method="planes")
+    base = couinaud.map_couinaud(box_liver(shift=shift), box_landmarks(), method="planes", axis="ivc")
     rot = np.asarray(sitk.VersorTransform((0.3, -0.5, 0.8), 0.35).GetMatrix()).reshape(3, 3)
     centre = np.array([5.0, -3.0, 7.0])
     moved = {k: rot @ (p - centre) + centre for k, p in box_landmarks().items()}
-    turned = couinaud.map_couinaud(box_liver(rot, centre, shift), moved, method="planes")
+    turned = couinaud.map_couinaud(box_liver(rot, centre, shift), moved, method="planes", axis="ivc")
     a = sitk.GetArrayViewFromImage(base.labels)
     b = sitk.GetArrayViewFromImage(turned.labels)
     differ = int(np.count_nonzero(a != b))
     assert differ <= 0.0001 * a.size  # measured 0 of 486000; float32 rounding could flip a centre lying on a border
     for name in base.fractions:
         assert turned.fractions[name] == pytest.approx(base.fractions[name], abs=1e-3)
+
+
+def test_oblique_grid_gives_the_known_labels():
+    """The same physical block sampled on a grid with an oblique direction: labels at the known places."""
+    rot = np.asarray(sitk.VersorTransform((0.6, 0.2, -0.4), 0.3).GetMatrix()).reshape(3, 3)
+    img = box_liver(rot, centre=C)
+    res = couinaud.map_couinaud(img, box_landmarks(), method="planes")
+    checked = 0
+    for offset, expected in KNOWN_POINTS:
+        p = C + offset
+        idx = geometry.lps_to_index(img, p)
+        if np.all(idx > 0) and np.all(idx < np.asarray(img.GetSize()) - 1):  # still inside the turned grid
+            assert label_at(res.labels, p) == expected, offset
+            checked += 1
+    assert checked >= len(KNOWN_POINTS) - 2
+
+
+def test_patient_axis_ignores_a_tilted_ivc_inferior_and_ivc_axis_follows_it():
+    marks = box_landmarks()
+    tilted = {**marks, "IVC_inferior": marks["IVC_inferior"] + [12.0, 0.0, 0.0]}  # 8.5° tilt, same height
+    liver = box_liver()
+    a = couinaud.map_couinaud(liver, marks, method="planes")
+    b = couinaud.map_couinaud(liver, tilted, method="planes")
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(a.labels), sitk.GetArrayViewFromImage(b.labels))
+    c = couinaud.map_couinaud(liver, tilted, method="planes", axis="ivc")
+    assert np.count_nonzero(sitk.GetArrayViewFromImage(c.labels) != sitk.GetArrayViewFromImage(a.labels)) > 1000
+    with pytest.raises(InputError, match="Unknown axis"):
+        couinaud.map_couinaud(liver, marks, axis="scanner")
 
 
 def test_flipped_storage_gives_the_same_labels_at_the_same_places():
@@ -157,7 +186,7 @@ def test_missing_optional_landmarks_warn_and_say_what_the_result_becomes():
     del marks["UP"], marks["IVC_inferior"]
     warnings = couinaud.check_landmarks(marks)
     assert any("UP" in w and "LHV plane alone" in w for w in warnings)
-    assert any("IVC_inferior" in w and "superior–inferior axis" in w for w in warnings)
+    assert any("IVC_inferior" in w and "segment I ends below" in w for w in warnings)
     res = couinaud.map_couinaud(box_liver(), marks, method="planes")
     assert set(res.missing_landmarks) == {"UP", "IVC_inferior"}
     assert any("UP" in w for w in res.warnings)

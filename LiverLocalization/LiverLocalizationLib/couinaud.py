@@ -5,9 +5,11 @@ Everything is computed in physical LPS millimetres, from the voxel centres of th
 
 Geometry (domain.md §1, docs/couinaud_geometry.md):
 
-* **IVC axis.** The line through ``IVC`` (hepatic-vein confluence) and ``IVC_inferior`` (lower end of
-  segment I); without ``IVC_inferior`` the patient's superior–inferior axis (LPS +z) through ``IVC``.
-  Heights ``h`` are measured along this axis from ``IVC``; "horizontal" means perpendicular to it.
+* **Axis.** A vertical line through ``IVC`` (hepatic-vein confluence). By default (``axis='patient'``) its
+  direction is the patient's superior–inferior axis (LPS +z): measured more accurate and far less
+  sensitive to click errors than the line through ``IVC`` and ``IVC_inferior`` (two points 5–7 cm apart:
+  5 mm of error tilts it by 5°), which ``axis='ivc'`` uses when ``IVC_inferior`` is given.
+  Heights ``h`` are measured along the axis from ``IVC``; "horizontal" means perpendicular to it.
 * **Hepatic planes.** The three vertical planes through the IVC axis and ``RHV``, ``MHV``, ``LHV`` are
   half-planes at azimuths φ_R < φ_M < φ_L about the axis (azimuth 0 toward the RHV, increasing from the
   patient's right through anterior to the left). A voxel's azimuth puts it in one sector: right posterior
@@ -21,7 +23,7 @@ Geometry (domain.md §1, docs/couinaud_geometry.md):
 * **Segment I.** The dorsal region between the IVC axis and the portal bifurcation ``B`` (mid-point of
   RPV and LPV): an elliptic cylinder in the horizontal plane centred on the line from the axis to B,
   spanning ``CAUDATE_ALONG`` × D along it and ``CAUDATE_ACROSS`` × D across it (D = horizontal distance
-  axis–B), from the height of ``IVC_inferior`` to that of ``IVC``.
+  axis–B), from the height of ``IVC_inferior`` (lower end of segment I) to that of ``IVC``.
 
 Portal territories (``method='territories'``) refine the planes with a vessel mask: see `portal_territories`.
 """
@@ -40,6 +42,7 @@ from .errors import InputError
 Progress = Callable[[float, str], None]
 
 METHODS = ("auto", "planes", "territories")
+AXES = ("patient", "ivc")
 
 # Where each landmark goes (used in messages that ask the user to place it)
 LANDMARK_HELP = {
@@ -114,11 +117,16 @@ def _horizontal(v: np.ndarray, axis: np.ndarray) -> np.ndarray:
     return v - np.outer(v @ axis, axis) if v.ndim == 2 else v - (v @ axis) * axis
 
 
-def landmark_frame(landmarks: dict[str, np.ndarray]) -> LandmarkFrame:
-    """Build the IVC-axis frame from the landmarks (LPS mm). Assumes `check_landmarks` passed."""
+def landmark_frame(landmarks: dict[str, np.ndarray], axis: str = "patient") -> LandmarkFrame:
+    """Build the frame from the landmarks (LPS mm). Assumes `check_landmarks` passed.
+
+    axis: 'patient' (vertical = LPS +z through IVC) or 'ivc' (IVC_inferior → IVC when IVC_inferior is given).
+    """
+    if axis not in AXES:
+        raise InputError(f"Unknown axis {axis!r}; choose one of {', '.join(AXES)}.")
     pts = {k: np.asarray(v, dtype=float) for k, v in landmarks.items()}
     c = pts["IVC"]
-    if "IVC_inferior" in pts:
+    if axis == "ivc" and "IVC_inferior" in pts:
         axis = c - pts["IVC_inferior"]
         axis = axis / np.linalg.norm(axis)
         from_landmarks = True
@@ -205,8 +213,8 @@ def check_landmarks(landmarks: dict[str, np.ndarray], reference: sitk.Image | No
             raise InputError(f"The IVC axis (IVC_inferior → IVC) is tilted {tilt:.0f}° from the patient's "
                              "superior–inferior axis; both points must lie on the IVC, one above the other.")
     else:
-        warnings.append("No IVC_inferior landmark: the IVC axis is taken as the patient's superior–inferior axis "
-                        "through IVC, and segment I ends below at a height estimated from the portal bifurcation. "
+        warnings.append("No IVC_inferior landmark: segment I ends below at a height estimated from the portal "
+                        "bifurcation, and the axis is the patient's superior–inferior axis through IVC. "
                         "Place IVC_inferior " + LANDMARK_HELP["IVC_inferior"] + " for a better segment I.")
     if "UP" not in pts:
         warnings.append("No UP landmark: segment IV is separated from II/III by the LHV plane alone, also below "
@@ -338,7 +346,7 @@ def _summary(values: np.ndarray, voxel_ml: float) -> tuple[dict[str, float], dic
 
 
 def map_couinaud(liver_mask: sitk.Image, landmarks: dict[str, np.ndarray], vessel_mask: sitk.Image | None = None,
-                 method: str = "auto", progress: Progress | None = None) -> CouinaudResult:
+                 method: str = "auto", progress: Progress | None = None, axis: str = "patient") -> CouinaudResult:
     """Label every voxel of the liver mask (lesions and vessels inside it included) with Couinaud 1..8.
 
     Args:
@@ -348,7 +356,11 @@ def map_couinaud(liver_mask: sitk.Image, landmarks: dict[str, np.ndarray], vesse
         method: 'planes' (landmark planes only), 'territories' (planes refined by portal territories of the
             vessel mask; needs it), or 'auto' (see `choose_method`).
         progress: callback(fraction 0..1, message).
+        axis: 'patient' (default: vertical = the patient's S–I axis through IVC) or 'ivc' (the line
+            IVC_inferior → IVC; follows a tilted anatomy, but 5 mm of click error tilts it by about 5°).
     """
+    if axis not in AXES:
+        raise InputError(f"Unknown axis {axis!r}; choose one of {', '.join(AXES)}.")
     if method not in METHODS:
         raise InputError(f"Unknown Couinaud method {method!r}; choose one of {', '.join(METHODS)}.")
     if method == "territories" and vessel_mask is None:
@@ -362,7 +374,7 @@ def map_couinaud(liver_mask: sitk.Image, landmarks: dict[str, np.ndarray], vesse
     zyx, pts = liver_points(liver_mask)
     if pts.shape[0] == 0:
         raise InputError("The liver mask is empty: nothing to divide into Couinaud segments.")
-    frame = landmark_frame(landmarks)
+    frame = landmark_frame(landmarks, axis)
     if progress is not None:
         progress(0.3, "Couinaud: landmark planes")
     values = plane_labels(pts, frame)

@@ -84,16 +84,19 @@ def test_geometry_is_preserved_exactly_including_oblique(method):
     assert out.GetDirection() == noisy.GetDirection()
 
 
-def test_air_outside_the_body_box_is_copied_unchanged():
-    noisy, _, _ = _noisy_block()
+def test_air_and_table_outside_the_body_box_are_copied_unchanged():
+    noisy, _, _ = _noisy_block(size=(80, 40, 16))
     arr = sitk.GetArrayFromImage(noisy)
-    arr[:, :, :5] = -1000.0  # an air margin on one side
+    arr[:, :, :30] = -1000.0  # air on the patient's right
+    arr[:, :, 5:8] = 200.0  # a detached object (table, arm support) in the air
     img = sitk.GetImageFromArray(arr)
     img.CopyInformation(noisy)
-    out = sitk.GetArrayFromImage(denoise.denoise(img, "median"))
     start, size = denoise.body_bounding_box(img)
-    assert start[0] == 2  # 5 air columns, minus the 3-voxel margin
-    np.testing.assert_array_equal(out[:, :, :2], arr[:, :, :2])
+    assert 20 <= start[0] < 30  # the body starts at column 30, boxed at ~4 mm blocks plus a margin
+    assert start[0] + size[0] == 80 and size[1] == 40 and size[2] == 16
+    out = sitk.GetArrayFromImage(denoise.denoise(img, "median"))
+    np.testing.assert_array_equal(out[:, :, :start[0]], arr[:, :, :start[0]])
+    assert not np.array_equal(out[:, :, 40:], arr[:, :, 40:])
 
 
 def test_edge_preserving_filters_keep_the_border_steeper_than_the_median():

@@ -2,8 +2,9 @@
 
 Every function takes a SimpleITK image in Hounsfield units (any scalar pixel type, any spacing and
 direction) and returns a float32 image with exactly the input's geometry (size, spacing, origin,
-direction). Filters run only on the bounding box of the body (voxels above -500 HU plus a margin):
-air outside it is copied unchanged, which saves a third to a half of the time on typical CTs.
+direction). Filters run only on the bounding box of the body (the largest connected region above
+-500 HU, plus a margin): air and the table outside it are copied unchanged, which saves a third to a
+half of the time on typical CTs.
 
 `denoise_metrics` measures what a filter did: noise sigma inside homogeneous parenchyma, edge
 steepness at the liver border and PSNR against a noise-free reference (the phantom's `ct_clean`).
@@ -43,18 +44,33 @@ def _as_float(image: sitk.Image) -> sitk.Image:
 
 
 def body_bounding_box(image: sitk.Image, threshold_hu: float = BODY_THRESHOLD_HU, margin_voxels: int = 3):
-    """Index box (start_xyz, size_xyz) around every voxel above `threshold_hu`, with a margin; the whole image if none."""
-    arr = sitk.GetArrayViewFromImage(image)
+    """Index box (start_xyz, size_xyz) around the body: the largest connected region above `threshold_hu`.
+
+    Found on a block-averaged copy (about 4 mm voxels) so that it costs little; the table, the scanner's
+    field-of-view ring and other detached objects are left out. The margin is in voxels of the input;
+    the whole image when nothing is above the threshold.
+    """
+    from scipy import ndimage
+
     size = np.asarray(image.GetSize())
-    # project along axes instead of argwhere: cheap on 34 M voxels
-    above = arr > threshold_hu
-    zs = np.flatnonzero(above.any(axis=(1, 2)))
-    if zs.size == 0:
-        return (0, 0, 0), tuple(int(s) for s in size)
-    ys = np.flatnonzero(above.any(axis=(0, 2)))
-    xs = np.flatnonzero(above.any(axis=(0, 1)))
-    lo = np.array([xs[0], ys[0], zs[0]]) - margin_voxels
-    hi = np.array([xs[-1], ys[-1], zs[-1]]) + margin_voxels + 1
+    shrink = [int(max(1, min(8, round(4.0 / sp)))) for sp in image.GetSpacing()]
+    small = sitk.BinShrink(image, shrink) if max(shrink) > 1 else image
+    above = sitk.GetArrayViewFromImage(small) > threshold_hu
+    lab, n = ndimage.label(above)
+    if n == 0:
+        return (0, 0, 0), tuple(int(v) for v in size)
+    counts = np.bincount(lab.ravel())
+    counts[0] = 0
+    body = lab == int(np.argmax(counts))
+    zs = np.flatnonzero(body.any(axis=(1, 2)))
+    ys = np.flatnonzero(body.any(axis=(0, 2)))
+    xs = np.flatnonzero(body.any(axis=(0, 1)))
+    f = np.asarray(shrink)
+    lo = np.array([xs[0], ys[0], zs[0]]) * f - margin_voxels
+    last = np.array([xs[-1], ys[-1], zs[-1]])
+    hi = (last + 1) * f + margin_voxels
+    # BinShrink drops the remainder voxels: a body reaching the last block reaches the image's end
+    hi = np.where(last == np.asarray(body.shape[::-1]) - 1, size, hi)
     lo = np.maximum(lo, 0)
     hi = np.minimum(hi, size)
     return tuple(int(v) for v in lo), tuple(int(v) for v in hi - lo)

@@ -327,7 +327,7 @@ def test_full_size_matches_small_anatomy():
     full = generate_phantom(seed=2, size="full", n_lesions=2)
     nx, ny, nz = full.ct.GetSize()
     sx, sy, sz = full.ct.GetSpacing()
-    assert (nx, ny) == (512, 512) and 0.68 <= sx == sy <= 0.82 and 1.5 <= sz <= 2.5 and 80 <= nz <= 160
+    assert (nx, ny) == (512, 512) and 0.70 <= sx == sy <= 0.82 and 1.5 <= sz <= 2.5 and 80 <= nz <= 160
     assert full.liver_volume_ml == pytest.approx(small.liver_volume_ml, rel=0.03)
     for k in small.landmarks:
         np.testing.assert_allclose(full.landmarks[k], small.landmarks[k], atol=1e-6)

@@ -817,8 +817,8 @@ def _lesion_values(spec, X, Y, Z, liver_hu):
 def _design_grid(anat, coarse, size, oblique, flip, rng_img, centre, scale) -> _Grid:
     """Voxel grid covering the body in-plane and the liver with margins in z (physical LPS)."""
     zmin, zmax = float(coarse.Z.min()), float(coarse.Z.max())
-    qlo = np.array([-anat.body_ax - 6.0, -anat.body_ay_ant - 6.0, zmin - 18.0])
-    qhi = np.array([anat.body_ax + 6.0, anat.body_ay_post + 6.0, zmax + 22.0])
+    qlo = np.array([-anat.body_ax - 6.0, -anat.body_ay_ant - 6.0, zmin - 35.0])
+    qhi = np.array([anat.body_ax + 6.0, anat.body_ay_post + 6.0, zmax + 25.0])
     direction = np.eye(3)
     if oblique:
         a1, a2 = rng_img.uniform(10, 20, 2) * np.pi / 180 * rng_img.choice([-1, 1], 2)
@@ -835,7 +835,7 @@ def _design_grid(anat, coarse, size, oblique, flip, rng_img, centre, scale) -> _
         spacing = np.array([2.0, 2.0, 2.5])
         n = np.ceil(extent / spacing).astype(int) + 1
     else:
-        inplane = float(np.clip(max(extent[0], extent[1]) / 511.0, 0.68, 0.82))
+        inplane = float(np.clip(max(extent[0], extent[1]) / 511.0, 0.70, 0.82))
         spacing = np.array([inplane, inplane, slice_mm])
         n = np.array([512, 512, int(np.ceil(extent[2] / slice_mm)) + 1])
     half = (n - 1) * spacing / 2.0
@@ -1077,7 +1077,7 @@ def generate_phantom(seed: int = 0, size: str = "small", oblique: bool = False, 
     ----------
     seed: anatomy, lesions and noise all follow from it (bitwise reproducible).
     size: 'small' (2 x 2 x 2.5 mm voxels, whole body cross-section, liver with margins in z) or
-        'full' (512 x 512 in plane at 0.68-0.82 mm, slices 1.5-2.5 mm chosen by seed).
+        'full' (512 x 512 in plane at 0.70-0.82 mm, slices 1.5-2.5 mm chosen by seed).
     oblique: store with a direction matrix rotated 10-20 degrees about two axes (anatomy unchanged).
     flip: store with axes x and y reversed (direction diag(-1, -1, 1), like a RAS-ordered NIfTI).
     n_lesions: number of lesions (0-12); None draws 0-6 by seed (most seeds get at least 2).

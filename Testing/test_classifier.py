@@ -139,7 +139,7 @@ def test_wrong_shapes_and_missing_keys_are_refused(tmp_path):
     path.with_suffix(".json").write_text(json.dumps(card))
     with pytest.raises(InputError, match="wrong shapes"):
         classifier.load_model(path)
-    state = {k: v for k, v in classifier.build_model().state_dict().items() if not k.startswith("head")}
+    state = {k: v for k, v in classifier.build_model().state_dict().items() if not k.startswith("head.fc")}
     partial = tmp_path / "partial.safetensors"
     save_file(state, str(partial))
     partial.with_suffix(".json").write_text(json.dumps(card))
@@ -210,3 +210,85 @@ def test_gradcam_shape_range_and_target():
     assert cams[0].max() == 1.0 or not cams[0].any()
     assert not np.allclose(cams[0], cams[1])
     assert net.training  # restored
+
+
+# ----------------------------------------------------------------------------- on phantoms
+
+def test_detected_lesion_patches_are_matched_to_the_truth():
+    from LiverLocalizationLib import classifier_training as T
+    from LiverLocalizationLib import phantom
+
+    data = T.case_patches(5, "small", use_detected=True, include_missed=False, n_lesions=6, keep_truth_patches=True)
+    ph = phantom.generate_phantom(5, size="small", n_lesions=6)
+    kinds = {row["id"]: row["kind"] for row in ph.lesions}
+    stats = data.stats[5]
+    detected = data.sources == "detected"
+    assert stats["truth"] == len(ph.lesions) and stats["matched"] == detected.sum() >= 1
+    assert (data.sources == "truth-all").sum() == len(ph.lesions)
+    assert set(data.sources) <= {"detected", "truth-all"}
+    for src, truth_id, label, x in zip(data.sources, data.lesion_ids, data.labels, data.patches):
+        assert classifier.KINDS[label] == kinds[truth_id]
+        c = x.shape[-1] // 2
+        assert x[1, c - 2:c + 3, c - 2:c + 3, c - 2:c + 3].mean() > 0.5, f"{src} patch of lesion {truth_id} not centred"
+
+
+def test_tiny_training_run_on_phantoms_learns(tmp_path):
+    from LiverLocalizationLib import classifier_training as T
+
+    progress = []
+    card = T.train(tmp_path, n_cases=10, epochs=12, seed=1, use_detected=False, lesions_per_case=10,
+                   patch={"size": 24}, architecture={"widths": [8, 16, 32]}, n_bootstrap=50, batch_size=8,
+                   progress=lambda f, m: progress.append(f))
+    split = card["data"]["case_seeds"]
+    assert not (set(split["train"]) & set(split["test"])) and not (set(split["train"]) & set(split["validation"]))
+    losses = card["training"]["history"]["train_loss"]
+    assert np.mean(losses[-3:]) < 0.85 * losses[0], losses
+    test = card["metrics"]["test"]
+    counts = card["data"]["kind_counts"]["test"]
+    majority = max(counts.values()) / sum(counts.values())
+    assert test["n_lesions"] >= 10
+    assert test["kind_accuracy"] > max(0.25, majority), (test, counts)
+    for name in ("lesion_classifier.safetensors", "lesion_classifier.json", "training_curves.png", "confusion_matrix.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    model = classifier.load_model(tmp_path / "lesion_classifier.safetensors")
+    assert model.patch["size"] == 24 and model.temperature == card["temperature"]
+    assert progress[-1] == 1.0 and all(b >= a for a, b in zip(progress, progress[1:]))
+
+
+def _shipped_card() -> dict:
+    if not classifier.DEFAULT_WEIGHTS.is_file():
+        pytest.fail(f"the shipped weights {classifier.DEFAULT_WEIGHTS} are missing")
+    return json.loads(classifier.model_card_path(classifier.DEFAULT_WEIGHTS).read_text())
+
+
+def test_shipped_model_gradcam_lies_in_and_around_the_lesion():
+    from LiverLocalizationLib import phantom
+
+    card = _shipped_card()
+    model = classifier.load_model()
+    seed = card["data"]["case_seeds"]["test"][0]          # a case the model never trained on
+    ph = phantom.generate_phantom(seed, size="small", n_lesions=6)
+    fractions, uniform = [], []
+    for row in ph.lesions:
+        x = classifier.extract_patch(ph.ct, ph.truth_lesions, row["id"], model.patch)
+        cam = classifier.gradcam(model, x)
+        fractions.append(classifier.gradcam_mass_near_lesion(cam, x[1]))
+        uniform.append(classifier.gradcam_mass_near_lesion(np.ones_like(cam), x[1]))
+    assert len(fractions) >= 3
+    assert np.nanmean(fractions) > 0.5, fractions
+    assert np.nanmean(fractions) > 2 * np.mean(uniform)
+
+
+@pytest.mark.slow
+def test_shipped_weights_reproduce_the_model_card_metrics(tmp_path):
+    from LiverLocalizationLib import classifier_training as T
+
+    card = _shipped_card()
+    seeds = card["data"]["case_seeds"]["test"]
+    report = T.evaluate(None, seeds, tmp_path, n_lesions=card["data"]["lesions_per_training_case"], n_bootstrap=50)
+    for key, tol in (("kind_accuracy", 0.08), ("malignant_auc", 0.05), ("malignant_accuracy", 0.08)):
+        assert report["headline_true_masks"][key] == pytest.approx(card["metrics"]["test_true_masks"][key], abs=tol), key
+        assert report["headline"][key] == pytest.approx(card["metrics"]["test"][key], abs=tol + 0.05), key
+    assert (tmp_path / "evaluation.json").is_file() and (tmp_path / "confusion_matrix.png").is_file()
+    with pytest.raises(InputError, match="used to train"):
+        T.evaluate(None, card["data"]["case_seeds"]["train"][:1], tmp_path)

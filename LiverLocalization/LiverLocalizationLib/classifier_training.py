@@ -70,52 +70,61 @@ class LesionDataset:
                                ("patches", "labels", "case_ids", "lesion_ids", "sources", "diameters_mm")), stats)
 
 
-def _detect_lesions(ph, size: str):
-    """Detected lesion instances of a phantom, the way the pipeline finds them (None when no detector exists)."""
-    try:
-        from . import denoise, tissue_model
-    except ImportError:
-        return None
-    denoised = denoise.denoise(ph.ct, "median", median_radius_mm=1.0)
-    result = tissue_model.segment_tissues(denoised, ph.landmarks, None)
-    return result.lesion_labels
+def detect_lesions(ct, landmarks):
+    """Lesion instances found the way the pipeline finds them (median denoising, 1 mm, then EM tissues)."""
+    from . import denoise, tissue_model
+
+    denoised = denoise.denoise(ct, "median", median_radius_mm=1.0)
+    return tissue_model.segment_tissues(denoised, landmarks, None).lesion_labels
 
 
 def case_patches(seed: int, size: str = "small", use_detected: bool = True, include_missed: bool = True,
-                 n_lesions: int | None = None, patch: dict | None = None) -> LesionDataset:
-    """Patches of one phantom case (see the module docstring for how masks are chosen)."""
+                 n_lesions: int | None = None, patch: dict | None = None,
+                 keep_truth_patches: bool = False) -> LesionDataset:
+    """Patches of one phantom case (see the module docstring and `build_dataset`).
+
+    Sources: 'detected' (detected mask matched to a true lesion), 'truth' (true mask of a missed lesion,
+    include_missed; or every lesion when use_detected is False), 'truth-all' (keep_truth_patches: every true
+    lesion again with its true mask, to measure the classifier apart from detection).
+    """
     from . import phantom
 
     ph = phantom.generate_phantom(int(seed), size=size, n_lesions=n_lesions)
     truth_rows = {int(row["id"]): row for row in ph.lesions}
     items: list[tuple[np.ndarray, int, int, str, float]] = []
-    detected = _detect_lesions(ph, size) if use_detected else None
+
+    def add(mask, mask_id, truth_id, source):
+        row = truth_rows[int(truth_id)]
+        items.append((classifier.extract_patch(ph.ct, mask, mask_id, patch), KINDS.index(row["kind"]), int(truth_id),
+                      source, float(row.get("diameter_mm", np.nan))))
+
     used_truth: set[int] = set()
     stats = {"truth": len(truth_rows), "detected": 0, "matched": 0, "false_positives": 0}
-    if detected is not None:
+    if use_detected:
+        detected = detect_lesions(ph.ct, ph.landmarks)
         match = M.match_instances(detected, ph.truth_lesions)
         stats.update(detected=len(match["pairs"]) + len(match["false_positives"]), matched=len(match["pairs"]),
                      false_positives=len(match["false_positives"]))
         for det_id, truth_id, _ in match["pairs"]:
-            row = truth_rows[int(truth_id)]
-            items.append((classifier.extract_patch(ph.ct, detected, det_id, patch), KINDS.index(row["kind"]),
-                          int(truth_id), "detected", float(row.get("diameter_mm", np.nan))))
+            add(detected, det_id, truth_id, "detected")
             used_truth.add(int(truth_id))
-    if detected is None or include_missed:
-        for truth_id, row in truth_rows.items():
-            if truth_id in used_truth:
-                continue
-            items.append((classifier.extract_patch(ph.ct, ph.truth_lesions, truth_id, patch), KINDS.index(row["kind"]),
-                          truth_id, "truth", float(row.get("diameter_mm", np.nan))))
-    n = int(classifier.PATCH_DEFAULTS["size"] if patch is None else patch.get("size", classifier.PATCH_DEFAULTS["size"]))
+    if not use_detected or include_missed:
+        for truth_id in truth_rows:
+            if truth_id not in used_truth:
+                add(ph.truth_lesions, truth_id, truth_id, "truth")
+    if use_detected and keep_truth_patches:
+        for truth_id in truth_rows:
+            add(ph.truth_lesions, truth_id, truth_id, "truth-all")
+    n = int({**classifier.PATCH_DEFAULTS, **(patch or {})}["size"])
     patches = np.stack([it[0] for it in items]) if items else np.zeros((0, 2, n, n, n), np.float32)
     return LesionDataset(patches, np.array([it[1] for it in items], int), np.full(len(items), int(seed)),
-                         np.array([it[2] for it in items], int), np.array([it[3] for it in items], dtype="<U8"),
+                         np.array([it[2] for it in items], int), np.array([it[3] for it in items], dtype="<U9"),
                          np.array([it[4] for it in items], float), {int(seed): stats})
 
 
 def build_dataset(seeds: Sequence[int], size: str = "small", use_detected: bool = True, progress: Progress | None = None,
-                  include_missed: bool = True, n_lesions: int | None = None, patch: dict | None = None) -> LesionDataset:
+                  include_missed: bool = True, n_lesions: int | None = None, patch: dict | None = None,
+                  keep_truth_patches: bool = False) -> LesionDataset:
     """Patches of several phantom cases (one case per seed), with kind labels and case ids.
 
     Args:
@@ -126,13 +135,14 @@ def build_dataset(seeds: Sequence[int], size: str = "small", use_detected: bool 
         include_missed: also add true lesions the detector missed (true masks). Use it for training cases only.
         n_lesions: lesions per phantom (None: the phantom's own random 0–6).
         patch: patch settings (default `classifier.PATCH_DEFAULTS`).
+        keep_truth_patches: also add every true lesion with its true mask (source 'truth-all').
     """
     parts = []
     seeds = [int(s) for s in seeds]
     for i, seed in enumerate(seeds):
         if progress is not None:
             progress(i / max(1, len(seeds)), f"phantom case {seed} ({i + 1}/{len(seeds)})")
-        parts.append(case_patches(seed, size, use_detected, include_missed, n_lesions, patch))
+        parts.append(case_patches(seed, size, use_detected, include_missed, n_lesions, patch, keep_truth_patches))
     if progress is not None:
         progress(1.0, f"{sum(len(p) for p in parts)} lesion patches from {len(seeds)} cases")
     if not parts:
@@ -162,7 +172,7 @@ def training_seeds(n_cases: int, seed: int = 0) -> list[int]:
 # ----------------------------------------------------------------------------- augmentation
 
 def augment(x, generator, max_rotation_deg: float = 15.0, scale_range: float = 0.1, shift_vox: float = 1.5,
-            hu_jitter: float = 0.1, contrast_jitter: float = 0.08, noise_max: float = 0.15):
+            hu_jitter: float = 0.1, contrast_jitter: float = 0.08, noise_max: float = 0.1):
     """Random flips (each axis), small rotations and scaling, shifts, HU offset/contrast jitter and noise.
 
     x: torch tensor (batch, 2, s, s, s); channel 0 = normalised HU, channel 1 = mask. Deterministic for a
@@ -299,11 +309,20 @@ def classification_metrics(probabilities: np.ndarray, y: np.ndarray, case_ids: n
     specificity, precision, f1, roc_auc: [estimate, lo, hi]}}}, "malignant": {accuracy, sensitivity, specificity,
     precision, f1, roc_auc, ece: [estimate, lo, hi], counts}, "ece_top_label"}. Malignant = p(metastasis)+p(hcc) ≥ 0.5.
     """
-    probabilities = np.asarray(probabilities, float)
+    probabilities = np.asarray(probabilities, float).reshape(-1, len(KINDS))
     y = np.asarray(y, int)
-    pred = probabilities.argmax(1) if len(y) else np.zeros(0, int)
+    if len(y) == 0:
+        nan3 = [float("nan")] * 3
+        return {"n_lesions": 0, "n_cases": 0,
+                "kinds": {"accuracy": nan3, "macro_f1": float("nan"), "confusion_matrix": np.zeros((4, 4), int).tolist(),
+                          "per_kind": {k: {"sensitivity": nan3, "specificity": nan3, "precision": nan3, "f1": nan3,
+                                           "roc_auc": nan3, "n": 0} for k in KINDS}},
+                "malignant": {**{k: nan3 for k in ("accuracy", "sensitivity", "specificity", "precision", "f1",
+                                                   "roc_auc", "ece")}, "counts": {"tp": 0, "tn": 0, "fp": 0, "fn": 0}},
+                "ece_top_label": float("nan")}
+    pred = probabilities.argmax(1)
     malignant_cols = [i for i, k in enumerate(KINDS) if k in labels.MALIGNANT_KINDS]
-    p_mal = probabilities[:, malignant_cols].sum(1) if len(y) else np.zeros(0)
+    p_mal = probabilities[:, malignant_cols].sum(1)
     y_mal = np.isin(y, malignant_cols)
 
     def ci(stat):
@@ -326,7 +345,7 @@ def classification_metrics(probabilities: np.ndarray, y: np.ndarray, case_ids: n
     malignant["roc_auc"] = ci(lambda idx: M.roc_auc(y_mal[idx], p_mal[idx]))
     malignant["ece"] = ci(lambda idx: M.expected_calibration_error(y_mal[idx], p_mal[idx]))
     malignant["counts"] = {k: M.binary_report(y_mal, mal_decision)[k] for k in ("tp", "tn", "fp", "fn")}
-    top = probabilities.max(1) if len(y) else np.zeros(0)
+    top = probabilities.max(1)
     return {
         "n_lesions": int(len(y)), "n_cases": int(len(np.unique(case_ids))),
         "kinds": {"accuracy": ci(lambda idx: float(np.mean(pred[idx] == y[idx])) if len(idx) else float("nan")),
@@ -391,16 +410,19 @@ def _sub(progress: Progress | None, start: float, stop: float) -> Progress | Non
 
 def train(out_dir, n_cases: int = 120, epochs: int = 30, seed: int = 0, progress: Progress | None = None,
           size: str = "small", use_detected: bool = True, lesions_per_case: int | None = TRAIN_LESIONS_PER_CASE,
-          n_bootstrap: int = N_BOOTSTRAP) -> dict:
+          n_bootstrap: int = N_BOOTSTRAP, architecture: dict | None = None, patch: dict | None = None,
+          batch_size: int = 32) -> dict:
     """Generate phantom cases, split them by case, train, calibrate, test; write weights, model card and figures.
 
     Writes to out_dir: ``lesion_classifier.safetensors``, ``lesion_classifier.json`` (model card: data,
     seeds, split, architecture, patch geometry, temperature, metrics on the held-out test cases, date, versions),
     ``training_curves.png``, ``confusion_matrix.png``. Returns the model card.
 
-    Cases: `training_seeds(n_cases, seed)`; the training and validation phantoms carry `lesions_per_case`
-    lesions each; the test phantoms keep the phantom's own random lesion count (0–6) so that the test set
-    looks like the cases the pipeline meets. Test and validation patches come from detected lesions only.
+    Cases: `training_seeds(n_cases, seed)`, each phantom with `lesions_per_case` lesions (None: the
+    phantom's own 0–6). Validation and test patches come from detected lesions only (what the pipeline
+    classifies); the model card also reports the test cases' metrics with the true masks of all their
+    lesions (the classifier alone, detection aside). `architecture`, `patch` override
+    `classifier.ARCHITECTURE_DEFAULTS` / `PATCH_DEFAULTS` (smaller ones make quick test runs).
     """
     import torch
 
@@ -411,31 +433,40 @@ def train(out_dir, n_cases: int = 120, epochs: int = 30, seed: int = 0, progress
         raise InputError(f"{n_cases} cases are too few; train on at least 3 phantom cases (120 for the shipped model).")
     if epochs < 1:
         raise InputError("Train for at least one epoch.")
+    arch = {**classifier.ARCHITECTURE_DEFAULTS, **(architecture or {})}
+    patch = {**classifier.PATCH_DEFAULTS, **(patch or {})}
     seeds = training_seeds(n_cases, seed)
     split = split_cases(seeds, seed)
-    train_set = build_dataset(split["train"], size, use_detected, _sub(progress, 0.0, 0.3), include_missed=True,
-                              n_lesions=lesions_per_case)
-    val_set = build_dataset(split["validation"], size, use_detected, _sub(progress, 0.3, 0.35), include_missed=not use_detected,
-                            n_lesions=lesions_per_case)
-    test_set = build_dataset(split["test"], size, use_detected, _sub(progress, 0.35, 0.4), include_missed=not use_detected)
+    sets = {}
+    for name, (lo, hi) in (("train", (0.0, 0.3)), ("validation", (0.3, 0.35)), ("test", (0.35, 0.4))):
+        sets[name] = build_dataset(split[name], size, use_detected, _sub(progress, lo, hi),
+                                   include_missed=(name == "train") or not use_detected, n_lesions=lesions_per_case,
+                                   patch=patch, keep_truth_patches=(name == "test"))
+    train_set, val_set = sets["train"], sets["validation"]
+    test_all = sets["test"]
+    test_set = test_all.subset(np.flatnonzero(test_all.sources != "truth-all")) if use_detected else test_all
+    test_truth = test_all.subset(np.flatnonzero(test_all.sources == "truth-all")) if use_detected else test_all
     t_data = time.perf_counter() - t_start
     if len(train_set) == 0 or len(np.unique(train_set.labels)) < 2:
         raise InputError("The training cases hold fewer than two lesion kinds; use more cases.")
-    net, history = fit(train_set, val_set, epochs=epochs, seed=seed, progress=_sub(progress, 0.4, 0.95))
+    net, history = fit(train_set, val_set, epochs=epochs, seed=seed, batch_size=batch_size, architecture=arch,
+                       progress=_sub(progress, 0.4, 0.95))
     val_logits = _predict_logits(net, val_set.patches)
     temperature = fit_temperature(val_logits, val_set.labels)
-    test_probs = classifier.softmax(_predict_logits(net, test_set.patches) / temperature)
-    detail = classification_metrics(test_probs, test_set.labels, test_set.case_ids, n_bootstrap, seed)
-    detail["gradcam"] = gradcam_localisation(classifier.LesionClassifier(net, {"temperature": temperature}),
-                                             test_set.patches)
+    trained = classifier.LesionClassifier(net, {"temperature": temperature, "patch": patch})
+    detail = classification_metrics(trained.predict_proba(test_set.patches), test_set.labels, test_set.case_ids,
+                                    n_bootstrap, seed)
+    detail["gradcam"] = gradcam_localisation(trained, test_set.patches)
+    detail_truth = classification_metrics(trained.predict_proba(test_truth.patches), test_truth.labels,
+                                          test_truth.case_ids, n_bootstrap, seed)
     if progress is not None:
         progress(0.97, "writing weights, model card and figures")
     card = {
         "name": "LiverLocalization lesion classifier",
         "kinds": list(KINDS),
         "malignant_kinds": sorted(labels.MALIGNANT_KINDS),
-        "architecture": dict(classifier.ARCHITECTURE_DEFAULTS),
-        "patch": dict(classifier.PATCH_DEFAULTS),
+        "architecture": arch,
+        "patch": patch,
         "temperature": temperature,
         "n_parameters": int(sum(p.numel() for p in net.parameters())),
         "data": {
@@ -444,7 +475,8 @@ def train(out_dir, n_cases: int = 120, epochs: int = 30, seed: int = 0, progress
                      if use_detected else "true lesion masks",
             "lesions_per_training_case": lesions_per_case,
             "case_seeds": {k: v for k, v in split.items()},
-            "n_patches": {"train": len(train_set), "validation": len(val_set), "test": len(test_set)},
+            "n_patches": {"train": len(train_set), "validation": len(val_set), "test": len(test_set),
+                          "test_true_masks": len(test_truth)},
             "train_patches_by_mask": {s: int(np.sum(train_set.sources == s)) for s in ("detected", "truth")},
             "kind_counts": {name: {kind: int(np.sum(d.labels == k)) for k, kind in enumerate(KINDS)}
                             for name, d in (("train", train_set), ("validation", val_set), ("test", test_set))},
@@ -455,7 +487,8 @@ def train(out_dir, n_cases: int = 120, epochs: int = 30, seed: int = 0, progress
                      "n_cases": n_cases, "epochs": epochs, "seed": seed, "best_epoch": history["best_epoch"],
                      "history": {k: [round(float(v), 5) for v in vals] for k, vals in history.items() if isinstance(vals, list)},
                      "data_seconds": round(t_data, 1), "total_seconds": None},
-        "metrics": {"test": headline(detail), "test_detail": detail},
+        "metrics": {"test": headline(detail), "test_detail": detail,
+                    "test_true_masks": headline(detail_truth), "test_true_masks_detail": detail_truth},
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "versions": {"torch": torch.__version__, "python": platform.python_version(),
                      "liverlocalization": _package_version()},
@@ -499,40 +532,59 @@ def evaluation_seeds(weights_path=None, n_cases: int = 40, first_seed: int | Non
 
 
 def evaluate(weights_path, seeds: Sequence[int], out_dir, progress: Progress | None = None, size: str = "small",
-             use_detected: bool = True, n_bootstrap: int = N_BOOTSTRAP) -> dict:
+             use_detected: bool = True, n_lesions: int | None = None, n_bootstrap: int = N_BOOTSTRAP) -> dict:
     """Evaluate weights on phantom cases: kinds and malignant vs benign with 95 % case-bootstrap CIs.
 
-    Lesions are the detected ones matched to the truth (missed lesions and false-positive detections are
-    counted in ``detection``, not classified). Writes ``evaluation.json`` and ``confusion_matrix.png`` to
-    out_dir; returns the report (with ``summary``, readable lines).
+    Two sets of metrics: ``metrics`` on the detected lesions matched to the truth (what the pipeline
+    classifies; missed lesions and false-positive detections are counted in ``detection``), and
+    ``metrics_true_masks`` on every true lesion cut with its true mask (the classifier alone).
+    With use_detected=False only the latter. n_lesions: lesions per phantom (None: the phantom's own 0–6).
+    Writes ``evaluation.json`` and ``confusion_matrix.png`` to out_dir; returns the report (``summary``:
+    readable lines).
     """
     model = classifier.load_model(weights_path)
     case_seeds = model.card.get("data", {}).get("case_seeds", {})
     fitted = {s for name in ("train", "validation") for s in case_seeds.get(name, [])}
-    overlap = sorted(set(int(s) for s in seeds) & fitted)
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise InputError("No evaluation seeds given; give at least one case.")
+    overlap = sorted(set(seeds) & fitted)
     if overlap:
         raise InputError(f"Evaluation seeds {overlap[:10]} were used to train or calibrate this model; evaluate on "
                          "other seeds (the default picks seeds after the model card's; its test seeds are allowed).")
     data = build_dataset(seeds, size, use_detected, _sub(progress, 0.0, 0.85), include_missed=not use_detected,
-                         patch=model.patch)
+                         n_lesions=n_lesions, patch=model.patch, keep_truth_patches=use_detected)
     if progress is not None:
-        progress(0.9, f"classifying {len(data)} lesions")
+        progress(0.9, f"classifying {len(data)} lesion patches")
     probs = model.predict_proba(data.patches) if len(data) else np.zeros((0, len(KINDS)))
-    detail = classification_metrics(probs, data.labels, data.case_ids, n_bootstrap)
-    detail["gradcam"] = gradcam_localisation(model, data.patches)
+    main = data.sources != "truth-all"
+    truth = data.sources == ("truth-all" if use_detected else "truth")
+    detail = classification_metrics(probs[main], data.labels[main], data.case_ids[main], n_bootstrap)
+    detail["gradcam"] = gradcam_localisation(model, data.patches[main])
+    detail_truth = classification_metrics(probs[truth], data.labels[truth], data.case_ids[truth], n_bootstrap)
     report = {
         "weights": str(Path(weights_path or classifier.DEFAULT_WEIGHTS)),
         "weights_sha256": classifier.file_sha256(model.path),
-        "seeds": [int(s) for s in seeds], "size": size,
+        "seeds": seeds, "size": size, "lesions_per_case": n_lesions,
         "masks": "detected lesions matched to truth" if use_detected else "true lesion masks",
         "detection": _detection_totals(data.stats),
         "metrics": detail, "headline": headline(detail),
-        "lesions": [{"case": int(c), "truth_id": int(i), "kind": KINDS[int(y)], "predicted": KINDS[int(np.argmax(p))],
+        "metrics_true_masks": detail_truth, "headline_true_masks": headline(detail_truth),
+        "lesions": [{"case": int(c), "truth_id": int(i), "mask": str(src), "kind": KINDS[int(y)],
+                     "predicted": KINDS[int(np.argmax(p))],
                      "malignant_probability": float(model.malignant_probability(p[None])[0])}
-                    for c, i, y, p in zip(data.case_ids, data.lesion_ids, data.labels, probs)],
+                    for c, i, src, y, p in zip(data.case_ids, data.lesion_ids, data.sources, data.labels, probs)],
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    report["summary"] = summary_text(detail, f"Evaluation on {len(seeds)} phantom cases (seeds {min(seeds)}-{max(seeds)})")
+    title = f"{len(seeds)} phantom cases (seeds {min(seeds)}-{max(seeds)})"
+    det = report["detection"]
+    lines = []
+    if use_detected:
+        lines.append(f"Detection: {det['matched']} of {det['truth']} true lesions found, {det['false_positives']} false "
+                     "positive(s) (not classified).")
+        lines.append(summary_text(detail, f"Detected lesions, {title}"))
+    lines.append(summary_text(detail_truth, f"All lesions with their true masks, {title}"))
+    report["summary"] = "\n".join(lines)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     from .figures import classifier as figures
@@ -540,7 +592,8 @@ def evaluate(weights_path, seeds: Sequence[int], out_dir, progress: Progress | N
 
     write_json(report, out / "evaluation.json")
     figures.plot_confusion_matrix(np.asarray(detail["kinds"]["confusion_matrix"]), KINDS, out / "confusion_matrix.png",
-                                  title=f"evaluation (n={detail['n_lesions']} lesions, {detail['n_cases']} cases)")
+                                  title=f"{'detected' if use_detected else 'true-mask'} lesions "
+                                        f"(n={detail['n_lesions']}, {detail['n_cases']} cases)")
     if progress is not None:
         progress(1.0, "done")
     return report

@@ -815,22 +815,30 @@ def _lesion_values(spec, X, Y, Z, liver_hu):
 # ----------------------------------------------------------------------------- grid design
 
 def _design_grid(anat, coarse, size, oblique, flip, rng_img, centre, scale) -> _Grid:
-    """Voxel grid covering the body in-plane and the liver with margins in z (physical LPS)."""
+    """Voxel grid covering the body in-plane and the liver with margins in z (physical LPS).
+
+    A rotated (oblique) grid keeps the plain grid's extents along its own axes, enlarged only as far as
+    needed to hold the whole liver with a margin (body corners may be cut, as on a real oblique scan).
+    """
+    slice_mm = float(np.round(rng_img.uniform(1.5, 2.5) * 4) / 4)
+    angles = rng_img.uniform(10, 20, 2) * np.pi / 180 * rng_img.choice([-1, 1], 2)
     zmin, zmax = float(coarse.Z.min()), float(coarse.Z.max())
     qlo = np.array([-anat.body_ax - 6.0, -anat.body_ay_ant - 6.0, zmin - 35.0])
     qhi = np.array([anat.body_ax + 6.0, anat.body_ay_post + 6.0, zmax + 25.0])
-    direction = np.eye(3)
-    if oblique:
-        a1, a2 = rng_img.uniform(10, 20, 2) * np.pi / 180 * rng_img.choice([-1, 1], 2)
-        direction = _rotation(a1, 0.0, a2)
+    direction = _rotation(angles[0], 0.0, angles[1]) if oblique else np.eye(3)
     if flip:
         direction = direction @ np.diag([-1.0, -1.0, 1.0])
-    corners = np.array([[x, y, z] for x in (qlo[0], qhi[0]) for y in (qlo[1], qhi[1]) for z in (qlo[2], qhi[2])])
-    phys = centre + scale * corners
+
+    def box_corners(lo, hi):
+        return centre + scale * np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+
+    phys = box_corners(qlo, qhi)
     mid = 0.5 * (phys.min(axis=0) + phys.max(axis=0))
-    proj = (phys - mid) @ direction  # coordinates along the grid axes
-    extent = proj.max(axis=0) - proj.min(axis=0)
-    slice_mm = float(np.round(rng_img.uniform(1.5, 2.5) * 4) / 4)
+    half = 0.5 * (phys.max(axis=0) - phys.min(axis=0))
+    pts = coarse.points()
+    liver = box_corners(pts.min(axis=0) - 10.0, pts.max(axis=0) + 10.0)
+    need = np.abs((liver - mid) @ direction).max(axis=0)  # along the grid axes
+    extent = 2.0 * np.maximum(np.abs(direction.T) @ half if not oblique else half, need)
     if size == "small":
         spacing = np.array([2.0, 2.0, 2.5])
         n = np.ceil(extent / spacing).astype(int) + 1

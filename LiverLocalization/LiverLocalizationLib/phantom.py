@@ -51,7 +51,19 @@ UP_RADIUS = 62.0  # canonical distance (mm) of the umbilical portion's origin fr
 
 @dataclass
 class Phantom:
-    """A generated case: CT, ground truth label maps (CT geometry), lesion table and landmarks (LPS mm)."""
+    """A generated case: CT, ground truth label maps (CT geometry), lesion table and landmarks (LPS mm).
+
+    ct: int16 HU, blurred and noisy (what a scanner gives). ct_clean: float32 HU, blurred, noise-free.
+    truth_tissue: uint8, labels.TRUTH_* (0 background, 1 parenchyma, 2 lesion, 3 hepatic vein,
+        4 portal vein, 5 IVC); vessels are labelled wherever they run, inside the liver or not.
+    truth_couinaud: uint8 0 or 1..8 over the whole liver, lesions and intrahepatic vessels included
+        (the IVC and the extrahepatic portal trunk excluded).
+    truth_lesions: uint16 instance ids 1..n (voxels of labels.TRUTH_LESION).
+    lesions: one dict per lesion id: id, kind, malignant, volume_ml, diameter_mm (equivalent sphere),
+        centroid_ras (mm), couinaud_fractions ({"I": .., "VIII": ..}, sum 1), main_segment ("VII").
+    landmarks: labels.LANDMARK_NAMES → LPS mm, each inside its vessel's truth voxels.
+    liver_volume_ml: volume of truth_couinaud > 0. info: scale, Couinaud fractions, variant flags, HU values.
+    """
 
     ct: sitk.Image
     ct_clean: sitk.Image

@@ -5,7 +5,7 @@ detects them (median denoising, then `tissue_model.segment_tissues`), detections
 true lesions by overlap (`metrics.match_instances`) and each matched detection gives one patch
 (`classifier.extract_patch` on the original CT with the *detected* mask) labelled with the true kind.
 So training sees what inference sees. True lesions the detector missed are added to the training
-cases only (with their true masks), never to validation or test cases.
+and validation cases (with their true masks), never to test cases.
 
 Cases, never patches, are split into training, validation (early stopping and temperature
 calibration) and test sets; confidence intervals come from a bootstrap that resamples whole cases.
@@ -419,9 +419,10 @@ def train(out_dir, n_cases: int = 120, epochs: int = 30, seed: int = 0, progress
     ``training_curves.png``, ``confusion_matrix.png``. Returns the model card.
 
     Cases: `training_seeds(n_cases, seed)`, each phantom with `lesions_per_case` lesions (None: the
-    phantom's own 0–6). Validation and test patches come from detected lesions only (what the pipeline
-    classifies); the model card also reports the test cases' metrics with the true masks of all their
-    lesions (the classifier alone, detection aside). `architecture`, `patch` override
+    phantom's own 0–6). Training and validation patches: detected lesions, plus the missed ones with
+    their true masks (validation drives early stopping and the temperature, so it needs every kind). Test
+    metrics: on the detected lesions only (what the pipeline classifies), and on all test lesions with
+    their true masks (the classifier alone, detection aside). `architecture`, `patch` override
     `classifier.ARCHITECTURE_DEFAULTS` / `PATCH_DEFAULTS` (smaller ones make quick test runs).
     """
     import torch
@@ -440,7 +441,7 @@ def train(out_dir, n_cases: int = 120, epochs: int = 30, seed: int = 0, progress
     sets = {}
     for name, (lo, hi) in (("train", (0.0, 0.3)), ("validation", (0.3, 0.35)), ("test", (0.35, 0.4))):
         sets[name] = build_dataset(split[name], size, use_detected, _sub(progress, lo, hi),
-                                   include_missed=(name == "train") or not use_detected, n_lesions=lesions_per_case,
+                                   include_missed=(name != "test") or not use_detected, n_lesions=lesions_per_case,
                                    patch=patch, keep_truth_patches=(name == "test"))
     train_set, val_set = sets["train"], sets["validation"]
     test_all = sets["test"]
@@ -471,8 +472,10 @@ def train(out_dir, n_cases: int = 120, epochs: int = 30, seed: int = 0, progress
         "n_parameters": int(sum(p.numel() for p in net.parameters())),
         "data": {
             "source": f"LiverLocalization phantom, size {size!r}",
-            "masks": "detected lesions (median denoising + tissue_model.segment_tissues) matched to truth by IoU"
-                     if use_detected else "true lesion masks",
+            "masks": ("detected lesions (median denoising 1 mm + tissue_model.segment_tissues) matched to the truth by "
+                      "IoU; in training and validation cases, lesions the detector missed are added with their true "
+                      "masks; test metrics on detected lesions ('test') and on all lesions with true masks "
+                      "('test_true_masks')") if use_detected else "true lesion masks",
             "lesions_per_training_case": lesions_per_case,
             "case_seeds": {k: v for k, v in split.items()},
             "n_patches": {"train": len(train_set), "validation": len(val_set), "test": len(test_set),

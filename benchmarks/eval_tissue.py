@@ -73,8 +73,8 @@ def evaluate_real(method: str) -> dict | None:
     t1 = time.perf_counter()
     res = tissue_model.segment_tissues(den, landmarks)
     t2 = time.perf_counter()
-    truth = sitk.GetArrayViewFromImage(io.read_image(REAL / "mask_liver.nii.gz")) > 0
-    vessels = sitk.GetArrayViewFromImage(io.read_image(REAL / "mask_vessels_intrahepatic.nii.gz")) > 0
+    truth = sitk.GetArrayFromImage(io.read_image(REAL / "mask_liver.nii.gz")) > 0
+    vessels = sitk.GetArrayFromImage(io.read_image(REAL / "mask_vessels_intrahepatic.nii.gz")) > 0
     liver = sitk.GetArrayViewFromImage(res.liver_mask) > 0
     return {
         "case": "ircadb1_1 full",
@@ -95,19 +95,25 @@ def main(argv=None) -> int:
     parser.add_argument("--oblique", action="store_true")
     parser.add_argument("--flip", action="store_true")
     args = parser.parse_args(argv)
-    rows = [evaluate_phantom(s, args.size, args.method, args.oblique, args.flip) for s in args.seeds]
+    head = f"{'case':<24}{'liver':>7}{'lesion':>8}{'rec>=10':>8}{'truth':>6}{'FP':>4}{'vessel':>8}{'den s':>7}{'tis s':>7}  missed"
+    print(head)
+    print("-" * len(head), flush=True)
+
+    def show(r: dict) -> None:
+        print(f"{r['case']:<24}{r['liver_dice']:>7.3f}{r['lesion_dice']:>8.3f}{r['recall_ge10']:>8.2f}{r['n_truth']:>6}"
+              f"{r['fp']:>4}{r['vessel_dice']:>8.3f}{r['denoise_s']:>7.1f}{r['tissue_s']:>7.1f}  {r['missed']}", flush=True)
+
+    rows = []
+    for seed in args.seeds:
+        rows.append(evaluate_phantom(seed, args.size, args.method, args.oblique, args.flip))
+        show(rows[-1])
     if not args.no_real:
         real = evaluate_real(args.method)
         if real is None:
             print(f"(real case skipped: {REAL} not found)")
         else:
             rows.append(real)
-    head = f"{'case':<24}{'liver':>7}{'lesion':>8}{'rec>=10':>8}{'truth':>6}{'FP':>4}{'vessel':>8}{'den s':>7}{'tis s':>7}  missed"
-    print(head)
-    print("-" * len(head))
-    for r in rows:
-        print(f"{r['case']:<24}{r['liver_dice']:>7.3f}{r['lesion_dice']:>8.3f}{r['recall_ge10']:>8.2f}{r['n_truth']:>6}"
-              f"{r['fp']:>4}{r['vessel_dice']:>8.3f}{r['denoise_s']:>7.1f}{r['tissue_s']:>7.1f}  {r['missed']}")
+            show(real)
     ph = [r for r in rows if r["case"].startswith("phantom")]
     if ph:
         print(f"phantom mean: liver Dice {np.mean([r['liver_dice'] for r in ph]):.3f}, lesion Dice "

@@ -72,7 +72,8 @@ def classify_voxels(arr: np.ndarray, classes: np.ndarray | None, liver: np.ndarr
         model: a MixtureModel from `liver_mixture` (class names 'parenchyma', 'lesion-hypo', 'vessel', 'mixed').
         separation_sd: bound (in robust parenchyma sds) for judging voxels of 'mixed' classes, and the least
             contrast of a lesion's mean below the parenchyma.
-        rim_mm: voxels connected to a dark core within rim_mm (geodesic) join it when they are hyperdense
+        rim_mm: voxels connected to a dark core within rim_mm (or 3/4 of the core's equivalent radius when
+            larger; geodesic distance) join it when they are hyperdense
             (enhancing rims, nodules) or darker than half-way between the core's mean and the parenchyma
             (the half-maximum edge).
         max_outside_contact: largest fraction of a lesion's one-voxel shell allowed outside the liver.
@@ -99,7 +100,10 @@ def classify_voxels(arr: np.ndarray, classes: np.ndarray | None, liver: np.ndarr
     lesion = np.zeros(arr.shape, np.int32)
     next_id = 1
     for i, sl in enumerate(ndimage.find_objects(lab) if n else [], start=1):
-        sl = tuple(slice(max(0, s.start - 3), s.stop + 3) for s in sl)
+        if (lab[sl] == i).sum() < min_voxels:
+            continue
+        pad = [max(3, (s.stop - s.start)) for s in sl]
+        sl = tuple(slice(max(0, s.start - p), s.stop + p) for s, p in zip(sl, pad))
         comp = lab[sl] == i
         if comp.sum() < min_voxels:
             continue
@@ -116,7 +120,10 @@ def classify_voxels(arr: np.ndarray, classes: np.ndarray | None, liver: np.ndarr
         # enhancing rims and nodules (haemangioma) next to the dark core belong to the lesion
         # and so does the margin down to half the lesion's contrast (the half-maximum edge)
         allowed = (hyper[sl] | (arr[sl] < 0.5 * (mean_hu + mu))) & liver[sl]
-        grown = ndimage.binary_dilation(comp, structure=six, iterations=steps, mask=allowed) | comp
+        # (an enhancing periphery scales with the lesion: up to 3/4 of the core's equivalent radius)
+        radius_mm = (3.0 * comp.sum() * voxel_mm3 / (4.0 * np.pi)) ** (1.0 / 3.0)
+        n_steps = max(steps, int(round(0.75 * radius_mm / spacing_zyx.min())))
+        grown = ndimage.binary_dilation(comp, structure=six, iterations=n_steps, mask=allowed) | comp
         grown = ndimage.binary_fill_holes(grown)
         target = lesion[sl]
         target[grown & (target == 0)] = next_id

@@ -259,7 +259,7 @@ def extract_liver(ct: sitk.Image, landmarks: dict[str, np.ndarray] | None = None
         if added.any():  # lesions added at the border keep their extent (their intensity is not the liver's)
             add_img = sitk.GetImageFromArray(added.astype(np.float32))
             add_img.CopyInformation(small)
-            refined |= sitk.GetArrayViewFromImage(
+            refined |= sitk.GetArrayFromImage(
                 sitk.Resample(add_img, roi, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)) > 0.5
     else:
         refined = up_arr > 0.5
@@ -311,11 +311,13 @@ def dark_regions(arr: np.ndarray, parenchyma: np.ndarray, filled: np.ndarray, pa
     Candidates: voxels outside the parenchyma but inside its hole-filled version or within `hull_mm` of it,
     darker than parenchyma by `dark_sd` sds and above fat (`fat_hu`), in components touching the
     parenchyma. A component belongs to the liver when at least `min_liver_contact` of its one-voxel shell
-    is parenchyma: a tumour (even one bulging from the surface) is mostly surrounded by parenchyma,
-    while the gallbladder, bowel and the fat rim around the liver touch other tissue over much of their
-    surface in 3-D, even where a 2-D slice shows them enclosed.
+    is parenchyma: a tumour (even one bulging from the surface) is mostly surrounded by parenchyma, while the
+    gallbladder, bowel and the fat rim around the liver touch fat over much of their surface in 3-D,
+    even where a 2-D slice shows them enclosed. Rejected components are removed from the liver unless
+    they are 3-D holes of the parenchyma.
     Returns (accepted, rejected) voxel masks (bool, arr's shape).
     """
+    enclosed = ndimage.binary_fill_holes(parenchyma)  # 3-D holes: always the liver's
     near = filled | ndimage.binary_dilation(parenchyma, structure=_ball(hull_mm, spacing_zyx))
     dark = near & ~parenchyma & (arr > fat_hu) & (arr < par_mu - dark_sd * par_sd)
     six = ndimage.generate_binary_structure(3, 1)
@@ -329,12 +331,12 @@ def dark_regions(arr: np.ndarray, parenchyma: np.ndarray, filled: np.ndarray, pa
         sl = tuple(slice(max(0, s.start - 2), s.stop + 2) for s in sl)
         comp = lab[sl] == i
         shell = ndimage.binary_dilation(comp, structure=six) & ~comp
-        contact = (shell & parenchyma[sl]).sum()
+        contact = (shell & parenchyma[sl]).sum() / shell.sum()
         if contact == 0:
             continue
-        if contact / shell.sum() >= min_liver_contact:
+        if contact >= min_liver_contact:
             accepted[sl] |= comp
-        else:
+        elif not (comp & enclosed[sl]).all():
             rejected[sl] |= comp
     return accepted, rejected
 

@@ -1,0 +1,187 @@
+"""Liver extraction, lesions and vessels (segment_tissues) on the phantom and the real 2 mm crop; errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from LiverLocalizationLib import denoise, geometry, io, labels, lesions, metrics, tissue_model
+from LiverLocalizationLib.errors import InputError
+
+LIVER_TRUTH = [labels.TRUTH_PARENCHYMA, labels.TRUTH_LESION, labels.TRUTH_HEPATIC_VEIN, labels.TRUTH_PORTAL_VEIN]
+
+
+@pytest.fixture(scope="module")
+def phantom_run():
+    """Phantom seed 11 (small) with four cysts or metastases (the kinds with a dark core), denoised and segmented."""
+    from LiverLocalizationLib.phantom import generate_phantom
+
+    ph = generate_phantom(11, size="small", n_lesions=4, lesion_kinds=("cyst", "metastasis"))
+    den = denoise.denoise(ph.ct, "curvature")
+    return ph, den, tissue_model.segment_tissues(den, ph.landmarks)
+
+
+def _same_geometry_exactly(a: sitk.Image, b: sitk.Image) -> bool:
+    return (a.GetSize() == b.GetSize() and a.GetSpacing() == b.GetSpacing() and a.GetOrigin() == b.GetOrigin()
+            and a.GetDirection() == b.GetDirection())
+
+
+def test_phantom_liver_dice(phantom_run):
+    ph, _, res = phantom_run
+    truth = np.isin(sitk.GetArrayViewFromImage(ph.truth_tissue), LIVER_TRUTH)
+    assert metrics.dice(res.liver_mask, truth) >= 0.93
+
+
+def test_every_phantom_lesion_of_15_mm_is_detected(phantom_run):
+    ph, _, res = phantom_run
+    match = metrics.match_instances(res.lesion_labels, ph.truth_lesions)
+    found = {truth_id for _, truth_id, _ in match["pairs"]}
+    big = [row for row in ph.lesions if row["diameter_mm"] >= 15]
+    assert big, "the test phantom should hold lesions of 15 mm or more"
+    missed = [f"{row['kind']} {row['diameter_mm']:.0f} mm" for row in big if row["id"] not in found]
+    assert not missed, f"missed: {missed}"
+    assert len(match["false_positives"]) <= 1
+
+
+def test_outputs_types_values_and_geometry(phantom_run):
+    ph, _, res = phantom_run
+    for img, pixel in ((res.liver_mask, sitk.sitkUInt8), (res.tissue, sitk.sitkUInt8),
+                       (res.lesion_labels, sitk.sitkUInt16), (res.vessel_mask, sitk.sitkUInt8)):
+        assert img.GetPixelID() == pixel
+        assert _same_geometry_exactly(img, ph.ct)
+    tissue = sitk.GetArrayViewFromImage(res.tissue)
+    liver = sitk.GetArrayViewFromImage(res.liver_mask)
+    lesion = sitk.GetArrayViewFromImage(res.lesion_labels)
+    assert set(np.unique(tissue)) <= {0, 1, 2, 3}
+    np.testing.assert_array_equal(tissue > 0, liver > 0)
+    np.testing.assert_array_equal(tissue == labels.LESION, lesion > 0)
+    np.testing.assert_array_equal(tissue == labels.VESSEL, sitk.GetArrayViewFromImage(res.vessel_mask) > 0)
+    sizes = [int((lesion == i).sum()) for i in range(1, int(lesion.max()) + 1)]
+    assert sizes == sorted(sizes, reverse=True) and all(s > 0 for s in sizes)
+    assert {"liver_s", "em_fit_s", "mrf_s", "lesions_s"} <= set(res.timings)
+    assert res.model.n_classes >= 2 and "parenchyma" in res.model.names
+
+
+def test_vessels_overlap_the_true_vessels(phantom_run):
+    ph, _, res = phantom_run
+    truth = sitk.GetArrayViewFromImage(ph.truth_tissue)
+    vessels = np.isin(truth, [labels.TRUTH_HEPATIC_VEIN, labels.TRUTH_PORTAL_VEIN])
+    assert metrics.dice(res.vessel_mask, vessels) >= 0.5
+
+
+def test_measure_lesions_against_the_phantom_table(phantom_run):
+    ph, den, res = phantom_run
+    rows = lesions.measure_lesions(ph.truth_lesions, ph.ct)
+    assert [r["id"] for r in rows] == [r["id"] for r in ph.lesions]
+    for mine, truth in zip(rows, ph.lesions):
+        assert mine["volume_ml"] == pytest.approx(truth["volume_ml"], rel=0.02)
+        np.testing.assert_allclose(mine["centroid_ras"], truth["centroid_ras"], atol=1.5)
+        assert mine["max_diameter_mm"] >= 0.9 * truth["diameter_mm"]  # ellipsoids: longest axis >= sphere diameter
+
+
+def test_measure_lesions_of_a_sphere():
+    img = sitk.Image(40, 40, 40, sitk.sitkUInt16)
+    img.SetSpacing((1.0, 1.0, 1.0))
+    img.SetOrigin((10.0, 20.0, 30.0))
+    zz, yy, xx = np.indices((40, 40, 40))
+    ball = (zz - 20) ** 2 + (yy - 20) ** 2 + (xx - 20) ** 2 <= 10 ** 2
+    arr = np.where(ball, 1, 0).astype(np.uint16)
+    lab = sitk.GetImageFromArray(arr)
+    lab.CopyInformation(img)
+    ct = sitk.GetImageFromArray(np.where(ball, 30.0, 100.0).astype(np.float32))
+    ct.CopyInformation(img)
+    (row,) = lesions.measure_lesions(lab, ct)
+    assert row["volume_ml"] == pytest.approx(4 / 3 * np.pi * 1000 / 1000, rel=0.03)
+    np.testing.assert_allclose(row["centroid_ras"], [-30.0, -40.0, 50.0], atol=1e-6)  # LPS (30, 40, 50) in RAS
+    assert row["max_diameter_mm"] == pytest.approx(21.0, abs=1.0)
+    assert row["mean_hu"] == pytest.approx(30.0)
+
+
+def test_given_liver_mask_is_used_as_is(phantom_run):
+    ph, den, _ = phantom_run
+    truth = sitk.Cast(sitk.BinaryThreshold(ph.truth_tissue, 1, 4), sitk.sitkUInt8)
+    res = tissue_model.segment_tissues(den, ph.landmarks, truth, n_classes=3)
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(res.liver_mask), sitk.GetArrayViewFromImage(truth))
+    assert res.model.n_classes == 3
+
+
+def test_without_landmarks_the_right_upper_abdomen_heuristic_finds_the_liver(phantom_run):
+    from LiverLocalizationLib import liver
+
+    ph, den, _ = phantom_run
+    mask = liver.extract_liver(den, None)
+    truth = np.isin(sitk.GetArrayViewFromImage(ph.truth_tissue), LIVER_TRUTH)
+    assert metrics.dice(mask, truth) >= 0.90
+
+
+@pytest.mark.slow
+def test_oblique_phantom_keeps_geometry_and_accuracy():
+    from LiverLocalizationLib.phantom import generate_phantom
+
+    ph = generate_phantom(12, size="small", oblique=True, n_lesions=2, lesion_kinds=("cyst",))
+    res = tissue_model.segment_tissues(denoise.denoise(ph.ct, "curvature"), ph.landmarks)
+    assert _same_geometry_exactly(res.tissue, ph.ct) and _same_geometry_exactly(res.lesion_labels, ph.ct)
+    truth = np.isin(sitk.GetArrayViewFromImage(ph.truth_tissue), LIVER_TRUTH)
+    assert metrics.dice(res.liver_mask, truth) >= 0.93
+
+
+def test_real_crop_liver_dice(ircadb_crop_dir):
+    ct = io.read_image(ircadb_crop_dir / "ct.nii.gz")
+    landmarks = io.read_markups(ircadb_crop_dir / "landmarks.mrk.json")
+    truth = io.read_image(ircadb_crop_dir / "mask_liver.nii.gz")
+    res = tissue_model.segment_tissues(denoise.denoise(ct, "curvature"), landmarks)
+    assert metrics.dice(res.liver_mask, sitk.GetArrayViewFromImage(truth) > 0) >= 0.90
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+@pytest.fixture(scope="module")
+def small_ct():
+    rng = np.random.default_rng(0)
+    arr = np.full((20, 40, 40), -1000.0, np.float32)
+    arr[2:18, 10:35, 10:35] = 40.0 + rng.normal(0, 10, (16, 25, 25))
+    arr[5:15, 15:30, 15:30] = 105.0 + rng.normal(0, 10, (10, 15, 15))
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing((2.0, 2.0, 2.5))
+    return img
+
+
+def test_landmark_outside_the_image_is_an_input_error(small_ct):
+    with pytest.raises(InputError, match="outside the CT"):
+        tissue_model.segment_tissues(small_ct, {"IVC": np.array([500.0, 0.0, 0.0])})
+
+
+def test_landmark_in_air_is_an_input_error(small_ct):
+    air = geometry.index_to_lps(small_ct, [0, 0, 0])  # 20 mm from the body
+    with pytest.raises(InputError, match="not in or near soft tissue"):
+        tissue_model.segment_tissues(small_ct, {"IVC": air})
+
+
+def test_liver_mask_of_another_geometry_is_an_input_error(small_ct):
+    mask = sitk.Image(small_ct.GetSize(), sitk.sitkUInt8)
+    mask.SetSpacing((1.0, 1.0, 1.0))
+    with pytest.raises(InputError, match="geometry"):
+        tissue_model.segment_tissues(small_ct, None, mask)
+
+
+def test_empty_liver_mask_is_an_input_error(small_ct):
+    mask = sitk.Image(small_ct.GetSize(), sitk.sitkUInt8)
+    mask.CopyInformation(small_ct)
+    with pytest.raises(InputError, match="empty"):
+        tissue_model.segment_tissues(small_ct, None, mask)
+
+
+@pytest.mark.parametrize("problem", ["2d", "constant", "nan"])
+def test_bad_volumes_are_input_errors(problem, small_ct):
+    if problem == "2d":
+        img = sitk.Image(64, 64, sitk.sitkFloat32)
+    else:
+        arr = sitk.GetArrayFromImage(small_ct)
+        arr[:] = 50.0 if problem == "constant" else arr
+        if problem == "nan":
+            arr[3, 3, 3] = np.nan
+        img = sitk.GetImageFromArray(arr)
+        img.CopyInformation(small_ct)
+    with pytest.raises(InputError):
+        tissue_model.segment_tissues(img, None)

@@ -62,7 +62,7 @@ def _elongation(coords_zyx_mm: np.ndarray) -> float:
 
 
 def classify_voxels(arr: np.ndarray, classes: np.ndarray | None, liver: np.ndarray, model, spacing_xyz,
-                    *, min_lesion_volume_mm3: float = 100.0, separation_sd: float = 2.0, rim_mm: float = 3.0,
+                    *, min_lesion_volume_mm3: float = 100.0, separation_sd: float = 1.5, rim_mm: float = 3.0,
                     max_outside_contact: float = 0.35):
     """Split the liver's voxels into lesion instances and vessels.
 
@@ -144,7 +144,7 @@ def _tissue_inputs(ct: sitk.Image, liver_mask: sitk.Image):
     return ct, liver
 
 
-def liver_mixture(values: np.ndarray, n_classes: int | None = None, separation_sd: float = 2.0):
+def liver_mixture(values: np.ndarray, n_classes: int | None = None, separation_sd: float = 1.5):
     """EM mixture of liver intensities (HU) with the parenchyma anchored at robust statistics (module docstring).
 
     n_classes: total number of classes (anchor included); None chooses the free classes by BIC.

@@ -133,7 +133,7 @@ def liver_class_posterior(values: np.ndarray, model, classes: np.ndarray) -> np.
 
 def extract_liver(ct: sitk.Image, landmarks: dict[str, np.ndarray] | None = None, *,
                   working_spacing_mm: float = 2.5, roi_margin_mm: float = 150.0, seed_radius_mm: float = 20.0,
-                  erosion_mm: float = 6.0, separation_mm: float = 10.0, closing_mm: float = 5.0,
+                  erosion_mm: float = 6.0, separation_mm: float = 0.0, closing_mm: float = 8.0,
                   mrf_beta: float = 1.0, dark_sd: float = 3.0,
                   progress: Progress | None = None) -> sitk.Image:
     """Liver mask (uint8 0/1, exactly the CT's geometry) of a (denoised) contrast-enhanced CT in HU.
@@ -147,7 +147,8 @@ def extract_liver(ct: sitk.Image, landmarks: dict[str, np.ndarray] | None = None
         seed_radius_mm: radius of the balls around landmarks used for the parenchyma statistics and as seeds.
         erosion_mm: erosion radius that separates the liver from touching organs (undone by geodesic dilation).
         separation_mm: erosion radius of the markers of a watershed that cuts the liver from touching organs
-            at necks (`separate_at_necks`); 0 disables it.
+            at necks (`separate_at_necks`); 0 (default) disables it: on ircadb1_1 it removed a duodenal leak
+            on the 2 mm crop (Dice 0.899 → 0.911) but cut liver away at full resolution (0.911 → 0.875).
         closing_mm: closing radius that brings border notches (vessels, lesions) into the liver.
         mrf_beta: strength of the mean-field smoothing of the liver-class posterior.
     Raises InputError when no liver-like tissue is found near the seeds.

@@ -502,8 +502,12 @@ def train(out_dir, n_cases: int = 120, epochs: int = 30, seed: int = 0, progress
     from .figures import classifier as figures
 
     figures.plot_training_curves(history, out / "training_curves.png")
-    figures.plot_confusion_matrix(np.asarray(detail["kinds"]["confusion_matrix"]), KINDS, out / "confusion_matrix.png",
-                                  title=f"held-out test cases (n={detail['n_lesions']} lesions, {detail['n_cases']} cases)")
+    figures.plot_confusion_matrices(
+        [(np.asarray(detail["kinds"]["confusion_matrix"]),
+          f"test, detected lesions (n={detail['n_lesions']}, {detail['n_cases']} cases)"),
+         (np.asarray(detail_truth["kinds"]["confusion_matrix"]),
+          f"test, true masks (n={detail_truth['n_lesions']}, {detail_truth['n_cases']} cases)")],
+        KINDS, out / "confusion_matrix.png")
     if progress is not None:
         progress(1.0, "done")
     return json.loads(classifier.model_card_path(weights).read_text())
@@ -594,9 +598,12 @@ def evaluate(weights_path, seeds: Sequence[int], out_dir, progress: Progress | N
     from .pipeline import write_json
 
     write_json(report, out / "evaluation.json")
-    figures.plot_confusion_matrix(np.asarray(detail["kinds"]["confusion_matrix"]), KINDS, out / "confusion_matrix.png",
-                                  title=f"{'detected' if use_detected else 'true-mask'} lesions "
-                                        f"(n={detail['n_lesions']}, {detail['n_cases']} cases)")
+    panels = [(np.asarray(detail_truth["kinds"]["confusion_matrix"]),
+               f"true masks (n={detail_truth['n_lesions']}, {detail_truth['n_cases']} cases)")]
+    if use_detected:
+        panels.insert(0, (np.asarray(detail["kinds"]["confusion_matrix"]),
+                          f"detected lesions (n={detail['n_lesions']}, {detail['n_cases']} cases)"))
+    figures.plot_confusion_matrices(panels, KINDS, out / "confusion_matrix.png")
     if progress is not None:
         progress(1.0, "done")
     return report

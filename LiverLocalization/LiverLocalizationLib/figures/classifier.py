@@ -42,9 +42,21 @@ def plot_training_curves(history: dict, path):
 
 def plot_confusion_matrix(cm: np.ndarray, class_names: Sequence[str], path, title: str = ""):
     """Counts with row-normalised shading (rows: true kind, columns: predicted kind)."""
-    cm = np.asarray(cm)
-    fig, axes = common.new_figure(1, 1, size_per_panel=4.5, title=title or None)
-    ax = axes[0, 0]
+    return plot_confusion_matrices([(cm, title)], class_names, path)
+
+
+def plot_confusion_matrices(panels: Sequence[tuple[np.ndarray, str]], class_names: Sequence[str], path):
+    """Side-by-side confusion matrices [(counts, panel title), …], row-normalised shading."""
+    fig, axes = common.new_figure(1, len(panels), size_per_panel=4.5)
+    fig.subplots_adjust(wspace=0.55)
+    for ax, (cm, title) in zip(axes[0], panels):
+        _confusion_panel(ax, np.asarray(cm), class_names, title)
+    return common.save(fig, path)
+
+
+def _confusion_panel(ax, cm: np.ndarray, class_names: Sequence[str], title: str) -> None:
+    if title:
+        ax.set_title(title, fontsize=9)
     rows = cm.sum(1, keepdims=True)
     norm = np.divide(cm, rows, out=np.zeros(cm.shape, float), where=rows > 0)
     ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
@@ -57,7 +69,6 @@ def plot_confusion_matrix(cm: np.ndarray, class_names: Sequence[str], path, titl
     ax.set_yticklabels(class_names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    return common.save(fig, path)
 
 
 def _patch_panels(axes_row, hu_slice, mask_slice, cam_slice, title: str) -> None:

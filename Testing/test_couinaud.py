@@ -406,3 +406,58 @@ def test_figures_are_written(tmp_path):
     for path in (a, b):
         assert path.exists() and path.stat().st_size > 20_000
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------------------------------------ vessel-guided borders
+
+def _point(marks, azimuth_deg: float, radius: float, height: float) -> np.ndarray:
+    """LPS point at an azimuth about the box's IVC axis (0° = toward RHV, i.e. −x; 90° = anterior, −y)."""
+    a = np.radians(azimuth_deg)
+    return marks["IVC"] + np.array([-radius * np.cos(a), -radius * np.sin(a), height])
+
+
+def test_vessel_guided_border_follows_a_bent_middle_hepatic_vein():
+    marks = box_landmarks()
+    liver = box_liver()
+    # the MHV leaves its landmark (45°, r 35 mm, at the confluence) and bends to 60° lower down and further out
+    path = [marks["IVC"] + [-5.0, -5.0, 0.0], marks["MHV"], _point(marks, 52.0, 45.0, -25.0), _point(marks, 60.0, 55.0, -50.0)]
+    vessels = tube_mask(liver, list(zip(path[:-1], path[1:])), radius_mm=4.0)
+    planes = couinaud.map_couinaud(liver, marks, vessels, method="planes")
+    guided = couinaud.map_couinaud(liver, marks, vessels, method="vessels")
+    assert guided.method == "vessels"
+    # between the MHV plane (45°) and the bent vein (≈ 56° there): IV by the plane, right anterior by the vein
+    p = _point(marks, 50.0, 47.0, -30.0)
+    assert label_at(planes.labels, p) == 4
+    assert label_at(guided.labels, p) == 8
+    # beyond the bent vein it stays IV; near the RHV border (no RHV traced) nothing moves
+    q = _point(marks, 66.0, 47.0, -30.0)
+    assert label_at(guided.labels, q) == 4
+    for az in (-4.0, 4.0):
+        r = _point(marks, az, 50.0, 10.0)
+        assert label_at(guided.labels, r) == label_at(planes.labels, r)
+    # high above, far from the traced vein, the MHV border is the landmark plane again
+    s = _point(marks, 50.0, 30.0, 30.0)
+    assert label_at(guided.labels, s) == label_at(planes.labels, s) == 4
+
+
+def test_vessel_guided_without_vessels_falls_back_and_needs_a_mask():
+    liver = box_liver()
+    res = couinaud.map_couinaud(liver, box_landmarks(), liver * 0, method="vessels")
+    assert res.method == "planes"
+    assert any("hepatic-vein voxels" in w for w in res.warnings)
+    with pytest.raises(InputError, match="needs a vessel mask"):
+        couinaud.map_couinaud(liver, box_landmarks(), method="vessels")
+
+
+def test_vessel_guided_beats_planes_on_a_phantom(phantom_case):
+    ph = phantom_case
+    truth = sitk.GetArrayFromImage(ph.truth_couinaud)
+    liver = sitk.Cast(ph.truth_couinaud > 0, sitk.sitkUInt8)
+    tissue = sitk.GetArrayViewFromImage(ph.truth_tissue)
+    vessels = geometry.copy_geometry(np.isin(tissue, [3, 4]).astype(np.uint8), liver)
+    planes = couinaud.map_couinaud(liver, ph.landmarks, vessels, method="planes")
+    guided = couinaud.map_couinaud(liver, ph.landmarks, vessels, method="vessels")
+    d_planes = np.mean(list(dice_per_segment(sitk.GetArrayViewFromImage(planes.labels), truth).values()))
+    d_guided = np.mean(list(dice_per_segment(sitk.GetArrayViewFromImage(guided.labels), truth).values()))
+    assert guided.method == "vessels"
+    assert d_guided > d_planes, (d_guided, d_planes)

@@ -76,15 +76,16 @@ def _sct(value: str, meaning: str) -> Code:
 
 
 LIVER = SegmentStyle("Liver", (0.87, 0.51, 0.38), ANATOMICAL_STRUCTURE, _sct("10200004", "Liver"))
-VESSELS = SegmentStyle("Liver vessels", (0.0, 0.59, 0.81), ANATOMICAL_STRUCTURE, _sct("32764006", "Portal vein"))
-PORTAL_VEIN = SegmentStyle("Portal vein", (0.0, 0.59, 0.81), ANATOMICAL_STRUCTURE, _sct("32764006", "Portal vein"))
-HEPATIC_VEIN = SegmentStyle("Hepatic vein", (0.0, 0.35, 0.78), ANATOMICAL_STRUCTURE, _sct("8993003", "Hepatic vein"))
-IVC = SegmentStyle("Inferior vena cava", (0.0, 0.2, 0.6), ANATOMICAL_STRUCTURE, _sct("64131007", "Inferior vena cava"))
-LESION_STYLE = SegmentStyle("Lesion", (0.9, 0.9, 0.1), MORPHOLOGICALLY_ALTERED_STRUCTURE, _sct("52988006", "Lesion"))
-NEOPLASM_STYLE = SegmentStyle("Neoplasm", (0.9, 0.2, 0.2), MORPHOLOGICALLY_ALTERED_STRUCTURE, _sct("108369006", "Neoplasm"))
-CYST_STYLE = SegmentStyle("Cyst", (0.6, 0.9, 1.0), MORPHOLOGICALLY_ALTERED_STRUCTURE, _sct("441457006", "Cyst"))
+VESSELS = SegmentStyle("Liver vessels", (0.05, 0.05, 0.50), ANATOMICAL_STRUCTURE, _sct("32764006", "Portal vein"))
+PORTAL_VEIN = SegmentStyle("Portal vein", (0.05, 0.05, 0.50), ANATOMICAL_STRUCTURE, _sct("32764006", "Portal vein"))
+HEPATIC_VEIN = SegmentStyle("Hepatic vein", (0.25, 0.25, 0.70), ANATOMICAL_STRUCTURE, _sct("8993003", "Hepatic vein"))
+IVC = SegmentStyle("Inferior vena cava", (0.0, 0.0, 0.30), ANATOMICAL_STRUCTURE, _sct("64131007", "Inferior vena cava"))
+LESION_STYLE = SegmentStyle("Lesion", (1.0, 1.0, 1.0), MORPHOLOGICALLY_ALTERED_STRUCTURE, _sct("52988006", "Lesion"))
+NEOPLASM_STYLE = SegmentStyle("Neoplasm", (1.0, 0.0, 1.0), MORPHOLOGICALLY_ALTERED_STRUCTURE, _sct("108369006", "Neoplasm"))
+CYST_STYLE = SegmentStyle("Cyst", (0.0, 1.0, 1.0), MORPHOLOGICALLY_ALTERED_STRUCTURE, _sct("441457006", "Cyst"))
 
-# Couinaud segments with distinct colours (a qualitative palette readable on CT)
+# Couinaud segments with distinct colours (a qualitative palette readable on CT). Lesions (white, magenta, cyan)
+# and vessels (navy) use colours outside this palette so they stay distinguishable when overlaid on the segments.
 COUINAUD_STYLES = {
     1: SegmentStyle("Couinaud I", (0.65, 0.34, 0.16), ANATOMICAL_STRUCTURE, _sct("71133005", "Caudate lobe of liver")),
     2: SegmentStyle("Couinaud II", (0.89, 0.10, 0.11), ANATOMICAL_STRUCTURE, _sct("277956007", "Hepatic segment II")),

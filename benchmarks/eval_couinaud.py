@@ -58,16 +58,25 @@ def evaluate(name, liver, vessels, truth, landmarks, methods, lesion_labels=None
     return rows
 
 
-def phantom_rows(seed: int, size: str, methods, oblique: bool) -> list[dict]:
+def phantom_rows(seed: int, size: str, methods, oblique: bool, vessel_source: str = "truth") -> list[dict]:
+    """vessel_source: 'truth' (true hepatic | portal veins) or 'detected' (the pipeline's vessel mask; the
+    liver mask stays the true one so that only the vessels differ)."""
     from LiverLocalizationLib.phantom import generate_phantom
 
     ph = generate_phantom(seed, size=size, oblique=oblique)
     truth = sitk.GetArrayFromImage(ph.truth_couinaud)
     liver = sitk.Cast(ph.truth_couinaud > 0, sitk.sitkUInt8)
-    tissue = sitk.GetArrayViewFromImage(ph.truth_tissue)
-    vessel = np.isin(tissue, [labels.TRUTH_HEPATIC_VEIN, labels.TRUTH_PORTAL_VEIN]).astype(np.uint8)
-    vessels = sitk.GetImageFromArray(vessel)
-    vessels.CopyInformation(liver)
+    if vessel_source == "detected":
+        from LiverLocalizationLib import pipeline
+
+        run = pipeline.run_pipeline(ph.ct, ph.landmarks, options=pipeline.PipelineOptions(classify=False))
+        vessels = sitk.Cast(run.vessel_mask > 0, sitk.sitkUInt8)
+        vessels.CopyInformation(liver)
+    else:
+        tissue = sitk.GetArrayViewFromImage(ph.truth_tissue)
+        vessel = np.isin(tissue, [labels.TRUTH_HEPATIC_VEIN, labels.TRUTH_PORTAL_VEIN]).astype(np.uint8)
+        vessels = sitk.GetImageFromArray(vessel)
+        vessels.CopyInformation(liver)
     return evaluate(f"phantom {seed}", liver, vessels, truth, ph.landmarks, methods, ph.truth_lesions, ph.lesions)
 
 
@@ -129,6 +138,8 @@ def main(argv=None) -> int:
     p.add_argument("--size", choices=("small", "full"), default="small")
     p.add_argument("--methods", nargs="+", default=["planes", "territories"], choices=couinaud.METHODS)
     p.add_argument("--no-real", action="store_true")
+    p.add_argument("--vessels", choices=("truth", "detected"), default="truth",
+                   help="phantom vessel mask: true veins, or the pipeline's detected mask (slow: runs the pipeline)")
     p.add_argument("--oblique", action="store_true", help="phantoms stored with an oblique direction matrix")
     p.add_argument("--jitter", type=float, default=0.0, help="also perturb the real landmarks by this sd (mm per axis)")
     p.add_argument("--repeats", type=int, default=20)
@@ -141,7 +152,7 @@ def main(argv=None) -> int:
         else:
             print(f"real case not found at {REAL}; skipped")
     for seed in args.seeds:
-        rows += phantom_rows(seed, args.size, args.methods, args.oblique)
+        rows += phantom_rows(seed, args.size, args.methods, args.oblique, args.vessels)
     print_table(rows)
     summary(rows, "phantom")
     summary(rows, "ircadb1_1")

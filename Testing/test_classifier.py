@@ -232,12 +232,13 @@ def test_detected_lesion_patches_are_matched_to_the_truth():
         assert x[1, c - 2:c + 3, c - 2:c + 3, c - 2:c + 3].mean() > 0.5, f"{src} patch of lesion {truth_id} not centred"
 
 
+@pytest.mark.slow
 def test_tiny_training_run_on_phantoms_learns(tmp_path):
     from LiverLocalizationLib import classifier_training as T
 
     progress = []
-    card = T.train(tmp_path, n_cases=10, epochs=12, seed=1, use_detected=False, lesions_per_case=10,
-                   patch={"size": 24}, architecture={"widths": [8, 16, 32]}, n_bootstrap=50, batch_size=8,
+    card = T.train(tmp_path, n_cases=10, epochs=10, seed=1, use_detected=False, lesions_per_case=10,
+                   patch={"size": 20}, n_bootstrap=50, batch_size=8,
                    progress=lambda f, m: progress.append(f))
     split = card["data"]["case_seeds"]
     assert not (set(split["train"]) & set(split["test"])) and not (set(split["train"]) & set(split["validation"]))
@@ -251,7 +252,7 @@ def test_tiny_training_run_on_phantoms_learns(tmp_path):
     for name in ("lesion_classifier.safetensors", "lesion_classifier.json", "training_curves.png", "confusion_matrix.png"):
         assert (tmp_path / name).stat().st_size > 0
     model = classifier.load_model(tmp_path / "lesion_classifier.safetensors")
-    assert model.patch["size"] == 24 and model.temperature == card["temperature"]
+    assert model.patch["size"] == 20 and model.temperature == card["temperature"]
     assert progress[-1] == 1.0 and all(b >= a for a, b in zip(progress, progress[1:]))
 
 
@@ -286,9 +287,13 @@ def test_shipped_weights_reproduce_the_model_card_metrics(tmp_path):
     card = _shipped_card()
     seeds = card["data"]["case_seeds"]["test"]
     report = T.evaluate(None, seeds, tmp_path, n_lesions=card["data"]["lesions_per_training_case"], n_bootstrap=50)
+    retrain = ("the lesion detector or the phantom changed since the shipped model was trained; retrain with "
+               f"`{card['training']['command'].replace('DIR', 'LiverLocalization/Resources/Models')}`")
     for key, tol in (("kind_accuracy", 0.08), ("malignant_auc", 0.05), ("malignant_accuracy", 0.08)):
-        assert report["headline_true_masks"][key] == pytest.approx(card["metrics"]["test_true_masks"][key], abs=tol), key
-        assert report["headline"][key] == pytest.approx(card["metrics"]["test"][key], abs=tol + 0.05), key
+        assert report["headline_true_masks"][key] == pytest.approx(card["metrics"]["test_true_masks"][key], abs=tol), \
+            f"{key} on true masks: {retrain}"
+        assert report["headline"][key] == pytest.approx(card["metrics"]["test"][key], abs=tol + 0.05), \
+            f"{key} on detected lesions: {retrain}"
     assert (tmp_path / "evaluation.json").is_file() and (tmp_path / "confusion_matrix.png").is_file()
     with pytest.raises(InputError, match="used to train"):
         T.evaluate(None, card["data"]["case_seeds"]["train"][:1], tmp_path)

@@ -92,7 +92,7 @@ class LiverLocalizationParameterNode:
     inputVolume - CT in Hounsfield units. landmarks - point list with the vessel landmarks (labels IVC, RHV, ...).
     liverSegmentation - optional segmentation holding a liver mask (segment chosen in the GUI).
     denoiseMethod, medianRadiusMm (mm) - denoising. nClasses - EM classes (0: chosen by BIC).
-    minLesionVolumeMm3 (mm^3) - smaller lesion candidates are dropped. couinaudMethod - planes, portal territories or auto.
+    minLesionVolumeMm3 (mm^3) - smaller lesion candidates are dropped. couinaudMethod - planes, portal territories, vessel-guided hepatic borders or auto.
     classify - run the lesion classifier. Outputs: segmentation, lesion table, denoised and Grad-CAM volumes.
     """
 
@@ -103,7 +103,7 @@ class LiverLocalizationParameterNode:
     medianRadiusMm: Annotated[float, WithinRange(0.5, 10.0)] = 1.0
     nClasses: Annotated[int, WithinRange(0, 8)] = 0
     minLesionVolumeMm3: Annotated[float, WithinRange(0.0, 10000.0)] = 100.0
-    couinaudMethod: Annotated[str, Choice(["auto", "planes", "territories"])] = "auto"
+    couinaudMethod: Annotated[str, Choice(["auto", "planes", "territories", "vessels"])] = "auto"
     classify: bool = True
     outputSegmentation: vtkMRMLSegmentationNode
     outputTable: vtkMRMLTableNode

@@ -83,7 +83,7 @@ def _cmd_phantom(args) -> int:
 
 
 def _add_run(sub) -> None:
-    from .pipeline import PipelineOptions
+    from .pipeline import COUINAUD_METHODS, PipelineOptions
 
     defaults = PipelineOptions()
     p = sub.add_parser("run", help="run the pipeline on a CT",
@@ -102,8 +102,10 @@ def _add_run(sub) -> None:
     p.add_argument("--classes", type=int, default=None, help="number of EM intensity classes (default: chosen by BIC)")
     p.add_argument("--min-lesion-mm3", type=float, default=defaults.min_lesion_volume_mm3,
                    help=f"smallest lesion kept, mm³ (default {defaults.min_lesion_volume_mm3:g})")
-    p.add_argument("--couinaud-method", choices=("auto", "planes", "territories"), default=defaults.couinaud_method,
-                   help="Couinaud mapping: landmark planes, portal territories, or auto (default)")
+    p.add_argument("--couinaud-method", choices=COUINAUD_METHODS, default=defaults.couinaud_method,
+                   help="Couinaud mapping: landmark planes; territories (portal-territory refinement near borders); "
+                        "vessels (hepatic-vein borders bent along the segmented veins); auto (default: planes, the "
+                        "best measured on the real reference case)")
     p.add_argument("--no-classify", action="store_true", help="skip the CNN lesion classification")
     p.add_argument("--weights", type=Path, default=None, help="classifier weights (.safetensors); default: the shipped model")
     p.add_argument("--truth", type=Path, default=None, help="a phantom folder: also score the result against its ground truth")

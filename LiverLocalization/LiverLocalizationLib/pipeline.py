@@ -18,12 +18,12 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import geometry, io, labels
+from .couinaud import METHODS as COUINAUD_METHODS
 from .errors import InputError
 
 Progress = Callable[[float, str], None]
 
 DENOISE_METHODS = ("median", "curvature", "bilateral", "none")
-COUINAUD_METHODS = ("auto", "planes", "territories")
 
 
 class Cancelled(Exception):

@@ -185,3 +185,33 @@ def test_bad_volumes_are_input_errors(problem, small_ct):
         img.CopyInformation(small_ct)
     with pytest.raises(InputError):
         tissue_model.segment_tissues(img, None)
+
+
+def _synthetic_liver(seed: int = 0):
+    """A 60 × 80 × 80 mm block of parenchyma (100 HU, noise sd 5) at 1 mm, with an interior lesion (r 7 mm,
+    40 HU) and a dark partial-volume streak (60 HU) along one of the block's edges (an ellipsoid of radii
+    15, 5, 5 mm centred 4 mm inside both faces: a third of its shell near the border, less than a quarter
+    outside the liver)."""
+    rng = np.random.default_rng(seed)
+    shape = (60, 80, 80)
+    arr = (100.0 + rng.normal(0, 5, shape)).astype(np.float32)
+    liver = np.zeros(shape, bool)
+    liver[2:-2, 2:-2, 2:-2] = True
+    zz, yy, xx = np.indices(shape)
+    tumour = (zz - 30) ** 2 + (yy - 40) ** 2 + (xx - 40) ** 2 <= 7 ** 2
+    arr[tumour] = 40.0 + rng.normal(0, 5, int(tumour.sum()))
+    band = liver & (((zz - 30) / 3.0) ** 2 + (yy - 6) ** 2 + (xx - 6) ** 2 <= 5 ** 2)
+    arr[band] = 60.0 + rng.normal(0, 5, int(band.sum()))
+    return arr, liver, tumour, band
+
+
+def test_surface_band_candidates_are_rejected_and_interior_lesions_kept():
+    arr, liver, tumour, band = _synthetic_liver()
+    model, _ = lesions.liver_mixture(arr[liver])
+    found, _ = lesions.classify_voxels(arr, None, liver, model, (1.0, 1.0, 1.0))
+    assert found.max() == 1, f"expected only the interior lesion, found {found.max()} instances"
+    assert metrics.dice(found > 0, tumour) >= 0.9
+    assert not (found > 0)[band].any()
+    # without the surface-band test the partial-volume streak is reported as a second lesion
+    found_all, _ = lesions.classify_voxels(arr, None, liver, model, (1.0, 1.0, 1.0), surface_depth_ratio=0.0)
+    assert found_all.max() == 2

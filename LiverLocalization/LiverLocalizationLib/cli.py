@@ -27,7 +27,7 @@ examples:
   liverloc phantom --out case --seed 7 --size full
   liverloc run case/ct.nii.gz --landmarks case/landmarks.mrk.json --out result
   liverloc run ct_dicom_folder/ --landmarks clicks.mrk.json --liver-mask liver.nii.gz --out result
-  liverloc train --out model --cases 120 --epochs 30 --seed 0
+  liverloc train --out model --cases 150 --epochs 40 --seed 0
   liverloc evaluate-classifier --weights model/lesion_classifier.safetensors --out evaluation
 """
 
@@ -143,8 +143,8 @@ def _add_train(sub) -> None:
                        description="Generate phantom cases, extract detected lesions, split by case, train the CNN with "
                                    "augmentation; write safetensors weights, a JSON model card and figures.")
     p.add_argument("--out", required=True, type=Path, help="output folder for weights, model card and figures")
-    p.add_argument("--cases", type=int, default=120, help="number of phantom cases (default 120)")
-    p.add_argument("--epochs", type=int, default=30, help="training epochs (default 30)")
+    p.add_argument("--cases", type=int, default=150, help="number of phantom cases (default 150, as the shipped model)")
+    p.add_argument("--epochs", type=int, default=40, help="training epochs (default 40, as the shipped model)")
     p.add_argument("--seed", type=int, default=0, help="random seed of cases, split and initialisation (default 0)")
     p.set_defaults(func=_cmd_train)
 
@@ -154,9 +154,11 @@ def _cmd_train(args) -> int:
 
     with progress_bar("train", not args.quiet) as progress:
         card = train(args.out, n_cases=args.cases, epochs=args.epochs, seed=args.seed, progress=progress)
-    test = card.get("metrics", {}).get("test", {})
-    if test:
-        print("Held-out cases: " + ", ".join(f"{k} {v:.3f}" for k, v in test.items() if isinstance(v, (int, float))))
+    metrics = card.get("metrics", {})
+    for key, what in (("test_true_masks", "all lesions, true masks"), ("test", "detected lesions")):
+        if metrics.get(key):
+            print(f"Held-out cases ({what}): " + ", ".join(
+                f"{k} {v:.3f}" for k, v in metrics[key].items() if isinstance(v, (int, float))))
     print(f"Weights and model card in {Path(args.out).resolve()}")
     return 0
 

@@ -62,6 +62,14 @@ def physical_grid_lps(image: sitk.Image, dtype=np.float32) -> np.ndarray:
     return out
 
 
+def ball_structure(radius_mm: float, spacing_zyx) -> np.ndarray:
+    """A boolean ball of the given radius in mm as a structuring element on a [z, y, x] voxel grid."""
+    r = np.maximum(0, np.floor(radius_mm / np.asarray(spacing_zyx, dtype=float) + 1e-6)).astype(int)
+    zz, yy, xx = np.ogrid[-r[0]:r[0] + 1, -r[1]:r[1] + 1, -r[2]:r[2] + 1]
+    sz, sy, sx = spacing_zyx
+    return (zz * sz) ** 2 + (yy * sy) ** 2 + (xx * sx) ** 2 <= radius_mm ** 2 + 1e-6
+
+
 def same_geometry(a: sitk.Image, b: sitk.Image, tolerance: float = 1e-4) -> bool:
     """True when two images share size, spacing, origin and direction (within tolerance in mm)."""
     return (

@@ -33,13 +33,6 @@ def parenchyma_statistics(values: np.ndarray) -> tuple[float, float]:
     return med, max(1.0, 1.4826 * float(np.median(np.abs(v - med))))
 
 
-def _ball(radius_mm: float, spacing_zyx) -> np.ndarray:
-    r = np.maximum(0, np.floor(radius_mm / np.asarray(spacing_zyx, float) + 1e-6)).astype(int)
-    zz, yy, xx = np.ogrid[-r[0]:r[0] + 1, -r[1]:r[1] + 1, -r[2]:r[2] + 1]
-    sz, sy, sx = spacing_zyx
-    return (zz * sz) ** 2 + (yy * sy) ** 2 + (xx * sx) ** 2 <= radius_mm ** 2 + 1e-6
-
-
 def relabel_by_volume(labels_arr: np.ndarray, min_voxels: int = 1) -> np.ndarray:
     """Renumber instances 1..n by decreasing voxel count, dropping those below min_voxels (uint16)."""
     counts = np.bincount(labels_arr.ravel())

@@ -76,13 +76,6 @@ def check_landmarks_inside(ct: sitk.Image, landmarks: dict[str, np.ndarray], tis
                              "(only air or bone within 10 mm); place it on the liver's vessels.")
 
 
-def _ball(radius_mm: float, spacing_zyx) -> np.ndarray:
-    r = np.maximum(0, np.floor(radius_mm / np.asarray(spacing_zyx) + 1e-6)).astype(int)
-    zz, yy, xx = np.ogrid[-r[0]:r[0] + 1, -r[1]:r[1] + 1, -r[2]:r[2] + 1]
-    sz, sy, sx = spacing_zyx
-    return (zz * sz) ** 2 + (yy * sy) ** 2 + (xx * sx) ** 2 <= radius_mm ** 2 + 1e-6
-
-
 def fill_holes(mask: np.ndarray) -> np.ndarray:
     """Fill 3-D holes, then 2-D holes in every axial slice (index z) — cavities open above or below a slice too."""
     out = ndimage.binary_fill_holes(mask)
@@ -211,7 +204,7 @@ def extract_liver(ct: sitk.Image, landmarks: dict[str, np.ndarray] | None = None
     report(0.45, "liver: connectivity")
 
     # 4. erosion, seeded components, geodesic dilation, closing, holes
-    ball = _ball(erosion_mm, sp_zyx)
+    ball = geometry.ball_structure(erosion_mm, sp_zyx)
     core = ndimage.binary_erosion(candidate, structure=ball)
     lab, n = ndimage.label(core)
     if n == 0:
@@ -236,7 +229,7 @@ def extract_liver(ct: sitk.Image, landmarks: dict[str, np.ndarray] | None = None
     liver_small = ndimage.binary_dilation(core, iterations=steps, mask=candidate)
     if separation_mm > erosion_mm:
         liver_small &= separate_at_necks(candidate, seed_mask if landmarks else core, sp_zyx, separation_mm)
-    liver_small = ndimage.binary_closing(liver_small, structure=_ball(closing_mm, sp_zyx), iterations=1,
+    liver_small = ndimage.binary_closing(liver_small, structure=geometry.ball_structure(closing_mm, sp_zyx), iterations=1,
                                          border_value=0)
     parenchyma = _largest_component(liver_small)
     added, rejected = dark_regions(arr, parenchyma, fill_holes(parenchyma), par_mu, par_sd, sp_zyx, dark_sd=dark_sd)
@@ -286,7 +279,7 @@ def separate_at_necks(candidate: np.ndarray, liver_seeds: np.ndarray, spacing_zy
     """
     from skimage.segmentation import watershed
 
-    eroded = ndimage.binary_erosion(candidate, structure=_ball(separation_mm, spacing_zyx))
+    eroded = ndimage.binary_erosion(candidate, structure=geometry.ball_structure(separation_mm, spacing_zyx))
     lab, n = ndimage.label(eroded)
     if n <= 1:
         return candidate
@@ -319,7 +312,7 @@ def dark_regions(arr: np.ndarray, parenchyma: np.ndarray, filled: np.ndarray, pa
     Returns (accepted, rejected) voxel masks (bool, arr's shape).
     """
     enclosed = ndimage.binary_fill_holes(parenchyma)  # 3-D holes: always the liver's
-    near = filled | ndimage.binary_dilation(parenchyma, structure=_ball(hull_mm, spacing_zyx))
+    near = filled | ndimage.binary_dilation(parenchyma, structure=geometry.ball_structure(hull_mm, spacing_zyx))
     dark = near & ~parenchyma & (arr > fat_hu) & (arr < par_mu - dark_sd * par_sd)
     six = ndimage.generate_binary_structure(3, 1)
     dark = ndimage.binary_opening(dark, structure=six)

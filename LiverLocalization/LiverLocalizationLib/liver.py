@@ -31,6 +31,7 @@ from scipy import ndimage
 
 from . import geometry
 from .errors import InputError
+from .lesions import parenchyma_statistics
 
 Progress = Callable[[float, str], None]
 
@@ -91,12 +92,6 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     counts = np.bincount(lab.ravel())
     counts[0] = 0
     return lab == int(np.argmax(counts))
-
-
-def _robust_stats(values: np.ndarray) -> tuple[float, float]:
-    med = float(np.median(values))
-    mad = float(np.median(np.abs(values - med))) * 1.4826
-    return med, max(mad, 1.0)
 
 
 def _histogram_mode(values: np.ndarray, lo: float, hi: float) -> float:
@@ -183,12 +178,12 @@ def extract_liver(ct: sitk.Image, landmarks: dict[str, np.ndarray] | None = None
         if seed_values.size < 20:
             raise InputError("No soft tissue around the landmarks: they should lie on the liver's vessels "
                              "(check that they belong to this CT and their coordinate system).")
-        par_mu, par_sd = _robust_stats(seed_values)
+        par_mu, par_sd = parenchyma_statistics(seed_values)
     else:
         body = arr > -300
         par_mu = _histogram_mode(arr[body], 60.0, 200.0)
         near = arr[body & (np.abs(arr - par_mu) < 60)]
-        par_mu, par_sd = _robust_stats(near)
+        par_mu, par_sd = parenchyma_statistics(near)
         par_sd = min(par_sd, 30.0)
     report(0.2, "liver: EM mixture")
 

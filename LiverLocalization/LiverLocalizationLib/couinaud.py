@@ -498,14 +498,18 @@ def _distance_to_segment(points: np.ndarray, a: np.ndarray, b: np.ndarray) -> np
     return np.sqrt(((points - closest) ** 2).sum(axis=1))
 
 
-def border_margin(points_lps: np.ndarray, frame: LandmarkFrame) -> np.ndarray:
-    """Approximate distance (mm) from each point to the nearest landmark plane border (sector or portal)."""
+def cylindrical_coordinates(points_lps: np.ndarray, frame: LandmarkFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Height along the IVC axis (mm), distance from it (mm) and azimuth (radians, in (-π, π], RHV = 0) of LPS points."""
     d = points_lps - frame.origin.astype(np.float32)
     h = d @ frame.axis.astype(np.float32)
     x = d @ frame.e1.astype(np.float32)
     y = d @ frame.e2.astype(np.float32)
-    r = np.hypot(x, y)
-    phi = np.arctan2(y, x)
+    return h, np.hypot(x, y), np.arctan2(y, x)
+
+
+def border_margin(points_lps: np.ndarray, frame: LandmarkFrame) -> np.ndarray:
+    """Approximate distance (mm) from each point to the nearest landmark plane border (sector or portal)."""
+    h, r, phi = cylindrical_coordinates(points_lps, frame)
     az, hh = frame.azimuth, frame.height
     borders = [0.0, az["MHV"], az["LHV"]] + ([az["UP"]] if "UP" in az else []) + [frame.cut]
     margin = np.full(points_lps.shape[0], np.inf, dtype=np.float32)
@@ -751,12 +755,7 @@ def trace_hepatic_veins(liver_mask: sitk.Image, vessel_mask: sitk.Image, frame: 
     lookup = np.full(vpts.shape[0], -1, dtype=np.int64)
     lookup[seeds_all] = owner_all
     who = np.where(src >= 0, lookup[np.maximum(src, 0)], -1)
-    d = vpts - frame.origin.astype(np.float32)
-    h = d @ frame.axis.astype(np.float32)
-    x = d @ frame.e1.astype(np.float32)
-    y = d @ frame.e2.astype(np.float32)
-    r = np.hypot(x, y)
-    phi = np.arctan2(y, x)
+    h, r, phi = cylindrical_coordinates(vpts, frame)
     az = frame.azimuth
     gaps = {"RHV": min(az["MHV"], 2 * np.pi - frame.cut), "MHV": min(az["MHV"], az["LHV"] - az["MHV"]),
             "LHV": min(az["LHV"] - az["MHV"], frame.cut - az["LHV"])}
@@ -782,8 +781,6 @@ def vessel_guided_labels(liver_mask: sitk.Image, liver_pts: np.ndarray, vessel_m
     counts = {n: int(v.shape[0]) for n, v in veins.items()}
     if not any(c >= VEIN_MIN_POINTS for c in counts.values()):
         return None, counts, "Too few hepatic-vein voxels traced from the landmarks; the landmark planes were used."
-    d = liver_pts - frame.origin.astype(np.float32)
-    h = d @ frame.axis.astype(np.float32)
-    r = np.hypot(d @ frame.e1.astype(np.float32), d @ frame.e2.astype(np.float32))
+    h, r, _ = cylindrical_coordinates(liver_pts, frame)
     borders = VeinBorders(frame, veins, (float(h.min()), float(h.max())), float(r.max()))
     return plane_labels(liver_pts, frame, borders), counts, ""

@@ -31,6 +31,22 @@ REAL_CROP = ROOT.parent / "shared" / "data" / "ircadb1_1" / "liver_crop_2mm"
 VIEW_SIZE = (420, 360)  # width, height of one slice view in pixels
 
 
+
+def _render_to_pixels(window) -> np.ndarray:
+    """Render an offscreen window, return its RGB pixels (top row first) and release the window."""
+    import vtk
+    from vtk.util import numpy_support
+
+    window.Render()
+    grab = vtk.vtkWindowToImageFilter()
+    grab.SetInput(window)
+    grab.Update()
+    image = grab.GetOutput()
+    w, h, _ = image.GetDimensions()
+    pixels = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(h, w, -1)[::-1, :, :3].copy()
+    window.Finalize()
+    return pixels
+
 def render_slice_view(scene, app, volume, segmentation, orientation: str, center_ras, size=VIEW_SIZE,
                       field_of_view_mm: float | None = None) -> np.ndarray:
     """One Slicer slice view rendered offscreen: uint8 RGB array (height, width, 3).
@@ -40,7 +56,6 @@ def render_slice_view(scene, app, volume, segmentation, orientation: str, center
     """
     import slicer
     import vtk
-    from vtk.util import numpy_support
 
     width, height = size
     logic = slicer.vtkMRMLSliceLogic()
@@ -80,15 +95,7 @@ def render_slice_view(scene, app, volume, segmentation, orientation: str, center
     group = factory.InstantiateDisplayableManagers(renderer)
     group.SetMRMLDisplayableNode(slice_node)
     segmentation.GetDisplayNode().SetVisibility2D(True)
-    window.Render()
-    grab = vtk.vtkWindowToImageFilter()
-    grab.SetInput(window)
-    grab.Update()
-    image = grab.GetOutput()
-    w, h, _ = image.GetDimensions()
-    pixels = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(h, w, -1)[::-1, :, :3].copy()
-    window.Finalize()
-    return pixels
+    return _render_to_pixels(window)
 
 
 def render_3d_view(scene, app, segmentation, size=VIEW_SIZE) -> np.ndarray:
@@ -96,7 +103,6 @@ def render_3d_view(scene, app, segmentation, size=VIEW_SIZE) -> np.ndarray:
     uint8 RGB array (height, width, 3)."""
     import slicer
     import vtk
-    from vtk.util import numpy_support
 
     from LiverLocalizationLib import mrml
 
@@ -137,15 +143,7 @@ def render_3d_view(scene, app, segmentation, size=VIEW_SIZE) -> np.ndarray:
     camera.SetViewUp(0.0, 0.0, 1.0)
     renderer.ResetCamera()
     camera.Zoom(1.25)
-    window.Render()
-    grab = vtk.vtkWindowToImageFilter()
-    grab.SetInput(window)
-    grab.Update()
-    image = grab.GetOutput()
-    w, h, _ = image.GetDimensions()
-    pixels = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(h, w, -1)[::-1, :, :3].copy()
-    window.Finalize()
-    return pixels
+    return _render_to_pixels(window)
 
 
 def _style_segments(segmentation) -> None:

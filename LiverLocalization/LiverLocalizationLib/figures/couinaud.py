@@ -31,14 +31,19 @@ def _to_index(image: sitk.Image, p) -> np.ndarray:
     return geometry.lps_to_index(image, np.asarray(p, dtype=float))
 
 
-def _axial_panel(ax, ct, lab, les, z: int, spacing, landmarks, image, title: str) -> None:
+def _overlay(ax, view, ct, lab, les, index: int, aspect: float) -> None:
+    """CT slice `view(array, index)` with the segments (45 % opacity), lesion outlines in red and segment names."""
     cmap, norm = common.label_colors(common.COUINAUD_COLORS)
-    ax.imshow(common.window(common.axial(ct, z)), cmap="gray", aspect=common.aspect(spacing, "axial"))
-    ax.imshow(np.ma.masked_equal(common.axial(lab, z), 0), cmap=cmap, norm=norm, alpha=0.45,
-              aspect=common.aspect(spacing, "axial"), interpolation="nearest")
-    if les is not None and (common.axial(les, z) > 0).any():
-        ax.contour(common.axial(les, z) > 0, levels=[0.5], colors="red", linewidths=1.2)
-    _label_names(ax, common.axial(lab, z))
+    ax.imshow(common.window(view(ct, index)), cmap="gray", aspect=aspect)
+    ax.imshow(np.ma.masked_equal(view(lab, index), 0), cmap=cmap, norm=norm, alpha=0.45, aspect=aspect,
+              interpolation="nearest")
+    if les is not None and (view(les, index) > 0).any():
+        ax.contour(view(les, index) > 0, levels=[0.5], colors="red", linewidths=1.2)
+    _label_names(ax, view(lab, index))
+
+
+def _axial_panel(ax, ct, lab, les, z: int, spacing, landmarks, image, title: str) -> None:
+    _overlay(ax, common.axial, ct, lab, les, z, common.aspect(spacing, "axial"))
     for name, p in landmarks.items():
         idx = _to_index(image, p)
         if abs(idx[2] - z) * spacing[2] <= 12.0:  # landmarks within 12 mm of the slice
@@ -113,13 +118,7 @@ def plot_couinaud(ct: sitk.Image, couinaud_labels: sitk.Image, landmarks: dict[s
     y = int(np.clip(round(_to_index(ct_a, landmarks["IVC"])[1] - 15.0 / spacing[1]), 0, lab.shape[1] - 1)) \
         if "IVC" in landmarks else lab.shape[1] // 2
     ax = axes[1, 0]
-    cmap, norm = common.label_colors(common.COUINAUD_COLORS)
-    ax.imshow(common.window(common.coronal(ct_arr, y)), cmap="gray", aspect=common.aspect(spacing, "coronal"))
-    ax.imshow(np.ma.masked_equal(common.coronal(lab, y), 0), cmap=cmap, norm=norm, alpha=0.45,
-              aspect=common.aspect(spacing, "coronal"), interpolation="nearest")
-    if les is not None and (common.coronal(les, y) > 0).any():
-        ax.contour(common.coronal(les, y) > 0, levels=[0.5], colors="red", linewidths=1.2)
-    _label_names(ax, common.coronal(lab, y))
+    _overlay(ax, common.coronal, ct_arr, lab, les, y, common.aspect(spacing, "coronal"))
     for name, p in landmarks.items():
         idx = _to_index(ct_a, p)
         if abs(idx[1] - y) * spacing[1] <= 20.0:
@@ -210,11 +209,7 @@ def plot_geometry(ct: sitk.Image, couinaud_labels: sitk.Image, landmarks: dict[s
         _zoom_axial(ax, _liver_box(lab, spacing))
     ax = axes[0, 2]
     y = int(np.clip(round(_to_index(ct_a, frame.origin)[1] - 15.0 / spacing[1]), 0, lab.shape[1] - 1))
-    cmap, norm = common.label_colors(common.COUINAUD_COLORS)
-    ax.imshow(common.window(common.coronal(ct_arr, y)), cmap="gray", aspect=common.aspect(spacing, "coronal"))
-    ax.imshow(np.ma.masked_equal(common.coronal(lab, y), 0), cmap=cmap, norm=norm, alpha=0.45,
-              aspect=common.aspect(spacing, "coronal"), interpolation="nearest")
-    _label_names(ax, common.coronal(lab, y))
+    _overlay(ax, common.coronal, ct_arr, lab, None, y, common.aspect(spacing, "coronal"))
     _zoom_coronal(ax, _liver_box(lab, spacing), nz)
     for name in ("RPV", "LPV", "IVC", "IVC_inferior"):
         if name in landmarks:

@@ -551,13 +551,39 @@ class _Tube:
     name: str
 
 
-def _truncate_inside(anat, pts, radii, margin=1.0):
-    """Cut a polyline at the first point closer to the liver surface than its radius + margin."""
+def _truncate_inside(anat, pts, radii, margin=1.0, enter=False):
+    """Cut a polyline at the first point closer to the liver surface than its radius + margin.
+
+    enter: the polyline may start near the surface (a branch leaving the hilum) and is cut only where it
+    comes near the surface again after it has first been well inside.
+    """
     sd = anat.liver_sd(pts[:, 0], pts[:, 1], pts[:, 2])
-    bad = np.nonzero(sd > -(radii + margin))[0]
+    near = sd > -(radii + margin)
+    if enter and (~near).any():
+        near[:int(np.argmax(~near))] = False
+    bad = np.nonzero(near)[0]
     bad = bad[bad > 0]
     n = bad[0] if len(bad) else len(pts)
     return pts[:n], radii[:n]
+
+
+def _push_inside(anat, pts, radii, margin=1.5, iterations=6):
+    """Move polyline points that lie closer to the liver surface than radius + margin inward along the
+    surface normal (numerical gradient of the signed distance); points already deep enough are unchanged."""
+    pts = np.array(pts, dtype=float)
+    eps = 0.5
+    for _ in range(iterations):
+        sd = anat.liver_sd(pts[:, 0], pts[:, 1], pts[:, 2])
+        short = sd + radii + margin
+        move = short > 0
+        if not move.any():
+            break
+        q = pts[move]
+        grad = np.stack([(anat.liver_sd(*(q + d).T) - anat.liver_sd(*(q - d).T)) / (2 * eps)
+                         for d in np.eye(3) * eps], axis=1)
+        grad /= np.linalg.norm(grad, axis=1, keepdims=True) + 1e-9
+        pts[move] = q - grad * short[move, None]
+    return pts
 
 
 def _polyline(a, b, step=3.0, bend=None, rng=None, wiggle=0.0):
@@ -651,11 +677,13 @@ def _build_vessels(anat: _Anatomy, coarse: _Coarse, labels_coarse: np.ndarray, s
         sec = anat.sectors(np.array([x]), np.array([y]), np.array([bz]))
         return float(anat.horiz_offset(sec, np.array([x]))[0] + anat.horiz_shape(np.array(x), np.array(y)))
 
-    def branch(a, b, ra, rb, name, extend=1.6, wiggle=3.0, sub=2):
+    def branch(a, b, ra, rb, name, extend=1.6, wiggle=3.0, sub=2, enter=False):
         end = a + extend * (b - a)
         pts = _polyline(a, end, 2.5, rng=rng, wiggle=wiggle)
         radii = np.linspace(ra, rb, len(pts))
-        pts, radii = _truncate_inside(anat, pts, radii)
+        if enter:  # keep the branch inside the liver all the way (it starts at the hilum, near the surface)
+            pts[1:] = _push_inside(anat, pts[1:], radii[1:])
+        pts, radii = _truncate_inside(anat, pts, radii, enter=enter)
         if len(pts) < 2:
             return None
         tubes.append(_Tube(pts, radii, labels.TRUTH_PORTAL_VEIN, name))
@@ -686,7 +714,8 @@ def _build_vessels(anat: _Anatomy, coarse: _Coarse, labels_coarse: np.ndarray, s
         mid = 0.5 * (cent[sup] + cent[inf])
         mid[2] = horiz_z(mid[0], mid[1])
         start = rs.copy()
-        sec = branch(start, mid, 5.0, 4.2, f"RPV_{sector}", extend=1.0, wiggle=2.0, sub=0)
+        # the sectoral branch leaves the hilum, which can lie close to the visceral surface
+        sec = branch(start, mid, 5.0, 4.2, f"RPV_{sector}", extend=1.0, wiggle=2.0, sub=0, enter=True)
         if sec is None:
             continue
         end = sec[-1]

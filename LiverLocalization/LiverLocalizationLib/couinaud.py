@@ -301,12 +301,17 @@ def _caudate_axes(frame: LandmarkFrame):
     return f, g, dist_b, float(h_bottom)
 
 
-def plane_labels(points_lps: np.ndarray, frame: LandmarkFrame, border_shift=None) -> np.ndarray:
+def plane_labels(points_lps: np.ndarray, frame: LandmarkFrame, border_shift=None,
+                 split_heights: dict[str, float] | None = None) -> np.ndarray:
     """Couinaud label (uint8 1..8) of each point (n, 3) in LPS mm by the landmark planes (module docstring).
 
     border_shift: optional callable (h, r) -> (dR, dM, dL), azimuth shifts (radians, float32 arrays) of the
     RHV, MHV and left (LHV/UP) sector borders at each point's height h and radius r (mm) from the IVC axis;
     used by the vessel-guided method (`VeinBorders`). None = the flat landmark planes.
+    split_heights: optional heights (mm along the axis from IVC) of the superior/inferior border per sector:
+    keys 'right_posterior' (VII | VI), 'right_anterior' (VIII | V), 'left_lateral' (II | III); a missing key
+    keeps the landmark's height (RPV for the right sectors, LPV for the left). Used by the vessel-guided method
+    (`portal_split_heights`).
     """
     f, g, dist_b, h_bottom = _caudate_axes(frame)
     p = np.asarray(points_lps, dtype=np.float32)
@@ -334,13 +339,14 @@ def plane_labels(points_lps: np.ndarray, frame: LandmarkFrame, border_shift=None
         x, y = project(frame.e1), project(frame.e2)
         d_r, d_m, d_l = border_shift(h, np.hypot(x, y))
         right_border, mid_border, left_border = right_border + d_r, mid_border + d_m, left_border + d_l
-    right_sup = h >= np.float32(hh["RPV"])
-    out = np.where(h >= np.float32(hh["LPV"]), np.uint8(2), np.uint8(3))
+    split = {"right_posterior": hh["RPV"], "right_anterior": hh["RPV"], "left_lateral": hh["LPV"]}
+    split.update(split_heights or {})
+    out = np.where(h >= np.float32(split["left_lateral"]), np.uint8(2), np.uint8(3))
     out[phi < left_border] = 4
     ant = phi < mid_border
-    out[ant] = np.where(right_sup[ant], np.uint8(8), np.uint8(5))
+    out[ant] = np.where(h[ant] >= np.float32(split["right_anterior"]), np.uint8(8), np.uint8(5))
     post = phi < right_border
-    out[post] = np.where(right_sup[post], np.uint8(7), np.uint8(6))
+    out[post] = np.where(h[post] >= np.float32(split["right_posterior"]), np.uint8(7), np.uint8(6))
     # segment I: elliptic cylinder between the IVC axis and the portal bifurcation
     cand = np.flatnonzero((h <= 0.0) & (h >= np.float32(h_bottom)))
     u = (project(f, cand) - np.float32(CAUDATE_CENTRE * dist_b)) / np.float32(CAUDATE_ALONG * dist_b)
@@ -393,7 +399,15 @@ def map_couinaud(liver_mask: sitk.Image, landmarks: dict[str, np.ndarray], vesse
         progress(0.3, "Couinaud: landmark planes")
     values = plane_labels(pts, frame)
     used = "planes"
-    chosen = choose_method(method, vessel_mask)
+    guidance = None
+    if method in ("auto", "vessels") and vessel_mask is not None:
+        if progress is not None:
+            progress(0.5, "Couinaud: tracing hepatic and portal veins")
+        guidance = vessel_guidance(liver_mask, pts, vessel_mask, frame, landmarks)
+    chosen = choose_method(method, guidance)
+    if method == "auto" and guidance is not None and not guidance.complete:
+        warnings.append("Couinaud: the vessel mask does not show " + ", ".join(guidance.missing)
+                        + "; the landmark planes were used for every border (method 'auto').")
     if chosen == "territories":
         if progress is not None:
             progress(0.6, "Couinaud: portal territories")
@@ -404,11 +418,11 @@ def map_couinaud(liver_mask: sitk.Image, landmarks: dict[str, np.ndarray], vesse
             warnings.append(note)
     elif chosen == "vessels":
         if progress is not None:
-            progress(0.6, "Couinaud: tracing hepatic veins")
-        guided, _counts, note = vessel_guided_labels(liver_mask, pts, vessel_mask, frame, landmarks)
+            progress(0.7, "Couinaud: vessel-guided borders")
+        guided, _guidance, note = vessel_guided_labels(liver_mask, pts, vessel_mask, frame, landmarks, guidance)
         if guided is not None:
             values, used = guided, "vessels"
-        elif note:
+        if note:
             warnings.append(note)
     out = np.zeros(sitk.GetArrayViewFromImage(liver_mask).shape, dtype=np.uint8)
     out[zyx] = values
@@ -422,12 +436,14 @@ def map_couinaud(liver_mask: sitk.Image, landmarks: dict[str, np.ndarray], vesse
     return CouinaudResult(image, used, warnings, missing, volumes, fractions)
 
 
-def choose_method(method: str, vessel_mask: sitk.Image | None) -> str:
-    """The method 'auto' resolves to: 'planes' (measured: 'vessels' gains +0.012 mean Dice on phantoms with true
-    vessels but loses 0.03 on the real annotated case, whose borders are planar; docs/couinaud_geometry.md)."""
+def choose_method(method: str, guidance: VesselGuidance | None = None) -> str:
+    """The method 'auto' resolves to: 'vessels' when the vessel mask showed all three hepatic veins and portal
+    branches in the right posterior, right anterior and left lateral sectors (`VesselGuidance.complete`),
+    else 'planes' (a partial tree, e.g. hepatic and portal veins merged in the mask, bends borders wrongly;
+    measured in docs/couinaud_geometry.md). Other methods are returned unchanged."""
     if method != "auto":
         return method
-    return "planes"
+    return "vessels" if guidance is not None and guidance.complete else "planes"
 
 
 TRUNK_RADIUS_MM = 12.0  # portal voxels this close to the RPV–LPV segment or UP are trunk (they lie on borders)
@@ -677,68 +693,87 @@ def _distance_to_lesion(point: np.ndarray, lesion_pts: np.ndarray, lesion_labels
 
 VEIN_WEDGE_DEG = 45.0  # traced vein voxels lie within this azimuth of their landmark (and within half the gap to the next)
 VEIN_MIN_RADIUS_MM = 8.0  # vein voxels closer to the IVC axis are IVC / confluence, not a border
-VEIN_MIN_POINTS = 150  # fewer traced voxels than this for a vein: its border stays the landmark plane
-BORDER_SIGMA_H_MM = 12.0  # smoothing of the border shift along the height ...
-BORDER_SIGMA_R_MM = 15.0  # ... and along the radius from the IVC axis
-BORDER_PRIOR = 0.1  # weight (in smoothed voxel counts) pulling the shift back to the landmark plane
+VEIN_MIN_ML = 1.0  # less traced volume than this for a vein: its border stays the landmark plane
+PROFILE_BIN_MM = 5.0  # radial bins of the border profile ...
+PROFILE_BIN_MIN_ML = 0.06  # ... each needing this much traced vein to count (60 mm³: ~5 mm of a 2 mm-radius vein)
+PROFILE_SIGMA_MM = 10.0  # smoothing of the profile along the radius
 BORDER_MAX_DEG = 25.0  # largest shift of a border from its landmark plane
-BORDER_BIN_MM = 2.0
+PORTAL_MIN_ML = 0.3  # portal volume a sector needs for its own superior/inferior height
+SPLIT_MAX_SHIFT_MM = 30.0  # largest move of a sector's superior/inferior height from the landmark's
+SPLIT_SECTORS = {"right_posterior": (6, 7), "right_anterior": (5, 8), "left_lateral": (3, 2)}
 
 
 class VeinBorders:
-    """Azimuth shift of each hepatic sector border as a smooth function of height and radius (LPS mm).
+    """Azimuth shift of each hepatic sector border as a smooth function of the radius from the IVC axis.
 
-    Built from traced hepatic-vein voxels: for each vein (RHV, MHV, LHV) the azimuth offsets of its voxels from
-    the landmark plane are averaged on an (h, r) grid with Gaussian weights (normalised convolution) plus a
-    prior of `BORDER_PRIOR` toward 0, so the border follows the vein where it is traced and returns to the
-    landmark plane away from it. Calling it with arrays h, r gives (dR, dM, dL) in radians (float32).
+    For each vein (RHV, MHV, LHV) with at least `VEIN_MIN_ML` traced: the median azimuth offset of its voxels
+    from the landmark plane in 5 mm radial bins (bins with at least `PROFILE_BIN_MIN_ML` of vein), linearly
+    interpolated across gaps and held constant beyond the traced range, smoothed (Gaussian σ
+    `PROFILE_SIGMA_MM`) and clipped to ±`BORDER_MAX_DEG`. The profile does not vary with height: a vein runs
+    from the confluence outward and downward along its border sheet, so it samples each radius at one height,
+    and the border is taken to keep that radius profile above and below (measured better on phantoms than a
+    height-dependent shift that fades back to the plane away from the vein). Calling it with arrays h, r (mm)
+    gives (dR, dM, dL) in radians (float32; 0 for a vein without a profile).
     """
 
-    def __init__(self, frame: LandmarkFrame, vein_points: dict[str, np.ndarray], h_range, r_max: float):
+    def __init__(self, vein_points: dict[str, np.ndarray], voxel_ml: float, r_max: float):
         from scipy import ndimage
 
-        self.h0 = float(h_range[0]) - BORDER_BIN_MM
-        nh = int(np.ceil((float(h_range[1]) - self.h0) / BORDER_BIN_MM)) + 2
-        nr = int(np.ceil(r_max / BORDER_BIN_MM)) + 2
-        self.tables = {}
-        sig = (BORDER_SIGMA_H_MM / BORDER_BIN_MM, BORDER_SIGMA_R_MM / BORDER_BIN_MM)
+        self.n_bins = int(np.ceil(max(r_max, PROFILE_BIN_MM) / PROFILE_BIN_MM)) + 2
+        self.profiles: dict[str, np.ndarray] = {}
         limit = np.radians(BORDER_MAX_DEG)
         for name, pts in vein_points.items():
-            if pts.shape[0] < VEIN_MIN_POINTS:
+            if pts.shape[0] * voxel_ml < VEIN_MIN_ML:
                 continue
-            h, r, dphi = pts[:, 0], pts[:, 1], pts[:, 2]
-            ih = np.clip(((h - self.h0) / BORDER_BIN_MM).astype(int), 0, nh - 1)
-            ir = np.clip((r / BORDER_BIN_MM).astype(int), 0, nr - 1)
-            w = np.zeros((nh, nr), np.float64)
-            s = np.zeros((nh, nr), np.float64)
-            np.add.at(w, (ih, ir), 1.0)
-            np.add.at(s, (ih, ir), dphi)
-            w = ndimage.gaussian_filter(w, sig, mode="nearest")
-            s = ndimage.gaussian_filter(s, sig, mode="nearest")
-            self.tables[name] = np.clip(s / (w + BORDER_PRIOR), -limit, limit).astype(np.float32)
-        self.shape = (nh, nr)
+            bins = np.clip((pts[:, 1] / PROFILE_BIN_MM).astype(int), 0, self.n_bins - 1)
+            order = np.argsort(bins, kind="stable")
+            bins, offsets = bins[order], pts[order, 2]
+            edges = np.flatnonzero(np.diff(bins)) + 1
+            centres, medians = [], []
+            for chunk_bins, chunk in zip(np.split(bins, edges), np.split(offsets, edges)):
+                if chunk.size * voxel_ml >= PROFILE_BIN_MIN_ML:
+                    centres.append(chunk_bins[0])
+                    medians.append(float(np.median(chunk)))
+            if not centres:
+                continue
+            profile = np.interp(np.arange(self.n_bins), centres, medians)
+            profile = ndimage.gaussian_filter1d(profile, PROFILE_SIGMA_MM / PROFILE_BIN_MM, mode="nearest")
+            self.profiles[name] = np.clip(profile, -limit, limit).astype(np.float32)
 
     def __call__(self, h: np.ndarray, r: np.ndarray):
-        ih = np.clip(((h - self.h0) / BORDER_BIN_MM).astype(np.int64), 0, self.shape[0] - 1)
-        ir = np.clip((r / BORDER_BIN_MM).astype(np.int64), 0, self.shape[1] - 1)
+        ir = np.clip((r / PROFILE_BIN_MM).astype(np.int64), 0, self.n_bins - 1)
         zero = np.float32(0.0)
-        return tuple(self.tables[n][ih, ir] if n in self.tables else zero for n in labels.HEPATIC_VEIN_LANDMARKS)
+        return tuple(self.profiles[n][ir] if n in self.profiles else zero for n in labels.HEPATIC_VEIN_LANDMARKS)
 
 
-def trace_hepatic_veins(liver_mask: sitk.Image, vessel_mask: sitk.Image, frame: LandmarkFrame,
-                        landmarks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Hepatic-vein voxels of each vein: name → (n, 3) float32 of (height mm, radius mm, azimuth offset rad).
+@dataclass
+class VesselOwners:
+    """Vessel voxels inside the liver and the landmark each belongs to (geodesically nearest seed).
 
-    Vessel voxels in the liver form a 26-connected graph; each joins the geodesically nearest landmark among
-    RHV, MHV, LHV, IVC (hepatic) and RPV, LPV, UP (portal). A vein keeps its voxels at least
-    `VEIN_MIN_RADIUS_MM` from the IVC axis whose azimuth lies within `VEIN_WEDGE_DEG` of the landmark's and
-    within half the angular gap to the neighbouring veins (a branch wandering into the next sector is dropped).
+    points: (n, 3) float32 LPS mm; names: the landmark names used as seeds; owner: (n,) index into names,
+    -1 where unreached; voxel_ml: volume of one voxel.
     """
+
+    points: np.ndarray
+    names: list[str]
+    owner: np.ndarray
+    voxel_ml: float
+
+    def of(self, names) -> np.ndarray:
+        """Boolean mask of the voxels owned by any of `names`."""
+        idx = [self.names.index(n) for n in names if n in self.names]
+        return np.isin(self.owner, idx) if idx else np.zeros(self.owner.shape, bool)
+
+
+def vessel_owners(liver_mask: sitk.Image, vessel_mask: sitk.Image, landmarks: dict[str, np.ndarray]) -> VesselOwners | None:
+    """Split a mixed vessel mask by landmark: each vessel voxel in the liver joins the geodesically nearest
+    landmark seed (vessel voxels within `SEED_RADIUS_MM`) among RHV, MHV, LHV, IVC (hepatic) and RPV, LPV, UP
+    (portal) along the 26-connected vessel graph. None when the liver holds fewer than 50 vessel voxels."""
     liver_arr = sitk.GetArrayViewFromImage(liver_mask) != 0
     vessel_arr = sitk.GetArrayViewFromImage(vessel_mask) != 0
     vz = np.argwhere(vessel_arr & liver_arr)
     if vz.shape[0] < 50:
-        return {}
+        return None
     vpts = geometry.voxel_centers_lps(liver_mask, vz).astype(np.float32)
     graph = vessel_graph(vz, liver_mask)
     names = [n for n in ("RHV", "MHV", "LHV", "IVC", "RPV", "LPV", "UP") if n in landmarks]
@@ -747,40 +782,114 @@ def trace_hepatic_veins(liver_mask: sitk.Image, vessel_mask: sitk.Image, frame: 
         nodes = _seed_nodes(vpts, np.asarray(landmarks[name]), SEED_RADIUS_MM)
         seeds.append(nodes)
         owner.append(np.full(nodes.size, i))
-    seeds_all = np.concatenate(seeds)
-    owner_all = np.concatenate(owner)
-    seeds_all, first = np.unique(seeds_all, return_index=True)
-    owner_all = owner_all[first]
+    seeds_all, first = np.unique(np.concatenate(seeds), return_index=True)
+    owner_all = np.concatenate(owner)[first]
     src, _ = _nearest_source(graph, seeds_all)
     lookup = np.full(vpts.shape[0], -1, dtype=np.int64)
     lookup[seeds_all] = owner_all
     who = np.where(src >= 0, lookup[np.maximum(src, 0)], -1)
-    h, r, phi = cylindrical_coordinates(vpts, frame)
+    return VesselOwners(vpts, names, who, geometry.voxel_volume_ml(liver_mask))
+
+
+def trace_hepatic_veins(owners: VesselOwners, frame: LandmarkFrame) -> dict[str, np.ndarray]:
+    """Hepatic-vein voxels of each vein: name → (n, 3) float32 of (height mm, radius mm, azimuth offset rad).
+
+    A vein keeps the voxels it owns (`vessel_owners`) at least `VEIN_MIN_RADIUS_MM` from the IVC axis whose
+    azimuth lies within `VEIN_WEDGE_DEG` of the landmark's and within half the angular gap to the neighbouring
+    veins (a branch wandering into the next sector is dropped).
+    """
+    h, r, phi = cylindrical_coordinates(owners.points, frame)
     az = frame.azimuth
     gaps = {"RHV": min(az["MHV"], 2 * np.pi - frame.cut), "MHV": min(az["MHV"], az["LHV"] - az["MHV"]),
             "LHV": min(az["LHV"] - az["MHV"], frame.cut - az["LHV"])}
     out = {}
     for name in labels.HEPATIC_VEIN_LANDMARKS:
-        if name not in names:
+        if name not in owners.names:
             continue
         off = (phi - np.float32(az[name]) + np.float32(np.pi)) % np.float32(2 * np.pi) - np.float32(np.pi)
         wedge = min(np.radians(VEIN_WEDGE_DEG), 0.5 * gaps[name])
-        keep = (who == names.index(name)) & (r >= VEIN_MIN_RADIUS_MM) & (np.abs(off) <= wedge)
+        keep = owners.of([name]) & (r >= VEIN_MIN_RADIUS_MM) & (np.abs(off) <= wedge)
         out[name] = np.stack([h[keep], r[keep], off[keep]], axis=1).astype(np.float32)
     return out
 
 
-def vessel_guided_labels(liver_mask: sitk.Image, liver_pts: np.ndarray, vessel_mask: sitk.Image,
-                         frame: LandmarkFrame, landmarks: dict[str, np.ndarray]):
-    """Labels with sector borders bent along the traced hepatic veins: (labels, traced counts, note).
+def portal_split_heights(owners: VesselOwners, frame: LandmarkFrame, border_shift=None) -> dict[str, float]:
+    """Height (mm along the axis from IVC) of the superior/inferior border in each sector, from the portal veins.
 
-    Returns (None, counts, note) when no vein has `VEIN_MIN_POINTS` traced voxels. Portal (superior/inferior)
-    borders and segment I stay as in `plane_labels`.
+    The sectoral portal branches run in the transverse (portal) scissura and give off one segmental branch
+    upward and one downward, so the portal voxels of a sector lie about its superior/inferior border: the
+    border is put at the median height of the portal voxels (owned by RPV, LPV or UP) that the (bent) sector
+    borders place in that sector. Sectors with less than `PORTAL_MIN_ML` of portal vein are left out (they
+    keep the landmark height); a height is kept within ±`SPLIT_MAX_SHIFT_MM` of the landmark's.
     """
-    veins = trace_hepatic_veins(liver_mask, vessel_mask, frame, landmarks)
-    counts = {n: int(v.shape[0]) for n, v in veins.items()}
-    if not any(c >= VEIN_MIN_POINTS for c in counts.values()):
-        return None, counts, "Too few hepatic-vein voxels traced from the landmarks; the landmark planes were used."
-    h, r, _ = cylindrical_coordinates(liver_pts, frame)
-    borders = VeinBorders(frame, veins, (float(h.min()), float(h.max())), float(r.max()))
-    return plane_labels(liver_pts, frame, borders), counts, ""
+    portal = owners.points[owners.of(labels.PORTAL_VEIN_LANDMARKS)]
+    if portal.shape[0] == 0:
+        return {}
+    h, _, _ = cylindrical_coordinates(portal, frame)
+    lab = plane_labels(portal, frame, border_shift)
+    out = {}
+    for key, segs in SPLIT_SECTORS.items():
+        sel = np.isin(lab, segs)
+        if sel.sum() * owners.voxel_ml < PORTAL_MIN_ML:
+            continue
+        ref = frame.height["LPV" if key == "left_lateral" else "RPV"]
+        out[key] = float(np.clip(np.median(h[sel]), ref - SPLIT_MAX_SHIFT_MM, ref + SPLIT_MAX_SHIFT_MM))
+    return out
+
+
+@dataclass
+class VesselGuidance:
+    """What the vessel mask gave: sector border profiles, superior/inferior heights, and how complete it is.
+
+    vein_ml: traced volume per hepatic vein (ml); borders: `VeinBorders`; split_heights: sector →
+    height (mm), see `portal_split_heights`; portal_ml: portal volume per sector (ml); missing: what was not
+    found (human-readable), empty when every vein and every sector's portal branches were found.
+    """
+
+    vein_ml: dict[str, float]
+    borders: VeinBorders
+    split_heights: dict[str, float]
+    portal_ml: dict[str, float]
+    missing: list[str]
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
+
+
+def vessel_guidance(liver_mask: sitk.Image, liver_pts: np.ndarray, vessel_mask: sitk.Image, frame: LandmarkFrame,
+                    landmarks: dict[str, np.ndarray]) -> VesselGuidance | None:
+    """Trace the hepatic veins and the portal branches of a vessel mask; None when it holds too few voxels."""
+    owners = vessel_owners(liver_mask, vessel_mask, landmarks)
+    if owners is None:
+        return None
+    veins = trace_hepatic_veins(owners, frame)
+    _, r, _ = cylindrical_coordinates(liver_pts, frame)
+    borders = VeinBorders(veins, owners.voxel_ml, float(r.max()) if r.size else 0.0)
+    heights = portal_split_heights(owners, frame, borders)
+    portal = owners.points[owners.of(labels.PORTAL_VEIN_LANDMARKS)]
+    lab = plane_labels(portal, frame, borders) if portal.shape[0] else np.zeros(0, np.uint8)
+    portal_ml = {k: float(np.isin(lab, segs).sum() * owners.voxel_ml) for k, segs in SPLIT_SECTORS.items()}
+    vein_ml = {n: float(v.shape[0] * owners.voxel_ml) for n, v in veins.items()}
+    missing = [f"{n} (traced {vein_ml.get(n, 0.0):.2f} ml)" for n in labels.HEPATIC_VEIN_LANDMARKS
+               if n not in borders.profiles]
+    missing += [f"portal branches of the {k.replace('_', ' ')} sector ({portal_ml[k]:.2f} ml)"
+                for k in SPLIT_SECTORS if k not in heights]
+    return VesselGuidance(vein_ml, borders, heights, portal_ml, missing)
+
+
+def vessel_guided_labels(liver_mask: sitk.Image, liver_pts: np.ndarray, vessel_mask: sitk.Image,
+                         frame: LandmarkFrame, landmarks: dict[str, np.ndarray], guidance: VesselGuidance | None = None):
+    """Labels with sector borders bent along the traced hepatic veins and superior/inferior heights from the
+    portal branches: (labels, guidance, note). Returns (None, guidance, note) when nothing usable was traced;
+    what was traced is used, the rest stays the landmark planes. Segment I stays as in `plane_labels`."""
+    if guidance is None:
+        guidance = vessel_guidance(liver_mask, liver_pts, vessel_mask, frame, landmarks)
+    if guidance is None or (not guidance.borders.profiles and not guidance.split_heights):
+        return None, guidance, ("Too few hepatic-vein voxels and portal-vein voxels traced from the landmarks in the "
+                                "vessel mask; the landmark planes were used.")
+    note = ""
+    if guidance.missing:
+        note = ("Vessel-guided Couinaud borders: not found in the vessel mask: " + ", ".join(guidance.missing)
+                + "; the landmark planes were used there.")
+    return plane_labels(liver_pts, frame, guidance.borders, guidance.split_heights), guidance, note

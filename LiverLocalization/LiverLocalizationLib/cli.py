@@ -103,9 +103,10 @@ def _add_run(sub) -> None:
     p.add_argument("--min-lesion-mm3", type=float, default=defaults.min_lesion_volume_mm3,
                    help=f"smallest lesion kept, mm³ (default {defaults.min_lesion_volume_mm3:g})")
     p.add_argument("--couinaud-method", choices=COUINAUD_METHODS, default=defaults.couinaud_method,
-                   help="Couinaud mapping: landmark planes; territories (portal-territory refinement near borders); "
-                        "vessels (hepatic-vein borders bent along the segmented veins); auto (default: planes, the "
-                        "best measured on the real reference case)")
+                   help="Couinaud mapping: planes (landmark planes); territories (portal-territory refinement near "
+                        "borders); vessels (sector borders bent along the segmented hepatic veins, superior/inferior "
+                        "heights from the portal branches); auto (default: vessels when the vessel mask shows all "
+                        "three hepatic veins and the portal branches of every sector, else planes)")
     p.add_argument("--no-classify", action="store_true", help="skip the CNN lesion classification")
     p.add_argument("--weights", type=Path, default=None, help="classifier weights (.safetensors); default: the shipped model")
     p.add_argument("--truth", type=Path, default=None, help="a phantom folder: also score the result against its ground truth")

@@ -27,7 +27,9 @@ Geometry (domain.md §1, docs/couinaud_geometry.md):
 
 Portal territories (``method='territories'``) refine the planes with a vessel mask: see `portal_territories`.
 Vessel-guided borders (``method='vessels'``) bend the three hepatic sector borders along the hepatic veins
-traced in a vessel mask (`trace_hepatic_veins`, `VeinBorders`); portal planes and segment I as above.
+traced in a vessel mask (`trace_hepatic_veins`, `VeinBorders`) and put each sector's superior/inferior
+border at the height of its portal branches (`portal_split_heights`); segment I as above. ``method='auto'``
+(the default) uses them when the mask shows the whole tree (`VesselGuidance.complete`), else the planes.
 """
 
 from __future__ import annotations
@@ -370,11 +372,14 @@ def map_couinaud(liver_mask: sitk.Image, landmarks: dict[str, np.ndarray], vesse
     Args:
         liver_mask: liver (nonzero) on any grid; the result has exactly its geometry.
         landmarks: label → LPS mm (IVC, RHV, MHV, LHV, RPV, LPV required; IVC_inferior, UP optional).
-        vessel_mask: optional intrahepatic vessels (nonzero) on the liver mask's grid, for portal territories.
+        vessel_mask: optional intrahepatic vessels (nonzero; hepatic and portal veins may be mixed) on the liver
+            mask's grid.
         method: 'planes' (landmark planes only), 'territories' (planes refined by portal territories of the
             vessel mask; needs it), 'vessels' (sector borders bent along the hepatic veins traced in the vessel
-            mask; needs it; falls back to planes with a warning when no vein is traced), or 'auto'
-            (see `choose_method`).
+            mask, superior/inferior heights from its portal branches; needs it; what is not found stays the
+            landmark plane, with a warning), or 'auto' (the vessel-guided borders when the mask shows all three
+            hepatic veins and the portal branches of the right posterior, right anterior and left lateral
+            sectors, else planes with a warning naming what is missing; see `choose_method`).
         progress: callback(fraction 0..1, message).
         axis: 'patient' (default: vertical = the patient's S–I axis through IVC) or 'ivc' (the line
             IVC_inferior → IVC; follows a tilted anatomy, but 5 mm of click error tilts it by about 5°).

@@ -2,7 +2,8 @@
 
 Usage (from the repository root):
     PYTHONPATH=LiverLocalization .venv/bin/python benchmarks/eval_couinaud.py [--seeds 100 101 ... 109]
-        [--size small|full] [--methods planes territories] [--no-real] [--oblique] [--jitter 5 --repeats 20]
+        [--size small|full] [--methods planes auto] [--no-real] [--oblique] [--jitter 5 --repeats 20]
+        [--vessels truth|detected] [--ablation]
 
 For each case and method: Dice per segment I..VIII against the reference labels, their mean, and for
 phantoms the share of lesions whose main segment (largest share of its voxels) matches the truth's.
@@ -47,7 +48,8 @@ def evaluate(name, liver, vessels, truth, landmarks, methods, lesion_labels=None
         t0 = time.perf_counter()
         res = couinaud.map_couinaud(liver, landmarks, vessels, method=method)
         seconds = time.perf_counter() - t0
-        row = {"case": name, "method": res.method, "dice": dice_per_segment(sitk.GetArrayViewFromImage(res.labels), truth),
+        label = method if method == res.method else f"{method}>{res.method}"  # e.g. auto>vessels
+        row = {"case": name, "method": label, "dice": dice_per_segment(sitk.GetArrayViewFromImage(res.labels), truth),
                "seconds": seconds, "lesions_ok": None, "lesions": None}
         if lesion_labels is not None and lesion_rows:
             truth_main = {r["id"]: r["main_segment"] for r in lesion_rows}
@@ -78,6 +80,53 @@ def phantom_rows(seed: int, size: str, methods, oblique: bool, vessel_source: st
         vessels = sitk.GetImageFromArray(vessel)
         vessels.CopyInformation(liver)
     return evaluate(f"phantom {seed}", liver, vessels, truth, ph.landmarks, methods, ph.truth_lesions, ph.lesions)
+
+
+SECTOR_OF = np.array([4, 4, 3, 3, 2, 1, 0, 0, 1])  # label 0..8 -> 0 right posterior, 1 right anterior, 2 IV, 3 left lateral, 4 I
+SEGMENT_OF = np.array([[6, 7], [5, 8], [4, 4], [3, 2]], np.uint8)  # [sector, superior] -> label
+
+
+def _compose(sector: np.ndarray, superior: np.ndarray, segment_one: np.ndarray) -> np.ndarray:
+    out = SEGMENT_OF[np.minimum(sector, 3), superior.astype(np.intp)]
+    out[segment_one] = 1
+    return out
+
+
+def ablation_row(seed: int, size: str) -> dict:
+    """Mean Dice of 'auto' (true vessels) with one part replaced by the phantom's truth."""
+    from LiverLocalizationLib.phantom import generate_phantom
+
+    ph = generate_phantom(seed, size=size)
+    truth = sitk.GetArrayFromImage(ph.truth_couinaud)
+    liver = sitk.Cast(ph.truth_couinaud > 0, sitk.sitkUInt8)
+    tissue = sitk.GetArrayViewFromImage(ph.truth_tissue)
+    vessels = sitk.GetImageFromArray(np.isin(tissue, [labels.TRUTH_HEPATIC_VEIN, labels.TRUTH_PORTAL_VEIN]).astype(np.uint8))
+    vessels.CopyInformation(liver)
+    res = couinaud.map_couinaud(liver, ph.landmarks, vessels, method="auto")
+    inside = truth > 0
+    t = truth[inside]
+    a = sitk.GetArrayViewFromImage(res.labels)[inside]
+    sec_t, sec_a = SECTOR_OF[t], SECTOR_OF[a]
+    sec_t_or_a = np.where(sec_t == 4, sec_a, sec_t)
+    sup_t, sup_a = np.isin(t, (2, 7, 8)), np.isin(a, (2, 7, 8))
+
+    def score(labels_1d):
+        return float(np.mean(dice_per_segment(labels_1d, t)))
+
+    return {"case": f"phantom {seed}", "used": res.method, "auto": score(a),
+            "true sectors": score(_compose(sec_t_or_a, sup_a, a == 1)),
+            "true sup/inf": score(_compose(sec_a, sup_t, a == 1)),
+            "true I": score(_compose(sec_a, sup_a, t == 1)),
+            "all three": score(_compose(sec_t_or_a, sup_t, t == 1))}
+
+
+def print_ablation(rows: list[dict]) -> None:
+    keys = ["auto", "true sectors", "true sup/inf", "true I", "all three"]
+    print("\nablation (mean Dice of 'auto' with one part taken from the truth; true vessels)")
+    print(f"{'case':22s} {'used':8s} " + " ".join(f"{k:>12s}" for k in keys))
+    for r in rows:
+        print(f"{r['case']:22s} {r['used']:8s} " + " ".join(f"{r[k]:12.3f}" for k in keys))
+    print(f"{'mean':22s} {'':8s} " + " ".join(f"{np.mean([r[k] for r in rows]):12.3f}" for k in keys))
 
 
 def real_rows(folder: Path, name: str, methods) -> list[dict]:
@@ -112,16 +161,16 @@ def jitter_rows(folder: Path, sigma_mm: float, repeats: int) -> None:
 
 def print_table(rows: list[dict]) -> None:
     names = [labels.COUINAUD_ROMAN[k] for k in labels.COUINAUD_LABELS]
-    print(f"{'case':22s} {'method':11s} " + " ".join(f"{n:>5s}" for n in names) + "   mean  lesions  time_s")
+    print(f"{'case':22s} {'method':15s} " + " ".join(f"{n:>5s}" for n in names) + "   mean  lesions  time_s")
     for r in rows:
         les = f"{r['lesions_ok']}/{r['lesions']}" if r["lesions"] is not None else "-"
-        print(f"{r['case']:22s} {r['method']:11s} " + " ".join(f"{d:5.3f}" for d in r["dice"])
+        print(f"{r['case']:22s} {r['method']:15s} " + " ".join(f"{d:5.3f}" for d in r["dice"])
               + f"  {np.mean(r['dice']):5.3f}  {les:>7s}  {r['seconds']:6.2f}")
 
 
 def summary(rows: list[dict], prefix: str) -> None:
-    for method in sorted({r["method"] for r in rows}):
-        sel = [r for r in rows if r["method"] == method and r["case"].startswith(prefix)]
+    for method in sorted({r["method"].split(">")[0] for r in rows}):
+        sel = [r for r in rows if r["method"].split(">")[0] == method and r["case"].startswith(prefix)]
         if not sel:
             continue
         per_seg = np.mean([r["dice"] for r in sel], axis=0)
@@ -136,7 +185,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="*", default=list(range(100, 110)))
     p.add_argument("--size", choices=("small", "full"), default="small")
-    p.add_argument("--methods", nargs="+", default=["planes", "territories"], choices=couinaud.METHODS)
+    p.add_argument("--methods", nargs="+", default=["planes", "auto"], choices=couinaud.METHODS)
+    p.add_argument("--ablation", action="store_true",
+                   help="phantoms: also score the 'auto' result with one part replaced by the truth (sectors, "
+                        "superior/inferior split, segment I): where the remaining error lies")
     p.add_argument("--no-real", action="store_true")
     p.add_argument("--vessels", choices=("truth", "detected"), default="truth",
                    help="phantom vessel mask: true veins, or the pipeline's detected mask (slow: runs the pipeline)")
@@ -151,9 +203,14 @@ def main(argv=None) -> int:
             rows += real_rows(REAL / "liver_crop_2mm", "ircadb1_1 (2 mm crop)", args.methods)
         else:
             print(f"real case not found at {REAL}; skipped")
+    ablations = []
     for seed in args.seeds:
         rows += phantom_rows(seed, args.size, args.methods, args.oblique, args.vessels)
+        if args.ablation:
+            ablations.append(ablation_row(seed, args.size))
     print_table(rows)
+    if ablations:
+        print_ablation(ablations)
     summary(rows, "phantom")
     summary(rows, "ircadb1_1")
     if args.jitter > 0 and (REAL / "liver_crop_2mm" / "mask_liver.nii.gz").exists():

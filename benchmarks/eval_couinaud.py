@@ -55,6 +55,7 @@ def evaluate(name, liver, vessels, truth, landmarks, methods, lesion_labels=None
             truth_main = {r["id"]: r["main_segment"] for r in lesion_rows}
             found = couinaud.localize_lesions(lesion_labels, res.labels, landmarks)
             row["lesions_ok"] = sum(f["main_segment"] == truth_main[f["id"]] for f in found)
+            row["lesions_listed"] = sum(truth_main[f["id"]] in f["segments"] for f in found)
             row["lesions"] = len(found)
         rows.append(row)
     return rows
@@ -176,7 +177,9 @@ def summary(rows: list[dict], prefix: str) -> None:
         per_seg = np.mean([r["dice"] for r in sel], axis=0)
         ok = sum(r["lesions_ok"] or 0 for r in sel)
         total = sum(r["lesions"] or 0 for r in sel)
-        lesions = f", lesions in the right main segment {ok}/{total} ({100.0 * ok / total:.0f} %)" if total else ""
+        listed = sum(r.get("lesions_listed") or 0 for r in sel)
+        lesions = (f", lesions in the right main segment {ok}/{total} ({100.0 * ok / total:.0f} %), true main segment "
+                   f"among the segments reported (share >= 5 %) {listed}/{total}") if total else ""
         print(f"{prefix} mean over {len(sel)} case(s), {method}: mean Dice {per_seg.mean():.3f} "
               f"(per segment " + " ".join(f"{d:.2f}" for d in per_seg) + f"){lesions}")
 

@@ -3,7 +3,7 @@
 Usage (from the repository root):
     PYTHONPATH=LiverLocalization .venv/bin/python benchmarks/eval_couinaud.py [--seeds 100 101 ... 109]
         [--size small|full] [--methods planes auto] [--no-real] [--oblique] [--jitter 5 --repeats 20]
-        [--vessels truth|detected] [--ablation]
+        [--vessels truth|detected] [--ablation] [--end-to-end]
 
 For each case and method: Dice per segment I..VIII against the reference labels, their mean, and for
 phantoms the share of lesions whose main segment (largest share of its voxels) matches the truth's.
@@ -137,6 +137,21 @@ def real_rows(folder: Path, name: str, methods) -> list[dict]:
     return evaluate(name, liver, vessels, truth, io.read_markups(folder / "landmarks.mrk.json"), methods)
 
 
+def pipeline_real_row(folder: Path) -> dict:
+    """End to end on the real CT: the pipeline's own liver mask and vessels (classify=False), method 'auto';
+    Dice against the reference labels over the whole volume (a liver-mask error counts against it)."""
+    from LiverLocalizationLib import pipeline
+
+    ct = io.read_image(folder / "ct.nii.gz")
+    marks = io.read_markups(folder / "landmarks.mrk.json")
+    truth = sitk.GetArrayFromImage(io.read_image(folder / "couinaud_labels.nii.gz"))
+    t0 = time.perf_counter()
+    run = pipeline.run_pipeline(ct, marks, options=pipeline.PipelineOptions(classify=False))
+    seconds = time.perf_counter() - t0
+    return {"case": "end-to-end ircadb1_1", "method": f"auto>{run.couinaud_method}", "seconds": seconds,
+            "dice": dice_per_segment(sitk.GetArrayViewFromImage(run.couinaud), truth), "lesions_ok": None, "lesions": None}
+
+
 def jitter_rows(folder: Path, sigma_mm: float, repeats: int) -> None:
     liver = io.read_image(folder / "mask_liver.nii.gz")
     truth = sitk.GetArrayFromImage(io.read_image(folder / "couinaud_labels.nii.gz"))
@@ -193,6 +208,8 @@ def main(argv=None) -> int:
                    help="phantoms: also score the 'auto' result with one part replaced by the truth (sectors, "
                         "superior/inferior split, segment I): where the remaining error lies")
     p.add_argument("--no-real", action="store_true")
+    p.add_argument("--end-to-end", action="store_true",
+                   help="also run the whole pipeline on the real CT (its own liver mask and vessels) and score its Couinaud map")
     p.add_argument("--vessels", choices=("truth", "detected"), default="truth",
                    help="phantom vessel mask: true veins, or the pipeline's detected mask (slow: runs the pipeline)")
     p.add_argument("--oblique", action="store_true", help="phantoms stored with an oblique direction matrix")
@@ -204,6 +221,8 @@ def main(argv=None) -> int:
         if (REAL / "mask_liver.nii.gz").exists():
             rows += real_rows(REAL, "ircadb1_1 (full res)", args.methods)
             rows += real_rows(REAL / "liver_crop_2mm", "ircadb1_1 (2 mm crop)", args.methods)
+            if args.end_to_end:
+                rows.append(pipeline_real_row(REAL))
         else:
             print(f"real case not found at {REAL}; skipped")
     ablations = []

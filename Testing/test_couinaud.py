@@ -515,3 +515,19 @@ def test_vessel_guided_beats_planes_on_a_phantom(phantom_case):
     d_guided = np.mean(list(dice_per_segment(sitk.GetArrayViewFromImage(guided.labels), truth).values()))
     assert guided.method == "vessels", guided.warnings  # the phantom's tree is complete: auto takes the vessels
     assert d_guided > d_planes + 0.01, (d_guided, d_planes)
+
+
+def test_result_reports_what_the_vessel_mask_showed():
+    marks = box_landmarks()
+    liver = box_liver()
+    veins, portal = complete_box_tree(marks)
+    res = couinaud.map_couinaud(liver, marks, tube_mask(liver, veins + portal, radius_mm=3.5), method="auto")
+    info = res.vessel_guidance
+    assert info["complete"] and info["missing"] == []
+    assert set(info["hepatic_vein_ml"]) == {"RHV", "MHV", "LHV"} and min(info["hepatic_vein_ml"].values()) >= 1.0
+    h_rpv = couinaud.landmark_frame(marks).height["RPV"]
+    assert info["landmark_split_height_mm"]["right_posterior"] == pytest.approx(h_rpv, abs=0.05)
+    assert info["split_height_mm"]["right_posterior"] == pytest.approx(h_rpv + 15.0, abs=3.0)
+    import json
+    json.dumps(info)  # goes into report.json as it is
+    assert couinaud.map_couinaud(liver, marks, method="planes").vessel_guidance is None

@@ -80,6 +80,7 @@ class CouinaudResult:
     warnings: messages for the user (missing optional landmarks, what the result falls back to).
     missing_landmarks: optional landmarks that were absent.
     volumes_ml: segment name "I".."VIII" → volume in ml; fractions: → share of the labelled liver.
+    vessel_guidance: what the vessel mask showed, when it was traced (see `VesselGuidance.summary`), else None.
     """
 
     labels: sitk.Image
@@ -88,6 +89,7 @@ class CouinaudResult:
     missing_landmarks: list[str] = field(default_factory=list)
     volumes_ml: dict[str, float] = field(default_factory=dict)
     fractions: dict[str, float] = field(default_factory=dict)
+    vessel_guidance: dict | None = None
 
 
 @dataclass
@@ -438,7 +440,8 @@ def map_couinaud(liver_mask: sitk.Image, landmarks: dict[str, np.ndarray], vesse
             warnings.append(f"Couinaud segment {name} holds only {100 * frac:.1f} % of the liver: check the landmarks.")
     if progress is not None:
         progress(1.0, "Couinaud: done")
-    return CouinaudResult(image, used, warnings, missing, volumes, fractions)
+    return CouinaudResult(image, used, warnings, missing, volumes, fractions,
+                          guidance.summary(frame) if guidance is not None else None)
 
 
 def choose_method(method: str, guidance: VesselGuidance | None = None) -> str:
@@ -860,6 +863,22 @@ class VesselGuidance:
     @property
     def complete(self) -> bool:
         return not self.missing
+
+    def summary(self, frame: LandmarkFrame) -> dict:
+        """JSON-ready: traced vein volumes (ml), portal volume per sector (ml), the superior/inferior heights
+        (mm above the IVC landmark along the axis) from the portal branches next to the landmark heights,
+        each vein's largest border shift (degrees), and what was missing."""
+        landmark_height = {k: frame.height["LPV" if k == "left_lateral" else "RPV"] for k in SPLIT_SECTORS}
+        return {
+            "complete": self.complete,
+            "hepatic_vein_ml": {k: round(v, 3) for k, v in self.vein_ml.items()},
+            "portal_ml": {k: round(v, 3) for k, v in self.portal_ml.items()},
+            "split_height_mm": {k: round(v, 1) for k, v in self.split_heights.items()},
+            "landmark_split_height_mm": {k: round(v, 1) for k, v in landmark_height.items()},
+            "max_border_shift_deg": {k: round(float(np.degrees(np.abs(v).max())), 1)
+                                     for k, v in self.borders.profiles.items()},
+            "missing": list(self.missing),
+        }
 
 
 def vessel_guidance(liver_mask: sitk.Image, liver_pts: np.ndarray, vessel_mask: sitk.Image, frame: LandmarkFrame,

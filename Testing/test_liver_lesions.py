@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from scipy import ndimage
 
 from LiverLocalizationLib import denoise, geometry, io, labels, lesions, metrics, tissue_model
 from LiverLocalizationLib.errors import InputError
@@ -222,3 +223,71 @@ def test_surface_band_candidates_are_rejected_and_interior_lesions_kept():
     # without the surface-band test the partial-volume streak is reported as a second lesion
     found_all, _ = lesions.classify_voxels(arr, None, liver, model, (1.0, 1.0, 1.0), surface_depth_ratio=0.0)
     assert found_all.max() == 2
+
+
+def _ball(shape, centre, radius):
+    zz, yy, xx = np.indices(shape)
+    return (zz - centre[0]) ** 2 + (yy - centre[1]) ** 2 + (xx - centre[2]) ** 2 <= radius ** 2
+
+
+def test_a_cyst_bulging_from_the_liver_surface_is_kept():
+    """A 10 mm-radius cyst 7 mm inside a face of the block, with the liver's border traced around its outer half
+    (as a liver mask does at a bulging lesion): a lesion although much of its shell lies on the border (the rule
+    that drops gallbladder and partial volume spares balls)."""
+    rng = np.random.default_rng(1)
+    shape = (60, 80, 80)
+    arr = (100.0 + rng.normal(0, 5, shape)).astype(np.float32)
+    liver = np.zeros(shape, bool)
+    liver[2:-2, 2:-2, 2:-2] = True  # the face is at x = 2
+    xx = np.indices(shape)[2]
+    liver &= ~((xx < 8) & _ball(shape, (30, 40, 9), 13) & ~_ball(shape, (30, 40, 9), 10))
+    cyst = _ball(shape, (30, 40, 9), 10) & liver
+    arr[cyst] = 10.0 + rng.normal(0, 5, int(cyst.sum()))
+    shell = ndimage.binary_dilation(cyst) & ~cyst
+    assert (shell & ~liver).sum() / shell.sum() > 0.35  # beyond max_outside_contact: the old rule dropped it
+    model, _ = lesions.liver_mixture(arr[liver])
+    found, _ = lesions.classify_voxels(arr, None, liver, model, (1.0, 1.0, 1.0))
+    assert found.max() == 1
+    assert metrics.dice(found > 0, cyst) >= 0.85
+    dropped, _ = lesions.classify_voxels(arr, None, liver, model, (1.0, 1.0, 1.0), min_ball=2.0)
+    assert dropped.max() == 0
+
+
+def test_fragments_of_one_lesion_become_one_instance():
+    shape = (40, 40, 60)
+    liver = np.ones(shape, bool)
+    parts = np.zeros(shape, np.int32)
+    parts[_ball(shape, (20, 20, 20), 5)] = 1
+    parts[_ball(shape, (20, 20, 32), 5)] = 2  # 2 mm of parenchyma between the two parts
+    parts[_ball(shape, (20, 20, 52), 3)] = 3  # 12 mm from the second part: another lesion
+    merged = lesions.merge_fragments(parts, liver, (1.0, 1.0, 1.0), gap_mm=4.0)
+    assert merged[20, 20, 20] == merged[20, 20, 32] != 0
+    assert merged[20, 20, 26] == merged[20, 20, 20]  # the gap between the parts joins the lesion
+    assert merged[20, 20, 52] not in (0, merged[20, 20, 20])
+    assert len(np.unique(merged)) == 3  # background and two lesions
+    assert lesions.merge_fragments(parts, liver, (1.0, 1.0, 1.0), gap_mm=0.0) is parts
+
+
+def test_a_subcapsular_cyst_joined_to_the_body_wall_stays_in_the_liver():
+    """liver.dark_regions: a fluid ball at the liver's surface touching a muscle-dark wall is one dark component
+    with little parenchyma contact; its fluid part is accepted, the wall is not."""
+    from LiverLocalizationLib import liver as liver_module
+
+    shape = (60, 80, 80)
+    arr = np.full(shape, 110.0, np.float32)
+    parenchyma = np.zeros(shape, bool)
+    parenchyma[5:55, 5:75, 12:75] = True
+    wall = np.zeros(shape, bool)
+    wall[:, :, 2:12] = True  # 50 HU muscle along the liver's face at x = 12
+    arr[wall] = 50.0
+    arr[:, :, :2] = -100.0
+    cyst = _ball(shape, (30, 40, 18), 9) & ~wall
+    arr[cyst] = 10.0
+    parenchyma &= ~cyst
+    filled = liver_module.fill_holes(parenchyma)
+    # the old rule (no second chance) rejects the whole component, cyst included
+    _, rejected_old = liver_module.dark_regions(arr, parenchyma, filled, 110.0, 14.0, (1.0, 1.0, 1.0), min_fluid_ml=1e9)
+    assert rejected_old[cyst].mean() > 0.9
+    accepted, rejected = liver_module.dark_regions(arr, parenchyma, filled, 110.0, 14.0, (1.0, 1.0, 1.0))
+    assert accepted[cyst].mean() > 0.9
+    assert not accepted[wall & ~_ball(shape, (30, 40, 18), 11)].any()

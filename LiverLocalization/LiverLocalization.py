@@ -91,7 +91,7 @@ class LiverLocalizationParameterNode:
 
     inputVolume - CT in Hounsfield units. landmarks - point list with the vessel landmarks (labels IVC, RHV, ...).
     liverSegmentation - optional segmentation holding a liver mask (segment chosen in the GUI).
-    denoiseMethod, medianRadiusMm (mm) - denoising. nClasses - EM classes (0: chosen by BIC).
+    denoiseMethod, medianRadiusMm (mm) - denoising (of the liver's bounding box + 10 mm; the input elsewhere). nClasses - EM classes (0: chosen by BIC).
     minLesionVolumeMm3 (mm^3) - smaller lesion candidates are dropped. couinaudMethod - planes, portal territories, vessel-guided borders (hepatic veins and portal branches) or auto (vessel-guided when the vessel tree is complete, else planes).
     classify - run the lesion classifier. Outputs: segmentation, lesion table, denoised and Grad-CAM volumes.
     """

@@ -114,3 +114,23 @@ def test_bad_method_and_parameters():
         denoise.median_filter(noisy, 0.0)
     with pytest.raises(InputError, match="iteration"):
         denoise.curvature_diffusion(noisy, iterations=0)
+
+
+@pytest.mark.parametrize("method", ["median", "curvature"])
+def test_region_denoises_only_that_box_and_keeps_geometry(method):
+    direction = tuple(sitk.VersorTransform((0.1, 0.2, 0.9), 0.3).GetMatrix())
+    noisy, _, _ = _noisy_block(direction=direction)
+    start, size = (5, 8, 2), (20, 24, 10)
+    out = denoise.denoise(noisy, method, region=(start, size))
+    assert out.GetSize() == noisy.GetSize() and out.GetSpacing() == noisy.GetSpacing()
+    assert out.GetOrigin() == noisy.GetOrigin() and out.GetDirection() == noisy.GetDirection()
+    a, b = sitk.GetArrayFromImage(out), sitk.GetArrayFromImage(noisy)
+    box = tuple(slice(s, s + n) for s, n in zip(start[::-1], size[::-1]))
+    outside = np.ones(a.shape, bool)
+    outside[box] = False
+    np.testing.assert_array_equal(a[outside], b[outside])  # the input, untouched, outside the box
+    crop = sitk.RegionOfInterest(noisy, size, start)
+    np.testing.assert_allclose(a[box], sitk.GetArrayFromImage(denoise.denoise(crop, method)), atol=1e-4)
+    assert a[box].std() < b[box].std()
+    with pytest.raises(InputError, match="does not lie inside the image"):
+        denoise.denoise(noisy, method, region=((30, 0, 0), (20, 10, 10)))

@@ -85,6 +85,26 @@ def test_run_pipeline_in_memory_keeps_inputs_and_oblique_geometry():
     assert metrics.dice(result.liver_mask, liver_truth) >= 0.9
 
 
+def test_tissue_stage_denoises_the_liver_box_unless_asked_for_the_whole_volume():
+    ph = generate_phantom(seed=12, size="small", n_lesions=1)
+    ct = sitk.Cast(ph.ct, sitk.sitkFloat32)
+    den, res, timings = pipeline.tissue_stage(ct, ph.landmarks, None, pipeline.PipelineOptions(classify=False))
+    changed = sitk.GetArrayViewFromImage(den) != sitk.GetArrayViewFromImage(ct)
+    liver = sitk.GetArrayViewFromImage(res.liver_mask) > 0
+    zyx = np.argwhere(liver)
+    margin = np.ceil(pipeline.LIVER_BOX_MARGIN_MM / np.asarray(ct.GetSpacing())[::-1]).astype(int)
+    lo, hi = zyx.min(0) - margin, zyx.max(0) + margin
+    inside_box = np.zeros(changed.shape, bool)
+    inside_box[tuple(slice(max(a, 0), b + 1) for a, b in zip(lo, hi))] = True
+    assert changed[inside_box].mean() > 0.9 and not changed[~inside_box].any()
+    assert {"denoise_s", "tissue_s", "tissue_liver_s", "tissue_mrf_s"} <= set(timings)
+    whole = pipeline.PipelineOptions(classify=False, denoise_whole_volume=True)
+    den_whole, res_whole, _ = pipeline.tissue_stage(ct, ph.landmarks, None, whole)
+    assert (sitk.GetArrayViewFromImage(den_whole) != sitk.GetArrayViewFromImage(ct))[~inside_box].mean() > 0.3
+    truth = np.isin(sitk.GetArrayViewFromImage(ph.truth_tissue), [1, 2, 3, 4])
+    assert metrics.dice(res.liver_mask, truth) >= 0.9 and metrics.dice(res_whole.liver_mask, truth) >= 0.9
+
+
 def test_cancel_between_stages_raises_cancelled():
     ph = generate_phantom(seed=3, size="small", n_lesions=1)
     with pytest.raises(pipeline.Cancelled):

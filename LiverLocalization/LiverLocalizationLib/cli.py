@@ -97,6 +97,10 @@ def _add_run(sub) -> None:
     p.add_argument("--out", required=True, type=Path, help="output folder (created; existing result files are replaced)")
     p.add_argument("--denoise", choices=("median", "curvature", "bilateral", "none"), default=defaults.denoise_method,
                    help=f"denoising method (default {defaults.denoise_method})")
+    p.add_argument("--denoise-whole-volume", action="store_true",
+                   help="denoise the whole body, then find the liver on the denoised CT (slower). By default the "
+                        "liver is found first and only its bounding box (+10 mm) is denoised; denoised.nii.gz is "
+                        "the input outside that box")
     p.add_argument("--median-radius-mm", type=float, default=defaults.median_radius_mm,
                    help=f"median filter radius in mm (default {defaults.median_radius_mm})")
     p.add_argument("--classes", type=int, default=None, help="number of EM intensity classes (default: chosen by BIC)")
@@ -121,6 +125,7 @@ def _cmd_run(args) -> int:
         denoise_method=args.denoise, median_radius_mm=args.median_radius_mm, n_classes=args.classes,
         min_lesion_volume_mm3=args.min_lesion_mm3, couinaud_method=args.couinaud_method,
         classify=not args.no_classify, weights_path=str(args.weights) if args.weights else None,
+        denoise_whole_volume=args.denoise_whole_volume,
     )
     ct = io.read_image(args.ct)
     landmarks = io.read_markups(args.landmarks) if args.landmarks else None

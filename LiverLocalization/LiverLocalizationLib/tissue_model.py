@@ -407,8 +407,16 @@ def segment_tissues(denoised_ct: sitk.Image, landmarks: dict[str, np.ndarray] | 
 
     t0 = time.perf_counter()
     report(0.6, "MRF regularisation")
-    post = mrf_regularise(posteriors(arr, model, mask_crop), beta=mrf_beta, iterations=mrf_iterations, mask=mask_crop)
-    classes = np.argmax(post, axis=0).astype(np.uint8)
+    # classes with the same name (e.g. three parenchyma classes) are one label for the MRF: their posteriors
+    # are summed, which is also cheaper (K names instead of K classes)
+    names = list(dict.fromkeys(model.names))
+    first = np.array([model.names.index(n) for n in names], dtype=np.uint8)
+    post = posteriors(arr, model, mask_crop)
+    if len(names) < model.n_classes:
+        group = np.array([names.index(n) for n in model.names])
+        post = np.stack([post[group == g].sum(axis=0) for g in range(len(names))])
+    post = mrf_regularise(post, beta=mrf_beta, iterations=mrf_iterations, mask=mask_crop)
+    classes = first[np.argmax(post, axis=0)]
     del post
     timings["mrf_s"] = time.perf_counter() - t0
 

@@ -291,3 +291,22 @@ def test_a_subcapsular_cyst_joined_to_the_body_wall_stays_in_the_liver():
     accepted, rejected = liver_module.dark_regions(arr, parenchyma, filled, 110.0, 14.0, (1.0, 1.0, 1.0))
     assert accepted[cyst].mean() > 0.9
     assert not accepted[wall & ~_ball(shape, (30, 40, 18), 11)].any()
+
+
+def test_half_maximum_edge_puts_the_border_where_the_voxel_is_mostly_liver():
+    """A blurred 110 HU block in fat: a mask one voxel too small in-plane grows back to the true border, and no
+    further (the next ring out is mostly fat)."""
+    from LiverLocalizationLib import liver as liver_module
+
+    shape = (20, 60, 60)
+    truth = np.zeros(shape, bool)
+    truth[2:-2, 15:45, 12:48] = True
+    arr = np.where(truth, 110.0, -100.0).astype(np.float32)
+    arr = ndimage.gaussian_filter(arr, sigma=(0, 0.8, 0.8)) + np.random.default_rng(0).normal(0, 8, shape)
+    plane = np.zeros((3, 3, 3), bool)
+    plane[1] = ndimage.generate_binary_structure(2, 1)
+    small = ndimage.binary_erosion(truth, structure=plane)
+    grown = liver_module.half_maximum_edge(arr, small, 110.0, (2.0, 0.7, 0.7))
+    assert metrics.dice(small, truth) < 0.95
+    assert metrics.dice(grown, truth) > 0.99
+    assert not (grown & ~ndimage.binary_dilation(truth, structure=plane)).any()

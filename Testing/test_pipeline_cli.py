@@ -48,6 +48,10 @@ def test_run_result_matches_truth(phantom_case, cli_run):
     # benchmarks/eval_couinaud.py (the phantom's curved borders keep landmark planes near 0.76 on average)
     assert scores["couinaud_mean_dice"] >= 0.65
     report = json.loads((out / "report.json").read_text())
+    assert report["couinaud_method"] in ("planes", "vessels")
+    guidance = report["couinaud_vessel_guidance"]  # what the detected vessels showed, and so why that method
+    assert guidance["complete"] == (report["couinaud_method"] == "vessels")
+    assert set(guidance["split_height_mm"]) <= {"right_posterior", "right_anterior", "left_lateral"}
     assert len(report["lesions"]) >= 1
     for row in report["lesions"]:
         assert row["main_segment"] in ("I", "II", "III", "IV", "V", "VI", "VII", "VIII")

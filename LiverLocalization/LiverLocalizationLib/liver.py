@@ -122,7 +122,7 @@ def liver_class_posterior(values: np.ndarray, model, classes: np.ndarray) -> np.
 def extract_liver(ct: sitk.Image, landmarks: dict[str, np.ndarray] | None = None, *,
                   working_spacing_mm: float = 2.5, roi_margin_mm: float = 150.0, seed_radius_mm: float = 20.0,
                   erosion_mm: float = 6.0, separation_mm: float = 0.0, closing_mm: float = 8.0,
-                  mrf_beta: float = 1.0, dark_sd: float = 3.0,
+                  mrf_beta: float = 1.0, dark_sd: float = 3.0, half_max_edge: bool = True,
                   progress: Progress | None = None) -> sitk.Image:
     """Liver mask (uint8 0/1, exactly the CT's geometry) of a (denoised) contrast-enhanced CT in HU.
 
@@ -139,6 +139,7 @@ def extract_liver(ct: sitk.Image, landmarks: dict[str, np.ndarray] | None = None
             on the 2 mm crop (Dice 0.899 → 0.911) but cut liver away at full resolution (0.911 → 0.875).
         closing_mm: closing radius that brings border notches (vessels, lesions) into the liver.
         mrf_beta: strength of the mean-field smoothing of the liver-class posterior.
+        half_max_edge: move the border out to the half-maximum point (`half_maximum_edge`).
     Raises InputError when no liver-like tissue is found near the seeds.
     """
     from .tissue_model import fit_anchored_mixture, mrf_regularise
@@ -254,12 +255,47 @@ def extract_liver(ct: sitk.Image, landmarks: dict[str, np.ndarray] | None = None
         refined = up_arr > 0.5
     refined = ndimage.binary_opening(refined, structure=ndimage.generate_binary_structure(3, 1))
     refined = fill_holes(_largest_component(refined))
+    if half_max_edge:
+        refined = half_maximum_edge(roi_arr, refined, par_mu, np.asarray(roi.GetSpacing())[::-1])
     out = np.zeros(ct.GetSize()[::-1], np.uint8)
     out[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]] = refined
     mask = sitk.GetImageFromArray(out)
     mask.CopyInformation(ct)
     report(1.0, "liver done")
     return mask
+
+
+def half_maximum_edge(arr: np.ndarray, mask: np.ndarray, liver_mean_hu: float, spacing_zyx,
+                      beyond_mm: float = 1.5) -> np.ndarray:
+    """Add the ring of voxels just outside the mask (in-plane neighbours) whose intensity is above half-way
+    between the liver and the tissue beyond them (the mean, over each voxel's in-plane neighbourhood, of the
+    ring `beyond_mm` further out, past the blurred edge): where the border voxel is mostly liver by the
+    partial-volume model. The
+    class-posterior border lies inside that point at high-contrast borders (liver vs fat): the masks were
+    3-5 % smaller than the references on phantoms and on ircadb1_1 before this step.
+    Intensities are lightly smoothed in-plane first (Gaussian sigma 1 voxel) against noise."""
+    plane = np.zeros((3, 3, 3), bool)
+    plane[1] = ndimage.generate_binary_structure(2, 1)
+    grown1 = ndimage.binary_dilation(mask, structure=plane)
+    ring = grown1 & ~mask
+    gap = max(1, int(round(beyond_mm / float(min(spacing_zyx[1:])))))
+    grown2 = ndimage.binary_dilation(grown1, structure=plane, iterations=gap)
+    outer = ndimage.binary_dilation(grown2, structure=plane) & ~grown2
+    if not ring.any():
+        return mask
+    pad = gap + 4
+    idx = [np.flatnonzero(ring.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
+    sl = tuple(slice(max(0, i[0] - (0 if ax == 0 else pad)), i[-1] + 1 + (0 if ax == 0 else pad))
+               for ax, i in enumerate(idx))
+    smooth = ndimage.gaussian_filter(arr[sl].astype(np.float32), sigma=(0, 1, 1))
+    box = (1, 2 * gap + 5, 2 * gap + 5)
+    out_sum = ndimage.uniform_filter(np.where(outer[sl], smooth, np.float32(0)), size=box)
+    out_n = ndimage.uniform_filter(outer[sl].astype(np.float32), size=box)
+    beyond = np.where(out_n > 0, out_sum / np.maximum(out_n, 1e-6), liver_mean_hu)
+    add = ring[sl] & (smooth > 0.5 * (liver_mean_hu + beyond)) & (beyond < liver_mean_hu)
+    result = mask.copy()
+    result[sl] |= add
+    return result
 
 
 def separate_at_necks(candidate: np.ndarray, liver_seeds: np.ndarray, spacing_zyx, separation_mm: float,

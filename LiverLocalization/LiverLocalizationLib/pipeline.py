@@ -76,6 +76,7 @@ class PipelineResult:
     warnings: list[str] = field(default_factory=list)
     couinaud_method: str | None = None
     couinaud_volumes_ml: dict[str, float] | None = None
+    couinaud_vessel_guidance: dict | None = None
 
 
 def _stage_progress(progress: Progress | None, start: float, stop: float) -> Progress:
@@ -232,6 +233,7 @@ def run_pipeline(
         landmarks=dict(landmarks) if landmarks else None, options=options, timings=timings, warnings=warnings,
         couinaud_method=couinaud_result.method if couinaud_result else None,
         couinaud_volumes_ml=couinaud_result.volumes_ml if couinaud_result else None,
+        couinaud_vessel_guidance=couinaud_result.vessel_guidance if couinaud_result else None,
     )
 
 
@@ -312,6 +314,7 @@ def report_dict(result: PipelineResult) -> dict:
         "liver_volume_ml": float(sitk.GetArrayViewFromImage(result.liver_mask).sum()) * voxel_ml,
         "couinaud_method": result.couinaud_method,
         "couinaud_volumes_ml": result.couinaud_volumes_ml,
+        "couinaud_vessel_guidance": result.couinaud_vessel_guidance,
         "landmarks_ras_mm": {k: geometry.lps_to_ras(v) for k, v in (result.landmarks or {}).items()},
         "lesions": result.lesions,
         "em_classes": result.em_classes,

@@ -544,36 +544,13 @@ def border_margin(points_lps: np.ndarray, frame: LandmarkFrame) -> np.ndarray:
     return margin
 
 
-def split_hepatic_portal(points: np.ndarray, graph, landmarks: dict[str, np.ndarray]) -> np.ndarray:
-    """Vessel voxels → 1 hepatic, 2 portal, 0 unreached: geodesically nearest landmark (hepatic or portal)."""
-    groups = {1: [n for n in ("RHV", "MHV", "LHV", "IVC") if n in landmarks],
-              2: [n for n in ("RPV", "LPV", "UP") if n in landmarks]}
-    seeds, seed_class = [], []
-    for cls, names in groups.items():
-        for name in names:
-            nodes = _seed_nodes(points, np.asarray(landmarks[name]), SEED_RADIUS_MM)
-            seeds.append(nodes)
-            seed_class.append(np.full(nodes.size, cls))
-    seeds_all = np.concatenate(seeds) if seeds else np.zeros(0, int)
-    cls_all = np.concatenate(seed_class) if seed_class else np.zeros(0, int)
-    seeds_all, first = np.unique(seeds_all, return_index=True)
-    cls_all = cls_all[first]
-    src, _ = _nearest_source(graph, seeds_all)
-    lookup = np.zeros(points.shape[0] if src.size == 0 else max(src.max() + 1, 1), dtype=np.int64)
-    lookup[seeds_all] = cls_all
-    out = np.zeros(points.shape[0], dtype=np.uint8)
-    ok = src >= 0
-    out[ok] = lookup[src[ok]]
-    return out
-
-
 def portal_territories(liver_mask: sitk.Image, liver_pts: np.ndarray, plane_values: np.ndarray, vessel_mask: sitk.Image,
                        frame: LandmarkFrame, landmarks: dict[str, np.ndarray]):
     """Refine plane labels by portal territories; returns (labels for the liver voxels, note) or (None, note).
 
     1. Vessel voxels inside the liver form a 26-connected graph (edge lengths in mm).
-    2. Hepatic or portal: each vessel voxel joins the class of the geodesically nearest landmark (RHV, MHV,
-       LHV, IVC vs RPV, LPV, UP). Hepatic veins run on segment borders, so they are not used further.
+    2. Hepatic or portal: each vessel voxel joins the geodesically nearest landmark (`vessel_owners`: RHV,
+       MHV, LHV, IVC vs RPV, LPV, UP). Hepatic veins run on segment borders, so they are not used further.
     3. Portal trunk voxels (within `TRUNK_RADIUS_MM` of the RPV–LPV segment or of UP) lie on borders too and
        are dropped; the other portal voxels at least `CONFIDENT_MARGIN_MM` from every plane border keep
        their plane label as seeds, and every remaining portal voxel takes the label of the geodesically
@@ -585,15 +562,11 @@ def portal_territories(liver_mask: sitk.Image, liver_pts: np.ndarray, plane_valu
     """
     from scipy.spatial import cKDTree
 
-    liver_arr = sitk.GetArrayViewFromImage(liver_mask) != 0
-    vessel_arr = sitk.GetArrayViewFromImage(vessel_mask) != 0
-    vz = np.argwhere(vessel_arr & liver_arr)
-    if vz.shape[0] < 50:
+    owners = vessel_owners(liver_mask, vessel_mask, landmarks)
+    if owners is None:
         return None, "Too few vessel voxels inside the liver for portal territories; the landmark planes were used."
-    vpts = geometry.voxel_centers_lps(liver_mask, vz).astype(np.float32)
-    graph = vessel_graph(vz, liver_mask)
-    kind = split_hepatic_portal(vpts, graph, landmarks)
-    portal = kind == 2
+    vpts, graph = owners.points, owners.graph
+    portal = owners.of(labels.PORTAL_VEIN_LANDMARKS)
     trunk = _distance_to_segment(vpts, np.asarray(landmarks["RPV"]), np.asarray(landmarks["LPV"])) < TRUNK_RADIUS_MM
     if "UP" in landmarks:
         trunk |= np.sqrt(((vpts - np.asarray(landmarks["UP"], np.float32)) ** 2).sum(1)) < TRUNK_RADIUS_MM
@@ -759,13 +732,14 @@ class VesselOwners:
     """Vessel voxels inside the liver and the landmark each belongs to (geodesically nearest seed).
 
     points: (n, 3) float32 LPS mm; names: the landmark names used as seeds; owner: (n,) index into names,
-    -1 where unreached; voxel_ml: volume of one voxel.
+    -1 where unreached; voxel_ml: volume of one voxel; graph: the 26-connected vessel graph (`vessel_graph`).
     """
 
     points: np.ndarray
     names: list[str]
     owner: np.ndarray
     voxel_ml: float
+    graph: object = None
 
     def of(self, names) -> np.ndarray:
         """Boolean mask of the voxels owned by any of `names`."""
@@ -796,7 +770,7 @@ def vessel_owners(liver_mask: sitk.Image, vessel_mask: sitk.Image, landmarks: di
     lookup = np.full(vpts.shape[0], -1, dtype=np.int64)
     lookup[seeds_all] = owner_all
     who = np.where(src >= 0, lookup[np.maximum(src, 0)], -1)
-    return VesselOwners(vpts, names, who, geometry.voxel_volume_ml(liver_mask))
+    return VesselOwners(vpts, names, who, geometry.voxel_volume_ml(liver_mask), graph)
 
 
 def trace_hepatic_veins(owners: VesselOwners, frame: LandmarkFrame) -> dict[str, np.ndarray]:
@@ -821,7 +795,8 @@ def trace_hepatic_veins(owners: VesselOwners, frame: LandmarkFrame) -> dict[str,
     return out
 
 
-def portal_split_heights(owners: VesselOwners, frame: LandmarkFrame, border_shift=None) -> dict[str, float]:
+def portal_split_heights(owners: VesselOwners, frame: LandmarkFrame,
+                         border_shift=None) -> tuple[dict[str, float], dict[str, float]]:
     """Height (mm along the axis from IVC) of the superior/inferior border in each sector, from the portal veins.
 
     The sectoral portal branches run in the transverse (portal) scissura and give off one segmental branch
@@ -829,20 +804,23 @@ def portal_split_heights(owners: VesselOwners, frame: LandmarkFrame, border_shif
     border is put at the median height of the portal voxels (owned by RPV, LPV or UP) that the (bent) sector
     borders place in that sector. Sectors with less than `PORTAL_MIN_ML` of portal vein are left out (they
     keep the landmark height); a height is kept within ±`SPLIT_MAX_SHIFT_MM` of the landmark's.
+    Returns (sector → height, sector → portal volume in ml).
     """
     portal = owners.points[owners.of(labels.PORTAL_VEIN_LANDMARKS)]
+    heights: dict[str, float] = {}
+    volumes = {key: 0.0 for key in SPLIT_SECTORS}
     if portal.shape[0] == 0:
-        return {}
+        return heights, volumes
     h, _, _ = cylindrical_coordinates(portal, frame)
     lab = plane_labels(portal, frame, border_shift)
-    out = {}
     for key, segs in SPLIT_SECTORS.items():
         sel = np.isin(lab, segs)
-        if sel.sum() * owners.voxel_ml < PORTAL_MIN_ML:
+        volumes[key] = float(sel.sum() * owners.voxel_ml)
+        if volumes[key] < PORTAL_MIN_ML:
             continue
         ref = frame.height["LPV" if key == "left_lateral" else "RPV"]
-        out[key] = float(np.clip(np.median(h[sel]), ref - SPLIT_MAX_SHIFT_MM, ref + SPLIT_MAX_SHIFT_MM))
-    return out
+        heights[key] = float(np.clip(np.median(h[sel]), ref - SPLIT_MAX_SHIFT_MM, ref + SPLIT_MAX_SHIFT_MM))
+    return heights, volumes
 
 
 @dataclass
@@ -890,10 +868,7 @@ def vessel_guidance(liver_mask: sitk.Image, liver_pts: np.ndarray, vessel_mask: 
     veins = trace_hepatic_veins(owners, frame)
     _, r, _ = cylindrical_coordinates(liver_pts, frame)
     borders = VeinBorders(veins, owners.voxel_ml, float(r.max()) if r.size else 0.0)
-    heights = portal_split_heights(owners, frame, borders)
-    portal = owners.points[owners.of(labels.PORTAL_VEIN_LANDMARKS)]
-    lab = plane_labels(portal, frame, borders) if portal.shape[0] else np.zeros(0, np.uint8)
-    portal_ml = {k: float(np.isin(lab, segs).sum() * owners.voxel_ml) for k, segs in SPLIT_SECTORS.items()}
+    heights, portal_ml = portal_split_heights(owners, frame, borders)
     vein_ml = {n: float(v.shape[0] * owners.voxel_ml) for n, v in veins.items()}
     missing = [f"{n} (traced {vein_ml.get(n, 0.0):.2f} ml)" for n in labels.HEPATIC_VEIN_LANDMARKS
                if n not in borders.profiles]

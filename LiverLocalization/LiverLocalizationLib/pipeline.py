@@ -119,13 +119,14 @@ def tissue_stage(ct: sitk.Image, landmarks: dict[str, np.ndarray] | None, liver_
     timings: dict[str, float] = {}
     mask = liver_mask
     region = None
+    extract_s = None  # liver extraction done here, before denoising
     if not options.denoise_whole_volume and options.denoise_method != "none":
         if mask is None:
             t0 = time.perf_counter()
             if landmarks:
                 liver.check_landmarks_inside(ct, landmarks)
             mask = liver.extract_liver(ct, landmarks, progress=_stage_progress(progress, 0.0, 0.3))
-            timings["liver_s"] = time.perf_counter() - t0
+            extract_s = time.perf_counter() - t0
         margin = [int(np.ceil(LIVER_BOX_MARGIN_MM / s)) for s in ct.GetSpacing()]
         start, size = liver.mask_bounding_box(mask, margin_voxels=0)
         lo = np.maximum(np.asarray(start) - margin, 0)
@@ -144,13 +145,10 @@ def tissue_stage(ct: sitk.Image, landmarks: dict[str, np.ndarray] | None, liver_
     tissues = tissue_model.segment_tissues(
         denoised, landmarks, mask, n_classes=options.n_classes,
         min_lesion_volume_mm3=options.min_lesion_volume_mm3, progress=_stage_progress(progress, 0.45, 1.0))
-    timings["tissue_s"] = time.perf_counter() - t0 + timings.get("liver_s", 0.0)
-    for key, value in tissues.timings.items():
-        if key == "liver_s" and liver_mask is None and "liver_s" in timings:
-            continue  # the mask found above was passed in: segment_tissues only copied it
-        timings[f"tissue_{key}" if not key.startswith("tissue") else key] = value
-    if "liver_s" in timings:
-        timings["tissue_liver_s"] = timings.pop("liver_s")
+    timings["tissue_s"] = time.perf_counter() - t0 + (extract_s or 0.0)
+    timings.update({f"tissue_{key}": value for key, value in tissues.timings.items()})
+    if extract_s is not None:  # segment_tissues only copied the mask found above
+        timings["tissue_liver_s"] = extract_s
     return denoised, tissues, timings
 
 

@@ -44,11 +44,16 @@ def relabel_by_volume(labels_arr: np.ndarray, min_voxels: int = 1) -> np.ndarray
     return lut[labels_arr]
 
 
+def _equivalent_radius_mm(n_voxels: int, voxel_mm3: float) -> float:
+    """Radius (mm) of the sphere with the volume of n_voxels voxels."""
+    return (3.0 * n_voxels * voxel_mm3 / (4.0 * np.pi)) ** (1.0 / 3.0)
+
+
 def _is_ball(mask: np.ndarray, spacing_zyx, min_ratio: float, min_radius_mm: float) -> bool:
     """A ball-like region: equivalent-sphere radius at least `min_radius_mm` and inscribed radius at least
     `min_ratio` of it (1 for a ball, ~0.8 for a 1:1:2 ellipsoid, small for a sheet or a thin shell)."""
     n = int(mask.sum())
-    r_eq = (3.0 * n * float(np.prod(spacing_zyx)) / (4.0 * np.pi)) ** (1.0 / 3.0)
+    r_eq = _equivalent_radius_mm(n, float(np.prod(spacing_zyx)))
     if n == 0 or r_eq < min_radius_mm:
         return False
     inscribed = float(ndimage.distance_transform_edt(np.pad(mask, 1), sampling=spacing_zyx).max())
@@ -64,7 +69,7 @@ def drop_shells(lesion: np.ndarray, spacing_zyx, min_radius_mm: float = 8.0, max
         if sl is None:
             continue
         comp = lesion[sl] == i
-        r_eq = (3.0 * comp.sum() * float(np.prod(spacing_zyx)) / (4.0 * np.pi)) ** (1.0 / 3.0)
+        r_eq = _equivalent_radius_mm(int(comp.sum()), float(np.prod(spacing_zyx)))
         if r_eq >= min_radius_mm and not _is_ball(comp, spacing_zyx, max_ratio, 0.0):
             lesion[sl][comp] = 0
     return lesion
@@ -176,7 +181,7 @@ def classify_voxels(arr: np.ndarray, classes: np.ndarray | None, liver: np.ndarr
         if (lab[sl] == i).sum() < min_voxels:
             continue
         comp0 = lab[sl] == i
-        radius_mm = (3.0 * comp0.sum() * voxel_mm3 / (4.0 * np.pi)) ** (1.0 / 3.0)
+        radius_mm = _equivalent_radius_mm(int(comp0.sum()), voxel_mm3)
         n_steps = max(steps, int(round(0.75 * radius_mm / spacing_zyx.min())))
         sl = tuple(slice(max(0, s.start - n_steps - steps - 2), s.stop + n_steps + steps + 2) for s in sl)
         comp = ndimage.binary_fill_holes(lab[sl] == i)
@@ -206,7 +211,7 @@ def classify_voxels(arr: np.ndarray, classes: np.ndarray | None, liver: np.ndarr
         if surface_depth_ratio > 0:
             if depth is None:
                 depth = ndimage.distance_transform_edt(liver, sampling=spacing_zyx)
-            g_radius = (3.0 * grown.sum() * voxel_mm3 / (4.0 * np.pi)) ** (1.0 / 3.0)
+            g_radius = _equivalent_radius_mm(int(grown.sum()), voxel_mm3)
             g_shell = ndimage.binary_dilation(grown, structure=six) & ~grown
             near_border = (g_shell & liver[sl] & (depth[sl] <= surface_band_mm)).sum() / max(1, g_shell.sum())
             if (depth[sl][grown].max() < surface_depth_ratio * g_radius and near_border > max_border_shell

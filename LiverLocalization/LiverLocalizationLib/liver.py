@@ -36,8 +36,10 @@ from .lesions import parenchyma_statistics
 Progress = Callable[[float, str], None]
 
 
-def mask_bounding_box(mask: sitk.Image, margin_voxels: int = 0):
-    """Index box (start_xyz, size_xyz) of a mask's nonzero voxels with a margin, clipped to the image."""
+def mask_bounding_box(mask: sitk.Image, margin_voxels=0):
+    """Index box (start_xyz, size_xyz) of a mask's nonzero voxels with a margin, clipped to the image.
+
+    margin_voxels: one number for every axis, or one per axis (x, y, z)."""
     arr = sitk.GetArrayViewFromImage(mask)
     size = np.asarray(mask.GetSize())
     nz = arr != 0
@@ -278,11 +280,11 @@ def half_maximum_edge(arr: np.ndarray, mask: np.ndarray, liver_mean_hu: float, s
     plane[1] = ndimage.generate_binary_structure(2, 1)
     grown1 = ndimage.binary_dilation(mask, structure=plane)
     ring = grown1 & ~mask
+    if not ring.any():
+        return mask
     gap = max(1, int(round(beyond_mm / float(min(spacing_zyx[1:])))))
     grown2 = ndimage.binary_dilation(grown1, structure=plane, iterations=gap)
     outer = ndimage.binary_dilation(grown2, structure=plane) & ~grown2
-    if not ring.any():
-        return mask
     pad = gap + 4
     idx = [np.flatnonzero(ring.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
     sl = tuple(slice(max(0, i[0] - (0 if ax == 0 else pad)), i[-1] + 1 + (0 if ax == 0 else pad))

@@ -127,11 +127,8 @@ def tissue_stage(ct: sitk.Image, landmarks: dict[str, np.ndarray] | None, liver_
                 liver.check_landmarks_inside(ct, landmarks)
             mask = liver.extract_liver(ct, landmarks, progress=_stage_progress(progress, 0.0, 0.3))
             extract_s = time.perf_counter() - t0
-        margin = [int(np.ceil(LIVER_BOX_MARGIN_MM / s)) for s in ct.GetSpacing()]
-        start, size = liver.mask_bounding_box(mask, margin_voxels=0)
-        lo = np.maximum(np.asarray(start) - margin, 0)
-        hi = np.minimum(np.asarray(start) + np.asarray(size) + margin, np.asarray(ct.GetSize()))
-        region = (tuple(int(v) for v in lo), tuple(int(v) for v in hi - lo))
+        margin = np.ceil(LIVER_BOX_MARGIN_MM / np.asarray(ct.GetSpacing())).astype(int)
+        region = liver.mask_bounding_box(mask, margin_voxels=margin)
     _check_cancel(should_cancel)
     t0 = time.perf_counter()
     if options.denoise_method == "none":

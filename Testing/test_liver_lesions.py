@@ -310,3 +310,29 @@ def test_half_maximum_edge_puts_the_border_where_the_voxel_is_mostly_liver():
     assert metrics.dice(small, truth) < 0.95
     assert metrics.dice(grown, truth) > 0.99
     assert not (grown & ~ndimage.binary_dilation(truth, structure=plane)).any()
+
+
+def test_complete_edges_moves_a_lesion_border_out_to_the_parenchyma_level():
+    """A lesion whose dark core (radius 8 mm) fades to the parenchyma over its outer 2 mm (the partial-volume
+    edge and a thin rim, inside the lesion): the hysteresis border (radius 8) grows to the true border
+    (radius 10) and stops at the parenchyma; a fluid lesion (a cyst, 5 HU) keeps its border."""
+    rng = np.random.default_rng(3)
+    shape = (50, 50, 90)
+    zz, yy, xx = np.indices(shape)
+    liver = np.ones(shape, bool)
+    arr = (100.0 + rng.normal(0, 3, shape)).astype(np.float32)
+    r = np.sqrt((zz - 25) ** 2 + (yy - 25) ** 2 + (xx - 25) ** 2)
+    arr[r < 10] = (60.0 + 40.0 * np.clip((r[r < 10] - 8.0) / 2.0, 0, 1)).astype(np.float32)
+    rc = np.sqrt((zz - 25) ** 2 + (yy - 25) ** 2 + (xx - 65) ** 2)
+    arr[rc < 8] = 5.0
+    start = np.zeros(shape, np.uint16)
+    start[r < 8] = 1
+    start[rc < 8] = 2
+    grown = lesions.complete_edges(start, arr, liver, (1.0, 1.0, 1.0), edge_mm=2.0)
+    truth = r < 10
+    assert metrics.dice(start == 1, truth) < 0.7
+    assert metrics.dice(grown == 1, truth) >= 0.9
+    assert not (grown == 1)[r > 11].any()  # stops at the parenchyma
+    assert np.array_equal(grown == 2, start == 2)  # the cyst keeps its border
+    assert lesions.complete_edges(start, arr, liver, (1.0, 1.0, 1.0), edge_mm=2.0, fluid_hu=-100.0)[25, 25, 56]
+    assert np.array_equal(lesions.complete_edges(np.zeros(shape, np.uint16), arr, liver, (1, 1, 1)), np.zeros(shape))

@@ -9,8 +9,10 @@ mean-field MRF smoothing each voxel is parenchyma, hypodense or hyperdense.
 - Lesions: connected hypodense regions (holes filled) whose mean is at least `separation_sd` sds below
   the parenchyma and above fat (-30 HU), whose surface lies mostly inside the liver (not gallbladder,
   bowel or surface partial volume), larger than `min_lesion_volume_mm3`; each grows (hysteresis) into
-  the adjacent voxels darker than the parenchyma by 0.3 of its contrast (`classify_voxels`). Instances are numbered 1..n by volume, largest first. Lesions that are only
-  hyperdense are not reported: in the portal-venous phase they cannot be told from vessels by intensity.
+  the adjacent voxels darker than the parenchyma by 0.3 of its contrast (`classify_voxels`), then by up
+  to 1 mm more to where the intensity is back at the surrounding parenchyma's level (`complete_edges`).
+  Instances are numbered 1..n by volume, largest first. Lesions that are only hyperdense are not
+  reported: in the portal-venous phase they cannot be told from vessels by intensity.
 - Vessels: the remaining hyperdense voxels.
 """
 
@@ -99,6 +101,49 @@ def merge_fragments(lesion: np.ndarray, liver: np.ndarray, spacing_zyx, gap_mm: 
     return out
 
 
+def complete_edges(lesion: np.ndarray, arr: np.ndarray, liver: np.ndarray, spacing_zyx, edge_mm: float = 1.0,
+                   below_sd: float = 0.5, smooth_mm: float = 1.0, ring_mm: tuple[float, float] = (2.0, 4.0),
+                   fluid_hu: float = 30.0) -> np.ndarray:
+    """Move each lesion's border out to where the intensity is back at the surrounding parenchyma's level.
+
+    The hysteresis of `classify_voxels` stops where a lesion is still darker than the parenchyma by a fraction
+    of its contrast, inside the partial-volume edge and inside a thin enhancing rim, so lesions came out too
+    small (on the development phantoms, seeds 5-8 full, 0.6-0.7 of the true volume for metastases, at
+    unchanged precision). Each instance grows by up to `edge_mm` (geodesic, 6-connected) through liver
+    voxels that, lightly smoothed (Gaussian, sigma `smooth_mm`), are darker than the median of the ring
+    `ring_mm` outside it by `below_sd` robust sds of that ring. Growth stops at parenchyma, vessels and other
+    lesions. Fluid lesions (median below `fluid_hu`: cysts, wall without rim) keep their border, which the
+    hysteresis already puts beyond the half-maximum edge (seed 1: cyst Dice 0.92/0.94, 0.80 with this step).
+    lesion: instance labels [z, y, x] (modified copy returned, same dtype).
+    """
+    if not lesion.any():
+        return lesion
+    six = ndimage.generate_binary_structure(3, 1)
+    step = float(np.min(spacing_zyx))
+    steps = max(1, int(round(edge_mm / step)))
+    r_in, r_out = (max(1, int(round(r / step))) for r in ring_mm)
+    pad = r_out + 2 + int(np.ceil(3 * smooth_mm / step))
+    sigma = smooth_mm / np.asarray(spacing_zyx, dtype=float)
+    out = lesion.copy()
+    for i, sl in enumerate(ndimage.find_objects(lesion), start=1):
+        if sl is None:
+            continue
+        sl = tuple(slice(max(0, s.start - pad), s.stop + pad) for s in sl)
+        comp = lesion[sl] == i
+        if float(np.median(arr[sl][comp])) < fluid_hu:
+            continue
+        ring = (ndimage.binary_dilation(comp, structure=six, iterations=r_out)
+                & ~ndimage.binary_dilation(comp, structure=six, iterations=r_in) & liver[sl] & (lesion[sl] == 0))
+        if ring.sum() < 10:
+            continue
+        smooth = ndimage.gaussian_filter(arr[sl].astype(np.float32), sigma)
+        level, spread = parenchyma_statistics(smooth[ring])
+        darker = liver[sl] & (out[sl] == 0) & (smooth < level - below_sd * spread)
+        grown = ndimage.binary_dilation(comp, structure=six, iterations=steps, mask=darker | comp)
+        out[sl][grown & (out[sl] == 0)] = i
+    return out
+
+
 def _elongation(coords_zyx_mm: np.ndarray) -> float:
     """Ratio of the largest to the smallest principal standard deviation of a point cloud (1 = sphere)."""
     if len(coords_zyx_mm) < 4:
@@ -113,7 +158,8 @@ def classify_voxels(arr: np.ndarray, classes: np.ndarray | None, liver: np.ndarr
                     max_outside_contact: float = 0.35, grow_sd: float = 0.7, edge_fraction: float = 0.3,
                     surface_depth_ratio: float = 1.3, surface_band_mm: float = 3.0, max_border_shell: float = 0.3,
                     merge_gap_mm: float = 4.0, min_ball: float = 0.75, min_ball_radius_mm: float = 6.0,
-                    max_outside_ball: float = 0.5, min_shell_radius_mm: float = 8.0, max_shell_ratio: float = 0.4):
+                    max_outside_ball: float = 0.5, min_shell_radius_mm: float = 8.0, max_shell_ratio: float = 0.4,
+                    edge_mm: float = 1.0, edge_below_sd: float = 0.5):
     """Split the liver's voxels into lesion instances and vessels.
 
     1. Cores: connected voxels of the MRF-smoothed EM class 'lesion-hypo' (or of a 'mixed' class and
@@ -143,6 +189,8 @@ def classify_voxels(arr: np.ndarray, classes: np.ndarray | None, liver: np.ndarr
     4. Fragments: regions closer than `merge_gap_mm` are one lesion and the gaps between them join it
        (`merge_fragments`): a heterogeneous tumour is one instance, not several.
     5. Shells: instances that are thin shells or sheets are dropped (`drop_shells`).
+    6. Edges: each instance's border moves out by up to `edge_mm` to where the intensity is back at the
+       surrounding parenchyma's level (`complete_edges`; fluid lesions keep theirs).
 
     Args:
         arr: intensities (HU) [z, y, x]; liver: bool liver mask, same shape.
@@ -155,6 +203,8 @@ def classify_voxels(arr: np.ndarray, classes: np.ndarray | None, liver: np.ndarr
         rim_mm: least growth distance (mm).
         max_outside_contact: largest fraction of a core's one-voxel shell allowed outside the liver.
         spacing_xyz: voxel spacing in mm (x, y, z).
+        edge_mm, edge_below_sd: growth limit (mm) and least depth (robust sds of the surrounding ring) of the
+            edge completion; edge_mm 0 disables it.
     Returns (lesion instance labels uint16 [z, y, x], vessel mask bool: hyperdense voxels not in lesions).
     """
     spacing_zyx = np.asarray(spacing_xyz, dtype=float)[::-1]
@@ -223,6 +273,8 @@ def classify_voxels(arr: np.ndarray, classes: np.ndarray | None, liver: np.ndarr
     lesion = drop_shells(merge_fragments(lesion, liver, spacing_zyx, merge_gap_mm), spacing_zyx, min_shell_radius_mm,
                          max_shell_ratio)
     lesion = relabel_by_volume(lesion, min_voxels)
+    if edge_mm > 0:
+        lesion = complete_edges(lesion, arr, liver, spacing_zyx, edge_mm, edge_below_sd)
     vessel = hyper & (lesion == 0)
     return lesion, vessel
 

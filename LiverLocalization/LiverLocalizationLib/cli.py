@@ -172,7 +172,7 @@ def _cmd_train(args) -> int:
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate-classifier", help="evaluate classifier weights on phantom cases never used in training",
                        description="Confusion matrix, accuracy, sensitivity, specificity, precision, F1 and ROC AUC with "
-                                   "95 %% bootstrap confidence intervals (resampled by case), per kind and malignant vs benign.")
+                                   "95 % bootstrap confidence intervals (resampled by case), per kind and malignant vs benign.")
     p.add_argument("--weights", type=Path, default=None, help="weights (.safetensors); default: the shipped model")
     p.add_argument("--out", required=True, type=Path, help="output folder (evaluation.json, confusion_matrix.png)")
     p.add_argument("--cases", type=int, default=40, help="number of evaluation cases (default 40)")

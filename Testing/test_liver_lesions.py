@@ -315,7 +315,8 @@ def test_half_maximum_edge_puts_the_border_where_the_voxel_is_mostly_liver():
 def test_complete_edges_moves_a_lesion_border_out_to_the_parenchyma_level():
     """A lesion whose dark core (radius 8 mm) fades to the parenchyma over its outer 2 mm (the partial-volume
     edge and a thin rim, inside the lesion): the hysteresis border (radius 8) grows to the true border
-    (radius 10) and stops at the parenchyma; a fluid lesion (a cyst, 5 HU) keeps its border."""
+    (radius 10) and stops at the parenchyma; a fluid lesion (a cyst, 5 HU, with the same fading edge) keeps
+    its border; a sharp edge does not move."""
     rng = np.random.default_rng(3)
     shape = (50, 50, 90)
     zz, yy, xx = np.indices(shape)
@@ -324,7 +325,7 @@ def test_complete_edges_moves_a_lesion_border_out_to_the_parenchyma_level():
     r = np.sqrt((zz - 25) ** 2 + (yy - 25) ** 2 + (xx - 25) ** 2)
     arr[r < 10] = (60.0 + 40.0 * np.clip((r[r < 10] - 8.0) / 2.0, 0, 1)).astype(np.float32)
     rc = np.sqrt((zz - 25) ** 2 + (yy - 25) ** 2 + (xx - 65) ** 2)
-    arr[rc < 8] = 5.0
+    arr[rc < 10] = (5.0 + 95.0 * np.clip((rc[rc < 10] - 8.0) / 2.0, 0, 1)).astype(np.float32)
     start = np.zeros(shape, np.uint16)
     start[r < 8] = 1
     start[rc < 8] = 2
@@ -336,3 +337,7 @@ def test_complete_edges_moves_a_lesion_border_out_to_the_parenchyma_level():
     assert np.array_equal(grown == 2, start == 2)  # the cyst keeps its border
     assert lesions.complete_edges(start, arr, liver, (1.0, 1.0, 1.0), edge_mm=2.0, fluid_hu=-100.0)[25, 25, 56]
     assert np.array_equal(lesions.complete_edges(np.zeros(shape, np.uint16), arr, liver, (1, 1, 1)), np.zeros(shape))
+    sharp = (100.0 + rng.normal(0, 3, shape)).astype(np.float32)
+    sharp[r < 8] = 60.0
+    moved = lesions.complete_edges(start, sharp, liver, (1.0, 1.0, 1.0), edge_mm=2.0) == 1
+    assert np.count_nonzero(moved & (r >= 8)) < 0.1 * np.count_nonzero(r < 8)

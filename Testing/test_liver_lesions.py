@@ -67,6 +67,10 @@ def test_outputs_types_values_and_geometry(phantom_run):
     np.testing.assert_array_equal(tissue == labels.VESSEL, sitk.GetArrayViewFromImage(res.vessel_mask) > 0)
     sizes = [int((lesion == i).sum()) for i in range(1, int(lesion.max()) + 1)]
     assert sizes == sorted(sizes, reverse=True) and all(s > 0 for s in sizes)
+    cores = sitk.GetArrayViewFromImage(res.lesion_cores)
+    assert _same_geometry_exactly(res.lesion_cores, ph.ct) and res.lesion_cores.GetPixelID() == sitk.sitkUInt16
+    assert not ((cores > 0) & (lesion != cores)).any()  # each core lies in its own lesion (same id)
+    assert set(np.unique(cores)) == set(np.unique(lesion))
     assert {"liver_s", "em_fit_s", "mrf_s", "lesions_s"} <= set(res.timings)
     assert res.model.n_classes >= 2 and "parenchyma" in res.model.names
 
@@ -312,32 +316,54 @@ def test_half_maximum_edge_puts_the_border_where_the_voxel_is_mostly_liver():
     assert not (grown & ~ndimage.binary_dilation(truth, structure=plane)).any()
 
 
-def test_complete_edges_moves_a_lesion_border_out_to_the_parenchyma_level():
-    """A lesion whose dark core (radius 8 mm) fades to the parenchyma over its outer 2 mm (the partial-volume
-    edge and a thin rim, inside the lesion): the hysteresis border (radius 8) grows to the true border
-    (radius 10) and stops at the parenchyma; a fluid lesion (a cyst, 5 HU, with the same fading edge) keeps
-    its border; a sharp edge does not move."""
+def test_extend_margins_adds_the_edge_and_the_enhancing_rim_of_solid_lesions():
+    """A solid lesion: dark core (radius 7 mm, 60 HU) inside a brighter rim (7-9 mm, 125 HU) in parenchyma
+    (100 HU); detected as its core. Its extent becomes the ball of 9 mm and stops there; a cyst (5 HU) keeps
+    its border; bright voxels of the vessel mask join only within the plain margin; nothing leaves the liver."""
     rng = np.random.default_rng(3)
     shape = (50, 50, 90)
     zz, yy, xx = np.indices(shape)
-    liver = np.ones(shape, bool)
     arr = (100.0 + rng.normal(0, 3, shape)).astype(np.float32)
     r = np.sqrt((zz - 25) ** 2 + (yy - 25) ** 2 + (xx - 25) ** 2)
-    arr[r < 10] = (60.0 + 40.0 * np.clip((r[r < 10] - 8.0) / 2.0, 0, 1)).astype(np.float32)
+    arr[r < 9] = 125.0
+    arr[r < 7] = 60.0
     rc = np.sqrt((zz - 25) ** 2 + (yy - 25) ** 2 + (xx - 65) ** 2)
-    arr[rc < 10] = (5.0 + 95.0 * np.clip((rc[rc < 10] - 8.0) / 2.0, 0, 1)).astype(np.float32)
+    arr[rc < 8] = 5.0
+    liver = np.ones(shape, bool)
     start = np.zeros(shape, np.uint16)
-    start[r < 8] = 1
+    start[r < 7] = 1
     start[rc < 8] = 2
-    grown = lesions.complete_edges(start, arr, liver, (1.0, 1.0, 1.0), edge_mm=2.0)
-    truth = r < 10
+    none = np.zeros(shape, bool)
+    grown = lesions.extend_margins(start, arr, liver, none, (1.0, 1.0, 1.0))
+    truth = r < 9
     assert metrics.dice(start == 1, truth) < 0.7
-    assert metrics.dice(grown == 1, truth) >= 0.9
-    assert not (grown == 1)[r > 11].any()  # stops at the parenchyma
+    assert metrics.dice(grown == 1, truth) >= 0.95
+    assert not (grown == 1)[r > 9.5].any()  # stops where the rim ends
     assert np.array_equal(grown == 2, start == 2)  # the cyst keeps its border
-    assert lesions.complete_edges(start, arr, liver, (1.0, 1.0, 1.0), edge_mm=2.0, fluid_hu=-100.0)[25, 25, 56]
-    assert np.array_equal(lesions.complete_edges(np.zeros(shape, np.uint16), arr, liver, (1, 1, 1)), np.zeros(shape))
-    sharp = (100.0 + rng.normal(0, 3, shape)).astype(np.float32)
-    sharp[r < 8] = 60.0
-    moved = lesions.complete_edges(start, sharp, liver, (1.0, 1.0, 1.0), edge_mm=2.0) == 1
-    assert np.count_nonzero(moved & (r >= 8)) < 0.1 * np.count_nonzero(r < 8)
+    assert grown.dtype == start.dtype and np.array_equal(grown[start > 0], start[start > 0])
+
+    vessel = (r >= 7) & (r < 9) & (xx > 25)  # the rim's right half is hyperdense "vessel": only the margin joins
+    grown_v = lesions.extend_margins(start, arr, liver, vessel, (1.0, 1.0, 1.0))
+    d = ndimage.distance_transform_edt(start != 1)
+    assert (grown_v == 1)[vessel & (d <= 1.5)].all()
+    assert not (grown_v == 1)[vessel & (d > 1.5)].any()
+
+    clipped = lesions.extend_margins(start, arr, liver & (xx < 27), none, (1.0, 1.0, 1.0))
+    assert not (clipped == 1)[:, :, 27:][~(start == 1)[:, :, 27:]].any()
+    assert np.array_equal(lesions.extend_margins(np.zeros(shape, np.uint16), arr, liver, none, (1, 1, 1)),
+                          np.zeros(shape))
+
+
+def test_extend_margins_measures_the_margin_in_mm_on_anisotropic_grids():
+    """2 mm slices, 1 mm pixels, no rim: a 1.5 mm margin adds the in-plane neighbours, not the next slices."""
+    shape = (21, 41, 41)
+    arr = np.full(shape, 100.0, np.float32) + np.random.default_rng(1).normal(0, 2, shape).astype(np.float32)
+    start = np.zeros(shape, np.uint16)
+    start[8:13, 15:26, 15:26] = 1
+    arr[start > 0] = 50.0
+    grown = lesions.extend_margins(start, arr, np.ones(shape, bool), np.zeros(shape, bool), (2.0, 1.0, 1.0),
+                                   margin_mm=1.5, rim_mm=0.0)
+    assert (grown[8:13, 14, 15:26] == 1).all() and (grown[8:13, 26, 15:26] == 1).all()
+    assert not grown[7].any() and not grown[13].any()
+    assert not grown[10, 13].any()
+

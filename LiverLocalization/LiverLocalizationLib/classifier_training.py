@@ -71,11 +71,13 @@ class LesionDataset:
 
 
 def detect_lesions(ct, landmarks):
-    """Lesion instances found the way the pipeline finds them (median denoising, 1 mm, then EM tissues)."""
+    """Lesion cores found the way the pipeline finds them (median denoising, 1 mm, then EM tissues).
+
+    The cores (before `lesions.extend_margins`) are what the pipeline gives the classifier."""
     from . import denoise, tissue_model
 
     denoised = denoise.denoise(ct, "median", median_radius_mm=1.0)
-    return tissue_model.segment_tissues(denoised, landmarks, None).lesion_labels
+    return tissue_model.segment_tissues(denoised, landmarks, None).lesion_cores
 
 
 def case_patches(seed: int, size: str = "small", use_detected: bool = True, include_missed: bool = True,

@@ -106,6 +106,9 @@ def _add_run(sub) -> None:
     p.add_argument("--classes", type=int, default=None, help="number of EM intensity classes (default: chosen by BIC)")
     p.add_argument("--min-lesion-mm3", type=float, default=defaults.min_lesion_volume_mm3,
                    help=f"smallest lesion kept, mm³ (default {defaults.min_lesion_volume_mm3:g})")
+    p.add_argument("--lesion-margin-mm", type=float, default=defaults.lesion_margin_mm,
+                   help="margin added around each solid lesion's detected core, with its enhancing rim within 2.5 mm "
+                        f"(partial-volume edge, capsule); 0 reports the cores (default {defaults.lesion_margin_mm:g})")
     p.add_argument("--couinaud-method", choices=COUINAUD_METHODS, default=defaults.couinaud_method,
                    help="Couinaud mapping: planes (landmark planes); territories (portal-territory refinement near "
                         "borders); vessels (sector borders bent along the segmented hepatic veins, superior/inferior "
@@ -123,7 +126,7 @@ def _cmd_run(args) -> int:
 
     options = pipeline.PipelineOptions(
         denoise_method=args.denoise, median_radius_mm=args.median_radius_mm, n_classes=args.classes,
-        min_lesion_volume_mm3=args.min_lesion_mm3, couinaud_method=args.couinaud_method,
+        min_lesion_volume_mm3=args.min_lesion_mm3, lesion_margin_mm=args.lesion_margin_mm, couinaud_method=args.couinaud_method,
         classify=not args.no_classify, weights_path=str(args.weights) if args.weights else None,
         denoise_whole_volume=args.denoise_whole_volume,
     )

@@ -38,6 +38,7 @@ class PipelineOptions:
     median_radius_mm: float = 1.0
     n_classes: int | None = None
     min_lesion_volume_mm3: float = 100.0
+    lesion_margin_mm: float = 1.5
     couinaud_method: str = "auto"
     classify: bool = True
     weights_path: str | None = None
@@ -54,6 +55,9 @@ class PipelineOptions:
             raise InputError(f"{self.n_classes} EM classes: use 2-8, or leave it unset to choose by BIC.")
         if self.min_lesion_volume_mm3 < 0:
             raise InputError("The smallest lesion volume cannot be negative.")
+        if not 0 <= self.lesion_margin_mm <= 5:
+            raise InputError(f"Lesion margin {self.lesion_margin_mm} mm is out of range; use 0-5 mm (1.5 mm is the default, "
+                             "0 reports the detected cores).")
 
 
 @dataclass
@@ -141,7 +145,7 @@ def tissue_stage(ct: sitk.Image, landmarks: dict[str, np.ndarray] | None, liver_
     t0 = time.perf_counter()
     tissues = tissue_model.segment_tissues(
         denoised, landmarks, mask, n_classes=options.n_classes,
-        min_lesion_volume_mm3=options.min_lesion_volume_mm3, progress=_stage_progress(progress, 0.45, 1.0))
+        min_lesion_volume_mm3=options.min_lesion_volume_mm3, lesion_margin_mm=options.lesion_margin_mm, progress=_stage_progress(progress, 0.45, 1.0))
     timings["tissue_s"] = time.perf_counter() - t0 + (extract_s or 0.0)
     timings.update({f"tissue_{key}": value for key, value in tissues.timings.items()})
     if extract_s is not None:  # segment_tissues only copied the mask found above
@@ -213,7 +217,8 @@ def run_pipeline(
     if model is not None and rows:
         _check_cancel(should_cancel)
         t0 = time.perf_counter()
-        predictions, gradcam = classifier.classify_lesions(ct_float, tissues.lesion_labels, model,
+        # the classifier sees each lesion's core, the mask it was trained on (classifier_training.detect_lesions)
+        predictions, gradcam = classifier.classify_lesions(ct_float, tissues.lesion_cores, model,
                                                            progress=_stage_progress(progress, 0.75, 0.95))
         for pred in predictions:
             rows.setdefault(pred["id"], {"id": pred["id"]}).update(pred)

@@ -342,13 +342,16 @@ class TissueResult:
     """Output of segment_tissues; every image has exactly the CT's geometry.
 
     liver_mask: uint8 0/1; tissue: uint8 (0 background, 1 parenchyma, 2 lesion, 3 vessel);
-    lesion_labels: uint16 instances 1..n ordered by volume (largest first); vessel_mask: uint8 0/1;
+    lesion_labels: uint16 instances 1..n ordered by volume (largest first), each lesion's full extent;
+    lesion_cores: the same instances (same ids) as detected, before `lesions.extend_margins` added their
+    margin and rim (the masks the lesion classifier was trained on); vessel_mask: uint8 0/1;
     model: the intensity mixture fitted inside the liver; timings: seconds per sub-stage.
     """
 
     liver_mask: sitk.Image
     tissue: sitk.Image
     lesion_labels: sitk.Image
+    lesion_cores: sitk.Image
     vessel_mask: sitk.Image
     model: MixtureModel
     timings: dict[str, float] = field(default_factory=dict)
@@ -356,8 +359,8 @@ class TissueResult:
 
 def segment_tissues(denoised_ct: sitk.Image, landmarks: dict[str, np.ndarray] | None = None,
                     liver_mask: sitk.Image | None = None, *, n_classes: int | None = None,
-                    min_lesion_volume_mm3: float = 100.0, mrf_beta: float = 1.0, mrf_iterations: int = 5,
-                    progress: Progress | None = None) -> TissueResult:
+                    min_lesion_volume_mm3: float = 100.0, lesion_margin_mm: float = 1.5, mrf_beta: float = 1.0,
+                    mrf_iterations: int = 5, progress: Progress | None = None) -> TissueResult:
     """Liver, lesions and vessels of a (denoised) CT in HU.
 
     Args:
@@ -366,6 +369,8 @@ def segment_tissues(denoised_ct: sitk.Image, landmarks: dict[str, np.ndarray] | 
         liver_mask: optional liver mask on the CT's grid (nonzero = liver); replaces the extraction.
         n_classes: mixture classes inside the liver; None chooses by BIC.
         min_lesion_volume_mm3: lesion components smaller than this are dropped.
+        lesion_margin_mm: margin (mm) added to each solid lesion's core (`lesions.extend_margins`, which also
+            adds the enhancing rim within 2.5 mm); 0 reports the cores as they are.
         mrf_beta, mrf_iterations: mean-field MRF strength and number of sweeps.
         progress: callback (fraction 0..1, message).
     Without landmarks and mask, the liver is the largest parenchyma-like component in the right upper
@@ -422,8 +427,14 @@ def segment_tissues(denoised_ct: sitk.Image, landmarks: dict[str, np.ndarray] | 
 
     t0 = time.perf_counter()
     report(0.8, "lesions and vessels")
-    lesion_crop, vessel_crop = lesions.classify_voxels(arr, classes, mask_crop, model, ct_crop.GetSpacing(),
-                                                       min_lesion_volume_mm3=min_lesion_volume_mm3)
+    cores_crop, vessel_crop = lesions.classify_voxels(arr, classes, mask_crop, model, ct_crop.GetSpacing(),
+                                                      min_lesion_volume_mm3=min_lesion_volume_mm3)
+    lesion_crop = cores_crop
+    if lesion_margin_mm > 0:
+        lesion_crop = lesions.extend_margins(cores_crop, arr, mask_crop, vessel_crop,
+                                             np.asarray(ct_crop.GetSpacing())[::-1], margin_mm=lesion_margin_mm,
+                                             rim_mm=max(2.5, lesion_margin_mm))
+        lesion_crop, cores_crop = lesions.relabel_together(lesion_crop, cores_crop)
     timings["lesions_s"] = time.perf_counter() - t0
 
     tissue = np.zeros(mask_crop.shape, np.uint8)
@@ -432,6 +443,7 @@ def segment_tissues(denoised_ct: sitk.Image, landmarks: dict[str, np.ndarray] | 
     tissue[(lesion_crop > 0) & mask_crop] = 2
     vessel_crop = vessel_crop & mask_crop & (lesion_crop == 0)
     lesion_crop = np.where(mask_crop, lesion_crop, 0)
+    cores_crop = np.where(mask_crop, cores_crop, 0)
 
     def paste(crop_arr: np.ndarray, pixel_id) -> sitk.Image:
         full = sitk.Image(ct.GetSize(), pixel_id)
@@ -444,6 +456,7 @@ def segment_tissues(denoised_ct: sitk.Image, landmarks: dict[str, np.ndarray] | 
         liver_mask=mask_img,
         tissue=paste(tissue, sitk.sitkUInt8),
         lesion_labels=paste(lesion_crop.astype(np.uint16), sitk.sitkUInt16),
+        lesion_cores=paste(cores_crop.astype(np.uint16), sitk.sitkUInt16),
         vessel_mask=paste(vessel_crop.astype(np.uint8), sitk.sitkUInt8),
         model=model, timings=timings)
     report(1.0, "tissues done")

@@ -92,7 +92,8 @@ class LiverLocalizationParameterNode:
     inputVolume - CT in Hounsfield units. landmarks - point list with the vessel landmarks (labels IVC, RHV, ...).
     liverSegmentation - optional segmentation holding a liver mask (segment chosen in the GUI).
     denoiseMethod, medianRadiusMm (mm) - denoising (of the liver's bounding box + 10 mm; the input elsewhere). nClasses - EM classes (0: chosen by BIC).
-    minLesionVolumeMm3 (mm^3) - smaller lesion candidates are dropped. couinaudMethod - planes, portal territories, vessel-guided borders (hepatic veins and portal branches) or auto (vessel-guided when the vessel tree is complete, else planes).
+    minLesionVolumeMm3 (mm^3) - smaller lesion candidates are dropped. lesionMarginMm (mm) - margin added around each solid
+    lesion's detected core, with its enhancing rim within 2.5 mm (0: the cores). couinaudMethod - planes, portal territories, vessel-guided borders (hepatic veins and portal branches) or auto (vessel-guided when the vessel tree is complete, else planes).
     classify - run the lesion classifier. Outputs: segmentation, lesion table, denoised and Grad-CAM volumes.
     """
 
@@ -103,6 +104,7 @@ class LiverLocalizationParameterNode:
     medianRadiusMm: Annotated[float, WithinRange(0.5, 10.0)] = 1.0
     nClasses: Annotated[int, WithinRange(0, 8)] = 0
     minLesionVolumeMm3: Annotated[float, WithinRange(0.0, 10000.0)] = 100.0
+    lesionMarginMm: Annotated[float, WithinRange(0.0, 5.0)] = 1.5
     couinaudMethod: Annotated[str, Choice(["auto", "planes", "territories", "vessels"])] = "auto"
     classify: bool = True
     outputSegmentation: vtkMRMLSegmentationNode
@@ -292,6 +294,7 @@ class LiverLocalizationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         return PipelineOptions(
             denoise_method=p.denoiseMethod, median_radius_mm=float(p.medianRadiusMm),
             n_classes=int(p.nClasses) or None, min_lesion_volume_mm3=float(p.minLesionVolumeMm3),
+            lesion_margin_mm=float(p.lesionMarginMm),
             couinaud_method=p.couinaudMethod, classify=bool(p.classify), weights_path=weights or None)
 
     def onApplyButton(self) -> None:

@@ -31,6 +31,7 @@ EXPECTED_WIDGETS = {
     "compareDenoisedButton": "QPushButton",
     "nClassesSpinBox": "QSpinBox",
     "minLesionVolumeSliderWidget": "ctkSliderWidget",
+    "lesionMarginSliderWidget": "ctkSliderWidget",
     "couinaudMethodComboBox": "QComboBox",
     "classifyCheckBox": "QCheckBox",
     "weightsPathLineEdit": "ctkPathLineEdit",

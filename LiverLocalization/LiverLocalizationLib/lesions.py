@@ -122,9 +122,9 @@ def extend_margins(lesion: np.ndarray, arr: np.ndarray, liver: np.ndarray, vesse
 
     The hysteresis of `classify_voxels` follows the hypodense part of a lesion, so it stops inside the
     blurred edge and inside an enhancing rim or capsule (metastases, HCC) or a band of enhancing nodules
-    (haemangioma), which are as bright as the parenchyma or brighter. On the development phantoms (seeds
-    0-11, full) the voxels 0-1.5 mm outside a detected metastasis, HCC or haemangioma were still lesion
-    in 30-90 % of cases, at +5 to +9 HU against the parenchyma 4-6 mm away. Each instance whose median is
+    (haemangioma), which are as bright as the parenchyma or brighter. On development phantoms (seeds 0, 1,
+    6, 7, full) 30-90 % of the voxels within 1 mm outside a detected metastasis, HCC or haemangioma were
+    lesion (per lesion), at -5 to +9 HU from the parenchyma 4-6 mm away. Each instance whose median is
     above `fluid_hu` (cysts keep the border the hysteresis gives them: it already lies beyond the
     half-maximum edge) takes the free liver voxels (no other lesion) within `margin_mm` of it, and those
     within `rim_mm` that are brighter than the ring `ring_mm` outside it by `rim_sd` robust sds and not in

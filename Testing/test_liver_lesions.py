@@ -143,7 +143,8 @@ def test_real_crop_liver_dice(ircadb_crop_dir):
     landmarks = io.read_markups(ircadb_crop_dir / "landmarks.mrk.json")
     truth = io.read_image(ircadb_crop_dir / "mask_liver.nii.gz")
     res = tissue_model.segment_tissues(denoise.denoise(ct, "curvature"), landmarks)
-    assert metrics.dice(res.liver_mask, sitk.GetArrayViewFromImage(truth) > 0) >= 0.90
+    # 0.914 measured; 0.908 without the surface tumour that soft_tissue_in_concavities brings in
+    assert metrics.dice(res.liver_mask, sitk.GetArrayViewFromImage(truth) > 0) >= 0.91
 
 
 # ------------------------------------------------------------------------------------------ bad input
@@ -367,3 +368,33 @@ def test_extend_margins_measures_the_margin_in_mm_on_anisotropic_grids():
     assert not grown[7].any() and not grown[13].any()
     assert not grown[10, 13].any()
 
+
+
+def test_soft_tissue_in_a_concavity_of_the_liver_mask_joins_it():
+    """A liver ball (radius 60 mm) whose mask misses a tumour at its surface (70 HU, a bite 40 mm wide and 25 mm
+    deep); beside it a fluid bite (10 HU, gallbladder-like), a fat bite and a bright one. Soft tissue of the
+    tumour is returned where a 25 mm ball cannot reach into the bite (its deeper part, about half of it by
+    volume); the fluid, fat and bright bites, and anything outside the bites, are not."""
+    from LiverLocalizationLib import liver as liver_module
+
+    sp = (2.0, 2.0, 2.0)
+    shape = (70, 70, 70)
+    zz, yy, xx = (np.indices(shape) - 35) * 2.0
+    r = np.sqrt(zz ** 2 + yy ** 2 + xx ** 2)
+    arr = np.full(shape, -100.0, np.float32)  # fat around
+    liver_ball = r < 60
+    arr[liver_ball] = 110.0
+    bites = {}
+    for name, (cy, cx), hu in (("tumour", (0.0, 55.0), 70.0), ("fluid", (0.0, -55.0), 10.0),
+                               ("fat", (55.0, 0.0), -80.0), ("bright", (-55.0, 0.0), 180.0)):
+        bite = liver_ball & (np.sqrt(zz ** 2 + (yy - cy) ** 2 + (xx - cx) ** 2) < 20)
+        arr[bite] = hu
+        bites[name] = bite
+    mask = liver_ball & ~np.any(list(bites.values()), axis=0)
+    added = liver_module.soft_tissue_in_concavities(arr, mask, sp, 25.0, soft_hu=(40.0, 95.0))
+    assert added.sum() >= 0.4 * bites["tumour"].sum()
+    deep = bites["tumour"] & (r < 40)  # the bite's bottom, 15-20 mm below where the ball can reach
+    assert added[deep].all()
+    assert not (added & ~bites["tumour"]).any()
+    assert not liver_module.soft_tissue_in_concavities(arr, mask, sp, 25.0, soft_hu=(40.0, 60.0)).any()
+    assert not liver_module.soft_tissue_in_concavities(arr, mask, sp, 6.0, soft_hu=(40.0, 95.0)).any()  # too wide to close

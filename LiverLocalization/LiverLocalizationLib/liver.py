@@ -12,7 +12,8 @@ Steps (`extract_liver`):
 4. Erosion by `erosion_mm` cuts thin bridges to heart, spleen, kidney, stomach and IVC; the
    component(s) touching the seed balls are kept; a geodesic dilation inside the liver class undoes
    the erosion; a closing and 3-D plus slice-wise hole filling bring tumours and intrahepatic vessels
-   into the liver.
+   into the liver; hypodense regions at its surface are judged (`dark_regions`), and soft tissue that
+   fills a concavity of the mask (a tumour at the surface) joins it (`soft_tissue_in_concavities`).
 5. Back on the CT's grid: the working-grid mask is interpolated and its border refined at full
    resolution (voxels within one working voxel of the border follow the liver-class posterior).
 
@@ -125,6 +126,7 @@ def extract_liver(ct: sitk.Image, landmarks: dict[str, np.ndarray] | None = None
                   working_spacing_mm: float = 2.5, roi_margin_mm: float = 150.0, seed_radius_mm: float = 20.0,
                   erosion_mm: float = 6.0, separation_mm: float = 0.0, closing_mm: float = 8.0,
                   mrf_beta: float = 1.0, dark_sd: float = 3.0, half_max_edge: bool = True,
+                  concavity_mm: float = 25.0, soft_tissue_hu: float = 40.0,
                   progress: Progress | None = None) -> sitk.Image:
     """Liver mask (uint8 0/1, exactly the CT's geometry) of a (denoised) contrast-enhanced CT in HU.
 
@@ -142,6 +144,9 @@ def extract_liver(ct: sitk.Image, landmarks: dict[str, np.ndarray] | None = None
         closing_mm: closing radius that brings border notches (vessels, lesions) into the liver.
         mrf_beta: strength of the mean-field smoothing of the liver-class posterior.
         half_max_edge: move the border out to the half-maximum point (`half_maximum_edge`).
+        concavity_mm, soft_tissue_hu: soft tissue (from `soft_tissue_hu` to the parenchyma minus one sd)
+            in the mask's concavities up to this radius joins the liver (`soft_tissue_in_concavities`:
+            tumours at the surface); 0 disables it.
     Raises InputError when no liver-like tissue is found near the seeds.
     """
     from .tissue_model import fit_anchored_mixture, mrf_regularise
@@ -232,6 +237,11 @@ def extract_liver(ct: sitk.Image, landmarks: dict[str, np.ndarray] | None = None
     parenchyma = _largest_component(liver_small)
     added, rejected = dark_regions(arr, parenchyma, fill_holes(parenchyma), par_mu, par_sd, sp_zyx, dark_sd=dark_sd)
     liver_small = fill_holes(parenchyma | added) & ~rejected
+    if concavity_mm > 0:
+        bite = soft_tissue_in_concavities(arr, liver_small, sp_zyx, concavity_mm,
+                                          soft_hu=(soft_tissue_hu, par_mu - par_sd))
+        liver_small |= bite
+        added = added | bite
     report(0.7, "liver: full-resolution border")
 
     # 5. back to the CT's grid with a refined border
@@ -265,6 +275,33 @@ def extract_liver(ct: sitk.Image, landmarks: dict[str, np.ndarray] | None = None
     mask.CopyInformation(ct)
     report(1.0, "liver done")
     return mask
+
+
+def soft_tissue_in_concavities(arr: np.ndarray, mask: np.ndarray, spacing_zyx, radius_mm: float,
+                               soft_hu: tuple[float, float]) -> np.ndarray:
+    """Soft-tissue voxels that fill concavities of the liver mask: tumours at the surface.
+
+    A hypodense tumour at the liver's surface is neither liver-like (the EM liver class) nor dark enough for
+    `dark_regions` (a metastasis at 55-95 HU is as dark as the muscle it touches), so the mask follows the
+    parenchyma around it and leaves a bite. The liver's own outline closes over the bite: voxels inside
+    the mask's closing by a ball of `radius_mm` (Euclidean, by two distance transforms), outside the mask,
+    with intensities in `soft_hu` (above fluid and fat, below the parenchyma), are returned (opened by
+    one voxel, so that single voxels between organs do not join).
+    Measured with radius 25 mm and (40 HU, parenchyma − 1 sd): on ircadb1_1 the hypodense tumour at the
+    front of the liver came into the mask (liver Dice 0.913 → 0.926 at full resolution, 0.908 → 0.914
+    on the 2 mm crop; 3 ml more false positive); on phantoms 0-11 and 100-104 (full) the liver Dice
+    changed by at most 0.003 and the lesion Dice by at most 0.004 (phantoms 2, 8, 100 and 103: 0.1-9.6 ml
+    added, all of it non-liver tissue between the liver and a neighbour the mask already touched).
+    arr: intensities (HU); mask: bool liver mask (same shape); spacing_zyx: mm. Returns a bool mask.
+    """
+    sp = np.asarray(spacing_zyx, dtype=float)
+    pad = int(np.ceil(radius_mm / sp.min())) + 2
+    m = np.pad(mask, pad)
+    dilated = ndimage.distance_transform_edt(~m, sampling=sp) <= radius_mm
+    closed = ndimage.distance_transform_edt(dilated, sampling=sp) > radius_mm
+    closed = closed[pad:-pad, pad:-pad, pad:-pad]
+    add = closed & ~mask & (arr > soft_hu[0]) & (arr < soft_hu[1])
+    return ndimage.binary_opening(add, structure=ndimage.generate_binary_structure(3, 1))
 
 
 def half_maximum_edge(arr: np.ndarray, mask: np.ndarray, liver_mean_hu: float, spacing_zyx,

@@ -398,3 +398,26 @@ def test_soft_tissue_in_a_concavity_of_the_liver_mask_joins_it():
     assert not (added & ~bites["tumour"]).any()
     assert not liver_module.soft_tissue_in_concavities(arr, mask, sp, 25.0, soft_hu=(40.0, 60.0)).any()
     assert not liver_module.soft_tissue_in_concavities(arr, mask, sp, 6.0, soft_hu=(40.0, 95.0)).any()  # too wide to close
+
+
+def test_fill_holes_equals_scipy_in_3d_then_per_slice():
+    """The labelling version gives exactly scipy's binary_fill_holes on the volume, then on every axial slice."""
+    from LiverLocalizationLib import liver as liver_module
+
+    def reference(mask):
+        out = ndimage.binary_fill_holes(mask)
+        for z in range(out.shape[0]):
+            out[z] = ndimage.binary_fill_holes(out[z])
+        return out
+
+    rng = np.random.default_rng(0)
+    for _ in range(25):
+        shape = tuple(int(v) for v in rng.integers(3, 30, 3))
+        mask = ndimage.binary_opening(rng.random(shape) < rng.uniform(0.3, 0.8)) | (rng.random(shape) < 0.3)
+        np.testing.assert_array_equal(liver_module.fill_holes(mask), reference(mask))
+    shell = np.zeros((9, 12, 12), bool)
+    shell[1:8, 2:10, 2:10] = True
+    shell[2:7, 4:8, 4:8] = False  # a closed cavity: filled in 3-D
+    shell[4, 0:6, 5] = False  # a channel to the side in one slice: that slice's part of the cavity stays open
+    filled = liver_module.fill_holes(shell)
+    assert filled[3, 5, 5] and filled[5, 5, 5] and not filled[4, 5, 5]

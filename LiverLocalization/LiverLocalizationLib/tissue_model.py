@@ -432,8 +432,7 @@ def segment_tissues(denoised_ct: sitk.Image, landmarks: dict[str, np.ndarray] | 
     lesion_crop = cores_crop
     if lesion_margin_mm > 0:
         lesion_crop = lesions.extend_margins(cores_crop, arr, mask_crop, vessel_crop,
-                                             np.asarray(ct_crop.GetSpacing())[::-1], margin_mm=lesion_margin_mm,
-                                             rim_mm=max(2.5, lesion_margin_mm))
+                                             np.asarray(ct_crop.GetSpacing())[::-1], margin_mm=lesion_margin_mm)
         lesion_crop, cores_crop = lesions.relabel_together(lesion_crop, cores_crop)
     timings["lesions_s"] = time.perf_counter() - t0
 

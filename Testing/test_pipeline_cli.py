@@ -122,6 +122,9 @@ def test_bad_inputs_give_clear_errors_and_write_nothing(tmp_path, phantom_case, 
         pipeline.run_pipeline(ph.ct, ph.landmarks, liver_mask=small_mask)
     with pytest.raises(InputError, match="Unknown denoising method"):
         pipeline.run_pipeline(ph.ct, ph.landmarks, options=pipeline.PipelineOptions(denoise_method="gaussian"))
+    for margin in (-1.0, 6.0):
+        with pytest.raises(InputError, match="Lesion margin .* mm is out of range"):
+            pipeline.run_pipeline(ph.ct, ph.landmarks, options=pipeline.PipelineOptions(lesion_margin_mm=margin))
     out = tmp_path / "never"
     code = cli.main(["-q", "run", str(tmp_path / "missing.nii.gz"), "--out", str(out)])
     assert code == 2

@@ -2,7 +2,8 @@
 
 Usage (from the repository root):
     PYTHONPATH=LiverLocalization .venv/bin/python benchmarks/eval_tissue.py [--seeds 100 101 102 103 104]
-        [--size full|small] [--method curvature] [--no-real] [--oblique] [--flip] [--denoise-figure out.png]
+        [--size full|small] [--method curvature] [--no-real] [--oblique] [--flip] [--lesion-margin-mm 1.5]
+        [--denoise-figure out.png]
 
 Per phantom: liver Dice (truth = parenchyma, lesions, hepatic and portal veins; IVC excluded), lesion
 Dice (all lesion voxels), detection recall for lesions >= 10 mm (IoU >= 0.1 one-to-one matching),
@@ -29,19 +30,20 @@ from LiverLocalizationLib import denoise, io, labels, metrics, pipeline  # noqa:
 REAL = ROOT.parent / "shared" / "data" / "ircadb1_1"
 
 
-def tissue_stage(ct, landmarks, method: str, whole_volume: bool):
+def tissue_stage(ct, landmarks, method: str, whole_volume: bool, lesion_margin_mm: float = 1.5):
     """The pipeline's stages 1-2 as `liverloc run` does them: (TissueResult, denoise s, tissue s)."""
-    options = pipeline.PipelineOptions(denoise_method=method, denoise_whole_volume=whole_volume)
+    options = pipeline.PipelineOptions(denoise_method=method, denoise_whole_volume=whole_volume,
+                                       lesion_margin_mm=lesion_margin_mm)
     _, res, timings = pipeline.tissue_stage(io.validate_ct(ct), landmarks, None, options)
     return res, timings["denoise_s"], timings["tissue_s"]
 
 
 def evaluate_phantom(seed: int, size: str, method: str, oblique: bool = False, flip: bool = False,
-                     whole_volume: bool = False) -> dict:
+                     whole_volume: bool = False, lesion_margin_mm: float = 1.5) -> dict:
     from LiverLocalizationLib.phantom import generate_phantom
 
     ph = generate_phantom(seed, size=size, oblique=oblique, flip=flip)
-    res, t_denoise, t_tissue = tissue_stage(ph.ct, ph.landmarks, method, whole_volume)
+    res, t_denoise, t_tissue = tissue_stage(ph.ct, ph.landmarks, method, whole_volume, lesion_margin_mm)
     truth = sitk.GetArrayViewFromImage(ph.truth_tissue)
     liver_truth = np.isin(truth, [labels.TRUTH_PARENCHYMA, labels.TRUTH_LESION, labels.TRUTH_HEPATIC_VEIN,
                                   labels.TRUTH_PORTAL_VEIN])
@@ -69,12 +71,12 @@ def evaluate_phantom(seed: int, size: str, method: str, oblique: bool = False, f
     }
 
 
-def evaluate_real(method: str, whole_volume: bool = False) -> dict | None:
+def evaluate_real(method: str, whole_volume: bool = False, lesion_margin_mm: float = 1.5) -> dict | None:
     if not (REAL / "ct.nii.gz").exists():
         return None
     ct = io.read_image(REAL / "ct.nii.gz")
     landmarks = io.read_markups(REAL / "landmarks.mrk.json")
-    res, t_denoise, t_tissue = tissue_stage(ct, landmarks, method, whole_volume)
+    res, t_denoise, t_tissue = tissue_stage(ct, landmarks, method, whole_volume, lesion_margin_mm)
     truth = sitk.GetArrayFromImage(io.read_image(REAL / "mask_liver.nii.gz")) > 0
     vessels = sitk.GetArrayFromImage(io.read_image(REAL / "mask_vessels_intrahepatic.nii.gz")) > 0
     liver = sitk.GetArrayViewFromImage(res.liver_mask) > 0
@@ -120,6 +122,8 @@ def main(argv=None) -> int:
     parser.add_argument("--flip", action="store_true")
     parser.add_argument("--whole-volume", action="store_true",
                         help="denoise the whole body first and find the liver on it (the order before the liver-box speed-up)")
+    parser.add_argument("--lesion-margin-mm", type=float, default=1.5,
+                        help="as liverloc run's option (0: the detected cores, as before extend_margins)")
     parser.add_argument("--denoise-figure", type=Path, default=None,
                         help="also compare the denoising methods on the first seed and write this PNG")
     args = parser.parse_args(argv)
@@ -135,10 +139,11 @@ def main(argv=None) -> int:
 
     rows = []
     for seed in args.seeds:
-        rows.append(evaluate_phantom(seed, args.size, args.method, args.oblique, args.flip, args.whole_volume))
+        rows.append(evaluate_phantom(seed, args.size, args.method, args.oblique, args.flip, args.whole_volume,
+                                     args.lesion_margin_mm))
         show(rows[-1])
     if not args.no_real:
-        real = evaluate_real(args.method, args.whole_volume)
+        real = evaluate_real(args.method, args.whole_volume, args.lesion_margin_mm)
         if real is None:
             print(f"(real case skipped: {REAL} not found)")
         else:

@@ -124,15 +124,18 @@ def extend_margins(lesion: np.ndarray, arr: np.ndarray, liver: np.ndarray, vesse
     The hysteresis of `classify_voxels` follows the hypodense part of a lesion, so it stops inside the
     blurred edge and inside an enhancing rim or capsule (metastases, HCC) or a band of enhancing nodules
     (haemangioma), which are as bright as the parenchyma or brighter. On development phantoms (seeds 0, 1,
-    6, 7, full) 30-90 % of the voxels within 1 mm outside a detected metastasis, HCC or haemangioma were
-    lesion (per lesion), at -5 to +9 HU from the parenchyma 4-6 mm away. Each instance whose median is
+    6, 7, full; a one-off profile analysis, script not kept) 30-90 % of the voxels within 1 mm outside a
+    detected metastasis, HCC or haemangioma were lesion (per lesion), at -5 to +9 HU from the parenchyma
+    4-6 mm away. Each instance whose median is
     above `fluid_hu` (cysts keep the border the hysteresis gives them: it already lies beyond the
     half-maximum edge) takes the free liver voxels (no other lesion) within `margin_mm` of it, and those
     within `rim_mm` (at least `margin_mm`) that are brighter than the ring `ring_mm` outside it by `rim_sd`
     robust sds and not in `vessel`, connected to it. Distances are Euclidean in mm (anisotropic spacing honoured).
-    Measured (pooled lesion Dice, `benchmarks/eval_tissue.py`): development seeds 0.575 -> 0.698, test seeds
-    100-104 0.793 -> 0.857; a plain 1.5 mm margin gave 0.683 / 0.845, 2 mm 0.699 / 0.847 (metastases then
-    overshoot: 0.770 -> 0.735 on seeds 0-11), growing only through darker voxels 0.594 / 0.804.
+    Measured (pooled lesion Dice, `benchmarks/eval_tissue.py --lesion-margin-mm 0` against the default):
+    development seeds 0-11 0.575 -> 0.698, test seeds 100-104 0.793 -> 0.857. In the one-off comparison
+    that chose the rule (the same cores, cached; script not kept) a plain 1.5 mm margin gave 0.683 / 0.845,
+    2 mm 0.699 / 0.847 (metastases then overshoot: 0.770 -> 0.735 on seeds 0-11), growing only through
+    darker voxels 0.594 / 0.804.
 
     lesion: instance labels [z, y, x]; arr: intensities (HU); liver, vessel: bool masks of the same shape.
     Returns a modified copy of `lesion` (same dtype and ids; instances never shrink).

@@ -308,8 +308,9 @@ def soft_tissue_in_concavities(arr: np.ndarray, mask: np.ndarray, spacing_zyx, r
     Measured with radius 25 mm and (40 HU, parenchyma − 1 sd): on ircadb1_1 the hypodense tumour at the
     front of the liver came into the mask (liver Dice 0.913 → 0.926 at full resolution, 0.908 → 0.914
     on the 2 mm crop; 3 ml more false positive); on phantoms 0-11 and 100-104 (full) the liver Dice
-    changed by at most 0.003 and the lesion Dice by at most 0.004 (phantoms 2, 8, 100 and 103: 0.1-9.6 ml
-    added, all of it non-liver tissue between the liver and a neighbour the mask already touched).
+    changed by at most 0.003 and the lesion Dice by at most 0.004 (`benchmarks/eval_tissue.py`; a one-off
+    comparison of the masks on phantoms 2, 8, 100 and 103: 0.1-9.6 ml added, all of it non-liver tissue
+    between the liver and a neighbour the mask already touched).
     arr: intensities (HU); mask: bool liver mask (same shape); spacing_zyx: mm. Returns a bool mask.
     """
     sp = np.asarray(spacing_zyx, dtype=float)

@@ -28,9 +28,10 @@ sys.path.insert(0, str(ROOT / "LiverLocalization"))
 from LiverLocalizationLib import denoise, io, labels, metrics, pipeline  # noqa: E402
 
 REAL = ROOT.parent / "shared" / "data" / "ircadb1_1"
+DEFAULT_MARGIN_MM = pipeline.PipelineOptions().lesion_margin_mm
 
 
-def tissue_stage(ct, landmarks, method: str, whole_volume: bool, lesion_margin_mm: float = 1.5):
+def tissue_stage(ct, landmarks, method: str, whole_volume: bool, lesion_margin_mm: float = DEFAULT_MARGIN_MM):
     """The pipeline's stages 1-2 as `liverloc run` does them: (TissueResult, denoise s, tissue s)."""
     options = pipeline.PipelineOptions(denoise_method=method, denoise_whole_volume=whole_volume,
                                        lesion_margin_mm=lesion_margin_mm)
@@ -39,7 +40,7 @@ def tissue_stage(ct, landmarks, method: str, whole_volume: bool, lesion_margin_m
 
 
 def evaluate_phantom(seed: int, size: str, method: str, oblique: bool = False, flip: bool = False,
-                     whole_volume: bool = False, lesion_margin_mm: float = 1.5) -> dict:
+                     whole_volume: bool = False, lesion_margin_mm: float = DEFAULT_MARGIN_MM) -> dict:
     from LiverLocalizationLib.phantom import generate_phantom
 
     ph = generate_phantom(seed, size=size, oblique=oblique, flip=flip)
@@ -71,7 +72,7 @@ def evaluate_phantom(seed: int, size: str, method: str, oblique: bool = False, f
     }
 
 
-def evaluate_real(method: str, whole_volume: bool = False, lesion_margin_mm: float = 1.5) -> dict | None:
+def evaluate_real(method: str, whole_volume: bool = False, lesion_margin_mm: float = DEFAULT_MARGIN_MM) -> dict | None:
     if not (REAL / "ct.nii.gz").exists():
         return None
     ct = io.read_image(REAL / "ct.nii.gz")
@@ -122,7 +123,7 @@ def main(argv=None) -> int:
     parser.add_argument("--flip", action="store_true")
     parser.add_argument("--whole-volume", action="store_true",
                         help="denoise the whole body first and find the liver on it (the order before the liver-box speed-up)")
-    parser.add_argument("--lesion-margin-mm", type=float, default=1.5,
+    parser.add_argument("--lesion-margin-mm", type=float, default=DEFAULT_MARGIN_MM,
                         help="as liverloc run's option (0: the detected cores, as before extend_margins)")
     parser.add_argument("--denoise-figure", type=Path, default=None,
                         help="also compare the denoising methods on the first seed and write this PNG")

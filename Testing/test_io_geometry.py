@@ -125,3 +125,17 @@ def test_real_dicom_series_and_flipped_nifti():
     np.testing.assert_allclose(geometry.direction_matrix(flipped), np.diag([-1, -1, 1]), atol=1e-6)
     marks = io.read_markups(SHARED / "ircadb1_1" / "landmarks.mrk.json")
     assert {"IVC", "RHV", "MHV", "LHV", "RPV", "LPV", "UP", "IVC_inferior"} <= set(marks)
+
+
+def test_depth_mm_equals_scipys_distance_transform_on_an_anisotropic_grid():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(2)
+    region = ndimage.binary_opening(rng.random((30, 40, 50)) < 0.8)
+    spacing = (2.5, 0.7, 0.9)
+    expected = ndimage.distance_transform_edt(region, sampling=spacing)
+    got = geometry.depth_mm(region, spacing)
+    assert got.dtype == np.float32 and got.shape == region.shape
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    assert np.all(np.isinf(geometry.depth_mm(np.ones((4, 4, 4), bool), spacing)))
+    assert not geometry.depth_mm(np.zeros((4, 4, 4), bool), spacing).any()

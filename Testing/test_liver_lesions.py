@@ -421,3 +421,101 @@ def test_fill_holes_equals_scipy_in_3d_then_per_slice():
     shell[4, 0:6, 5] = False  # a channel to the side in one slice: that slice's part of the cavity stays open
     filled = liver_module.fill_holes(shell)
     assert filled[3, 5, 5] and filled[5, 5, 5] and not filled[4, 5, 5]
+
+
+def _capsule_block(seed: int = 3):
+    """A block of parenchyma (105 HU, smoothed noise of sd ~9 HU as after denoising) at 2 × 0.7 × 0.7 mm with two
+    nodules of radius 10 mm, both 12 HU darker than the parenchyma (about 1.3 sd): one ringed by a 2 mm enhancing
+    capsule at 130 HU (an HCC in the portal phase), one without (a dip of the same depth)."""
+    rng = np.random.default_rng(seed)
+    shape, spacing = (40, 120, 160), np.array([2.0, 0.7, 0.7])
+    noise = ndimage.gaussian_filter(rng.normal(0, 1, shape), 1.0)
+    arr = (105.0 + 9.0 * noise / noise.std()).astype(np.float32)
+    liver = np.zeros(shape, bool)
+    liver[2:-2, 3:-3, 3:-3] = True
+    zz, yy, xx = np.indices(shape)
+
+    def radius_mm(centre):
+        return np.sqrt(((zz - centre[0]) * spacing[0]) ** 2 + ((yy - centre[1]) * spacing[1]) ** 2
+                       + ((xx - centre[2]) * spacing[2]) ** 2)
+
+    capsule_r, plain_r = radius_mm((20, 60, 45)), radius_mm((20, 60, 115))
+    hcc, plain = capsule_r <= 10.0, plain_r <= 10.0
+    arr[capsule_r <= 8.0] -= 12.0
+    arr[(capsule_r > 8.0) & hcc] = 130.0 + 9.0 * (noise[(capsule_r > 8.0) & hcc] / noise.std())
+    arr[plain] -= 12.0
+    return arr, liver, hcc, plain, spacing
+
+
+def test_a_hypodense_nodule_with_an_enhancing_capsule_is_found_and_a_plain_dip_is_not():
+    arr, liver, hcc, plain, spacing = _capsule_block()
+    none = np.zeros(arr.shape, bool)
+    mu, sd = lesions.parenchyma_statistics(arr[liver])
+    found = lesions.capsule_lesions(arr, liver, none, np.zeros(arr.shape, np.uint16), spacing, mu, sd)
+    labelled, n = ndimage.label(found)
+    assert n == 1, f"expected the capsule nodule only, found {n} regions"
+    assert (found & hcc).sum() / found.sum() >= 0.95  # nothing outside the nodule
+    assert (found & hcc).sum() / hcc.sum() >= 0.3  # its dark interior (the margin step adds edge and capsule)
+    assert not (found & plain).any()
+    # the same block without capsules: nothing (the dark interior alone is not enough)
+    arr_plain = arr.copy()
+    arr_plain[hcc & (arr > 115)] = 93.0
+    assert not lesions.capsule_lesions(arr_plain, liver, none, np.zeros(arr.shape, np.uint16), spacing, mu, sd).any()
+    # a nodule already found is left alone
+    known = hcc.astype(np.uint16)
+    assert not lesions.capsule_lesions(arr, liver, none, known, spacing, mu, sd).any()
+
+
+def test_classify_voxels_adds_capsule_nodules_as_instances_unless_disabled():
+    arr, liver, hcc, _, spacing = _capsule_block()
+    model, _ = lesions.liver_mixture(arr[liver])
+    found, _ = lesions.classify_voxels(arr, None, liver, model, tuple(spacing[::-1]))
+    assert found.max() == 1 and metrics.dice(found > 0, hcc) >= 0.4
+    without, _ = lesions.classify_voxels(arr, None, liver, model, tuple(spacing[::-1]), capsules=False)
+    assert without.max() == 0
+
+
+def test_drop_shells_drops_a_sheet_but_keeps_a_porous_tumour_core():
+    """A curved sheet 2 mm thick (the fat cap round a kidney pole) is dropped; a 12 mm-radius ball riddled with
+    1-voxel pores (the core of a mosaic HCC, whose brighter patches are not hypodense) is kept, although its own
+    inscribed radius is small."""
+    shape, spacing = (40, 120, 120), (2.0, 0.7, 0.7)
+    zz, yy, xx = np.indices(shape)
+    r = np.sqrt(((zz - 20) * 2.0) ** 2 + ((yy - 60) * 0.7) ** 2 + ((xx - 60) * 0.7) ** 2)
+    sheet = (r > 20.0) & (r <= 22.0) & (zz < 20)
+    ball = r <= 12.0
+    pores = np.random.default_rng(0).random(shape) < 0.35
+    porous = ball & ~pores
+    assert not lesions._is_ball(porous, spacing, 0.4, 0.0)  # without the closing it would count as a shell
+    lesion = np.zeros(shape, np.int32)
+    lesion[sheet] = 1
+    kept = lesions.drop_shells(lesion.copy(), spacing)
+    assert kept.max() == 0
+    lesion = porous.astype(np.int32)
+    kept = lesions.drop_shells(lesion.copy(), spacing)
+    assert (kept == 1).sum() == porous.sum()
+    assert lesions.drop_shells(lesion.copy(), spacing, pore_mm=0).max() == 0
+
+
+def test_a_tumour_touching_the_gallbladder_is_found_and_the_gallbladder_is_not():
+    """A 9 mm-radius metastasis (60 HU) touching a 3 mm layer of fluid (10 HU, 50 × 50 mm: gallbladder inside
+    the liver mask's face): in the hypodense mask they form one region, 42 % of whose shell lies outside the
+    liver. The fluid and soft-tissue parts are judged apart: the tumour is a lesion, the fluid is not."""
+    rng = np.random.default_rng(4)
+    shape = (60, 90, 90)
+    arr = (105.0 + rng.normal(0, 5, shape)).astype(np.float32)
+    liver = np.zeros(shape, bool)
+    liver[2:-2, 2:-2, 2:-2] = True  # the face is at x = 2
+    fluid = np.zeros(shape, bool)
+    fluid[5:55, 20:70, 2:5] = True
+    tumour = _ball(shape, (30, 45, 14), 9)
+    arr[fluid] = 10.0 + rng.normal(0, 5, int(fluid.sum()))
+    arr[tumour] = 60.0 + rng.normal(0, 5, int(tumour.sum()))
+    model, _ = lesions.liver_mixture(arr[liver])
+    found, _ = lesions.classify_voxels(arr, None, liver, model, (1.0, 1.0, 1.0))
+    assert found.max() == 1, f"expected the tumour only, found {found.max()} instances"
+    assert metrics.dice(found > 0, tumour) >= 0.85
+    assert (found > 0)[fluid].mean() < 0.05
+    # judged as one region (no second chance) both are dropped
+    merged, _ = lesions.classify_voxels(arr, None, liver, model, (1.0, 1.0, 1.0), fluid_hu=None)
+    assert merged.max() == 0

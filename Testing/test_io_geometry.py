@@ -139,3 +139,9 @@ def test_depth_mm_equals_scipys_distance_transform_on_an_anisotropic_grid():
     np.testing.assert_allclose(got, expected, atol=1e-4)
     assert np.all(np.isinf(geometry.depth_mm(np.ones((4, 4, 4), bool), spacing)))
     assert not geometry.depth_mm(np.zeros((4, 4, 4), bool), spacing).any()
+
+
+def test_widen_pads_slices_and_clips_them_to_the_array():
+    sl = (slice(0, 3), slice(5, 8), slice(2, 4))
+    assert geometry.widen(sl, 2, (10, 9, 5)) == (slice(0, 5), slice(3, 9), slice(0, 5))
+    assert geometry.widen(sl, (0, 1, 3), (10, 9, 5)) == (slice(0, 3), slice(4, 9), slice(0, 5))

@@ -70,6 +70,14 @@ def ball_structure(radius_mm: float, spacing_zyx) -> np.ndarray:
     return (zz * sz) ** 2 + (yy * sy) ** 2 + (xx * sx) ** 2 <= radius_mm ** 2 + 1e-6
 
 
+def widen(sl: tuple[slice, ...], margin, shape) -> tuple[slice, ...]:
+    """Index slices `sl` (e.g. from `ndimage.find_objects`) widened by `margin` voxels (one int, or one per axis),
+    clipped to an array of `shape`."""
+    margins = np.broadcast_to(np.asarray(margin, dtype=int), (len(sl),))
+    return tuple(slice(max(0, s.start - int(m)), min(int(n), s.stop + int(m)))
+                 for s, m, n in zip(sl, margins, shape, strict=True))
+
+
 def depth_mm(region: np.ndarray, spacing_zyx) -> np.ndarray:
     """Euclidean distance (mm, float32) from each voxel of the bool array `region` to the nearest voxel outside it
     (0 outside), per-axis spacing honoured: the values of scipy's `distance_transform_edt(region, sampling=...)`,

@@ -120,7 +120,7 @@ def merge_fragments(lesion: np.ndarray, liver: np.ndarray, spacing_zyx, gap_mm: 
     out = np.zeros(lesion.shape, np.int32)
     pad = np.array(ball.shape) // 2 + 1
     for g, sl in enumerate(ndimage.find_objects(groups), start=1):
-        sl = tuple(slice(max(0, s.start - int(p)), s.stop + int(p)) for s, p in zip(sl, pad))
+        sl = geometry.widen(sl, pad, groups.shape)
         member = (groups[sl] == g) & (lesion[sl] > 0)
         if len(np.unique(lesion[sl][member])) > 1:
             member = ndimage.binary_closing(member, structure=ball) & liver[sl] | member
@@ -163,7 +163,7 @@ def extend_margins(lesion: np.ndarray, arr: np.ndarray, liver: np.ndarray, vesse
     for i, sl in enumerate(ndimage.find_objects(lesion), start=1):
         if sl is None:
             continue
-        sl = tuple(slice(max(0, s.start - int(m)), s.stop + int(m)) for s, m in zip(sl, pad, strict=True))
+        sl = geometry.widen(sl, pad, lesion.shape)
         comp = lesion[sl] == i
         values = arr[sl]
         if float(np.median(values[comp])) < fluid_hu:
@@ -272,7 +272,7 @@ def capsule_cores(arr: np.ndarray, liver: np.ndarray, hyper: np.ndarray, lesion:
     for i, sl in enumerate(ndimage.find_objects(lab), start=1):
         if (lab[sl] == i).sum() < min_voxels:
             continue
-        sl = tuple(slice(max(0, s.start - int(m)), s.stop + int(m)) for s, m in zip(sl, pad, strict=True))
+        sl = geometry.widen(sl, pad, lab.shape)
         comp = lab[sl] == i
         values = (arr[sl] - mu) / sd
         if float(values[comp].mean()) > core_sd:
@@ -305,7 +305,7 @@ def _elongation(coords_zyx_mm: np.ndarray) -> float:
 
 def _padded(sl, mask: np.ndarray, margin: int, shape) -> tuple[tuple[slice, ...], np.ndarray]:
     """Slices `sl` widened by `margin` voxels (clipped to `shape`) and `mask` (the shape of `sl`) placed in them."""
-    wide = tuple(slice(max(0, s.start - margin), min(n, s.stop + margin)) for s, n in zip(sl, shape, strict=True))
+    wide = geometry.widen(sl, margin, shape)
     out = np.zeros(tuple(w.stop - w.start for w in wide), bool)
     out[tuple(slice(s.start - w.start, s.stop - w.start) for s, w in zip(sl, wide, strict=True))] = mask
     return wide, out

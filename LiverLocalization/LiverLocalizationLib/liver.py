@@ -418,7 +418,7 @@ def dark_regions(arr: np.ndarray, parenchyma: np.ndarray, filled: np.ndarray, pa
     if n == 0:
         return accepted, rejected
     for i, sl in enumerate(ndimage.find_objects(lab), start=1):
-        sl = tuple(slice(max(0, s.start - 2), s.stop + 2) for s in sl)
+        sl = geometry.widen(sl, 2, lab.shape)
         comp = lab[sl] == i
         shell = ndimage.binary_dilation(comp, structure=six) & ~comp
         contact = (shell & parenchyma[sl]).sum() / shell.sum()
@@ -445,7 +445,7 @@ def _accept_subcapsular_fluid(arr, parenchyma, accepted, rejected, fluid_below_h
     envelope = ndimage.binary_closing(parenchyma, structure=geometry.ball_structure(envelope_mm, spacing_zyx))
     voxel_ml = float(np.prod(spacing_zyx)) / 1000.0
     for i, sl in enumerate(ndimage.find_objects(lab), start=1):
-        sl = tuple(slice(max(0, s.start - 2), s.stop + 2) for s in sl)
+        sl = geometry.widen(sl, 2, lab.shape)
         comp = lab[sl] == i
         if comp.sum() * voxel_ml < min_ml or (comp & envelope[sl]).sum() < min_in_envelope * comp.sum():
             continue

@@ -141,6 +141,25 @@ def test_depth_mm_equals_scipys_distance_transform_on_an_anisotropic_grid():
     assert not geometry.depth_mm(np.zeros((4, 4, 4), bool), spacing).any()
 
 
+def test_dilate_mm_and_close_mm_equal_scipys_ball_morphology_on_anisotropic_grids():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(5)
+    for spacing, radius in (((3.2, 2.28, 2.28), 15.0), ((2.0, 2.8, 2.8), 8.0), ((1.6, 0.57, 0.57), 2.0),
+                            ((2.5, 2.5, 2.5), 5.0)):
+        mask = ndimage.gaussian_filter(rng.random((30, 34, 38)), 2.0) > 0.52
+        ball = geometry.ball_structure(radius, spacing)
+        np.testing.assert_array_equal(geometry.dilate_mm(mask, radius, spacing),
+                                      ndimage.binary_dilation(mask, structure=ball))
+        pad = [(int(np.ceil(radius / s)) + 1,) * 2 for s in spacing]
+        expected = ndimage.binary_closing(np.pad(mask, pad), structure=ball)
+        expected = expected[tuple(slice(p[0], p[0] + n) for p, n in zip(pad, mask.shape, strict=True))]
+        closed = geometry.close_mm(mask, radius, spacing)
+        np.testing.assert_array_equal(closed, expected)
+        assert closed[mask].all()  # extensive, also where the mask meets the array's faces
+        assert (closed & ~mask).any()
+
+
 def test_widen_pads_slices_and_clips_them_to_the_array():
     sl = (slice(0, 3), slice(5, 8), slice(2, 4))
     assert geometry.widen(sl, 2, (10, 9, 5)) == (slice(0, 5), slice(3, 9), slice(0, 5))

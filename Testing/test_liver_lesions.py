@@ -400,6 +400,27 @@ def test_soft_tissue_in_a_concavity_of_the_liver_mask_joins_it():
     assert not liver_module.soft_tissue_in_concavities(arr, mask, sp, 6.0, soft_hu=(40.0, 95.0)).any()  # too wide to close
 
 
+def test_border_refinement_on_the_box_round_the_mask_equals_the_whole_region(phantom_run, monkeypatch):
+    """The full-resolution step works on the mask's box (`_full_resolution_box`) for speed; on the whole
+    region of interest it gives the same mask."""
+    from LiverLocalizationLib import liver
+
+    ph = phantom_run[0]
+    box_of = liver._full_resolution_box
+    boxes = []
+
+    def whole_region(liver_small, shrink, roi_size, roi_spacing, margin_mm=12.0):
+        boxes.append((box_of(liver_small, shrink, roi_size, roi_spacing, margin_mm)[1], roi_size))
+        return [0, 0, 0], [int(v) for v in roi_size]
+
+    boxed = sitk.GetArrayFromImage(liver.extract_liver(ph.ct, ph.landmarks))
+    monkeypatch.setattr(liver, "_full_resolution_box", whole_region)
+    whole = sitk.GetArrayFromImage(liver.extract_liver(ph.ct, ph.landmarks))
+    np.testing.assert_array_equal(boxed, whole)
+    box_size, roi_size = boxes[0]
+    assert max(r - b for r, b in zip(roi_size, box_size, strict=True)) >= 10  # a real crop, not the whole region
+
+
 def test_fill_holes_equals_scipy_in_3d_then_per_slice():
     """The labelling version gives exactly scipy's binary_fill_holes on the volume, then on every axial slice."""
     from LiverLocalizationLib import liver as liver_module

@@ -93,6 +93,28 @@ def depth_mm(region: np.ndarray, spacing_zyx) -> np.ndarray:
     return np.maximum(sitk.GetArrayFromImage(dist), np.float32(0))
 
 
+def dilate_mm(mask: np.ndarray, radius_mm: float, spacing_zyx) -> np.ndarray:
+    """Dilation of the bool array `mask` by a ball of `radius_mm` (mm, per-axis spacing honoured): the same voxels
+    as scipy's `binary_dilation` with `ball_structure(radius_mm, spacing_zyx)`, by one distance transform
+    (`depth_mm`), whose cost does not grow with the ball (15 mm on a 2.3 mm grid: 0.06 vs 0.49 s)."""
+    return depth_mm(~np.asarray(mask, dtype=bool), spacing_zyx) <= radius_mm + _BALL_TOLERANCE_MM
+
+
+def close_mm(mask: np.ndarray, radius_mm: float, spacing_zyx) -> np.ndarray:
+    """Closing of `mask` by a ball of `radius_mm`, the array's outside counted as background of the mask (not as
+    background of the closing: the result holds every voxel of `mask`, also at the array's faces). The same
+    voxels as scipy's `binary_closing` with `ball_structure` on the mask padded by the ball's radius, by two
+    distance transforms (`depth_mm`)."""
+    sp = np.asarray(spacing_zyx, dtype=float)
+    pad = [(int(np.ceil(radius_mm / s)) + 1,) * 2 for s in sp]
+    grown = dilate_mm(np.pad(np.asarray(mask, dtype=bool), pad), radius_mm, sp)
+    closed = depth_mm(grown, sp) > radius_mm + _BALL_TOLERANCE_MM
+    return closed[tuple(slice(p[0], closed.shape[i] - p[1]) for i, p in enumerate(pad))]
+
+
+_BALL_TOLERANCE_MM = 1e-4  # distances equal to the radius (up to float32 rounding) lie on the ball
+
+
 def same_geometry(a: sitk.Image, b: sitk.Image, tolerance: float = 1e-4) -> bool:
     """True when two images share size, spacing, origin and direction (within tolerance in mm)."""
     return (

@@ -355,6 +355,37 @@ def test_extend_margins_adds_the_edge_and_the_enhancing_rim_of_solid_lesions():
                           np.zeros(shape))
 
 
+def test_a_lesion_extent_grows_out_to_its_capsule_but_not_into_plain_or_brighter_liver():
+    """An HCC: dark core (radius 5 mm, 85 HU), a mosaic zone nearly as bright as the parenchyma (5-9 mm, 97 HU)
+    and an enhancing capsule (9-11 mm, 118 HU) in parenchyma (100 HU), detected as its core. Its extent
+    reaches the capsule; without the capsule it keeps the plain margin; next to brighter tissue (a gradient,
+    not a ring) or inside a ring bright on one side only it does not grow either."""
+    rng = np.random.default_rng(4)
+    shape = (40, 40, 40)
+    zz, yy, xx = np.indices(shape)
+    r = np.sqrt((zz - 20) ** 2 + (yy - 20) ** 2 + (xx - 20) ** 2)
+    noise = rng.normal(0, 3, shape)
+    start = (r < 5).astype(np.uint16)
+    liver, none = np.ones(shape, bool), np.zeros(shape, bool)
+
+    def extent(arr):
+        return lesions.extend_margins(start, arr.astype(np.float32), liver, none, (1.0, 1.0, 1.0)) == 1
+
+    hcc = np.where(r < 5, 85.0, np.where(r < 9, 97.0, np.where(r < 11, 118.0, 100.0))) + noise
+    grown = extent(hcc)
+    assert metrics.dice(grown, r < 11) >= 0.9
+    assert not grown[r > 11.5].any()
+    plain = np.where(r < 5, 85.0, np.where(r < 9, 97.0, 100.0)) + noise
+    assert not extent(plain)[r > 7].any()
+    brighter = np.where(r < 5, 85.0, np.where(r < 9, 97.0, np.where(xx > 29, 118.0, 100.0))) + noise
+    assert not extent(brighter)[r > 7].any()
+    one_side = np.where(r < 5, 85.0, np.where(r < 9, 97.0, np.where((r < 11) & (xx > 22), 118.0, 100.0))) + noise
+    assert not extent(one_side)[r > 7].any()  # a ring open on one side (e.g. a vessel alongside) is no capsule
+    ring = (r > 9) & (r <= 11)
+    assert lesions.ring_closure((hcc - 100.0) / 3.0, ring, start > 0, (1.0, 1.0, 1.0), 0.3) == 1.0
+    assert 0.3 < lesions.ring_closure((one_side - 100.0) / 3.0, ring, start > 0, (1.0, 1.0, 1.0), 0.3) < 0.75
+
+
 def test_extend_margins_measures_the_margin_in_mm_on_anisotropic_grids():
     """2 mm slices, 1 mm pixels, no rim: a 1.5 mm margin adds the in-plane neighbours, not the next slices."""
     shape = (21, 41, 41)

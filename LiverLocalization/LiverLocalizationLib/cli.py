@@ -107,8 +107,9 @@ def _add_run(sub) -> None:
     p.add_argument("--min-lesion-mm3", type=float, default=defaults.min_lesion_volume_mm3,
                    help=f"smallest lesion kept, mm³ (default {defaults.min_lesion_volume_mm3:g})")
     p.add_argument("--lesion-margin-mm", type=float, default=defaults.lesion_margin_mm,
-                   help="margin added around each solid lesion's detected core, with its enhancing rim within 2.5 mm "
-                        f"(partial-volume edge, capsule); 0 reports the cores (default {defaults.lesion_margin_mm:g})")
+                   help="margin added around each solid lesion's detected core (partial-volume edge), with its enhancing "
+                        "rim within 2.5 mm and a capsule up to 6 mm further out; 0 reports the cores "
+                        f"(default {defaults.lesion_margin_mm:g})")
     p.add_argument("--couinaud-method", choices=COUINAUD_METHODS, default=defaults.couinaud_method,
                    help="Couinaud mapping: planes (landmark planes); territories (portal-territory refinement near "
                         "borders); vessels (sector borders bent along the segmented hepatic veins, superior/inferior "

@@ -370,7 +370,7 @@ def segment_tissues(denoised_ct: sitk.Image, landmarks: dict[str, np.ndarray] | 
         n_classes: mixture classes inside the liver; None chooses by BIC.
         min_lesion_volume_mm3: lesion components smaller than this are dropped.
         lesion_margin_mm: margin (mm) added to each solid lesion's core (`lesions.extend_margins`, which also
-            adds the enhancing rim within 2.5 mm); 0 reports the cores as they are.
+            adds the enhancing rim within 2.5 mm and a capsule up to 6 mm further out); 0 reports the cores.
         mrf_beta, mrf_iterations: mean-field MRF strength and number of sweeps.
         progress: callback (fraction 0..1, message).
     Without landmarks and mask, the liver is the largest parenchyma-like component in the right upper

@@ -518,13 +518,16 @@ def test_a_hypodense_nodule_with_an_enhancing_capsule_is_found_and_a_plain_dip_i
     assert not lesions.capsule_lesions(arr, liver, none, known, spacing, mu, sd).any()
 
 
-def test_classify_voxels_adds_capsule_nodules_as_instances_unless_disabled():
+def test_classify_voxels_adds_capsule_nodules_as_instances_unless_disabled_or_on_coarse_grids():
     arr, liver, hcc, _, spacing = _capsule_block()
     model, _ = lesions.liver_mixture(arr[liver])
     found, _ = lesions.classify_voxels(arr, None, liver, model, tuple(spacing[::-1]))
     assert found.max() == 1 and metrics.dice(found > 0, hcc) >= 0.4
     without, _ = lesions.classify_voxels(arr, None, liver, model, tuple(spacing[::-1]), capsules=False)
     assert without.max() == 0
+    # the search was validated on fine pixels: on a grid coarser than capsule_max_spacing_mm it is skipped
+    coarse, _ = lesions.classify_voxels(arr, None, liver, model, tuple(spacing[::-1]), capsule_max_spacing_mm=0.5)
+    assert coarse.max() == 0
 
 
 def test_drop_shells_drops_a_sheet_but_keeps_a_porous_tumour_core():

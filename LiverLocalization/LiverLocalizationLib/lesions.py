@@ -163,15 +163,7 @@ def extend_margins(lesion: np.ndarray, arr: np.ndarray, liver: np.ndarray, vesse
     reach = max(rim_mm, ring_mm[1])
     pad = np.ceil(reach / spacing_zyx).astype(int) + 1
     out = lesion.copy()
-    for i, sl in enumerate(ndimage.find_objects(lesion), start=1):
-        if sl is None:
-            continue
-        sl = geometry.widen(sl, pad, lesion.shape)
-        comp = lesion[sl] == i
-        values = arr[sl]
-        if float(np.median(values[comp])) < fluid_hu:
-            continue
-        free = liver[sl] & (out[sl] == 0)
+    for i, sl, comp, values, free in _solid_instances(out, arr, liver, pad, fluid_hu):
         dist = ndimage.distance_transform_edt(~comp, sampling=spacing_zyx)
         ring = free & (dist > ring_mm[0]) & (dist <= ring_mm[1])
         if ring.sum() < 10:  # no parenchyma to compare with (a lesion filling its part of the liver)
@@ -183,6 +175,21 @@ def extend_margins(lesion: np.ndarray, arr: np.ndarray, liver: np.ndarray, vesse
     if capsule_mm > 0:
         out = grow_to_capsules(out, arr, liver, vessel, spacing_zyx, reach_mm=capsule_mm, fluid_hu=fluid_hu)
     return out
+
+
+def _solid_instances(labels_arr: np.ndarray, arr: np.ndarray, liver: np.ndarray, pad, fluid_hu: float):
+    """For each instance of `labels_arr` whose median intensity is at least `fluid_hu` (not a cyst): its id, its
+    bounding box widened by `pad` voxels, its mask, the intensities and the free liver (no instance) there.
+    `labels_arr` may be extended in place between the steps: each instance is read when its turn comes."""
+    for i, sl in enumerate(ndimage.find_objects(labels_arr.copy()), start=1):
+        if sl is None:
+            continue
+        sl = geometry.widen(sl, pad, labels_arr.shape)
+        comp = labels_arr[sl] == i
+        values = arr[sl]
+        if float(np.median(values[comp])) < fluid_hu:
+            continue
+        yield i, sl, comp, values, liver[sl] & (labels_arr[sl] == 0)
 
 
 def _join_connected(target: np.ndarray, comp: np.ndarray, add: np.ndarray, label: int) -> None:
@@ -226,15 +233,7 @@ def grow_to_capsules(lesion: np.ndarray, arr: np.ndarray, liver: np.ndarray, ves
     n_shells = int(np.ceil(reach_mm)) + 4  # 1 mm shells: the search reach and 3 mm beyond it
     pad = np.ceil(max(level_mm[1], n_shells) / spacing_zyx).astype(int) + 1
     out = lesion.copy()
-    for i, sl in enumerate(ndimage.find_objects(lesion), start=1):
-        if sl is None:
-            continue
-        sl = geometry.widen(sl, pad, lesion.shape)
-        comp = out[sl] == i
-        values = arr[sl]
-        if float(np.median(values[comp])) < fluid_hu:
-            continue
-        free = liver[sl] & (out[sl] == 0)
+    for i, sl, comp, values, free in _solid_instances(out, arr, liver, pad, fluid_hu):
         tissue = free & ~vessel[sl]
         dist = geometry.depth_mm(~comp, spacing_zyx)
         ring = tissue & (dist > level_mm[0]) & (dist <= level_mm[1])

@@ -230,6 +230,18 @@ def test_surface_band_candidates_are_rejected_and_interior_lesions_kept():
     assert found_all.max() == 2
 
 
+def test_the_surface_band_is_counted_in_pixels_on_coarse_grids():
+    """The same voxels read as 2 mm pixels: a band of 3 mm is then only 1.5 pixels and lets the partial-volume
+    streak through; a band of 3 pixels (what 3 mm is at 1 mm) rejects it again and keeps the interior lesion."""
+    arr, liver, tumour, band = _synthetic_liver()
+    model, _ = lesions.liver_mixture(arr[liver])
+    fixed, _ = lesions.classify_voxels(arr, None, liver, model, (2.0, 2.0, 2.0), surface_band_pixels=0.0)
+    assert fixed.max() == 2 and (fixed > 0)[band].any()
+    scaled, _ = lesions.classify_voxels(arr, None, liver, model, (2.0, 2.0, 2.0), surface_band_pixels=3.0)
+    assert scaled.max() == 1 and not (scaled > 0)[band].any()
+    assert metrics.dice(scaled > 0, tumour) >= 0.9
+
+
 def _ball(shape, centre, radius):
     zz, yy, xx = np.indices(shape)
     return (zz - centre[0]) ** 2 + (yy - centre[1]) ** 2 + (xx - centre[2]) ** 2 <= radius ** 2

@@ -11,8 +11,9 @@ mean-field MRF smoothing each voxel is parenchyma, hypodense or hyperdense.
   bowel or surface partial volume), larger than `min_lesion_volume_mm3`; each grows (hysteresis) into
   the adjacent voxels darker than the parenchyma by 0.3 of its contrast (`classify_voxels`): these are
   the lesion *cores*. A solid lesion's extent then adds its partial-volume margin and enhancing rim
-  (`extend_margins`), out to its capsule where one rings it further out (`grow_to_capsules`). Instances are numbered 1..n by volume, largest first. Lesions that are only
-  hyperdense are not reported: in the portal-venous phase they cannot be told from vessels by intensity.
+  (`extend_margins`), out to its capsule where one rings it further out (`grow_to_capsules`). Instances
+  are numbered 1..n by volume, largest first. Lesions that are only hyperdense are not reported: in the
+  portal-venous phase they cannot be told from vessels by intensity.
 - Vessels: the remaining hyperdense voxels.
 """
 
@@ -240,7 +241,8 @@ def grow_to_capsules(lesion: np.ndarray, arr: np.ndarray, liver: np.ndarray, ves
         if ring.sum() < 10:
             continue
         level, spread = parenchyma_statistics(values[ring])
-        profile = shell_means((values - level) / spread, dist, tissue, 1.0, n_shells, min_voxels=10)
+        sds = (values - level) / spread  # robust sds from the parenchyma round the lesion
+        profile = shell_means(sds, dist, tissue, 1.0, n_shells, min_voxels=10)
         search = profile[:int(np.floor(reach_mm)) + 1]  # shells out to reach_mm + 1 mm
         if not np.isfinite(search).any():
             continue
@@ -251,7 +253,7 @@ def grow_to_capsules(lesion: np.ndarray, arr: np.ndarray, liver: np.ndarray, ves
         beyond = np.nanmean(after) if np.isfinite(after).any() else np.inf
         if profile[k] >= peak_sd and profile[k] - beyond >= contrast_sd:
             shell = tissue & (dist > k) & (dist <= k + 1)
-            if ring_closure((values - level) / spread, shell, comp, spacing_zyx, contrast_sd) < closed_fraction:
+            if ring_closure(sds, shell, comp, spacing_zyx, contrast_sd) < closed_fraction:
                 continue  # bright on one side only (vessels, a brighter neighbour): not a capsule
             half = 0.5 * (profile[k] + beyond)  # the capsule ends where its shells fall below half its contrast
             edge = k

@@ -302,9 +302,8 @@ def _full_resolution_box(liver_small: np.ndarray, shrink, roi_size, roi_spacing,
     """Index box (start_xyz, size_xyz) of the region of interest that holds every full-resolution voxel the
     border refinement can touch: the working-grid mask's bounding box, widened by two working voxels (where
     the interpolated mask is still nonzero) and by `margin_mm`, at least 16 voxels (the half-maximum ring and
-    the neighbourhood it averages), so
-    that the refinement on the box gives the same mask as on the whole region (the box keeps background all
-    round the mask, so hole filling and opening see the same borders)."""
+    the neighbourhood it averages). The refinement on the box gives the same mask as on the whole region:
+    the box keeps background all round the mask, so hole filling and opening see the same borders."""
     nz = np.argwhere(liver_small)
     f = np.asarray(shrink)[::-1]  # z, y, x
     extra = 2 * f + np.maximum(np.ceil(margin_mm / np.asarray(roi_spacing)[::-1]).astype(int), 16)

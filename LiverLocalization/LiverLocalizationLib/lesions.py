@@ -89,7 +89,6 @@ def drop_shells(lesion: np.ndarray, spacing_zyx, min_radius_mm: float = 8.0, max
     35 mm HCC: 0.31, closed 0.77; this test used to drop it), while a sheet stays thin (the shell on
     development phantom 2: 0.38, closed 0.49). In place; returns `lesion`."""
     spacing_zyx = np.asarray(spacing_zyx, dtype=float)
-    ball = geometry.ball_structure(pore_mm, spacing_zyx) if pore_mm > 0 else None
     for i, sl in enumerate(ndimage.find_objects(lesion), start=1):
         if sl is None:
             continue
@@ -97,9 +96,8 @@ def drop_shells(lesion: np.ndarray, spacing_zyx, min_radius_mm: float = 8.0, max
         r_eq = _equivalent_radius_mm(int(comp.sum()), float(np.prod(spacing_zyx)))
         if r_eq < min_radius_mm or _is_ball(comp, spacing_zyx, max_ratio, 0.0):
             continue
-        if ball is not None:
-            pad = [(k // 2 + 1,) * 2 for k in ball.shape]
-            solid = ndimage.binary_fill_holes(ndimage.binary_closing(np.pad(comp, pad), structure=ball))
+        if pore_mm > 0:
+            solid = ndimage.binary_fill_holes(geometry.close_mm(comp, pore_mm, spacing_zyx))
             if _is_ball(solid, spacing_zyx, solid_ratio, 0.0):
                 continue
         lesion[sl][comp] = 0

@@ -586,3 +586,39 @@ def test_a_tumour_touching_the_gallbladder_is_found_and_the_gallbladder_is_not()
     # judged as one region (no second chance) both are dropped
     merged, _ = lesions.classify_voxels(arr, None, liver, model, (1.0, 1.0, 1.0), fluid_hu=None)
     assert merged.max() == 0
+
+
+def _kidney_pole_block(with_tumour: bool, seed: int = 5):
+    """A block of parenchyma (105 HU, noise sd 5) at 1 mm whose face at x = 2 a kidney pole (r 28 mm, 160 HU)
+    presses into; its fat capsule (4 mm, -100 HU) lies inside the liver mask, as where a mask wraps round the
+    kidney; optionally a metastasis (r 6 mm, 60 HU) 1 mm from the fat. Blurred (sigma 0.8 mm): partial volume."""
+    rng = np.random.default_rng(seed)
+    shape = (60, 90, 90)
+    clean = np.full(shape, 105.0, np.float32)
+    liver = np.zeros(shape, bool)
+    liver[2:-2, 2:-2, 2:-2] = True
+    kidney = _ball(shape, (30, 45, -10), 28)
+    fat = _ball(shape, (30, 45, -10), 32) & ~kidney
+    clean[fat] = -100.0
+    clean[kidney] = 160.0
+    liver &= ~kidney
+    tumour = _ball(shape, (30, 45, 29), 6) if with_tumour else np.zeros(shape, bool)
+    clean[tumour] = 60.0
+    arr = (ndimage.gaussian_filter(clean, 0.8) + rng.normal(0, 5, shape)).astype(np.float32)
+    return arr, liver, tumour
+
+
+def test_fat_inside_the_liver_mask_is_no_lesion_and_does_not_hide_one():
+    """The fat capsule and its partial-volume rim form one dark region with the metastasis beside it; that region
+    was a shell and was dropped with the tumour in it (fresh phantom 308: a 13 mm metastasis). Fat in the mask
+    now counts as outside the liver and the 1.5 mm seam round it is no lesion core: the tumour is found, with no
+    fat in it, and the capsule alone gives nothing."""
+    arr, liver, tumour = _kidney_pole_block(with_tumour=True)
+    model, _ = lesions.liver_mixture(arr[liver])
+    found, _ = lesions.classify_voxels(arr, None, liver, model, (1.0, 1.0, 1.0))
+    assert found.max() == 1, f"expected the tumour only, found {found.max()} instances"
+    assert metrics.dice(found > 0, tumour) >= 0.8
+    assert arr[found > 0].min() > lesions.FAT_MEAN_HU
+    arr, liver, _ = _kidney_pole_block(with_tumour=False)
+    found, _ = lesions.classify_voxels(arr, None, liver, model, (1.0, 1.0, 1.0))
+    assert found.max() == 0

@@ -48,18 +48,6 @@ Progress = Callable[[float, str], None]
 METHODS = ("auto", "planes", "territories", "vessels")
 AXES = ("patient", "ivc")
 
-# Where each landmark goes (used in messages that ask the user to place it)
-LANDMARK_HELP = {
-    "IVC": "on the inferior vena cava where the hepatic veins join it (hepatic-vein confluence)",
-    "IVC_inferior": "on the inferior vena cava at the lower end of the caudate lobe (segment I)",
-    "RHV": "on the right hepatic vein, 2-4 cm from the IVC",
-    "MHV": "on the middle hepatic vein, 2-4 cm from the IVC",
-    "LHV": "on the left hepatic vein, 2-4 cm from the IVC",
-    "RPV": "on the right portal vein at the portal bifurcation",
-    "LPV": "on the left portal vein at the portal bifurcation",
-    "UP": "on the umbilical portion of the left portal vein",
-}
-
 # Segment I shape, as fractions of the horizontal distance D from the IVC axis to the portal bifurcation
 CAUDATE_CENTRE = 0.40  # centre of the ellipse along the axis→bifurcation line
 CAUDATE_ALONG = 0.40  # semi-axis along that line
@@ -116,7 +104,7 @@ class LandmarkFrame:
 
 
 def _missing_message(names) -> str:
-    return "; ".join(f"{n} ({LANDMARK_HELP.get(n, '')})" for n in names)
+    return "; ".join(f"{n} ({labels.LANDMARK_PLACES.get(n, '')})" for n in names)
 
 
 def _horizontal(v: np.ndarray, axis: np.ndarray) -> np.ndarray:
@@ -207,7 +195,7 @@ def check_landmarks(landmarks: dict[str, np.ndarray], reference: sitk.Image | No
         for b in known[i + 1:]:
             if np.linalg.norm(pts[a] - pts[b]) < MIN_SEPARATION_MM:
                 raise InputError(f"Landmarks {a} and {b} coincide (less than {MIN_SEPARATION_MM:g} mm apart); "
-                                 f"place {a} {LANDMARK_HELP[a]} and {b} {LANDMARK_HELP[b]}.")
+                                 f"place {a} {labels.LANDMARK_PLACES[a]} and {b} {labels.LANDMARK_PLACES[b]}.")
     if "IVC_inferior" in pts:
         axis = pts["IVC"] - pts["IVC_inferior"]
         length = float(np.linalg.norm(axis))
@@ -221,15 +209,15 @@ def check_landmarks(landmarks: dict[str, np.ndarray], reference: sitk.Image | No
     else:
         warnings.append("No IVC_inferior landmark: segment I ends below at a height estimated from the portal "
                         "bifurcation, and the axis is the patient's superior–inferior axis through IVC. "
-                        "Place IVC_inferior " + LANDMARK_HELP["IVC_inferior"] + " for a better segment I.")
+                        "Place IVC_inferior " + labels.LANDMARK_PLACES["IVC_inferior"] + " for a better segment I.")
     if "UP" not in pts:
         warnings.append("No UP landmark: segment IV is separated from II/III by the LHV plane alone, also below "
-                        "the LHV. Place UP " + LANDMARK_HELP["UP"] + " for a better IV | III border.")
+                        "the LHV. Place UP " + labels.LANDMARK_PLACES["UP"] + " for a better IV | III border.")
     frame = landmark_frame(pts)
     for v in labels.HEPATIC_VEIN_LANDMARKS:
         if frame.radius[v] < MIN_VEIN_RADIUS_MM:
             raise InputError(f"{v} lies on the IVC axis (within {MIN_VEIN_RADIUS_MM:g} mm of it), so it defines no "
-                             f"plane: place {v} {LANDMARK_HELP[v]}.")
+                             f"plane: place {v} {labels.LANDMARK_PLACES[v]}.")
     az = frame.azimuth
     # order right → anterior → left about the axis: 0 = φ_R < φ_M < φ_L < π + some (left lateral beyond)
     if not (0.0 < az["MHV"] < az["LHV"] < 1.5 * np.pi):
@@ -243,10 +231,10 @@ def check_landmarks(landmarks: dict[str, np.ndarray], reference: sitk.Image | No
     for (a, b), gap in gaps.items():
         if gap < np.radians(MIN_SECTOR_DEG):
             raise InputError(f"{a} and {b} lie on almost one plane through the IVC axis (azimuths {np.degrees(gap):.1f}° "
-                             f"apart), so the segment between them would be empty. Place {a} {LANDMARK_HELP[a]} and "
-                             f"{b} {LANDMARK_HELP[b]}.")
+                             f"apart), so the segment between them would be empty. Place {a} {labels.LANDMARK_PLACES[a]} and "
+                             f"{b} {labels.LANDMARK_PLACES[b]}.")
     if "UP" in frame.radius and frame.radius["UP"] < MIN_VEIN_RADIUS_MM:
-        raise InputError(f"UP lies on the IVC axis; place UP {LANDMARK_HELP['UP']}.")
+        raise InputError(f"UP lies on the IVC axis; place UP {labels.LANDMARK_PLACES['UP']}.")
     right_to_left = _horizontal(pts["LHV"] - pts["RHV"], frame.axis)
     if float((pts["LPV"] - pts["RPV"]) @ right_to_left) <= 0:
         raise InputError("RPV does not lie to the right of LPV (measured along RHV → LHV). Check for swapped "
@@ -255,10 +243,10 @@ def check_landmarks(landmarks: dict[str, np.ndarray], reference: sitk.Image | No
         h = frame.height[v]
         if h > 30.0:
             raise InputError(f"{v} lies {h:.0f} mm above the hepatic-vein confluence (IVC); the portal bifurcation is "
-                             f"below it. Place {v} {LANDMARK_HELP[v]}.")
+                             f"below it. Place {v} {labels.LANDMARK_PLACES[v]}.")
         if h < -120.0:
             raise InputError(f"{v} lies {-h:.0f} mm below the hepatic-vein confluence (IVC); that is not the portal "
-                             f"bifurcation. Place {v} {LANDMARK_HELP[v]}.")
+                             f"bifurcation. Place {v} {labels.LANDMARK_PLACES[v]}.")
     return warnings
 
 

@@ -31,16 +31,33 @@ REQUIRED_LANDMARKS = ("IVC", "RHV", "MHV", "LHV", "RPV", "LPV")
 OPTIONAL_LANDMARKS = ("IVC_inferior", "UP")
 HEPATIC_VEIN_LANDMARKS = ("RHV", "MHV", "LHV")
 PORTAL_VEIN_LANDMARKS = ("RPV", "LPV", "UP")
-# Where each landmark goes (shown next to its placement button in the Slicer module), domain.md §1
+# Where each landmark goes (messages that ask the user to place one say "place RHV <this>"), domain.md §1
+LANDMARK_PLACES = {
+    "IVC": "on the inferior vena cava where the hepatic veins join it (hepatic-vein confluence, top of the liver)",
+    "IVC_inferior": "on the inferior vena cava at the lower end of the caudate lobe (segment I)",
+    "RHV": "on the right hepatic vein, 2-4 cm from the IVC",
+    "MHV": "on the middle hepatic vein, 2-4 cm from the IVC (Cantlie's line)",
+    "LHV": "on the left hepatic vein, 2-4 cm from the IVC",
+    "RPV": "on the right portal vein at the portal bifurcation",
+    "LPV": "on the left portal vein at the portal bifurcation",
+    "UP": "on the umbilical portion of the left portal vein (falciform ligament)",
+}
+# What each landmark decides ("it <this>")
+LANDMARK_ROLES = {
+    "IVC": "sets the axis the hepatic-vein planes turn about",
+    "IVC_inferior": "sets the lower end of segment I",
+    "RHV": "splits right posterior (VI, VII) from right anterior (V, VIII)",
+    "MHV": "splits the right liver (V, VIII) from IV",
+    "LHV": "splits IV from the left lateral segments II and III",
+    "RPV": "sets the height that splits VII, VIII from VI, V",
+    "LPV": "sets the height that splits II from III",
+    "UP": "sets the lower border of IV with III",
+}
+# Shown next to each landmark's placement button in the Slicer module and stored in the markups
 LANDMARK_DESCRIPTIONS = {
-    "IVC": "Inferior vena cava where the hepatic veins join it (hepatic-vein confluence, top of the liver).",
-    "IVC_inferior": "Optional: inferior vena cava at the lower end of the caudate lobe (segment I); gives the IVC axis.",
-    "RHV": "Right hepatic vein, 2-4 cm from the IVC: splits right posterior (VI, VII) from right anterior (V, VIII).",
-    "MHV": "Middle hepatic vein, 2-4 cm from the IVC (Cantlie's line): splits the right liver (V, VIII) from IV.",
-    "LHV": "Left hepatic vein, 2-4 cm from the IVC: splits IV from the left lateral segments II and III.",
-    "RPV": "Right portal vein at the portal bifurcation: the transverse plane splitting VII, VIII from VI, V.",
-    "LPV": "Left portal vein at the portal bifurcation: the transverse plane splitting II, IVa from III, IVb.",
-    "UP": "Optional: umbilical portion of the left portal vein (falciform ligament): lower border of IV with III.",
+    name: ("Optional: place it " if name in OPTIONAL_LANDMARKS else "Place it ") + f"{LANDMARK_PLACES[name]}; it "
+    + LANDMARK_ROLES[name] + "."
+    for name in LANDMARK_NAMES
 }
 
 # Lesion kinds the classifier knows

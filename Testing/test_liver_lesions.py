@@ -622,3 +622,33 @@ def test_fat_inside_the_liver_mask_is_no_lesion_and_does_not_hide_one():
     arr, liver, _ = _kidney_pole_block(with_tumour=False)
     found, _ = lesions.classify_voxels(arr, None, liver, model, (1.0, 1.0, 1.0))
     assert found.max() == 0
+
+
+def _thin_lobe(fluid_centre_z_mm: float, fluid_radius_mm: float):
+    """A 28 mm-thick slab of parenchyma (105 HU) in fat on a 2.5 mm grid (the liver extraction's working grid),
+    with a fluid ball (10 HU) centred at height fluid_centre_z_mm (the slab spans 36-64 mm); blurred (partial
+    volume). Returns (arr, parenchyma, fluid)."""
+    zz, yy, xx = np.indices((40, 60, 60)) * 2.5
+    clean = np.full(zz.shape, -100.0, np.float32)
+    lobe = (np.abs(zz - 50.0) <= 14.0) & (yy > 20) & (yy < 130) & (xx > 20) & (xx < 130)
+    fluid = (zz - fluid_centre_z_mm) ** 2 + (yy - 75.0) ** 2 + (xx - 75.0) ** 2 <= fluid_radius_mm ** 2
+    clean[lobe] = 105.0
+    clean[fluid] = 10.0
+    arr = ndimage.gaussian_filter(clean, 0.5)
+    return arr, lobe & ~fluid & (arr > 81.0), fluid
+
+
+def test_a_cyst_filling_a_thin_lobe_joins_the_liver_and_a_gallbladder_on_its_face_does_not():
+    """liver.dark_regions: a 40 mm cyst in a 28 mm lobe bulges from both faces; the 15 mm envelope closing
+    cannot span it (3 % of it inside), but it is embedded in the parenchyma (fresh phantom 402: a 34 mm cyst
+    was left out of the liver). A fluid ball lying on the lobe's face (gallbladder) stays out."""
+    from LiverLocalizationLib import liver as liver_module
+
+    sp = (2.5, 2.5, 2.5)
+    arr, parenchyma, cyst = _thin_lobe(50.0, 20.0)
+    assert geometry.close_mm(parenchyma, 15.0, sp)[cyst].mean() < 0.5  # the envelope alone would not take it
+    accepted, rejected = liver_module.dark_regions(arr, parenchyma, liver_module.fill_holes(parenchyma), 105.0, 8.0, sp)
+    assert accepted[cyst].mean() > 0.95 and not rejected[cyst].any()
+    arr, parenchyma, gallbladder = _thin_lobe(72.0, 15.0)
+    accepted, rejected = liver_module.dark_regions(arr, parenchyma, liver_module.fill_holes(parenchyma), 105.0, 8.0, sp)
+    assert not accepted[gallbladder].any()

@@ -652,3 +652,14 @@ def test_a_cyst_filling_a_thin_lobe_joins_the_liver_and_a_gallbladder_on_its_fac
     arr, parenchyma, gallbladder = _thin_lobe(72.0, 15.0)
     accepted, rejected = liver_module.dark_regions(arr, parenchyma, liver_module.fill_holes(parenchyma), 105.0, 8.0, sp)
     assert not accepted[gallbladder].any()
+
+
+def test_embedded_in_parenchyma_tells_a_cyst_in_a_lobe_from_fluid_on_its_face():
+    sp = (2.5, 2.5, 2.5)
+    _, parenchyma, cyst = _thin_lobe(50.0, 20.0)
+    assert lesions.embedded_in_parenchyma(cyst, parenchyma, sp)
+    _, parenchyma, gallbladder = _thin_lobe(72.0, 15.0)
+    assert not lesions.embedded_in_parenchyma(gallbladder, parenchyma, sp)
+    # contact alone is not enough: parenchyma must lie round the blob in enough directions
+    _, parenchyma, cyst = _thin_lobe(50.0, 20.0)
+    assert not lesions.embedded_in_parenchyma(cyst, parenchyma, sp, min_closure=0.9)

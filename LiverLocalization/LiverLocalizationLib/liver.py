@@ -32,7 +32,7 @@ from scipy import ndimage
 
 from . import geometry
 from .errors import InputError
-from .lesions import parenchyma_statistics, ring_closure
+from .lesions import embedded_in_parenchyma, parenchyma_statistics
 
 Progress = Callable[[float, str], None]
 
@@ -451,7 +451,7 @@ def _accept_subcapsular_fluid(arr, parenchyma, accepted, rejected, fluid_below_h
                               reach_mm: float = 5.0) -> None:
     """Move fluid-dark blobs inside the liver's envelope, or embedded in the parenchyma, from `rejected` to
     `accepted` (in place). Embedded: at least `min_contact` of the blob's own one-voxel shell is parenchyma, and
-    parenchyma lies within `reach_mm` of it in at least `min_closure` of 26 directions (`lesions.ring_closure`).
+    parenchyma lies within `reach_mm` of it in at least `min_closure` of 26 directions (`lesions.embedded_in_parenchyma`).
     That takes in a cyst filling the thickness of a thin lobe, which the envelope (a closing smaller than the
     cyst) does not reach: fresh phantoms 400 and 402 (cysts of 20 and 34 mm, contact 0.29 and 0.35, closure
     0.42 and 0.58); the 124 other fluid blobs of at least 1 ml on 42 full phantoms (seeds 0-11, 200-209,
@@ -469,24 +469,12 @@ def _accept_subcapsular_fluid(arr, parenchyma, accepted, rejected, fluid_below_h
         comp = lab[sl] == i
         if comp.sum() * voxel_ml < min_ml:
             continue
-        if (comp & envelope[sl]).sum() < min_in_envelope * comp.sum() and not _embedded(
+        if (comp & envelope[sl]).sum() < min_in_envelope * comp.sum() and not embedded_in_parenchyma(
                 comp, parenchyma[sl], spacing_zyx, min_contact, min_closure, reach_mm):
             continue
         blob = ndimage.binary_dilation(comp, structure=six) & (rejected[sl] | comp)
         accepted[sl] |= blob
         rejected[sl] &= ~blob
-
-
-def _embedded(blob: np.ndarray, parenchyma: np.ndarray, spacing_zyx, min_contact: float, min_closure: float,
-              reach_mm: float) -> bool:
-    """A blob lying in the parenchyma: enough of its shell is parenchyma and parenchyma surrounds it."""
-    six = ndimage.generate_binary_structure(3, 1)
-    shell = ndimage.binary_dilation(blob, structure=six) & ~blob
-    if (shell & parenchyma).sum() < min_contact * shell.sum():
-        return False
-    dist = ndimage.distance_transform_edt(~blob, sampling=spacing_zyx)
-    ring = (dist > 0) & (dist <= reach_mm)
-    return ring_closure(parenchyma.astype(np.float32), ring, blob, spacing_zyx, 0.5, min_voxels=3) >= min_closure
 
 
 def _right_upper_component(lab: np.ndarray, counts: np.ndarray, image: sitk.Image) -> np.ndarray:

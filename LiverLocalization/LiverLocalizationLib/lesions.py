@@ -584,10 +584,11 @@ def classify_voxels(arr: np.ndarray, classes: np.ndarray | None, liver: np.ndarr
         if not splittable:
             beyond |= split_from[sl] & ~comp
         outside = (shell & beyond).sum() / max(1, shell.sum())
-        ball = outside > max_outside_contact and _is_ball(comp, spacing_zyx, min_ball, min_ball_radius_mm)
+        bulging_ball = outside > max_outside_contact and _is_ball(comp, spacing_zyx, min_ball, min_ball_radius_mm)
         # a cyst bulging from a thin part of the liver: a fluid ball embedded in the parenchyma, as in liver extraction
-        cyst = ball and fluid_hu is not None and mean_hu < fluid_hu and embedded_in_parenchyma(comp, plain[sl], spacing_zyx)
-        if outside > max_outside_contact and not (ball and outside <= max_outside_ball) and not cyst:
+        cyst = (bulging_ball and fluid_hu is not None and mean_hu < fluid_hu
+                and embedded_in_parenchyma(comp, plain[sl], spacing_zyx))
+        if outside > max_outside_contact and not (bulging_ball and outside <= max_outside_ball) and not cyst:
             # a tumour touching the gallbladder (or another fluid-filled neighbour in the mask) forms one dark
             # region with it: its fluid and its soft-tissue parts are judged again, each on its own, the other
             # parts counting as outside the liver (the partial-volume rim round the fluid stays out)

@@ -450,9 +450,9 @@ def _accept_subcapsular_fluid(arr, parenchyma, accepted, rejected, fluid_below_h
                               min_ml, min_in_envelope, min_contact: float = 0.25, min_closure: float = 0.4,
                               reach_mm: float = 5.0) -> None:
     """Move fluid-dark blobs inside the liver's envelope, or embedded in the parenchyma, from `rejected` to
-    `accepted` (in place). Embedded: at least `min_contact` of the blob's own one-voxel shell is parenchyma, and
-    parenchyma lies within `reach_mm` of it in at least `min_closure` of 26 directions (`lesions.embedded_in_parenchyma`).
-    That takes in a cyst filling the thickness of a thin lobe, which the envelope (a closing smaller than the
+    `accepted` (in place). Embedded (`lesions.embedded_in_parenchyma`): at least `min_contact` of the blob's own
+    one-voxel shell is parenchyma, and parenchyma lies within `reach_mm` of it in at least `min_closure` of 26
+    directions. That takes in a cyst filling the thickness of a thin lobe, which the envelope (a closing smaller than the
     cyst) does not reach: fresh phantoms 400 and 402 (cysts of 20 and 34 mm, contact 0.29 and 0.35, closure
     0.42 and 0.58); the 124 other fluid blobs of at least 1 ml on 42 full phantoms (seeds 0-11, 200-209,
     300-309, 400-409; gallbladder, stomach, bowel, kidney) had contact <= 0.21 and closure <= 0.35."""

@@ -284,8 +284,11 @@ def ring_closure(values: np.ndarray, shell: np.ndarray, region: np.ndarray, spac
     return float(np.mean(sums[used] / counts[used] >= level))
 
 
+EMBEDDED_REACH_MM = 5.0  # how far round a blob `embedded_in_parenchyma` looks for parenchyma
+
+
 def embedded_in_parenchyma(blob: np.ndarray, parenchyma: np.ndarray, spacing_zyx, min_contact: float = 0.25,
-                           min_closure: float = 0.4, reach_mm: float = 5.0) -> bool:
+                           min_closure: float = 0.4, reach_mm: float = EMBEDDED_REACH_MM) -> bool:
     """A blob lying in the parenchyma, not on it: at least `min_contact` of its one-voxel shell is parenchyma,
     and parenchyma lies within `reach_mm` of it in at least `min_closure` of 26 directions (`ring_closure`).
     A cyst that fills the thickness of a thin lobe passes (fresh phantoms 400 and 402: contact 0.29 and 0.35,

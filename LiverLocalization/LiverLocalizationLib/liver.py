@@ -32,7 +32,7 @@ from scipy import ndimage
 
 from . import geometry
 from .errors import InputError
-from .lesions import embedded_in_parenchyma, parenchyma_statistics
+from .lesions import EMBEDDED_REACH_MM, embedded_in_parenchyma, parenchyma_statistics
 
 Progress = Callable[[float, str], None]
 
@@ -447,12 +447,10 @@ def dark_regions(arr: np.ndarray, parenchyma: np.ndarray, filled: np.ndarray, pa
 
 
 def _accept_subcapsular_fluid(arr, parenchyma, accepted, rejected, fluid_below_hu, spacing_zyx, envelope_mm,
-                              min_ml, min_in_envelope, min_contact: float = 0.25, min_closure: float = 0.4,
-                              reach_mm: float = 5.0) -> None:
+                              min_ml, min_in_envelope) -> None:
     """Move fluid-dark blobs inside the liver's envelope, or embedded in the parenchyma, from `rejected` to
-    `accepted` (in place). Embedded (`lesions.embedded_in_parenchyma`): at least `min_contact` of the blob's own
-    one-voxel shell is parenchyma, and parenchyma lies within `reach_mm` of it in at least `min_closure` of 26
-    directions. That takes in a cyst filling the thickness of a thin lobe, which the envelope (a closing smaller than the
+    `accepted` (in place). Embedded (`lesions.embedded_in_parenchyma`): at least 0.25 of the blob's own one-voxel
+    shell is parenchyma, and parenchyma lies within 5 mm of it in at least 0.4 of 26 directions. That takes in a cyst filling the thickness of a thin lobe, which the envelope (a closing smaller than the
     cyst) does not reach: fresh phantoms 400 and 402 (cysts of 20 and 34 mm, contact 0.29 and 0.35, closure
     0.42 and 0.58); the 124 other fluid blobs of at least 1 ml on 42 full phantoms (seeds 0-11, 200-209,
     300-309, 400-409; gallbladder, stomach, bowel, kidney) had contact <= 0.21 and closure <= 0.35."""
@@ -463,14 +461,14 @@ def _accept_subcapsular_fluid(arr, parenchyma, accepted, rejected, fluid_below_h
         return
     envelope = geometry.close_mm(parenchyma, envelope_mm, spacing_zyx)
     voxel_ml = float(np.prod(spacing_zyx)) / 1000.0
-    pad = np.ceil(reach_mm / np.asarray(spacing_zyx, dtype=float)).astype(int) + 2
+    pad = np.ceil(EMBEDDED_REACH_MM / np.asarray(spacing_zyx, dtype=float)).astype(int) + 2
     for i, sl in enumerate(ndimage.find_objects(lab), start=1):
         sl = geometry.widen(sl, pad, lab.shape)
         comp = lab[sl] == i
         if comp.sum() * voxel_ml < min_ml:
             continue
         if (comp & envelope[sl]).sum() < min_in_envelope * comp.sum() and not embedded_in_parenchyma(
-                comp, parenchyma[sl], spacing_zyx, min_contact, min_closure, reach_mm):
+                comp, parenchyma[sl], spacing_zyx):
             continue
         blob = ndimage.binary_dilation(comp, structure=six) & (rejected[sl] | comp)
         accepted[sl] |= blob

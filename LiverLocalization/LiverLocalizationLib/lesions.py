@@ -293,8 +293,8 @@ def embedded_in_parenchyma(blob: np.ndarray, parenchyma: np.ndarray, spacing_zyx
     and parenchyma lies within `reach_mm` of it in at least `min_closure` of 26 directions (`ring_closure`).
     A cyst that fills the thickness of a thin lobe passes (fresh phantoms 400 and 402: contact 0.29 and 0.35,
     closure 0.42 and 0.58 on the liver extraction's grid); the gallbladder, stomach and bowel fluid beside
-    the liver do not (contact <= 0.21, closure <= 0.35 over 42 full phantoms). blob, parenchyma: bool arrays
-    of one shape, with room round the blob for `reach_mm`."""
+    the liver do not (contact <= 0.21, closure <= 0.35 over 42 full phantoms; a one-off analysis, script not
+    kept). blob, parenchyma: bool arrays of one shape, with room round the blob for `reach_mm`."""
     six = ndimage.generate_binary_structure(3, 1)
     shell = ndimage.binary_dilation(blob, structure=six) & ~blob
     if (shell & parenchyma).sum() < min_contact * shell.sum():

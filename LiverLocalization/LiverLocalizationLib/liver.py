@@ -453,7 +453,8 @@ def _accept_subcapsular_fluid(arr, parenchyma, accepted, rejected, fluid_below_h
     shell is parenchyma, and parenchyma lies within 5 mm of it in at least 0.4 of 26 directions. That takes in a cyst filling the thickness of a thin lobe, which the envelope (a closing smaller than the
     cyst) does not reach: fresh phantoms 400 and 402 (cysts of 20 and 34 mm, contact 0.29 and 0.35, closure
     0.42 and 0.58); the 124 other fluid blobs of at least 1 ml on 42 full phantoms (seeds 0-11, 200-209,
-    300-309, 400-409; gallbladder, stomach, bowel, kidney) had contact <= 0.21 and closure <= 0.35."""
+    300-309, 400-409; gallbladder, stomach, bowel, kidney) had contact <= 0.21 and closure <= 0.35 (a one-off
+    analysis, script not kept)."""
     six = ndimage.generate_binary_structure(3, 1)
     fluid = ndimage.binary_opening(rejected & (arr < fluid_below_hu), structure=six)
     lab, n = ndimage.label(fluid)

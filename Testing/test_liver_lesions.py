@@ -564,6 +564,31 @@ def test_drop_shells_drops_a_sheet_but_keeps_a_porous_tumour_core():
     assert lesions.drop_shells(lesion.copy(), spacing, pore_mm=0).max() == 0
 
 
+def test_drop_shells_keeps_a_large_lobulated_tumour_whose_ratio_is_low():
+    """A cluster of 5 × 5 confluent 6.5 mm-radius nodules (a lobulated tumour, as on 3D-IRCADb 1.1) has an
+    inscribed radius below 0.4 of its equivalent radius, the ratio of a shell, but is 13 mm thick: kept. A sheet
+    of the same extent 3 mm thick is dropped."""
+    shape, spacing = (30, 130, 130), (2.0, 0.7, 0.7)
+    zz, yy, xx = np.indices(shape)
+    z_mm, y_mm, x_mm = zz * 2.0, yy * 0.7, xx * 0.7
+    lobes = np.zeros(shape, bool)
+    centres = 20.0 + 13.0 * np.arange(5)
+    for cy in centres:
+        for cx in centres:
+            lobes |= (z_mm - 30.0) ** 2 + (y_mm - cy) ** 2 + (x_mm - cx) ** 2 <= 6.5 ** 2
+    within = (y_mm >= 20) & (y_mm <= 72) & (x_mm >= 20) & (x_mm <= 72)
+    on_grid = (np.abs((y_mm - 20.0 + 6.5) % 13.0 - 6.5) <= 3.0) | (np.abs((x_mm - 20.0 + 6.5) % 13.0 - 6.5) <= 3.0)
+    lobes |= (np.abs(z_mm - 30.0) <= 4.0) & within & on_grid
+    r_eq = lesions._equivalent_radius_mm(int(lobes.sum()), 2.0 * 0.7 * 0.7)
+    inscribed = lesions._inscribed_radius_mm(lobes, spacing)
+    assert inscribed < 0.4 * r_eq and inscribed >= 5.0, (inscribed, r_eq)
+    kept = lesions.drop_shells(lobes.astype(np.int32), spacing)
+    assert (kept == 1).sum() == lobes.sum()
+    assert lesions.drop_shells(lobes.astype(np.int32), spacing, thin_mm=np.inf).max() == 0  # the ratio alone
+    sheet = (np.abs(z_mm - 30.0) <= 1.5) & (y_mm >= 14) & (y_mm <= 78) & (x_mm >= 14) & (x_mm <= 78)
+    assert lesions.drop_shells(sheet.astype(np.int32), spacing).max() == 0
+
+
 def test_a_tumour_touching_the_gallbladder_is_found_and_the_gallbladder_is_not():
     """A 9 mm-radius metastasis (60 HU) touching a 3 mm layer of fluid (10 HU, 50 × 50 mm: gallbladder inside
     the liver mask's face): in the hypodense mask they form one region, 42 % of whose shell lies outside the

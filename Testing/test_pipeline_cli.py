@@ -1,6 +1,7 @@
 """End to end: the pipeline on a small phantom, its outputs and the liverloc command."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +10,8 @@ import SimpleITK as sitk
 from LiverLocalizationLib import cli, geometry, io, metrics, pipeline, segfile
 from LiverLocalizationLib.errors import InputError
 from LiverLocalizationLib.phantom import generate_phantom, write_phantom
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +90,29 @@ def test_run_pipeline_in_memory_keeps_inputs_and_oblique_geometry():
         assert geometry.same_geometry(image, ph.ct)
     liver_truth = sitk.GetArrayViewFromImage(ph.truth_couinaud) > 0
     assert metrics.dice(result.liver_mask, liver_truth) >= 0.9
+    assert not [w for w in result.warnings if "without contrast" in w]  # portal-venous phantom: no phase warning
+
+
+def test_a_ct_without_contrast_is_run_with_a_warning_naming_the_parenchyma_hu():
+    """Soft tissue scaled to native-phase values (phantom parenchyma 100-110 -> 45-50 HU, vessels -> 65-70 HU):
+    the run completes and says that the CT does not look portal-venous, with the parenchyma's HU."""
+    ph = generate_phantom(seed=12, size="small", n_lesions=1)
+    arr = sitk.GetArrayFromImage(ph.ct).astype(np.float32)
+    arr = np.where(arr > 0, 0.45 * arr, arr)
+    native = sitk.GetImageFromArray(arr)
+    native.CopyInformation(ph.ct)
+    result = pipeline.run_pipeline(native, ph.landmarks, options=pipeline.PipelineOptions(classify=False))
+    phase = [w for w in result.warnings if "without contrast" in w]
+    assert len(phase) == 1
+    hu = float(phase[0].split("parenchyma is at ")[1].split(" HU")[0])
+    assert 40 <= hu <= 55, phase[0]
+
+
+@pytest.mark.skipif(not (SHARED / "totalseg_example").exists(), reason="../shared/data is absent (real CTs are only in the project's CI and dev machines)")
+def test_the_real_native_phase_ct_gets_the_phase_warning():
+    ct = io.read_image(SHARED / "totalseg_example" / "example_ct_sm.nii.gz")
+    result = pipeline.run_pipeline(ct, None, options=pipeline.PipelineOptions(classify=False))
+    assert [w for w in result.warnings if "without contrast" in w]
 
 
 def test_tissue_stage_denoises_the_liver_box_unless_asked_for_the_whole_volume():

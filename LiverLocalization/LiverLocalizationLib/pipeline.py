@@ -174,7 +174,7 @@ def run_pipeline(
 
     All input is checked before any work, and the inputs are never modified.
     """
-    from . import couinaud, lesions
+    from . import couinaud, lesions, tissue_model
 
     options = options or PipelineOptions()
     options.validate()
@@ -197,6 +197,7 @@ def run_pipeline(
     denoised, tissues, stage_timings = tissue_stage(ct_float, landmarks or None, mask, options,
                                                     _stage_progress(progress, 0.0, 0.6), should_cancel)
     timings.update(stage_timings)
+    warnings += tissue_model.contrast_phase_warnings(tissues.model)
     rows = {row["id"]: row for row in lesions.measure_lesions(tissues.lesion_labels, ct_float)}
 
     couinaud_labels = None

@@ -357,6 +357,29 @@ class TissueResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+PORTAL_PHASE_MIN_HU = 75.0  # parenchyma below this: not the portal-venous phase the rules were set for
+
+
+def contrast_phase_warnings(model: MixtureModel) -> list[str]:
+    """Warnings when the liver does not look like portal-venous CT, the phase every rule here was set for.
+
+    The parenchyma (weighted mean of the mixture's 'parenchyma' classes) is at 90-140 HU in the portal-venous
+    phase (3D-IRCADb 1.1: 111 HU; domain notes: 100-110 +- 22) and at 45-65 HU without contrast. Below
+    `PORTAL_PHASE_MIN_HU` the lesion and vessel classes are judged against a parenchyma they were not set
+    on: the run goes on, and says so. Returns a list of messages (empty when the phase looks right).
+    """
+    names = np.asarray(model.names)
+    par = names == "parenchyma"
+    if not par.any():
+        return []
+    mean = float(np.sum(model.means_hu[par] * model.weights[par]) / np.sum(model.weights[par]))
+    if mean >= PORTAL_PHASE_MIN_HU:
+        return []
+    return [f"The liver parenchyma is at {mean:.0f} HU: this looks like a CT without contrast or in the arterial "
+            f"phase (portal-venous phase: about 90-140 HU). Lesions and vessels are found by rules set for "
+            f"portal-venous CT and are unreliable here; use the portal-venous series if there is one."]
+
+
 def segment_tissues(denoised_ct: sitk.Image, landmarks: dict[str, np.ndarray] | None = None,
                     liver_mask: sitk.Image | None = None, *, n_classes: int | None = None,
                     min_lesion_volume_mm3: float = 100.0, lesion_margin_mm: float = 1.5, mrf_beta: float = 1.0,

@@ -443,6 +443,37 @@ def test_soft_tissue_in_a_concavity_of_the_liver_mask_joins_it():
     assert not liver_module.soft_tissue_in_concavities(arr, mask, sp, 6.0, soft_hu=(40.0, 95.0)).any()  # too wide to close
 
 
+def test_a_heterogeneous_tumour_that_the_mask_surrounds_joins_it_and_a_vessel_in_a_groove_does_not():
+    """A liver ball (radius 60 mm, 110 HU) whose mask misses a haemangioma-like ball at its surface (radius 18 mm,
+    centred 16 mm under the surface: bright nodules at 160 HU in tissue at 85 HU) and a bright vessel (150 HU, radius 9 mm) lying in a groove of the surface, half in the liver. The
+    tumour, mostly surrounded by the mask, is returned; the vessel, touching the mask on one side, is not;
+    nor is soft tissue alone (the tumour without its nodules would also be found by
+    `soft_tissue_in_concavities`, which misses the nodules)."""
+    from LiverLocalizationLib import liver as liver_module
+
+    sp = (2.0, 2.0, 2.0)
+    shape = (70, 70, 70)
+    zz, yy, xx = (np.indices(shape) - 35) * 2.0
+    r = np.sqrt(zz ** 2 + yy ** 2 + xx ** 2)
+    arr = np.full(shape, -100.0, np.float32)
+    liver_ball = r < 60
+    arr[liver_ball] = 110.0
+    tumour = liver_ball & (np.sqrt(zz ** 2 + yy ** 2 + (xx - 44.0) ** 2) < 18)
+    nodules = tumour & ((np.indices(shape).sum(axis=0) // 2) % 3 == 0)
+    arr[tumour] = 85.0
+    arr[nodules] = 160.0
+    vessel = (np.sqrt(yy ** 2 + (xx + 60.0) ** 2) < 9) & (np.abs(zz) < 40)  # along z, on the surface at x = -60
+    arr[vessel] = 150.0
+    mask = liver_ball & ~tumour & ~vessel
+    added = liver_module.surrounded_tissue_in_concavities(arr, mask, sp, 25.0, 40.0)
+    assert added[tumour].mean() >= 0.9
+    assert added[nodules].mean() >= 0.9
+    assert not added[vessel].any()
+    assert not (added & ~tumour).any()
+    soft = liver_module.soft_tissue_in_concavities(arr, mask, sp, 25.0, soft_hu=(40.0, 95.0))
+    assert not soft[nodules].any()
+
+
 def test_border_refinement_on_the_box_round_the_mask_equals_the_whole_region(phantom_run, monkeypatch):
     """The full-resolution step works on the mask's box (`_full_resolution_box`) for speed; on the whole
     region of interest it gives the same mask."""

@@ -258,6 +258,8 @@ def extract_liver(ct: sitk.Image, landmarks: dict[str, np.ndarray] | None = None
         bite = soft_tissue_in_concavities(arr, liver_small, sp_zyx, concavity_mm,
                                           soft_hu=(soft_tissue_hu, par_mu - par_sd))
         liver_small |= bite
+        bite |= surrounded_tissue_in_concavities(arr, liver_small, sp_zyx, concavity_mm, soft_tissue_hu)
+        liver_small = fill_holes(liver_small | bite)
         added = added | bite
     report(0.7, "liver: full-resolution border")
 
@@ -333,6 +335,39 @@ def soft_tissue_in_concavities(arr: np.ndarray, mask: np.ndarray, spacing_zyx, r
     closed = geometry.close_mm(mask, radius_mm, spacing_zyx)
     add = closed & ~mask & (arr > soft_hu[0]) & (arr < soft_hu[1])
     return ndimage.binary_opening(add, structure=ndimage.generate_binary_structure(3, 1))
+
+
+def surrounded_tissue_in_concavities(arr: np.ndarray, mask: np.ndarray, spacing_zyx, radius_mm: float,
+                                     min_hu: float, min_contact: float = 0.65) -> np.ndarray:
+    """Tissue of any density above fluid that fills a concavity of the liver mask and that the mask surrounds:
+    a heterogeneous tumour at the surface.
+
+    A haemangioma's peripheral band mixes nodules as bright as blood with tissue between hypodense and
+    parenchymal; a large one near the surface is neither liver-like, nor dark (`dark_regions`), nor soft
+    tissue alone (`soft_tissue_in_concavities`), so the mask leaves a bite where it lies (fresh phantom 601:
+    a 40 mm haemangioma 32 % inside the mask). Components of voxels above `min_hu` inside the mask's
+    closing by a ball of `radius_mm` and outside the mask (opened by one voxel) join when at least
+    `min_contact` of their one-voxel shell is mask, the share `dark_regions` asks of a tumour: the kidney in
+    its impression, the IVC in its groove and the hilum's vessels touch the mask on one side. Measured on the
+    working grid of 11 cases (a one-off analysis, script not kept): the haemangioma's region 0.73, every
+    component of non-liver tissue at most 0.49 (the IVC and portal vein of ircadb1_1). Over 42 phantoms
+    (seeds 0-11, 200-209, 400-409, 600-609; one-off) the liver masks of 4 changed, none for the worse (601:
+    liver Dice 0.941 -> 0.949, the haemangioma 0.32 -> 0.96 inside); ircadb1_1 0.9261 -> 0.9263.
+    `benchmarks/eval_tissue.py --seeds 600 ... 609`: lesion Dice 0.746 -> 0.770 per case, recall 0.86 -> 0.88.
+    arr: intensities (HU); mask: bool liver mask (same shape); spacing_zyx: mm. Returns a bool mask.
+    """
+    six = ndimage.generate_binary_structure(3, 1)
+    closed = geometry.close_mm(mask, radius_mm, spacing_zyx)
+    candidate = ndimage.binary_opening(closed & ~mask & (arr > min_hu), structure=six)
+    lab, n = ndimage.label(candidate)
+    out = np.zeros(mask.shape, bool)
+    for i, sl in enumerate(ndimage.find_objects(lab) if n else [], start=1):
+        sl = geometry.widen(sl, 1, lab.shape)
+        comp = lab[sl] == i
+        shell = ndimage.binary_dilation(comp, structure=six) & ~comp
+        if (shell & mask[sl]).sum() >= min_contact * shell.sum():
+            out[sl] |= comp
+    return out
 
 
 def half_maximum_edge(arr: np.ndarray, mask: np.ndarray, liver_mean_hu: float, spacing_zyx,

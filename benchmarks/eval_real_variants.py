@@ -15,6 +15,9 @@ runs the whole pipeline (`classify=False`) on each variant with the case's landm
   noise15       Gaussian noise of 15 HU added to every voxel (a lower dose; total about 27 HU in the liver)
   flipped       the same voxels stored in RAS order (x and y axes flipped, direction diag(-1, -1, 1))
   jitterN       every landmark moved by Gaussian noise of 5 mm per axis (draw N; what imprecise clicks do)
+  required_only the optional landmarks (UP, IVC_inferior) left out
+  cropped       the field of view starts 20 mm below the top of the CT (it cuts the top of the liver: a scan
+                planned low)
 
 Per variant: liver Dice against mask_liver, mean Dice over Couinaud segments I-VIII (the pipeline's own liver
 mask and vessels, over the whole volume; a liver-mask error counts against it), the Couinaud method `auto`
@@ -40,7 +43,7 @@ from LiverLocalizationLib import io, labels, metrics, pipeline  # noqa: E402
 
 REAL = ROOT.parent / "shared" / "data" / "ircadb1_1"
 VARIANTS = ("original", "thick2", "thick3", "inplane08", "enhance07", "enhance13", "noise15", "flipped",
-            "jitter0", "jitter1", "jitter2")
+            "jitter0", "jitter1", "jitter2", "required_only", "cropped")
 
 
 def _like(array: np.ndarray, reference: sitk.Image, spacing=None) -> sitk.Image:
@@ -112,6 +115,14 @@ def flip_xy(img: sitk.Image) -> sitk.Image:
     return sitk.Flip(img, [True, True, False])
 
 
+def crop_top(ct: sitk.Image, liver: sitk.Image, couinaud: sitk.Image, mm: float):
+    """The images without their top `mm` of slices (index z, which points up on this case)."""
+    n = int(round(mm / ct.GetSpacing()[2]))
+    size = list(ct.GetSize())
+    size[2] -= n
+    return tuple(sitk.RegionOfInterest(img, size, [0, 0, 0]) for img in (ct, liver, couinaud))
+
+
 def jitter(marks: dict[str, np.ndarray], sigma_mm: float, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {k: np.asarray(v, float) + rng.normal(0.0, sigma_mm, 3) for k, v in marks.items()}
@@ -132,6 +143,10 @@ def make_variant(name: str, ct, liver, couinaud, marks):
         return flip_xy(ct), flip_xy(liver), flip_xy(couinaud), marks
     if name.startswith("jitter"):
         return ct, liver, couinaud, jitter(marks, 5.0, int(name[6:]))
+    if name == "required_only":
+        return ct, liver, couinaud, {k: v for k, v in marks.items() if k not in ("UP", "IVC_inferior")}
+    if name == "cropped":
+        return (*crop_top(ct, liver, couinaud, 20.0), marks)
     raise ValueError(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
 
 

@@ -70,13 +70,24 @@ class LesionDataset:
                                ("patches", "labels", "case_ids", "lesion_ids", "sources", "diameters_mm")), stats)
 
 
-def detect_lesions(ct, landmarks):
-    """Lesion cores found by the pipeline's tissue stage (EM tissues) after median denoising (1 mm).
+DETECTORS = ("training", "pipeline")
 
-    The cores (before `lesions.extend_margins`) are what the pipeline gives the classifier. The pipeline
-    denoises with curvature diffusion by default; the training data keep the median filter the shipped
-    weights were trained with (on 20 small phantoms the curvature-denoised detector found 90 of 120 lesions,
-    the median-denoised one 50)."""
+
+def detect_lesions(ct, landmarks, detector: str = "training"):
+    """Lesion cores (the masks the pipeline gives the classifier, before `lesions.extend_margins`).
+
+    detector 'training': the EM tissue stage after median denoising (1 mm) of the whole CT, the detector the
+    shipped weights were trained with; 'pipeline': `pipeline.tissue_stage` with `liverloc run`'s defaults
+    (liver found first, its box denoised by curvature diffusion), what a run classifies. On 20 small phantoms
+    the curvature-denoised detector found 90 of 120 lesions, the median-denoised one 50 (measured before the
+    detector's changes of the last sessions; `liverloc evaluate-classifier --detector` gives today's figures)."""
+    if detector not in DETECTORS:
+        raise InputError(f"Unknown lesion detector {detector!r}; choose one of {', '.join(DETECTORS)}.")
+    if detector == "pipeline":
+        from . import pipeline
+
+        _, tissues, _ = pipeline.tissue_stage(ct, landmarks, None, pipeline.PipelineOptions())
+        return tissues.lesion_cores
     from . import denoise, tissue_model
 
     denoised = denoise.denoise(ct, "median", median_radius_mm=1.0)
@@ -85,7 +96,7 @@ def detect_lesions(ct, landmarks):
 
 def case_patches(seed: int, size: str = "small", use_detected: bool = True, include_missed: bool = True,
                  n_lesions: int | None = None, patch: dict | None = None,
-                 keep_truth_patches: bool = False) -> LesionDataset:
+                 keep_truth_patches: bool = False, detector: str = "training") -> LesionDataset:
     """Patches of one phantom case (see the module docstring and `build_dataset`).
 
     Sources: 'detected' (detected mask matched to a true lesion), 'truth' (true mask of a missed lesion,
@@ -106,7 +117,7 @@ def case_patches(seed: int, size: str = "small", use_detected: bool = True, incl
     used_truth: set[int] = set()
     stats = {"truth": len(truth_rows), "detected": 0, "matched": 0, "false_positives": 0}
     if use_detected:
-        detected = detect_lesions(ph.ct, ph.landmarks)
+        detected = detect_lesions(ph.ct, ph.landmarks, detector)
         match = M.match_instances(detected, ph.truth_lesions)
         stats.update(detected=len(match["pairs"]) + len(match["false_positives"]), matched=len(match["pairs"]),
                      false_positives=len(match["false_positives"]))
@@ -129,7 +140,7 @@ def case_patches(seed: int, size: str = "small", use_detected: bool = True, incl
 
 def build_dataset(seeds: Sequence[int], size: str = "small", use_detected: bool = True, progress: Progress | None = None,
                   include_missed: bool = True, n_lesions: int | None = None, patch: dict | None = None,
-                  keep_truth_patches: bool = False) -> LesionDataset:
+                  keep_truth_patches: bool = False, detector: str = "training") -> LesionDataset:
     """Patches of several phantom cases (one case per seed), with kind labels and case ids.
 
     Args:
@@ -141,13 +152,15 @@ def build_dataset(seeds: Sequence[int], size: str = "small", use_detected: bool 
         n_lesions: lesions per phantom (None: the phantom's own random 0–6).
         patch: patch settings (default `classifier.PATCH_DEFAULTS`).
         keep_truth_patches: also add every true lesion with its true mask (source 'truth-all').
+        detector: which lesion detector cuts the detected patches (`detect_lesions`).
     """
     parts = []
     seeds = [int(s) for s in seeds]
     for i, seed in enumerate(seeds):
         if progress is not None:
             progress(i / max(1, len(seeds)), f"phantom case {seed} ({i + 1}/{len(seeds)})")
-        parts.append(case_patches(seed, size, use_detected, include_missed, n_lesions, patch, keep_truth_patches))
+        parts.append(case_patches(seed, size, use_detected, include_missed, n_lesions, patch, keep_truth_patches,
+                                  detector))
     if progress is not None:
         progress(1.0, f"{sum(len(p) for p in parts)} lesion patches from {len(seeds)} cases")
     if not parts:
@@ -544,13 +557,16 @@ def evaluation_seeds(weights_path=None, n_cases: int = 40, first_seed: int | Non
 
 
 def evaluate(weights_path, seeds: Sequence[int], out_dir, progress: Progress | None = None, size: str = "small",
-             use_detected: bool = True, n_lesions: int | None = None, n_bootstrap: int = N_BOOTSTRAP) -> dict:
+             use_detected: bool = True, n_lesions: int | None = None, n_bootstrap: int = N_BOOTSTRAP,
+             detector: str = "pipeline") -> dict:
     """Evaluate weights on phantom cases: kinds and malignant vs benign with 95 % case-bootstrap CIs.
 
     Two sets of metrics: ``metrics`` on the detected lesions matched to the truth (what the pipeline
     classifies; missed lesions and false-positive detections are counted in ``detection``), and
     ``metrics_true_masks`` on every true lesion cut with its true mask (the classifier alone).
     With use_detected=False only the latter. n_lesions: lesions per phantom (None: the phantom's own 0–6).
+    detector: 'pipeline' (default: the lesions `liverloc run` would classify) or 'training' (the detector the
+    weights were trained on; see `detect_lesions`).
     Writes ``evaluation.json`` and ``confusion_matrix.png`` to out_dir; returns the report (``summary``:
     readable lines).
     """
@@ -564,8 +580,10 @@ def evaluate(weights_path, seeds: Sequence[int], out_dir, progress: Progress | N
     if overlap:
         raise InputError(f"Evaluation seeds {overlap[:10]} were used to train or calibrate this model; evaluate on "
                          "other seeds (the default picks seeds after the model card's; its test seeds are allowed).")
+    if detector not in DETECTORS:
+        raise InputError(f"Unknown lesion detector {detector!r}; choose one of {', '.join(DETECTORS)}.")
     data = build_dataset(seeds, size, use_detected, _sub(progress, 0.0, 0.85), include_missed=not use_detected,
-                         n_lesions=n_lesions, patch=model.patch, keep_truth_patches=use_detected)
+                         n_lesions=n_lesions, patch=model.patch, keep_truth_patches=use_detected, detector=detector)
     if progress is not None:
         progress(0.9, f"classifying {len(data)} lesion patches")
     probs = model.predict_proba(data.patches) if len(data) else np.zeros((0, len(KINDS)))
@@ -579,6 +597,7 @@ def evaluate(weights_path, seeds: Sequence[int], out_dir, progress: Progress | N
         "weights_sha256": classifier.file_sha256(model.path),
         "seeds": seeds, "size": size, "lesions_per_case": n_lesions,
         "masks": "detected lesions matched to truth" if use_detected else "true lesion masks",
+        "detector": detector if use_detected else None,
         "detection": _detection_totals(data.stats),
         "metrics": detail, "headline": headline(detail),
         "metrics_true_masks": detail_truth, "headline_true_masks": headline(detail_truth),
@@ -592,8 +611,8 @@ def evaluate(weights_path, seeds: Sequence[int], out_dir, progress: Progress | N
     det = report["detection"]
     lines = []
     if use_detected:
-        lines.append(f"Detection: {det['matched']} of {det['truth']} true lesions found, {det['false_positives']} false "
-                     "positive(s) (not classified).")
+        lines.append(f"Detection ({detector} detector): {det['matched']} of {det['truth']} true lesions found, "
+                     f"{det['false_positives']} false positive(s) (not classified).")
         lines.append(summary_text(detail, f"Detected lesions, {title}"))
     lines.append(summary_text(detail_truth, f"All lesions with their true masks, {title}"))
     report["summary"] = "\n".join(lines)

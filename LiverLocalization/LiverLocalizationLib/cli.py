@@ -182,6 +182,10 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--cases", type=int, default=40, help="number of evaluation cases (default 40)")
     p.add_argument("--first-seed", type=int, default=None,
                    help="first phantom seed (default: the first seed after the model card's training and test seeds)")
+    p.add_argument("--detector", choices=["pipeline", "training"], default="pipeline",
+                   help="lesion detector whose lesions are classified: 'pipeline' (default: liverloc run's tissue stage, "
+                        "curvature denoising of the liver's box) or 'training' (median denoising of the whole CT, as "
+                        "the shipped weights were trained)")
     p.set_defaults(func=_cmd_evaluate)
 
 
@@ -190,7 +194,7 @@ def _cmd_evaluate(args) -> int:
 
     seeds = evaluation_seeds(args.weights, args.cases, args.first_seed)
     with progress_bar("evaluate", not args.quiet) as progress:
-        report = evaluate(args.weights, seeds, args.out, progress=progress)
+        report = evaluate(args.weights, seeds, args.out, progress=progress, detector=args.detector)
     print(report.get("summary", ""))
     print(f"Evaluation in {Path(args.out).resolve()}")
     return 0

@@ -37,6 +37,9 @@ from .lesions import EMBEDDED_REACH_MM, embedded_in_parenchyma, parenchyma_stati
 Progress = Callable[[float, str], None]
 
 
+MIN_AVERAGED_VOXELS = 8  # raw CT: a working-grid voxel averaging fewer CT voxels than this is median-filtered
+
+
 def mask_bounding_box(mask: sitk.Image, margin_voxels=0):
     """Index box (start_xyz, size_xyz) of a mask's nonzero voxels with a margin, clipped to the image.
 
@@ -144,7 +147,7 @@ def extract_liver(ct: sitk.Image, landmarks: dict[str, np.ndarray] | None = None
                   working_spacing_mm: float = 2.5, roi_margin_mm: float = 150.0, seed_radius_mm: float = 20.0,
                   erosion_mm: float = 6.0, separation_mm: float = 0.0, closing_mm: float = 8.0,
                   mrf_beta: float = 1.0, dark_sd: float = 3.0, half_max_edge: bool = True,
-                  concavity_mm: float = 25.0, soft_tissue_hu: float = 40.0,
+                  concavity_mm: float = 25.0, soft_tissue_hu: float = 40.0, raw: bool = False,
                   progress: Progress | None = None) -> sitk.Image:
     """Liver mask (uint8 0/1, exactly the CT's geometry) of a (denoised) contrast-enhanced CT in HU.
 
@@ -165,6 +168,12 @@ def extract_liver(ct: sitk.Image, landmarks: dict[str, np.ndarray] | None = None
         concavity_mm, soft_tissue_hu: soft tissue (from `soft_tissue_hu` to the parenchyma minus one sd)
             in the mask's concavities up to this radius joins the liver (`soft_tissue_in_concavities`:
             tumours at the surface); 0 disables it.
+        raw: the CT is not denoised (the pipeline finds the liver before denoising). Block averaging to the
+            working grid averages its noise away only where the CT's voxels are small; where a working voxel
+            averages fewer than `MIN_AVERAGED_VOXELS` CT voxels (pixels of 1.25 mm or more) the working grid is
+            median-filtered (3 voxels). On 40 small phantoms (2 x 2 x 2.5 mm, seeds 10150-10189) the liver
+            Dice from the raw CT was 0.812 on average (two cases failed, three below 0.05), 0.961 with the
+            filter (min 0.932); `liverloc run` had stopped on two of them. Grids of the real case are unaffected.
     Raises InputError when no liver-like tissue is found near the seeds.
     """
     from .tissue_model import fit_anchored_mixture, mrf_regularise
@@ -189,6 +198,9 @@ def extract_liver(ct: sitk.Image, landmarks: dict[str, np.ndarray] | None = None
     shrink = [int(max(1, round(working_spacing_mm / s))) for s in spacing]
     small = sitk.BinShrink(roi, shrink) if max(shrink) > 1 else roi
     arr = sitk.GetArrayFromImage(small)
+    if raw and int(np.prod(shrink)) < MIN_AVERAGED_VOXELS:
+        # coarse voxels: block averaging hardly lowers the noise, so the working grid is smoothed instead
+        arr = ndimage.median_filter(arr, size=3)
     sp_zyx = np.asarray(small.GetSpacing())[::-1]
 
     # 2. seeds and parenchyma statistics

@@ -129,7 +129,7 @@ def tissue_stage(ct: sitk.Image, landmarks: dict[str, np.ndarray] | None, liver_
             t0 = time.perf_counter()
             if landmarks:
                 liver.check_landmarks_inside(ct, landmarks)
-            mask = liver.extract_liver(ct, landmarks, progress=_stage_progress(progress, 0.0, 0.3))
+            mask = liver.extract_liver(ct, landmarks, raw=True, progress=_stage_progress(progress, 0.0, 0.3))
             extract_s = time.perf_counter() - t0
         margin = np.ceil(LIVER_BOX_MARGIN_MM / np.asarray(ct.GetSpacing())).astype(int)
         region = liver.mask_bounding_box(mask, margin_voxels=margin)

@@ -73,6 +73,11 @@ class LesionDataset:
 DETECTORS = ("training", "pipeline")
 
 
+def _check_detector(detector: str) -> None:
+    if detector not in DETECTORS:
+        raise InputError(f"Unknown lesion detector {detector!r}; choose one of {', '.join(DETECTORS)}.")
+
+
 def detect_lesions(ct, landmarks, detector: str = "training"):
     """Lesion cores (the masks the pipeline gives the classifier, before `lesions.extend_margins`).
 
@@ -81,8 +86,7 @@ def detect_lesions(ct, landmarks, detector: str = "training"):
     (liver found first, its box denoised by curvature diffusion), what a run classifies. On 20 small phantoms
     the curvature-denoised detector found 90 of 120 lesions, the median-denoised one 50 (measured before the
     detector's changes of the last sessions; `liverloc evaluate-classifier --detector` gives today's figures)."""
-    if detector not in DETECTORS:
-        raise InputError(f"Unknown lesion detector {detector!r}; choose one of {', '.join(DETECTORS)}.")
+    _check_detector(detector)
     if detector == "pipeline":
         from . import pipeline
 
@@ -580,8 +584,7 @@ def evaluate(weights_path, seeds: Sequence[int], out_dir, progress: Progress | N
     if overlap:
         raise InputError(f"Evaluation seeds {overlap[:10]} were used to train or calibrate this model; evaluate on "
                          "other seeds (the default picks seeds after the model card's; its test seeds are allowed).")
-    if detector not in DETECTORS:
-        raise InputError(f"Unknown lesion detector {detector!r}; choose one of {', '.join(DETECTORS)}.")
+    _check_detector(detector)
     data = build_dataset(seeds, size, use_detected, _sub(progress, 0.0, 0.85), include_missed=not use_detected,
                          n_lesions=n_lesions, patch=model.patch, keep_truth_patches=use_detected, detector=detector)
     if progress is not None:

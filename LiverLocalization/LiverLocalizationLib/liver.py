@@ -173,7 +173,8 @@ def extract_liver(ct: sitk.Image, landmarks: dict[str, np.ndarray] | None = None
             averages fewer than `MIN_AVERAGED_VOXELS` CT voxels (pixels of 1.25 mm or more) the working grid is
             median-filtered (3 voxels). On 40 small phantoms (2 x 2 x 2.5 mm, seeds 10150-10189) the liver
             Dice from the raw CT was 0.812 on average (two cases failed, three below 0.05), 0.961 with the
-            filter (min 0.932); `liverloc run` had stopped on two of them. Grids of the real case are unaffected.
+            filter (min 0.932; a one-off comparison, script not kept); `liverloc run` had stopped on two of
+            them (`liverloc evaluate-classifier` with its pipeline detector). Grids of the real case are unaffected.
     Raises InputError when no liver-like tissue is found near the seeds.
     """
     from .tissue_model import fit_anchored_mixture, mrf_regularise

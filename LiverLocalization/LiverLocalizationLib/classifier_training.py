@@ -433,7 +433,7 @@ def _sub(progress: Progress | None, start: float, stop: float) -> Progress | Non
 def train(out_dir, n_cases: int = 120, epochs: int = 30, seed: int = 0, progress: Progress | None = None,
           size: str = "small", use_detected: bool = True, lesions_per_case: int | None = TRAIN_LESIONS_PER_CASE,
           n_bootstrap: int = N_BOOTSTRAP, architecture: dict | None = None, patch: dict | None = None,
-          batch_size: int = 32) -> dict:
+          batch_size: int = 32, detector: str = "training") -> dict:
     """Generate phantom cases, split them by case, train, calibrate, test; write weights, model card and figures.
 
     Writes to out_dir: ``lesion_classifier.safetensors``, ``lesion_classifier.json`` (model card: data,
@@ -445,7 +445,8 @@ def train(out_dir, n_cases: int = 120, epochs: int = 30, seed: int = 0, progress
     their true masks (validation drives early stopping and the temperature, so it needs every kind). Test
     metrics: on the detected lesions only (what the pipeline classifies), and on all test lesions with
     their true masks (the classifier alone, detection aside). `architecture`, `patch` override
-    `classifier.ARCHITECTURE_DEFAULTS` / `PATCH_DEFAULTS` (smaller ones make quick test runs).
+    `classifier.ARCHITECTURE_DEFAULTS` / `PATCH_DEFAULTS` (smaller ones make quick test runs). `detector`: the
+    lesion detector whose masks the patches are cut with (`detect_lesions`; recorded in the model card).
     """
     import torch
 
@@ -456,6 +457,7 @@ def train(out_dir, n_cases: int = 120, epochs: int = 30, seed: int = 0, progress
         raise InputError(f"{n_cases} cases are too few; train on at least 3 phantom cases (120 for the shipped model).")
     if epochs < 1:
         raise InputError("Train for at least one epoch.")
+    _check_detector(detector)
     arch = {**classifier.ARCHITECTURE_DEFAULTS, **(architecture or {})}
     patch = {**classifier.PATCH_DEFAULTS, **(patch or {})}
     seeds = training_seeds(n_cases, seed)
@@ -464,7 +466,7 @@ def train(out_dir, n_cases: int = 120, epochs: int = 30, seed: int = 0, progress
     for name, (lo, hi) in (("train", (0.0, 0.3)), ("validation", (0.3, 0.35)), ("test", (0.35, 0.4))):
         sets[name] = build_dataset(split[name], size, use_detected, _sub(progress, lo, hi),
                                    include_missed=(name != "test") or not use_detected, n_lesions=lesions_per_case,
-                                   patch=patch, keep_truth_patches=(name == "test"))
+                                   patch=patch, keep_truth_patches=(name == "test"), detector=detector)
     train_set, val_set = sets["train"], sets["validation"]
     test_all = sets["test"]
     test_set = test_all.subset(np.flatnonzero(test_all.sources != "truth-all")) if use_detected else test_all
@@ -494,10 +496,12 @@ def train(out_dir, n_cases: int = 120, epochs: int = 30, seed: int = 0, progress
         "n_parameters": int(sum(p.numel() for p in net.parameters())),
         "data": {
             "source": f"LiverLocalization phantom, size {size!r}",
-            "masks": ("detected lesions (median denoising 1 mm + tissue_model.segment_tissues) matched to the truth by "
-                      "IoU; in training and validation cases, lesions the detector missed are added with their true "
-                      "masks; test metrics on detected lesions ('test') and on all lesions with true masks "
-                      "('test_true_masks')") if use_detected else "true lesion masks",
+            "masks": (("detected lesions (median denoising 1 mm + tissue_model.segment_tissues)" if detector == "training"
+                       else "detected lesions (pipeline.tissue_stage, liverloc run's defaults)")
+                      + " matched to the truth by IoU; in training and validation cases, lesions the detector missed "
+                      "are added with their true masks; test metrics on detected lesions ('test') and on all lesions "
+                      "with true masks ('test_true_masks')") if use_detected else "true lesion masks",
+            "detector": detector if use_detected else None,
             "lesions_per_training_case": lesions_per_case,
             "case_seeds": {k: v for k, v in split.items()},
             "n_patches": {"train": len(train_set), "validation": len(val_set), "test": len(test_set),

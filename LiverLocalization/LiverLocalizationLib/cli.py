@@ -156,6 +156,9 @@ def _add_train(sub) -> None:
     p.add_argument("--cases", type=int, default=150, help="number of phantom cases (default 150, as the shipped model)")
     p.add_argument("--epochs", type=int, default=40, help="training epochs (default 40, as the shipped model)")
     p.add_argument("--seed", type=int, default=0, help="random seed of cases, split and initialisation (default 0)")
+    p.add_argument("--detector", choices=["training", "pipeline"], default="training",
+                   help="lesion detector whose masks the patches are cut with: 'training' (default: median denoising of "
+                        "the whole CT, as the shipped model) or 'pipeline' (liverloc run's tissue stage)")
     p.set_defaults(func=_cmd_train)
 
 
@@ -163,7 +166,8 @@ def _cmd_train(args) -> int:
     from .classifier_training import train
 
     with progress_bar("train", not args.quiet) as progress:
-        card = train(args.out, n_cases=args.cases, epochs=args.epochs, seed=args.seed, progress=progress)
+        card = train(args.out, n_cases=args.cases, epochs=args.epochs, seed=args.seed, progress=progress,
+                     detector=args.detector)
     metrics = card.get("metrics", {})
     for key, what in (("test_true_masks", "all lesions, true masks"), ("test", "detected lesions")):
         if metrics.get(key):

@@ -112,6 +112,15 @@ def close_mm(mask: np.ndarray, radius_mm: float, spacing_zyx) -> np.ndarray:
     return closed[tuple(slice(p[0], closed.shape[i] - p[1]) for i, p in enumerate(pad))]
 
 
+def shell_fraction(region: np.ndarray, other: np.ndarray) -> float:
+    """Share of a region's one-voxel shell (the voxels face-adjacent to it, outside it) that lies in `other`
+    (bool arrays of one shape; 0 when the region has no shell in the array)."""
+    from scipy import ndimage
+
+    shell = ndimage.binary_dilation(region, structure=ndimage.generate_binary_structure(3, 1)) & ~region
+    return float((shell & other).sum() / max(1, shell.sum()))
+
+
 _BALL_TOLERANCE_MM = 1e-4  # distances equal to the radius (up to float32 rounding) lie on the ball
 
 

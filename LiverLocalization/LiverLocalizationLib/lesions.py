@@ -308,9 +308,7 @@ def embedded_in_parenchyma(blob: np.ndarray, parenchyma: np.ndarray, spacing_zyx
     closure 0.42 and 0.58 on the liver extraction's grid); the gallbladder, stomach and bowel fluid beside
     the liver do not (contact <= 0.21, closure <= 0.35 over 42 full phantoms; a one-off analysis, script not
     kept). blob, parenchyma: bool arrays of one shape, with room round the blob for `reach_mm`."""
-    six = ndimage.generate_binary_structure(3, 1)
-    shell = ndimage.binary_dilation(blob, structure=six) & ~blob
-    if (shell & parenchyma).sum() < min_contact * shell.sum():
+    if geometry.shell_fraction(blob, parenchyma) < min_contact:
         return False
     dist = ndimage.distance_transform_edt(~blob, sampling=spacing_zyx)
     ring = (dist > 0) & (dist <= reach_mm)
@@ -595,11 +593,10 @@ def classify_voxels(arr: np.ndarray, classes: np.ndarray | None, liver: np.ndarr
             continue
         # a region whose surface lies largely outside the liver is the gallbladder, bowel or partial
         # volume at the liver's surface, not a tumour
-        shell = ndimage.binary_dilation(comp, structure=six) & ~comp
         beyond = ~liver[sl] | (fat_seam[sl] & ~comp)
         if not splittable:
             beyond |= split_from[sl] & ~comp
-        outside = (shell & beyond).sum() / max(1, shell.sum())
+        outside = geometry.shell_fraction(comp, beyond)
         bulging_ball = outside > max_outside_contact and _is_ball(comp, spacing_zyx, min_ball, min_ball_radius_mm)
         # a cyst bulging from a thin part of the liver: a fluid ball embedded in the parenchyma, as in liver extraction
         cyst = (bulging_ball and fluid_hu is not None and mean_hu < fluid_hu
@@ -629,8 +626,7 @@ def classify_voxels(arr: np.ndarray, classes: np.ndarray | None, liver: np.ndarr
             if depth is None:
                 depth = geometry.depth_mm(liver & ~fat, spacing_zyx)
             g_radius = _equivalent_radius_mm(int(grown.sum()), voxel_mm3)
-            g_shell = ndimage.binary_dilation(grown, structure=six) & ~grown
-            near_border = (g_shell & liver[sl] & (depth[sl] <= band_mm)).sum() / max(1, g_shell.sum())
+            near_border = geometry.shell_fraction(grown, liver[sl] & (depth[sl] <= band_mm))
             if (depth[sl][grown].max() < surface_depth_ratio * g_radius and near_border > max_border_shell
                     and not _is_ball(grown, spacing_zyx, min_ball, min_ball_radius_mm)):
                 continue

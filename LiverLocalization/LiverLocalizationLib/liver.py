@@ -377,8 +377,7 @@ def surrounded_tissue_in_concavities(arr: np.ndarray, mask: np.ndarray, spacing_
     for i, sl in enumerate(ndimage.find_objects(lab) if n else [], start=1):
         sl = geometry.widen(sl, 1, lab.shape)
         comp = lab[sl] == i
-        shell = ndimage.binary_dilation(comp, structure=six) & ~comp
-        if (shell & mask[sl]).sum() >= min_contact * shell.sum():
+        if geometry.shell_fraction(comp, mask[sl]) >= min_contact:
             out[sl] |= comp
     return out
 
@@ -480,8 +479,7 @@ def dark_regions(arr: np.ndarray, parenchyma: np.ndarray, filled: np.ndarray, pa
     for i, sl in enumerate(ndimage.find_objects(lab), start=1):
         sl = geometry.widen(sl, 2, lab.shape)
         comp = lab[sl] == i
-        shell = ndimage.binary_dilation(comp, structure=six) & ~comp
-        contact = (shell & parenchyma[sl]).sum() / shell.sum()
+        contact = geometry.shell_fraction(comp, parenchyma[sl])
         if contact == 0:
             continue
         if contact >= min_liver_contact:

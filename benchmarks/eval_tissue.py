@@ -15,6 +15,7 @@ the liver Dice against mask_liver and the intrahepatic vessel Dice. Targets (iss
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -58,6 +59,7 @@ def evaluate_phantom(seed: int, size: str, method: str, oblique: bool = False, f
     missed = [f"{row['kind']}:{row['diameter_mm']:.0f}mm" for row in ph.lesions if row["id"] not in found]
     return {
         "case": f"phantom {seed} {size}" + (" oblique" if oblique else "") + (" flip" if flip else ""),
+        "seed": seed,
         "liver_dice": metrics.dice(liver, liver_truth),
         "lesion_dice": metrics.dice(lesion > 0, lesion_truth > 0) if (lesion_truth > 0).any() else float("nan"),
         "lesion_overlap": int(np.count_nonzero((lesion > 0) & (lesion_truth > 0))),
@@ -125,6 +127,7 @@ def main(argv=None) -> int:
                         help="denoise the whole body first and find the liver on it (the order before the liver-box speed-up)")
     parser.add_argument("--lesion-margin-mm", type=float, default=DEFAULT_MARGIN_MM,
                         help="as liverloc run's option (0: the detected cores, as before extend_margins)")
+    parser.add_argument("--json", type=Path, default=None, help="also write every case's figures to this JSON file")
     parser.add_argument("--denoise-figure", type=Path, default=None,
                         help="also compare the denoising methods on the first seed and write this PNG")
     args = parser.parse_args(argv)
@@ -151,13 +154,24 @@ def main(argv=None) -> int:
             rows.append(real)
             show(real)
     ph = [r for r in rows if r["case"].startswith("phantom")]
+    sets = sorted({r["seed"] // 100 for r in ph})
+    if len(sets) > 1:  # one line per set of seeds (0-99, 100-199, ...), then all together
+        for s in sets:
+            part = [r for r in ph if r["seed"] // 100 == s]
+            summary(part, f"seeds {min(r['seed'] for r in part)}-{max(r['seed'] for r in part)}")
     if ph:
-        pooled = 2.0 * sum(r["lesion_overlap"] for r in ph) / max(1, sum(r["lesion_sizes"] for r in ph))
-        print(f"phantom mean: liver Dice {np.mean([r['liver_dice'] for r in ph]):.3f}, lesion Dice "
-              f"{np.nanmean([r['lesion_dice'] for r in ph]):.3f} per case (pooled over all lesion voxels, the LiTS "
-              f"'global' Dice: {pooled:.3f}), recall>=10mm {np.nanmean([r['recall_ge10'] for r in ph]):.2f}, "
-              f"FP/case {np.mean([r['fp'] for r in ph]):.1f}")
+        summary(ph, "phantom mean")
+    if args.json is not None:
+        args.json.write_text(json.dumps(rows, indent=1))
     return 0
+
+
+def summary(ph: list[dict], title: str) -> None:
+    pooled = 2.0 * sum(r["lesion_overlap"] for r in ph) / max(1, sum(r["lesion_sizes"] for r in ph))
+    print(f"{title}: liver Dice {np.mean([r['liver_dice'] for r in ph]):.3f}, lesion Dice "
+          f"{np.nanmean([r['lesion_dice'] for r in ph]):.3f} per case (pooled over all lesion voxels, the LiTS "
+          f"'global' Dice: {pooled:.3f}), recall>=10mm {np.nanmean([r['recall_ge10'] for r in ph]):.2f}, "
+          f"FP/case {np.mean([r['fp'] for r in ph]):.1f}")
 
 
 if __name__ == "__main__":

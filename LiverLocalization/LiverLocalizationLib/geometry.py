@@ -121,6 +121,22 @@ def shell_fraction(region: np.ndarray, other: np.ndarray) -> float:
     return float((shell & other).sum() / max(1, shell.sum()))
 
 
+def components_with_shell_in(region: np.ndarray, other: np.ndarray, min_fraction: float,
+                             structure: np.ndarray | None = None) -> np.ndarray:
+    """Union of the connected components of `region` (connectivity `structure`; None: face neighbours) at least
+    `min_fraction` of whose one-voxel shell lies in `other` (`shell_fraction`); bool arrays of one shape."""
+    from scipy import ndimage
+
+    lab, n = ndimage.label(region, structure=structure)
+    out = np.zeros(region.shape, bool)
+    for i, sl in enumerate(ndimage.find_objects(lab) if n else [], start=1):
+        sl = widen(sl, 1, lab.shape)
+        comp = lab[sl] == i
+        if shell_fraction(comp, other[sl]) >= min_fraction:
+            out[sl] |= comp
+    return out
+
+
 _BALL_TOLERANCE_MM = 1e-4  # distances equal to the radius (up to float32 rounding) lie on the ball
 
 

@@ -169,8 +169,8 @@ def extract_liver(ct: sitk.Image, landmarks: dict[str, np.ndarray] | None = None
             in the mask's concavities up to this radius joins the liver (`soft_tissue_in_concavities`:
             tumours at the surface); 0 disables it.
         thin_contact: liver-like tissue beyond the reach of the dilation that undoes the erosion joins where at
-            least this share of its surface touches the liver (`thin_attached_parts`: thin parenchyma over a
-            tumour near the surface, thin edges); 0 disables it.
+            least this share of its surface touches the liver and it closes the liver over 1 ml or more
+            (`thin_attached_parts`: the thin parenchyma over a tumour near the surface); 0 disables it.
         raw: the CT is not denoised (the pipeline finds the liver before denoising). Block averaging to the
             working grid averages its noise away only where the CT's voxels are small; where a working voxel
             averages fewer than `MIN_AVERAGED_VOXELS` CT voxels (pixels of 1.25 mm or more) the working grid is
@@ -347,18 +347,12 @@ def thin_attached_parts(candidate: np.ndarray, liver: np.ndarray, liver_cores: n
     depth = ndimage.distance_transform_edt(candidate, sampling=spacing_zyx).astype(np.float32)
     basin = watershed(-depth, markers, mask=candidate) == 1
     cube = np.ones((3, 3, 3), bool)
-    lab, n = ndimage.label(basin & ~liver, structure=cube)
-    along = np.zeros(liver.shape, bool)
-    for i, sl in enumerate(ndimage.find_objects(lab) if n else [], start=1):
-        sl = geometry.widen(sl, 1, lab.shape)
-        piece = lab[sl] == i
-        if geometry.shell_fraction(piece, liver[sl]) >= min_contact:
-            along[sl] |= piece
+    along = geometry.components_with_shell_in(basin & ~liver, liver, min_contact, structure=cube)
     if not along.any():
         return along
     # only pieces that close the liver over something of at least min_enclosed_ml
     enclosed = fill_holes(liver | along) & ~fill_holes(liver) & ~along
-    hl, hn = ndimage.label(enclosed)
+    hl, _ = ndimage.label(enclosed)
     sizes = np.bincount(hl.ravel()) * (float(np.prod(spacing_zyx)) / 1000.0)
     sizes[0] = 0.0
     sealing = ndimage.binary_dilation(np.isin(hl, np.flatnonzero(sizes >= min_enclosed_ml)), structure=cube) & along
@@ -426,14 +420,7 @@ def surrounded_tissue_in_concavities(arr: np.ndarray, mask: np.ndarray, spacing_
     six = ndimage.generate_binary_structure(3, 1)
     closed = geometry.close_mm(mask, radius_mm, spacing_zyx)
     candidate = ndimage.binary_opening(closed & ~mask & (arr > min_hu), structure=six)
-    lab, n = ndimage.label(candidate)
-    out = np.zeros(mask.shape, bool)
-    for i, sl in enumerate(ndimage.find_objects(lab) if n else [], start=1):
-        sl = geometry.widen(sl, 1, lab.shape)
-        comp = lab[sl] == i
-        if geometry.shell_fraction(comp, mask[sl]) >= min_contact:
-            out[sl] |= comp
-    return out
+    return geometry.components_with_shell_in(candidate, mask, min_contact)
 
 
 def half_maximum_edge(arr: np.ndarray, mask: np.ndarray, liver_mean_hu: float, spacing_zyx,

@@ -356,9 +356,7 @@ def thin_attached_parts(candidate: np.ndarray, liver: np.ndarray, liver_cores: n
     sizes = np.bincount(hl.ravel()) * (float(np.prod(spacing_zyx)) / 1000.0)
     sizes[0] = 0.0
     sealing = ndimage.binary_dilation(np.isin(hl, np.flatnonzero(sizes >= min_enclosed_ml)), structure=cube) & along
-    pl, _ = ndimage.label(along, structure=cube)
-    keep = np.unique(pl[sealing])
-    return np.isin(pl, keep[keep > 0])
+    return ndimage.binary_propagation(sealing, structure=cube, mask=along)  # the whole pieces that seal
 
 
 def _full_resolution_box(liver_small: np.ndarray, shrink, roi_size, roi_spacing, margin_mm: float = 12.0):

@@ -573,6 +573,50 @@ def test_classify_voxels_adds_capsule_nodules_as_instances_unless_disabled_or_on
     assert coarse.max() == 0
 
 
+def _washout_block(seed: int = 5):
+    """Parenchyma as in `_capsule_block` with, on its left half, an 8 mm-radius nodule 20 HU darker than the
+    parenchyma and without capsule (an HCC whose capsule is too faint to see) and, on its right half, a portal
+    branch (a 5 mm-radius tube at 160 HU along z) hugged on one side by a crescent of the same darkness (partial
+    volume or fat round a vessel), 4 mm thick and 24 mm long. Returns the block, the liver, the vessel, the
+    nodule and the crescent."""
+    rng = np.random.default_rng(seed)
+    shape, spacing = (40, 120, 160), np.array([2.0, 0.7, 0.7])
+    noise = ndimage.gaussian_filter(rng.normal(0, 1, shape), 1.0)
+    arr = (105.0 + 9.0 * noise / noise.std()).astype(np.float32)
+    liver = np.zeros(shape, bool)
+    liver[2:-2, 3:-3, 3:-3] = True
+    zz, yy, xx = np.indices(shape)
+    nodule = np.sqrt(((zz - 20) * 2.0) ** 2 + ((yy - 60) * 0.7) ** 2 + ((xx - 45) * 0.7) ** 2) <= 8.0
+    axis_r = np.sqrt(((yy - 60) * 0.7) ** 2 + ((xx - 115) * 0.7) ** 2)
+    vessel = (axis_r <= 5.0) & liver
+    crescent = (axis_r > 5.0) & (axis_r <= 9.0) & (xx < 115) & (np.abs(zz - 20) * 2.0 <= 12.0)
+    arr[nodule | crescent] -= 20.0
+    arr[vessel] = 160.0
+    return arr, liver, vessel, nodule, crescent, spacing
+
+
+def test_a_dark_ball_without_capsule_is_found_and_a_crescent_round_a_vessel_is_not():
+    """`capsule_lesions` keeps a candidate without a capsule when it is a ball darker than its surroundings in
+    every direction (`lesions._dark_ball`): the nodule is found; the crescent of the same darkness beside the
+    vessel is not (round its centre lies the vessel, not dark tissue). Without the ball test
+    (`ball_contrast_sd=None`) the nodule is not found either: it has no capsule."""
+    arr, liver, vessel, nodule, crescent, spacing = _washout_block()
+    mu, sd = lesions.parenchyma_statistics(arr[liver & ~vessel])
+    none = np.zeros(arr.shape, np.uint16)
+    found = lesions.capsule_lesions(arr, liver, vessel, none, spacing, mu, sd)
+    assert (found & nodule).sum() >= 0.9 * nodule.sum()
+    assert not (found & crescent).any()
+    # the core reaches out to where the surroundings are back at parenchyma level: mostly within 3 mm of it
+    beyond = ndimage.distance_transform_edt(~nodule, sampling=spacing) > 3.0
+    assert (found & beyond).sum() <= 0.05 * found.sum()
+    assert metrics.dice(found, nodule) >= 0.7
+    assert not lesions.capsule_lesions(arr, liver, vessel, none, spacing, mu, sd, ball_contrast_sd=None).any()
+    # a shallower ball (8 HU, under 1 sd) is left in the parenchyma
+    shallow = arr.copy()
+    shallow[nodule] += 12.0
+    assert not (lesions.capsule_lesions(shallow, liver, vessel, none, spacing, mu, sd) & nodule).any()
+
+
 def test_drop_shells_drops_a_sheet_but_keeps_a_porous_tumour_core():
     """A curved sheet 2 mm thick (the fat cap round a kidney pole) is dropped; a 12 mm-radius ball riddled with
     1-voxel pores (the core of a mosaic HCC, whose brighter patches are not hypodense) is kept, although its own

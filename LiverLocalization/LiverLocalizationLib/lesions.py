@@ -475,9 +475,10 @@ def _dark_ball(values: np.ndarray, usable: np.ndarray, comp: np.ndarray, spacing
     above 1.5 sd in 0.85 of the directions, and the usable and fill fractions leave 1 (a wedge in a fissure).
     With `capsule_cores`' own candidates: lesions >= 10 mm found 149 -> 155 of 172 (5 HCCs of 16-22 mm and a
     16 mm haemangioma), false positives 5 -> 5, pooled lesion Dice 0.793 -> 0.798. On 20 fresh phantoms
-    (seeds 800-819, cached and scored only after the rule was set; the one-shell bound on the core in
-    `capsule_cores` was added after this check): found 47 -> 48 of 54 (their misses were not HCCs), false
-    positives 2 -> 4 (a dark patch beside a tumour and a 0.8 ml dark nodule), pooled Dice 0.765 -> 0.762.
+    (seeds 800-819, cached and scored only after the rule was set): found 47 -> 47 of 54 (their misses were not
+    HCCs), false positives 2 -> 4, pooled Dice 0.765 -> 0.749; one candidate's core had swallowed a
+    haemangioma, and with the one-shell bound on the core in `capsule_cores` (added after this check): found
+    48, false positives 4 (a dark patch beside a tumour and a 0.8 ml dark nodule), pooled Dice 0.762.
     On the real ircadb1_1 the 5 candidates had contrasts <= 0.99 sd and the lesions did not change.
     values, usable, comp: arrays of one box with room round `comp` for R + 8 mm (less is cut off)."""
     sp = np.asarray(spacing_zyx, dtype=float)
@@ -596,8 +597,9 @@ def classify_voxels(arr: np.ndarray, classes: np.ndarray | None, liver: np.ndarr
        inscribed radius >= `min_ball` of it; and at most
        `max_outside_ball` of its core's shell outside the liver): a subcapsular cyst or tumour is a ball
        that bulges from the surface, partial volume and the gallbladder are sheets or elongated.
-    4. Capsules (`capsules`): slightly hypodense nodules ringed by an enhancing capsule, which the EM classes
-       leave in the parenchyma (HCC), join as further cores (`capsule_lesions`), on grids whose in-plane
+    4. Capsules (`capsules`): slightly hypodense nodules ringed by an enhancing capsule or darker than their
+       surroundings all round like a ball, which the EM classes leave in the parenchyma (HCC), join as further
+       cores (`capsule_lesions`), on grids whose in-plane
        voxels are at most `capsule_max_spacing_mm`. Its thresholds were set on 0.7 mm pixels (full phantoms);
        on 2 mm voxels (small phantoms 10150-10169, 20 cases) it added 5 true lesions and 7 false positives
        after curvature denoising (21 -> 28), 6 and 10 after median denoising (17 -> 27), so coarser grids

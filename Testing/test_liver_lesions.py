@@ -308,6 +308,14 @@ def test_a_subcapsular_cyst_joined_to_the_body_wall_stays_in_the_liver():
     accepted, rejected = liver_module.dark_regions(arr, parenchyma, filled, 110.0, 14.0, (1.0, 1.0, 1.0))
     assert accepted[cyst].mean() > 0.9
     assert not accepted[wall & ~_ball(shape, (30, 40, 18), 11)].any()
+    # on a noisy grid (sd 22.6 HU) 5 sds below the parenchyma is under 0 HU; a 14 HU cyst is fluid all the same
+    # (the 30 HU floor), and without the floor it was left out (the wall, at 35 HU, is dark at that sd too)
+    arr[cyst], arr[wall] = 14.0, 35.0
+    accepted, _ = liver_module.dark_regions(arr, parenchyma, filled, 110.0, 22.6, (1.0, 1.0, 1.0))
+    assert accepted[cyst].mean() > 0.9
+    accepted, _ = liver_module.dark_regions(arr, parenchyma, filled, 110.0, 22.6, (1.0, 1.0, 1.0),
+                                            fluid_floor_hu=-np.inf)
+    assert accepted[cyst].mean() < 0.1
 
 
 def test_half_maximum_edge_puts_the_border_where_the_voxel_is_mostly_liver():

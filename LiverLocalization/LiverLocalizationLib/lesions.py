@@ -27,6 +27,7 @@ from . import geometry
 from .errors import InputError
 
 FAT_MEAN_HU = -30.0
+FLUID_HU = 30.0  # fluid (cysts, bile, water) lies below this, solid tissue above
 
 
 def parenchyma_statistics(values: np.ndarray) -> tuple[float, float]:
@@ -143,7 +144,7 @@ def merge_fragments(lesion: np.ndarray, liver: np.ndarray, spacing_zyx, gap_mm: 
 
 def extend_margins(lesion: np.ndarray, arr: np.ndarray, liver: np.ndarray, vessel: np.ndarray, spacing_zyx,
                    margin_mm: float = 1.5, rim_mm: float = 2.5, rim_sd: float = 1.0,
-                   ring_mm: tuple[float, float] = (4.0, 6.0), fluid_hu: float = 30.0,
+                   ring_mm: tuple[float, float] = (4.0, 6.0), fluid_hu: float = FLUID_HU,
                    capsule_mm: float = 6.0) -> np.ndarray:
     """Each solid lesion's extent: its detected core plus the partial-volume margin and the enhancing rim.
 
@@ -214,7 +215,7 @@ def _join_connected(target: np.ndarray, comp: np.ndarray, add: np.ndarray, label
 def grow_to_capsules(lesion: np.ndarray, arr: np.ndarray, liver: np.ndarray, vessel: np.ndarray, spacing_zyx,
                      reach_mm: float = 6.0, peak_sd: float = 0.5, contrast_sd: float = 0.3,
                      closed_fraction: float = 0.75, level_mm: tuple[float, float] = (9.0, 12.0),
-                     fluid_hu: float = 30.0) -> np.ndarray:
+                     fluid_hu: float = FLUID_HU) -> np.ndarray:
     """Extend a solid lesion out to an enhancing capsule that lies beyond its extent.
 
     An HCC's core is darker than the parenchyma, but part of its mosaic interior is nearly as bright, so the
@@ -545,7 +546,7 @@ def classify_voxels(arr: np.ndarray, classes: np.ndarray | None, liver: np.ndarr
                     max_border_shell: float = 0.3,
                     merge_gap_mm: float = 4.0, min_ball: float = 0.75, min_ball_radius_mm: float = 6.0,
                     max_outside_ball: float = 0.5, min_shell_radius_mm: float = 8.0, max_shell_ratio: float = 0.4,
-                    capsules: bool = True, capsule_max_spacing_mm: float = 1.0, fluid_hu: float | None = 30.0,
+                    capsules: bool = True, capsule_max_spacing_mm: float = 1.0, fluid_hu: float | None = FLUID_HU,
                     fat_seam_mm: float = 1.5):
     """Split the liver's voxels into lesion instances and vessels.
 

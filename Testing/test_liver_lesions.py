@@ -526,17 +526,24 @@ def test_fill_holes_equals_scipy_in_3d_then_per_slice():
     assert filled[3, 5, 5] and filled[5, 5, 5] and not filled[4, 5, 5]
 
 
-def _capsule_block(seed: int = 3):
-    """A block of parenchyma (105 HU, smoothed noise of sd ~9 HU as after denoising) at 2 × 0.7 × 0.7 mm with two
-    nodules of radius 10 mm, both 12 HU darker than the parenchyma (about 1.3 sd): one ringed by a 2 mm enhancing
-    capsule at 130 HU (an HCC in the portal phase), one without (a dip of the same depth)."""
+def _parenchyma_block(seed: int):
+    """Parenchyma at 105 HU with smoothed noise of sd 9 HU (as after denoising) on a 40 × 120 × 160 grid of
+    2 × 0.7 × 0.7 mm, the liver all but its edge. Returns (arr, liver, noise of sd 1 before scaling, spacing)."""
     rng = np.random.default_rng(seed)
     shape, spacing = (40, 120, 160), np.array([2.0, 0.7, 0.7])
     noise = ndimage.gaussian_filter(rng.normal(0, 1, shape), 1.0)
     arr = (105.0 + 9.0 * noise / noise.std()).astype(np.float32)
     liver = np.zeros(shape, bool)
     liver[2:-2, 3:-3, 3:-3] = True
-    zz, yy, xx = np.indices(shape)
+    return arr, liver, noise, spacing
+
+
+def _capsule_block(seed: int = 3):
+    """A block of parenchyma (105 HU, smoothed noise of sd ~9 HU as after denoising) at 2 × 0.7 × 0.7 mm with two
+    nodules of radius 10 mm, both 12 HU darker than the parenchyma (about 1.3 sd): one ringed by a 2 mm enhancing
+    capsule at 130 HU (an HCC in the portal phase), one without (a dip of the same depth)."""
+    arr, liver, noise, spacing = _parenchyma_block(seed)
+    zz, yy, xx = np.indices(arr.shape)
 
     def radius_mm(centre):
         return np.sqrt(((zz - centre[0]) * spacing[0]) ** 2 + ((yy - centre[1]) * spacing[1]) ** 2
@@ -587,13 +594,8 @@ def _washout_block(seed: int = 5):
     branch (a 5 mm-radius tube at 160 HU along z) hugged on one side by a crescent of the same darkness (partial
     volume or fat round a vessel), 4 mm thick and 24 mm long. Returns the block, the liver, the vessel, the
     nodule and the crescent."""
-    rng = np.random.default_rng(seed)
-    shape, spacing = (40, 120, 160), np.array([2.0, 0.7, 0.7])
-    noise = ndimage.gaussian_filter(rng.normal(0, 1, shape), 1.0)
-    arr = (105.0 + 9.0 * noise / noise.std()).astype(np.float32)
-    liver = np.zeros(shape, bool)
-    liver[2:-2, 3:-3, 3:-3] = True
-    zz, yy, xx = np.indices(shape)
+    arr, liver, noise, spacing = _parenchyma_block(seed)
+    zz, yy, xx = np.indices(arr.shape)
     nodule = np.sqrt(((zz - 20) * 2.0) ** 2 + ((yy - 60) * 0.7) ** 2 + ((xx - 45) * 0.7) ** 2) <= 8.0
     axis_r = np.sqrt(((yy - 60) * 0.7) ** 2 + ((xx - 115) * 0.7) ** 2)
     vessel = (axis_r <= 5.0) & liver

@@ -387,7 +387,8 @@ def capsule_cores(arr: np.ndarray, liver: np.ndarray, hyper: np.ndarray, lesion:
                   shell_mm: float = 1.5, n_shells: int = 9, ball_contrast_sd: float | None = 1.5,
                   ball_directions: float = 0.85, ball_usable: float = 0.9, ball_fill: float = 0.6,
                   ball_floor_sd: float = -2.0) -> np.ndarray:
-    """Slightly hypodense nodules with an enhancing capsule that the EM classes miss (HCC in the portal phase).
+    """Slightly hypodense nodules that the EM classes miss (HCC in the portal phase): ringed by an enhancing
+    capsule, or dark balls.
 
     An HCC in the portal-venous phase is only ~1 sd darker than the parenchyma (washout) and ringed by an
     enhancing capsule (the LI-RADS major features): its voxels stay in the parenchyma class. Candidates are

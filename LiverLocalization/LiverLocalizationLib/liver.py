@@ -487,8 +487,7 @@ def separate_at_necks(candidate: np.ndarray, liver_seeds: np.ndarray, spacing_zy
 def dark_regions(arr: np.ndarray, parenchyma: np.ndarray, filled: np.ndarray, par_mu: float, par_sd: float,
                  spacing_zyx, *, hull_mm: float = 15.0, dark_sd: float = 3.0, min_liver_contact: float = 0.65,
                  fat_hu: float = -60.0, fluid_sd: float = 5.0, fluid_floor_hu: float = FLUID_HU,
-                 min_fluid_ml: float = 1.0,
-                 min_in_envelope: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+                 min_fluid_ml: float = 1.0, min_in_envelope: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
     """Decide which hypodense regions in or at the liver belong to it: tumours and cysts yes, gallbladder no.
 
     Candidates: voxels outside the parenchyma but inside its hole-filled version or within `hull_mm` of it,
@@ -507,7 +506,9 @@ def dark_regions(arr: np.ndarray, parenchyma: np.ndarray, filled: np.ndarray, pa
     were not lesions had at most 0.46 of their volume in the envelope, the lesions 1.0.
     The 30 HU floor: on the raw working grid the parenchyma's sd is that of the noise, and 5 sds below it fell
     under 0 HU on noisy CTs (fresh phantom 817: 109 ± 22.6 HU, so -4 HU), so that a 21 mm cyst of 14 HU at the
-    surface was no fluid and was left out of the liver, and missed. With the floor it is found.
+    surface was no fluid and was left out of the liver, and missed. With the floor it is found; of 97 full
+    phantoms' liver masks 3 changed, each by true liver only (a one-off comparison, script not kept), and the
+    mask of ircadb1_1 is identical.
     Returns (accepted, rejected) voxel masks (bool, arr's shape).
     """
     enclosed = ndimage.binary_fill_holes(parenchyma)  # 3-D holes: always the liver's

@@ -143,7 +143,8 @@ def test_real_crop_liver_dice(ircadb_crop_dir):
     landmarks = io.read_markups(ircadb_crop_dir / "landmarks.mrk.json")
     truth = io.read_image(ircadb_crop_dir / "mask_liver.nii.gz")
     res = tissue_model.segment_tissues(denoise.denoise(ct, "curvature"), landmarks)
-    # 0.914 measured; 0.908 without the surface tumour that soft_tissue_in_concavities brings in
+    # 0.916 measured (0.914 before separate_at_necks cut a duodenal leak); 0.908 without the surface tumour that
+    # soft_tissue_in_concavities brings in (measured before that)
     assert metrics.dice(res.liver_mask, sitk.GetArrayViewFromImage(truth) > 0) >= 0.91
 
 
@@ -833,3 +834,40 @@ def test_thin_parenchyma_over_a_tumour_joins_the_liver_and_a_neighbour_or_a_rod_
     assert not added[organ].any() and not added[rod & ~reached].any()
     assert liver_module.fill_holes(reached | added)[tumour].all()
     assert not liver_module.thin_attached_parts(candidate, reached, liver_core, other_cores, sp, min_contact=0.9).any()
+
+
+def _organs_joined_at_a_neck(seed: int):
+    """A 2 mm CT of an ellipsoidal liver (110 HU; radii 75, 60, 50 mm), a pancreas-like tube (100 HU, radius 12 mm)
+    running from under the liver's lower face to a spleen-like ellipsoid (115 HU), all in 30 HU soft tissue with
+    noise sd 8. The tube's top dips 11 mm into the liver's lower face, a neck that the 6 mm erosion keeps and an
+    8 mm one cuts. Returns (CT, liver truth, tube and spleen truth, landmarks inside the liver, LPS mm)."""
+    rng = np.random.default_rng(seed)
+    zz, yy, xx = (np.indices((90, 110, 150)) * 2.0).astype(np.float32)
+    arr = np.full(zz.shape, -100.0, np.float32)
+    arr[((yy - 110) / 105) ** 2 + ((xx - 150) / 145) ** 2 <= 1] = 30.0
+    liver_truth = ((zz - 110) / 50) ** 2 + ((yy - 100) / 60) ** 2 + ((xx - 110) / 75) ** 2 <= 1
+    tube = ((zz - 59) ** 2 + (yy - 110) ** 2 <= 12 ** 2) & (xx > 140) & (xx < 230)
+    spleen = ((zz - 80) / 35) ** 2 + ((yy - 120) / 30) ** 2 + ((xx - 245) / 25) ** 2 <= 1
+    arr[tube] = 100.0
+    arr[spleen] = 115.0
+    arr[liver_truth] = 110.0
+    arr += rng.normal(0, 8, zz.shape).astype(np.float32)
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing((2.0, 2.0, 2.0))
+    points = [(110, 100, 110), (90, 100, 125), (130, 100, 125), (110, 80, 115), (100, 110, 100), (120, 110, 100)]
+    landmarks = {k: np.array(p, float) for k, p in zip(("IVC", "RHV", "MHV", "LHV", "RPV", "LPV"), points, strict=True)}
+    return img, liver_truth, (tube | spleen) & ~liver_truth, landmarks
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_an_organ_joined_to_the_liver_over_a_broad_neck_is_cut_off(seed):
+    """The pancreas leak (33 of 97 full phantoms and ircadb1_1 had 57-389 ml of pancreas, spleen or duodenum in the
+    mask): the neck survives the 6 mm erosion, so without `separate_at_necks` the tube and the spleen join."""
+    from LiverLocalizationLib import liver as liver_module
+
+    ct, liver_truth, other, landmarks = _organs_joined_at_a_neck(seed)
+    mask = sitk.GetArrayFromImage(liver_module.extract_liver(ct, landmarks)) > 0
+    assert metrics.dice(mask, liver_truth) >= 0.99
+    assert (mask & other).sum() < 0.01 * other.sum()
+    leaked = sitk.GetArrayFromImage(liver_module.extract_liver(ct, landmarks, separation_mm=0.0)) > 0
+    assert (leaked & other).sum() > 0.9 * other.sum()  # the case to solve

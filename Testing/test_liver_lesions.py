@@ -861,8 +861,9 @@ def _organs_joined_at_a_neck(seed: int):
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_an_organ_joined_to_the_liver_over_a_broad_neck_is_cut_off(seed):
-    """The pancreas leak (33 of 97 full phantoms and ircadb1_1 had 57-389 ml of pancreas, spleen or duodenum in the
-    mask): the neck survives the 6 mm erosion, so without `separate_at_necks` the tube and the spleen join."""
+    """The pancreas leak (33 of 97 full phantoms and ircadb1_1 had a false part of 57-389 ml in the mask; pancreas and
+    spleen, or duodenum, on the cases looked at): the neck survives the 6 mm erosion, so without
+    `separate_at_necks` the tube and the spleen join."""
     from LiverLocalizationLib import liver as liver_module
 
     ct, liver_truth, other, landmarks = _organs_joined_at_a_neck(seed)

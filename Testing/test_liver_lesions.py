@@ -839,8 +839,8 @@ def test_thin_parenchyma_over_a_tumour_joins_the_liver_and_a_neighbour_or_a_rod_
 def _organs_joined_at_a_neck(seed: int):
     """A 2 mm CT of an ellipsoidal liver (110 HU; radii 75, 60, 50 mm), a pancreas-like tube (100 HU, radius 12 mm)
     running from under the liver's lower face to a spleen-like ellipsoid (115 HU), all in 30 HU soft tissue with
-    noise sd 8. The tube's top dips 11 mm into the liver's lower face, a neck that the 6 mm erosion keeps and an
-    8 mm one cuts. Returns (CT, liver truth, tube and spleen truth, landmarks inside the liver, LPS mm)."""
+    noise sd 8. Where the tube starts (x 140 mm) its top lies 6 mm above the liver's lower face: a neck that the 6 mm
+    erosion keeps and an 8 mm one cuts (measured: all of tube and spleen in the mask without the cut, none with it). Returns (CT, liver truth, tube and spleen truth, landmarks inside the liver, LPS mm)."""
     rng = np.random.default_rng(seed)
     zz, yy, xx = (np.indices((90, 110, 150)) * 2.0).astype(np.float32)
     arr = np.full(zz.shape, -100.0, np.float32)

@@ -163,14 +163,16 @@ def extract_liver(ct: sitk.Image, landmarks: dict[str, np.ndarray] | None = None
         separation_mm: erosion radius of the markers of a watershed that cuts the liver from touching organs
             at necks (`separate_at_necks`); it acts only when larger than `erosion_mm`, and 0 disables it. The
             6 mm erosion leaves the pancreas (and the spleen beyond it, or the duodenum) joined to the liver
-            where they touch over a broad neck. Without the watershed, 33 of 97 full phantoms (seeds 0-11,
-            100-104, 200-209, 300-309, ..., 700-709, 800-819) and ircadb1_1 had a false part of 57-389 ml
-            joined to the mask; with 8 mm, 10 phantoms. Liver Dice with 0 / 7 / 8 / 9 / 10 mm (one-off
-            comparison, script not kept; mean of the 97, and ircadb1_1 at full resolution): phantoms
-            0.966 / 0.969 / 0.972 / 0.974 / 0.972, ircadb1_1 0.926 / 0.928 / 0.948 / 0.943 / 0.882. At 10 mm
-            liver thinner than the markers' radius is cut from the seeded part (ircadb1_1); 8 keeps a margin
-            from that edge. The 2 mm crop of ircadb1_1: 0.915 -> 0.919. Erosion by 8 mm instead (one step,
-            no watershed) gave 0.971 and 0.936.
+            where they touch over a broad neck. Measured with `benchmarks/eval_liver.py --set separation_mm=V`
+            on 97 full phantoms (seeds 0-11, 100-104, 200-209, 300-309, ..., 700-709, 800-819) and ircadb1_1 at
+            full resolution, for V = 0 / 7 / 8 / 9 / 10 mm: phantoms with a false part of 50 ml or more joined
+            to the mask 33 / 23 / 11 / 4 / 5 (57-389 ml without the watershed; ircadb1_1 80 ml), mean phantom
+            liver Dice 0.9660 / 0.9693 / 0.9725 / 0.9746 / 0.9729, ircadb1_1 0.926 / 0.928 / 0.948 / 0.943 /
+            0.882. At 10 mm liver thinner than the markers' radius is cut from the seeded part (ircadb1_1's
+            left lobe); 8 keeps a margin from that edge. The 2 mm crop of ircadb1_1: 0.915 -> 0.919 (a
+            one-off check, script not kept). Erosion by
+            8 mm instead (`--set separation_mm=0 --set erosion_mm=8`: one step, no watershed) gave 0.9714 and
+            0.936.
         closing_mm: closing radius that brings border notches (vessels, lesions) into the liver.
         mrf_beta: strength of the mean-field smoothing of the liver-class posterior.
         half_max_edge: move the border out to the half-maximum point (`half_maximum_edge`).

@@ -10,8 +10,6 @@ from scipy import ndimage
 from LiverLocalizationLib import denoise, geometry, io, labels, lesions, metrics, tissue_model
 from LiverLocalizationLib.errors import InputError
 
-LIVER_TRUTH = [labels.TRUTH_PARENCHYMA, labels.TRUTH_LESION, labels.TRUTH_HEPATIC_VEIN, labels.TRUTH_PORTAL_VEIN]
-
 
 @pytest.fixture(scope="module")
 def phantom_run():
@@ -30,7 +28,7 @@ def _same_geometry_exactly(a: sitk.Image, b: sitk.Image) -> bool:
 
 def test_phantom_liver_dice(phantom_run):
     ph, _, res = phantom_run
-    truth = np.isin(sitk.GetArrayViewFromImage(ph.truth_tissue), LIVER_TRUTH)
+    truth = np.isin(sitk.GetArrayViewFromImage(ph.truth_tissue), labels.TRUTH_LIVER)
     assert metrics.dice(res.liver_mask, truth) >= 0.93
 
 
@@ -123,7 +121,7 @@ def test_without_landmarks_the_right_upper_abdomen_heuristic_finds_the_liver(pha
 
     ph, den, _ = phantom_run
     mask = liver.extract_liver(den, None)
-    truth = np.isin(sitk.GetArrayViewFromImage(ph.truth_tissue), LIVER_TRUTH)
+    truth = np.isin(sitk.GetArrayViewFromImage(ph.truth_tissue), labels.TRUTH_LIVER)
     assert metrics.dice(mask, truth) >= 0.90
 
 
@@ -134,7 +132,7 @@ def test_oblique_phantom_keeps_geometry_and_accuracy():
     ph = generate_phantom(12, size="small", oblique=True, n_lesions=2, lesion_kinds=("cyst",))
     res = tissue_model.segment_tissues(denoise.denoise(ph.ct, "curvature"), ph.landmarks)
     assert _same_geometry_exactly(res.tissue, ph.ct) and _same_geometry_exactly(res.lesion_labels, ph.ct)
-    truth = np.isin(sitk.GetArrayViewFromImage(ph.truth_tissue), LIVER_TRUTH)
+    truth = np.isin(sitk.GetArrayViewFromImage(ph.truth_tissue), labels.TRUTH_LIVER)
     assert metrics.dice(res.liver_mask, truth) >= 0.93
 
 
@@ -840,7 +838,8 @@ def _organs_joined_at_a_neck(seed: int):
     """A 2 mm CT of an ellipsoidal liver (110 HU; radii 75, 60, 50 mm), a pancreas-like tube (100 HU, radius 12 mm)
     running from under the liver's lower face to a spleen-like ellipsoid (115 HU), all in 30 HU soft tissue with
     noise sd 8. Where the tube starts (x 140 mm) its top lies 6 mm above the liver's lower face: a neck that the 6 mm
-    erosion keeps and an 8 mm one cuts (measured: all of tube and spleen in the mask without the cut, none with it). Returns (CT, liver truth, tube and spleen truth, landmarks inside the liver, LPS mm)."""
+    erosion keeps and an 8 mm one cuts (measured: all of tube and spleen in the mask without the cut, none with
+    it). Returns (CT, liver truth, tube and spleen truth, landmarks inside the liver, LPS mm)."""
     rng = np.random.default_rng(seed)
     zz, yy, xx = (np.indices((90, 110, 150)) * 2.0).astype(np.float32)
     arr = np.full(zz.shape, -100.0, np.float32)

@@ -45,8 +45,7 @@ def load_phantom(seed: int, cache: Path | None):
     from LiverLocalizationLib.phantom import generate_phantom
 
     ph = generate_phantom(seed, size="full")
-    truth = np.isin(sitk.GetArrayViewFromImage(ph.truth_tissue), [labels.TRUTH_PARENCHYMA, labels.TRUTH_LESION,
-                                                                   labels.TRUTH_HEPATIC_VEIN, labels.TRUTH_PORTAL_VEIN])
+    truth = np.isin(sitk.GetArrayViewFromImage(ph.truth_tissue), labels.TRUTH_LIVER)
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(cache / f"{seed}.npz", liver=truth,
@@ -103,7 +102,8 @@ def main(argv=None) -> int:
     print(f"{'case':>6} {'Dice':>6} {'false ml':>9} {'missed ml':>10}  largest false parts (ml)   s")
     for r in rows:
         parts = ", ".join(f"{s:.1f}" for s in r["largest_false_ml"])
-        print(f"{r['case']:>6} {r['dice']:6.3f} {r['false_ml']:9.1f} {r['missed_ml']:10.1f}  {parts:<26} {r['seconds']:4.1f}")
+        print(f"{r['case']:>6} {r['dice']:6.3f} {r['false_ml']:9.1f} {r['missed_ml']:10.1f}  {parts:<26} "
+              f"{r['seconds']:4.1f}")
     phantoms = [r for r in rows if r["case"] != "real"]
     if phantoms:
         leaks = sum(1 for r in phantoms if r["largest_false_ml"] and r["largest_false_ml"][0] >= LEAK_ML)

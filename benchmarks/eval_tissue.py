@@ -47,8 +47,7 @@ def evaluate_phantom(seed: int, size: str, method: str, oblique: bool = False, f
     ph = generate_phantom(seed, size=size, oblique=oblique, flip=flip)
     res, t_denoise, t_tissue = tissue_stage(ph.ct, ph.landmarks, method, whole_volume, lesion_margin_mm)
     truth = sitk.GetArrayViewFromImage(ph.truth_tissue)
-    liver_truth = np.isin(truth, [labels.TRUTH_PARENCHYMA, labels.TRUTH_LESION, labels.TRUTH_HEPATIC_VEIN,
-                                  labels.TRUTH_PORTAL_VEIN])
+    liver_truth = np.isin(truth, labels.TRUTH_LIVER)
     liver = sitk.GetArrayViewFromImage(res.liver_mask) > 0
     lesion_truth = sitk.GetArrayViewFromImage(ph.truth_lesions)
     lesion = sitk.GetArrayViewFromImage(res.lesion_labels)

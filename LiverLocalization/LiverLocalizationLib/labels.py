@@ -20,6 +20,8 @@ TRUTH_LESION = 2
 TRUTH_HEPATIC_VEIN = 3
 TRUTH_PORTAL_VEIN = 4
 TRUTH_IVC = 5
+# the liver as the references count it: parenchyma, lesions and intrahepatic veins (the IVC is not liver)
+TRUTH_LIVER = (TRUTH_PARENCHYMA, TRUTH_LESION, TRUTH_HEPATIC_VEIN, TRUTH_PORTAL_VEIN)
 
 # Couinaud segments: label value k (1..8) is segment ROMAN[k]
 COUINAUD_ROMAN = {1: "I", 2: "II", 3: "III", 4: "IV", 5: "V", 6: "VI", 7: "VII", 8: "VIII"}

@@ -148,8 +148,8 @@ def extract_liver(ct: sitk.Image, landmarks: dict[str, np.ndarray] | None = None
                   working_spacing_mm: float = 2.5, roi_margin_mm: float = 150.0, seed_radius_mm: float = 20.0,
                   erosion_mm: float = 6.0, separation_mm: float = 8.0, closing_mm: float = 8.0,
                   mrf_beta: float = 1.0, dark_sd: float = 3.0, half_max_edge: bool = True,
-                  concavity_mm: float = 25.0, soft_tissue_hu: float = 40.0, thin_contact: float = 0.25,
-                  raw: bool = False, progress: Progress | None = None) -> sitk.Image:
+                  concavity_mm: float = 25.0, soft_tissue_hu: float = 40.0, concavity_median: int = 3,
+                  thin_contact: float = 0.25, raw: bool = False, progress: Progress | None = None) -> sitk.Image:
     """Liver mask (uint8 0/1, exactly the CT's geometry) of a (denoised) contrast-enhanced CT in HU.
 
     Args:
@@ -284,7 +284,8 @@ def extract_liver(ct: sitk.Image, landmarks: dict[str, np.ndarray] | None = None
     added, rejected = dark_regions(arr, parenchyma, fill_holes(parenchyma), par_mu, par_sd, sp_zyx, dark_sd=dark_sd)
     liver_small = fill_holes(parenchyma | added) & ~rejected
     if concavity_mm > 0:
-        bite = soft_tissue_in_concavities(arr, liver_small, sp_zyx, concavity_mm,
+        smooth = ndimage.median_filter(arr, size=int(concavity_median)) if concavity_median > 1 else arr
+        bite = soft_tissue_in_concavities(smooth, liver_small, sp_zyx, concavity_mm,
                                           soft_hu=(soft_tissue_hu, par_mu - par_sd))
         liver_small |= bite
         bite |= surrounded_tissue_in_concavities(arr, liver_small, sp_zyx, concavity_mm, soft_tissue_hu)

@@ -284,6 +284,24 @@ def test_fragments_of_one_lesion_become_one_instance():
     assert lesions.merge_fragments(parts, liver, (1.0, 1.0, 1.0), gap_mm=0.0) is parts
 
 
+def test_two_whole_tumours_closer_than_the_merge_gap_stay_two_and_a_fragment_joins_the_nearest():
+    """Phantom 409's metastases of 45 and 32 mm lay 2-3 mm apart and were one instance; fragments of one tumour
+    (inscribed radii 2.0-5.7 mm on 97 cached phantoms) still merge (the test above)."""
+    shape = (50, 50, 90)
+    liver = np.ones(shape, bool)
+    parts = np.zeros(shape, np.int32)
+    parts[_ball(shape, (25, 25, 20), 14)] = 1
+    parts[_ball(shape, (25, 25, 47), 10)] = 2  # 3 mm of parenchyma between the two tumours
+    parts[_ball(shape, (25, 25, 61), 2)] = 3  # a 2 mm fragment 2 mm beyond the second tumour
+    merged = lesions.merge_fragments(parts, liver, (1.0, 1.0, 1.0), gap_mm=4.0)
+    assert len(np.unique(merged)) == 3  # background and two lesions
+    assert merged[25, 25, 20] not in (0, merged[25, 25, 47])
+    assert merged[25, 25, 61] == merged[25, 25, 47]
+    assert merged[25, 25, 35] == 0  # no closing across the gap between the tumours
+    one = lesions.merge_fragments(parts, liver, (1.0, 1.0, 1.0), gap_mm=4.0, whole_radius_mm=0.0)
+    assert len(np.unique(one)) == 2  # the case to solve: without the split, one lesion
+
+
 def test_a_subcapsular_cyst_joined_to_the_body_wall_stays_in_the_liver():
     """liver.dark_regions: a fluid ball at the liver's surface touching a muscle-dark wall is one dark component
     with little parenchyma contact; its fluid part is accepted, the wall is not."""

@@ -869,11 +869,17 @@ def _organs_joined_at_a_neck(seed: int):
     arr[spleen] = 115.0
     arr[liver_truth] = 110.0
     arr += rng.normal(0, 8, zz.shape).astype(np.float32)
-    img = sitk.GetImageFromArray(arr)
-    img.SetSpacing((2.0, 2.0, 2.0))
     points = [(110, 100, 110), (90, 100, 125), (130, 100, 125), (110, 80, 115), (100, 110, 100), (120, 110, 100)]
-    landmarks = {k: np.array(p, float) for k, p in zip(("IVC", "RHV", "MHV", "LHV", "RPV", "LPV"), points, strict=True)}
+    img, landmarks = _ct_and_landmarks(arr, (2.0, 2.0, 2.0), points)
     return img, liver_truth, (tube | spleen) & ~liver_truth, landmarks
+
+
+def _ct_and_landmarks(arr: np.ndarray, spacing_xyz, points_lps):
+    """A CT image of `arr` (z, y, x) with `spacing_xyz`, and the six vessel landmarks at `points_lps` (mm)."""
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing(spacing_xyz)
+    names = ("IVC", "RHV", "MHV", "LHV", "RPV", "LPV")
+    return img, {k: np.array(p, float) for k, p in zip(names, points_lps, strict=True)}
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -905,10 +911,8 @@ def _tumour_at_a_noisy_surface(seed: int):
     arr[liver_truth] = 110.0
     arr[tumour] = 55.0
     arr += rng.normal(0, 45, zz.shape).astype(np.float32)
-    img = sitk.GetImageFromArray(arr)
-    img.SetSpacing((0.8, 0.8, 2.5))
     points = [(90, 70, 65), (70, 55, 60), (110, 55, 60), (80, 85, 70), (100, 85, 70), (90, 65, 55)]
-    landmarks = {k: np.array(p, float) for k, p in zip(("IVC", "RHV", "MHV", "LHV", "RPV", "LPV"), points, strict=True)}
+    img, landmarks = _ct_and_landmarks(arr, (0.8, 0.8, 2.5), points)
     return img, liver_truth | tumour, tumour, landmarks
 
 

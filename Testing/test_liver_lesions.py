@@ -930,3 +930,16 @@ def test_a_tumour_at_the_surface_of_a_noisy_ct_joins_the_liver(seed):
     assert metrics.dice(mask, liver_truth) >= 0.99
     unsmoothed = sitk.GetArrayFromImage(liver_module.extract_liver(ct, landmarks, raw=True, concavity_median=1)) > 0
     assert unsmoothed[tumour].mean() <= 0.58  # the case to solve
+
+
+def test_median_filtered_equals_scipy_median_filter_borders_included():
+    """The liver extraction's 3-voxel medians (raw coarse CTs, the surface-tumour bite) moved from scipy to
+    SimpleITK for speed; the masks must not change."""
+    from scipy import ndimage
+
+    from LiverLocalizationLib import liver as liver_module
+
+    arr = np.random.default_rng(3).normal(100, 20, (9, 14, 11)).astype(np.float32)
+    assert np.array_equal(liver_module.median_filtered(arr, 3), ndimage.median_filter(arr, size=3))
+    inner = (slice(2, -2),) * 3
+    assert np.array_equal(liver_module.median_filtered(arr, 5)[inner], ndimage.median_filter(arr, size=5)[inner])

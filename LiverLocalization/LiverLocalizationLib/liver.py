@@ -84,6 +84,15 @@ def check_landmarks_inside(ct: sitk.Image, landmarks: dict[str, np.ndarray], tis
                              "(only air or bone within 10 mm); place it on the liver's vessels.")
 
 
+def median_filtered(arr: np.ndarray, size: int) -> np.ndarray:
+    """Median over `size` voxels a side (odd) of a 3-D float array: SimpleITK's multi-threaded filter, in half
+    the time of scipy's `median_filter` on 2 cores (0.22 against 0.46 s for 64 x 128 x 128 voxels). For size 3
+    the values are scipy's, faces included; for larger sizes the faces differ (ITK repeats the face voxel,
+    scipy reflects)."""
+    image = sitk.GetImageFromArray(np.ascontiguousarray(arr, dtype=np.float32))
+    return sitk.GetArrayFromImage(sitk.Median(image, [size // 2] * 3))
+
+
 def fill_holes(mask: np.ndarray) -> np.ndarray:
     """Fill 3-D holes, then 2-D holes in every axial slice (index z) — cavities open above or below a slice too.
 
@@ -223,7 +232,7 @@ def extract_liver(ct: sitk.Image, landmarks: dict[str, np.ndarray] | None = None
     arr = sitk.GetArrayFromImage(small)
     if raw and int(np.prod(shrink)) < MIN_AVERAGED_VOXELS:
         # coarse voxels: block averaging hardly lowers the noise, so the working grid is smoothed instead
-        arr = ndimage.median_filter(arr, size=3)
+        arr = median_filtered(arr, 3)
     sp_zyx = np.asarray(small.GetSpacing())[::-1]
 
     # 2. seeds and parenchyma statistics
@@ -292,7 +301,7 @@ def extract_liver(ct: sitk.Image, landmarks: dict[str, np.ndarray] | None = None
     added, rejected = dark_regions(arr, parenchyma, fill_holes(parenchyma), par_mu, par_sd, sp_zyx, dark_sd=dark_sd)
     liver_small = fill_holes(parenchyma | added) & ~rejected
     if concavity_mm > 0:
-        smooth = ndimage.median_filter(arr, size=int(concavity_median)) if concavity_median > 1 else arr
+        smooth = median_filtered(arr, int(concavity_median)) if concavity_median > 1 else arr
         bite = soft_tissue_in_concavities(smooth, liver_small, sp_zyx, concavity_mm,
                                           soft_hu=(soft_tissue_hu, par_mu - par_sd))
         liver_small |= bite

@@ -164,11 +164,18 @@ def _split_whole_tumours(parts: np.ndarray, spacing_zyx, whole_radius_mm: float,
     """The lesions of one merge group (`parts`: its part labels, 0 elsewhere) as bool masks: the whole group, or,
     where it holds two or more whole tumours (`merge_fragments`), one mask per tumour with every other part
     joined to the nearest."""
-    ids = np.unique(parts[parts > 0])
+    ids, counts = np.unique(parts[parts > 0], return_counts=True)
     if len(ids) < 2 or whole_radius_mm <= 0:
         return [parts > 0]
-    whole = [i for i in ids if _is_ball(parts == i, spacing_zyx, whole_ratio, 0.0)
-             and _inscribed_radius_mm(parts == i, spacing_zyx) >= whole_radius_mm]
+    # the inscribed radius (deepest voxel's distance to the outside) exceeds the equivalent one by at most a voxel
+    voxel_mm3, reach = float(np.prod(spacing_zyx)), whole_radius_mm - float(np.max(spacing_zyx))
+    big = [i for i, n in zip(ids, counts, strict=True) if _equivalent_radius_mm(int(n), voxel_mm3) >= reach]
+    whole = []
+    for i in big if len(big) >= 2 else []:
+        one = parts == i
+        inscribed = _inscribed_radius_mm(one[ndimage.find_objects(one.astype(np.int8))[0]], spacing_zyx)
+        if inscribed >= max(whole_radius_mm, whole_ratio * _equivalent_radius_mm(int(one.sum()), voxel_mm3)):
+            whole.append(i)
     if len(whole) < 2:
         return [parts > 0]
     seeds = np.where(np.isin(parts, whole), parts, 0)

@@ -79,10 +79,10 @@ def evaluate(case: str, cache: Path | None, options: dict) -> dict:
     parts, _ = ndimage.label(false)
     sizes = np.sort(np.bincount(parts.ravel())[1:])[::-1] * ml
     # tumours the mask leaves partly out: lesions of 10 mm or more less than INCLUDED inside it
-    cut = [i for i in big if (lesion_ids == i).any() and mask[lesion_ids == i].mean() < INCLUDED]
-    return {"lesions_cut": [f"{i}:{mask[lesion_ids == i].mean():.2f}" for i in cut], "case": case, "dice": metrics.dice(mask, truth), "false_ml": float(false.sum() * ml),
+    inside = {i: float(mask[lesion_ids == i].mean()) for i in big if (lesion_ids == i).any()}
+    return {"case": case, "dice": metrics.dice(mask, truth), "false_ml": float(false.sum() * ml),
             "missed_ml": float((truth & ~mask).sum() * ml), "largest_false_ml": [float(s) for s in sizes[:3]],
-            "seconds": seconds}
+            "seconds": seconds, "lesions_cut": [f"{i}:{v:.2f}" for i, v in inside.items() if v < INCLUDED]}
 
 
 def parse_option(text: str) -> tuple[str, float | bool]:

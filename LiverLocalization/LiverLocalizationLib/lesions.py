@@ -154,9 +154,12 @@ def merge_fragments(lesion: np.ndarray, liver: np.ndarray, spacing_zyx, gap_mm: 
         for k, one in enumerate(lesions_in_group):
             if len(np.unique(parts[one])) > 1:
                 one = ndimage.binary_closing(one, structure=ball) & liver[sl] | one
+            if k > 0:  # a further tumour of a split group
+                label, next_label = next_label, next_label + 1
+            else:
+                label = g
             target = out[sl]
-            target[one & (target == 0)] = g if k == 0 else next_label
-            next_label += k > 0
+            target[one & (target == 0)] = label
     return out
 
 

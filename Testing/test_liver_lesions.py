@@ -286,7 +286,8 @@ def test_fragments_of_one_lesion_become_one_instance():
 
 def test_two_whole_tumours_closer_than_the_merge_gap_stay_two_and_a_fragment_joins_the_nearest():
     """Phantom 409's metastases of 45 and 32 mm lay 2-3 mm apart and were one instance; fragments of one tumour
-    (inscribed radii 2.0-5.7 mm on 97 cached phantoms) still merge (the test above)."""
+    (inscribed radii 1.6-9.2 mm on 97 cached phantoms, never two whole parts in a group) still merge (the test
+    above)."""
     shape = (50, 50, 90)
     liver = np.ones(shape, bool)
     parts = np.zeros(shape, np.int32)

@@ -172,12 +172,13 @@ def _split_whole_tumours(parts: np.ndarray, spacing_zyx, whole_radius_mm: float,
         return [parts > 0]
     # the inscribed radius (deepest voxel's distance to the outside) exceeds the equivalent one by at most a voxel
     voxel_mm3, reach = float(np.prod(spacing_zyx)), whole_radius_mm - float(np.max(spacing_zyx))
-    big = [i for i, n in zip(ids, counts, strict=True) if _equivalent_radius_mm(int(n), voxel_mm3) >= reach]
+    radii = {i: _equivalent_radius_mm(int(n), voxel_mm3) for i, n in zip(ids, counts, strict=True)}
+    big = [i for i, r_eq in radii.items() if r_eq >= reach]
     whole = []
     for i in big if len(big) >= 2 else []:
         one = parts == i
         inscribed = _inscribed_radius_mm(one[ndimage.find_objects(one.astype(np.int8))[0]], spacing_zyx)
-        if inscribed >= max(whole_radius_mm, whole_ratio * _equivalent_radius_mm(int(one.sum()), voxel_mm3)):
+        if inscribed >= max(whole_radius_mm, whole_ratio * radii[i]):
             whole.append(i)
     if len(whole) < 2:
         return [parts > 0]

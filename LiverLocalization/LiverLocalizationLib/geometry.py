@@ -112,6 +112,24 @@ def close_mm(mask: np.ndarray, radius_mm: float, spacing_zyx) -> np.ndarray:
     return closed[tuple(slice(p[0], closed.shape[i] - p[1]) for i, p in enumerate(pad))]
 
 
+def fill_enclosed(mask: np.ndarray, structure: np.ndarray | None = None, axes: tuple[int, ...] = (0, 1, 2)) -> np.ndarray:
+    """`mask` (bool) plus its background components (connectivity `structure`; None: face neighbours) that touch
+    no face of the array along `axes`: with the defaults, scipy's `binary_fill_holes`, by labelling the
+    background once instead of flooding it iteratively."""
+    from scipy import ndimage
+
+    mask = np.asarray(mask, dtype=bool)
+    lab, n = ndimage.label(~mask, structure=structure)
+    if n == 0:
+        return mask.copy()
+    open_ids = np.zeros(n + 1, bool)
+    for ax in axes:
+        for index in (0, -1):
+            open_ids[np.take(lab, index, axis=ax)] = True
+    open_ids[0] = True
+    return mask | ~open_ids[lab]
+
+
 def shell_fraction(region: np.ndarray, other: np.ndarray) -> float:
     """Share of a region's one-voxel shell (the voxels face-adjacent to it, outside it) that lies in `other`
     (bool arrays of one shape; 0 when the region has no shell in the array)."""

@@ -111,7 +111,7 @@ def drop_shells(lesion: np.ndarray, spacing_zyx, min_radius_mm: float = 8.0, max
         if inscribed >= min(max_ratio * r_eq, thin_mm):
             continue
         if pore_mm > 0:
-            solid = ndimage.binary_fill_holes(geometry.close_mm(comp, pore_mm, spacing_zyx))
+            solid = geometry.fill_enclosed(geometry.close_mm(comp, pore_mm, spacing_zyx))
             if _is_ball(solid, spacing_zyx, solid_ratio, 0.0):
                 continue
         lesion[sl][comp] = 0
@@ -498,7 +498,7 @@ def capsule_cores(arr: np.ndarray, liver: np.ndarray, hyper: np.ndarray, lesion:
         if not capsule:  # without a capsule to stop at, the dark ball ends where the next shell is no longer dark
             back = min(back, 1)
         core = comp | (ok & (dist <= back * shell_mm))
-        found[sl] |= ndimage.binary_fill_holes(core) & liver[sl]
+        found[sl] |= geometry.fill_enclosed(core) & liver[sl]
     return found
 
 
@@ -710,7 +710,7 @@ def classify_voxels(arr: np.ndarray, classes: np.ndarray | None, liver: np.ndarr
         radius_mm = _equivalent_radius_mm(int(comp0.sum()), voxel_mm3)
         n_steps = max(steps, int(round(0.75 * radius_mm / spacing_zyx.min())))
         sl, comp = _padded(sl, comp0, n_steps + steps + 2, arr.shape)
-        comp = ndimage.binary_fill_holes(comp)
+        comp = geometry.fill_enclosed(comp)
         mean_hu = float(arr[sl][comp].mean())
         if not splittable and fluid_hu is not None and mean_hu < fluid_hu:
             # a fluid part is judged with its own partial-volume seam, which the opening took off: that seam
@@ -746,7 +746,7 @@ def classify_voxels(arr: np.ndarray, classes: np.ndarray | None, liver: np.ndarr
         ring = ndimage.binary_dilation(grown, structure=six, iterations=steps) & ~grown & liver[sl]
         if ring.any() and float(arr[sl][ring].mean()) > mu + 0.5 * sd:
             grown |= ndimage.binary_dilation(grown, structure=six, iterations=steps, mask=hyper[sl] | darker)
-        grown = ndimage.binary_fill_holes(grown) & liver[sl]
+        grown = geometry.fill_enclosed(grown) & liver[sl]
         # partial volume at the liver's surface and dark tissue where the mask leaks into a neighbour lie
         # in the surface band: their deepest voxel is hardly deeper than their own radius and much of their
         # shell is near the border; a tumour, even one that bulges, has parenchyma around its centre

@@ -621,6 +621,52 @@ def test_classify_voxels_adds_capsule_nodules_as_instances_unless_disabled_or_on
     assert coarse.max() == 0
 
 
+def _small_haemangioma_block(seed: int = 4):
+    """Parenchyma (`_parenchyma_block`) with, deep inside, a small haemangioma of radius 5.5 mm (a dark centre of
+    radius 2.5 mm at 55 HU, about 40 mm³, smaller than the smallest lesion core, in a band of enhancing
+    nodules at 160 HU and darker tissue at 75 HU), a dark speck of the same size and depth fading into a dim
+    surround (90 HU out to 5.5 mm: no sharp edge) and a 10 mm-radius cyst at 10 HU (so that the mixture has a
+    hypodense class). Returns (arr, liver, haemangioma, speck, spacing)."""
+    arr, liver, noise, spacing = _parenchyma_block(seed)
+    zz, yy, xx = np.indices(arr.shape)
+
+    def radius_mm(centre):
+        return np.sqrt(((zz - centre[0]) * spacing[0]) ** 2 + ((yy - centre[1]) * spacing[1]) ** 2
+                       + ((xx - centre[2]) * spacing[2]) ** 2)
+
+    jitter = 9.0 * noise / noise.std()
+    rh, rs, rc = radius_mm((20, 60, 40)), radius_mm((20, 60, 85)), radius_mm((20, 60, 130))
+    nodules = ndimage.gaussian_filter(np.random.default_rng(seed + 1).normal(size=arr.shape), 2.0) > 0
+    band = (rh > 2.5) & (rh <= 5.5)
+    arr[band] = np.where(nodules[band], 160.0, 75.0) + jitter[band]
+    arr[rh <= 2.5] = 55.0 + jitter[rh <= 2.5]
+    arr[(rs > 2.5) & (rs <= 5.5)] = 90.0 + jitter[(rs > 2.5) & (rs <= 5.5)]
+    arr[rs <= 2.5] = 55.0 + jitter[rs <= 2.5]
+    arr[rc <= 10.0] = 10.0 + jitter[rc <= 10.0] / 3.0
+    return arr, liver, rh <= 5.5, rs <= 5.5, spacing
+
+
+def test_a_small_haemangioma_centre_below_the_core_size_is_a_lesion_and_a_fading_speck_is_not():
+    """`sharp_dark_nodules`: a dark centre smaller than `min_lesion_volume_mm3` becomes a core when it is deep and
+    sharply bounded (the band of nodules round it at parenchyma level or brighter); a speck fading into a dim
+    surround does not; without the rule, or on a grid coarser than `nodule_max_spacing_mm`, neither does the
+    haemangioma."""
+    arr, liver, haemangioma, speck, spacing = _small_haemangioma_block()
+    model, _ = lesions.liver_mixture(arr[liver])
+    assert "lesion-hypo" in model.names
+
+    def found(**kwargs):
+        cores, _ = lesions.classify_voxels(arr, None, liver, model, tuple(spacing[::-1]), capsules=False, **kwargs)
+        return cores
+
+    cores = found()
+    assert cores.max() == 2  # the cyst and the haemangioma
+    assert (cores[haemangioma] > 0).mean() >= 0.1 and len(np.unique(cores[haemangioma & (cores > 0)])) == 1
+    assert not (cores[speck] > 0).any()
+    for kwargs in ({"nodule_min_mm3": None}, {"nodule_max_spacing_mm": 0.5}):
+        assert found(**kwargs).max() == 1 and not (found(**kwargs)[haemangioma] > 0).any()
+
+
 def _washout_block(seed: int = 5):
     """Parenchyma as in `_capsule_block` with, on its left half, an 8 mm-radius nodule 20 HU darker than the
     parenchyma and without capsule (an HCC whose capsule is too faint to see) and, on its right half, a portal

@@ -77,7 +77,7 @@ def phantom_rows(seed: int, size: str, methods, oblique: bool, vessel_source: st
         vessels.CopyInformation(liver)
     else:
         tissue = sitk.GetArrayViewFromImage(ph.truth_tissue)
-        vessel = np.isin(tissue, [labels.TRUTH_HEPATIC_VEIN, labels.TRUTH_PORTAL_VEIN]).astype(np.uint8)
+        vessel = np.isin(tissue, labels.TRUTH_INTRAHEPATIC_VESSELS).astype(np.uint8)
         vessels = sitk.GetImageFromArray(vessel)
         vessels.CopyInformation(liver)
     return evaluate(f"phantom {seed}", liver, vessels, truth, ph.landmarks, methods, ph.truth_lesions, ph.lesions)
@@ -101,7 +101,7 @@ def ablation_row(seed: int, size: str) -> dict:
     truth = sitk.GetArrayFromImage(ph.truth_couinaud)
     liver = sitk.Cast(ph.truth_couinaud > 0, sitk.sitkUInt8)
     tissue = sitk.GetArrayViewFromImage(ph.truth_tissue)
-    vessels = sitk.GetImageFromArray(np.isin(tissue, [labels.TRUTH_HEPATIC_VEIN, labels.TRUTH_PORTAL_VEIN]).astype(np.uint8))
+    vessels = sitk.GetImageFromArray(np.isin(tissue, labels.TRUTH_INTRAHEPATIC_VESSELS).astype(np.uint8))
     vessels.CopyInformation(liver)
     res = couinaud.map_couinaud(liver, ph.landmarks, vessels, method="auto")
     inside = truth > 0

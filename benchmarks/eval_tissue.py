@@ -54,7 +54,7 @@ def evaluate_phantom(seed: int, size: str, method: str, oblique: bool = False, f
     match = metrics.match_instances(lesion, lesion_truth)
     found = {b for _, b, _ in match["pairs"]}
     big = [row["id"] for row in ph.lesions if row["diameter_mm"] >= 10]
-    vessel_truth = np.isin(truth, [labels.TRUTH_HEPATIC_VEIN, labels.TRUTH_PORTAL_VEIN])
+    vessel_truth = np.isin(truth, labels.TRUTH_INTRAHEPATIC_VESSELS)
     missed = [f"{row['kind']}:{row['diameter_mm']:.0f}mm" for row in ph.lesions if row["id"] not in found]
     return {
         "case": f"phantom {seed} {size}" + (" oblique" if oblique else "") + (" flip" if flip else ""),

@@ -22,6 +22,8 @@ TRUTH_PORTAL_VEIN = 4
 TRUTH_IVC = 5
 # the liver as the references count it: parenchyma, lesions and intrahepatic veins (the IVC is not liver)
 TRUTH_LIVER = (TRUTH_PARENCHYMA, TRUTH_LESION, TRUTH_HEPATIC_VEIN, TRUTH_PORTAL_VEIN)
+# the intrahepatic vessels (hepatic and portal veins), what the vessel class and a vessel segmentation stand for
+TRUTH_INTRAHEPATIC_VESSELS = (TRUTH_HEPATIC_VEIN, TRUTH_PORTAL_VEIN)
 
 # Couinaud segments: label value k (1..8) is segment ROMAN[k]
 COUINAUD_ROMAN = {1: "I", 2: "II", 3: "III", 4: "IV", 5: "V", 6: "VI", 7: "VII", 8: "VIII"}

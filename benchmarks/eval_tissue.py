@@ -64,6 +64,8 @@ def evaluate_phantom(seed: int, size: str, method: str, oblique: bool = False, f
         "lesion_overlap": int(np.count_nonzero((lesion > 0) & (lesion_truth > 0))),
         "lesion_sizes": int(np.count_nonzero(lesion > 0) + np.count_nonzero(lesion_truth > 0)),
         "recall_ge10": (sum(i in found for i in big) / len(big)) if big else float("nan"),
+        "n_ge10": len(big),
+        "found_ge10": sum(i in found for i in big),
         "n_truth": len(ph.lesions),
         "fp": len(match["false_positives"]),
         "vessel_dice": metrics.dice(sitk.GetArrayViewFromImage(res.vessel_mask) > 0, vessel_truth & liver_truth),
@@ -169,7 +171,8 @@ def summary(ph: list[dict], title: str) -> None:
     pooled = 2.0 * sum(r["lesion_overlap"] for r in ph) / max(1, sum(r["lesion_sizes"] for r in ph))
     print(f"{title}: liver Dice {np.mean([r['liver_dice'] for r in ph]):.3f}, lesion Dice "
           f"{np.nanmean([r['lesion_dice'] for r in ph]):.3f} per case (pooled over all lesion voxels, the LiTS "
-          f"'global' Dice: {pooled:.3f}), recall>=10mm {np.nanmean([r['recall_ge10'] for r in ph]):.2f}, "
+          f"'global' Dice: {pooled:.3f}), recall>=10mm {np.nanmean([r['recall_ge10'] for r in ph]):.2f} per case "
+          f"({sum(r['found_ge10'] for r in ph)} of {sum(r['n_ge10'] for r in ph)} found), "
           f"FP/case {np.mean([r['fp'] for r in ph]):.1f}")
 
 

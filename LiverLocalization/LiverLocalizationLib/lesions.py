@@ -8,7 +8,8 @@ mean-field MRF smoothing each voxel is parenchyma, hypodense or hyperdense.
 
 - Lesions: connected hypodense regions (holes filled) whose mean is at least `separation_sd` sds below
   the parenchyma and above fat (-30 HU), whose surface lies mostly inside the liver (not gallbladder,
-  bowel or surface partial volume), larger than `min_lesion_volume_mm3`; each grows (hysteresis) into
+  bowel or surface partial volume), larger than `min_lesion_volume_mm3` (or smaller, from 20 mm³, when a
+  sharply bounded dark nodule deep in the liver: a small haemangioma's centre); each grows (hysteresis) into
   the adjacent voxels darker than the parenchyma by 0.3 of its contrast (`classify_voxels`): these are
   the lesion *cores*. A solid lesion's extent then adds its partial-volume margin and enhancing rim
   (`extend_margins`), out to its capsule where one rings it further out (`grow_to_capsules`). Instances

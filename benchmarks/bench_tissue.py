@@ -11,7 +11,8 @@ it, a `full` phantom. Prints, measured in this one run:
     our stages; with --whole-volume also the old order (whole body denoised first, liver found on it);
   - baselines: SimpleITK Median radius 1 voxel on the whole CT, and sklearn GaussianMixture (K = ours,
     default settings) on the same liver intensities our EM fitted, with the run-time ratios.
-Target (issue 3): denoise + EM + extraction <= 20 s on 2 cores, peak memory <= 3 GB.
+Target (issue 3): denoise + EM + extraction <= 20 s on 2 cores, peak memory <= 3 GB; checked on the total,
+which also holds the lesion rules, and on the total without them (the issue's wording).
 """
 
 from __future__ import annotations
@@ -104,8 +105,10 @@ def main(argv=None) -> int:
           f"-> sklearn / ours = {t_sklearn / max(t_plain, 1e-9):.0f}x")
     print(f"ratios in this run: our denoise+tissues / SimpleITK median = {total / t_median:.2f}; "
           f"plain EM means {np.round(model_plain.means_hu, 1).tolist()} HU")
-    print(f"target: total <= 20 s -> {'met' if total <= 20 else 'NOT met'}; peak memory <= 3072 MB -> "
-          f"{'met' if ours_mb <= 3072 else 'NOT met'}")
+    core = total - timings.get("tissue_lesions_s", 0.0)  # what the issue names: denoise + EM + extraction
+    print(f"target: total <= 20 s -> {'met' if total <= 20 else 'NOT met'} (without the lesion rules, the issue's "
+          f"denoise + EM + extraction: {core:.1f} s -> {'met' if core <= 20 else 'NOT met'}); peak memory <= 3072 MB "
+          f"-> {'met' if ours_mb <= 3072 else 'NOT met'}")
     del model_ours
     return 0
 

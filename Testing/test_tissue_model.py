@@ -112,3 +112,18 @@ def test_bad_samples_are_input_errors():
         tissue_model.fit_gaussian_mixture(np.full(100, 7.0), 2)
     with pytest.raises(InputError, match="NaN"):
         tissue_model.fit_gaussian_mixture(np.r_[np.arange(100.0), np.nan], 2)
+
+
+def test_posteriors_summed_by_class_name_equal_indexing_and_summing():
+    """`_sum_by_name` (the MRF's per-name posteriors, summed in place) gives bit for bit what indexing each name's
+    classes out and summing them gave, for names with one, two and three classes in any order."""
+    from LiverLocalizationLib.tissue_model import _sum_by_name
+
+    rng = np.random.default_rng(0)
+    post = rng.random((6, 7, 8, 9), dtype=np.float32)
+    class_names = ["parenchyma", "lesion-hypo", "parenchyma", "vessel", "parenchyma", "lesion-hypo"]
+    names = list(dict.fromkeys(class_names))
+    group = np.array([names.index(n) for n in class_names])
+    expected = np.stack([post[group == g].sum(axis=0) for g in range(len(names))])
+    np.testing.assert_array_equal(_sum_by_name(post, class_names, names), expected)
+    assert _sum_by_name(post, class_names, names).shape == (3, 7, 8, 9)

@@ -304,6 +304,21 @@ def _neighbour_sum(q: np.ndarray, out: np.ndarray) -> np.ndarray:
     return out
 
 
+def _sum_by_name(post: np.ndarray, class_names: list[str], names: list[str]) -> np.ndarray:
+    """Posteriors (K, ...) summed over the classes of each name in `names` (len(names), ...), in class order and in
+    place (the same sums as indexing each name's classes out and summing them, without the copies)."""
+    out = np.empty((len(names),) + post.shape[1:], dtype=post.dtype)
+    started = [False] * len(names)
+    for k, name in enumerate(class_names):
+        g = names.index(name)
+        if started[g]:
+            out[g] += post[k]
+        else:
+            out[g] = post[k]
+            started[g] = True
+    return out
+
+
 def mrf_regularise(posteriors: np.ndarray, beta: float = 1.0, iterations: int = 5,
                    mask: np.ndarray | None = None) -> np.ndarray:
     """Mean-field Potts regularisation of class posteriors (K, z, y, x).
@@ -441,8 +456,7 @@ def segment_tissues(denoised_ct: sitk.Image, landmarks: dict[str, np.ndarray] | 
     first = np.array([model.names.index(n) for n in names], dtype=np.uint8)
     post = posteriors(arr, model, mask_crop)
     if len(names) < model.n_classes:
-        group = np.array([names.index(n) for n in model.names])
-        post = np.stack([post[group == g].sum(axis=0) for g in range(len(names))])
+        post = _sum_by_name(post, model.names, names)
     post = mrf_regularise(post, beta=mrf_beta, iterations=mrf_iterations, mask=mask_crop)
     classes = first[np.argmax(post, axis=0)]
     del post

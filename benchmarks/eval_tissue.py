@@ -54,6 +54,7 @@ def evaluate_phantom(seed: int, size: str, method: str, oblique: bool = False, f
     match = metrics.match_instances(lesion, lesion_truth)
     found = {b for _, b, _ in match["pairs"]}
     big = [row["id"] for row in ph.lesions if row["diameter_mm"] >= 10]
+    n_found = sum(i in found for i in big)
     vessel_truth = np.isin(truth, labels.TRUTH_INTRAHEPATIC_VESSELS)
     missed = [f"{row['kind']}:{row['diameter_mm']:.0f}mm" for row in ph.lesions if row["id"] not in found]
     return {
@@ -63,9 +64,9 @@ def evaluate_phantom(seed: int, size: str, method: str, oblique: bool = False, f
         "lesion_dice": metrics.dice(lesion > 0, lesion_truth > 0) if (lesion_truth > 0).any() else float("nan"),
         "lesion_overlap": int(np.count_nonzero((lesion > 0) & (lesion_truth > 0))),
         "lesion_sizes": int(np.count_nonzero(lesion > 0) + np.count_nonzero(lesion_truth > 0)),
-        "recall_ge10": (sum(i in found for i in big) / len(big)) if big else float("nan"),
+        "recall_ge10": n_found / len(big) if big else float("nan"),
         "n_ge10": len(big),
-        "found_ge10": sum(i in found for i in big),
+        "found_ge10": n_found,
         "n_truth": len(ph.lesions),
         "fp": len(match["false_positives"]),
         "vessel_dice": metrics.dice(sitk.GetArrayViewFromImage(res.vessel_mask) > 0, vessel_truth & liver_truth),

@@ -67,7 +67,11 @@ def test_outputs_types_values_and_geometry(phantom_run):
     assert sizes == sorted(sizes, reverse=True) and all(s > 0 for s in sizes)
     cores = sitk.GetArrayViewFromImage(res.lesion_cores)
     assert _same_geometry_exactly(res.lesion_cores, ph.ct) and res.lesion_cores.GetPixelID() == sitk.sitkUInt16
-    assert not ((cores > 0) & (lesion != cores)).any()  # each core lies in its own lesion (same id)
+    # each core lies in its own lesion (same id) or, at a cyst cut back to its half-contrast edge, in none
+    assert not ((cores > 0) & (lesion > 0) & (lesion != cores)).any()
+    for i in range(1, int(cores.max()) + 1):
+        outside = (cores == i) & (lesion == 0)
+        assert not outside.any() or np.median(sitk.GetArrayViewFromImage(ph.ct)[lesion == i]) < lesions.FLUID_HU
     assert set(np.unique(cores)) == set(np.unique(lesion))
     assert {"liver_s", "em_fit_s", "mrf_s", "lesions_s"} <= set(res.timings)
     assert res.model.n_classes >= 2 and "parenchyma" in res.model.names
@@ -378,7 +382,7 @@ def test_extend_margins_adds_the_edge_and_the_enhancing_rim_of_solid_lesions():
     assert metrics.dice(start == 1, truth) < 0.7
     assert metrics.dice(grown == 1, truth) >= 0.95
     assert not (grown == 1)[r > 9.5].any()  # stops where the rim ends
-    assert np.array_equal(grown == 2, start == 2)  # the cyst keeps its border
+    assert np.array_equal(grown == 2, start == 2)  # the cyst keeps its border (a sharp edge: nothing to trim)
     assert grown.dtype == start.dtype and np.array_equal(grown[start > 0], start[start > 0])
 
     vessel = (r >= 7) & (r < 9) & (xx > 25)  # the rim's right half is hyperdense "vessel": only the margin joins
@@ -391,6 +395,42 @@ def test_extend_margins_adds_the_edge_and_the_enhancing_rim_of_solid_lesions():
     assert not (clipped == 1)[:, :, 27:][~(start == 1)[:, :, 27:]].any()
     assert np.array_equal(lesions.extend_margins(np.zeros(shape, np.uint16), arr, liver, none, (1, 1, 1)),
                           np.zeros(shape))
+
+
+def test_a_cyst_is_cut_back_to_its_half_contrast_edge_and_solid_lesions_are_not():
+    """A blurred cyst (radius 7 mm, 10 HU; 2 mm slices) detected out to where its edge is 0.3 of the way from
+    the parenchyma (100 HU), as the hysteresis does: too large. Its extent is cut back to the half-contrast
+    edge, near the true ball; with `fluid_edge=None` it keeps its border. A solid lesion beside it does not
+    shrink, and a cyst with no parenchyma round it is left as it is."""
+    rng = np.random.default_rng(7)
+    spacing = (2.0, 1.0, 1.0)
+    shape = (30, 50, 90)
+    zz, yy, xx = np.indices(shape)
+    zmm, ymm, xmm = zz * spacing[0], yy * spacing[1], xx * spacing[2]
+    r_cyst = np.sqrt((zmm - 30) ** 2 + (ymm - 25) ** 2 + (xmm - 25) ** 2)
+    r_solid = np.sqrt((zmm - 30) ** 2 + (ymm - 25) ** 2 + (xmm - 65) ** 2)
+    clean = np.where(r_cyst < 7, 10.0, np.where(r_solid < 7, 60.0, 100.0))
+    blurred = ndimage.gaussian_filter(clean, sigma=(1.2 / spacing[0], 1.2, 1.2))
+    arr = (blurred + rng.normal(0, 2, shape)).astype(np.float32)
+    start = np.zeros(shape, np.uint16)
+    start[(blurred < 100 - 0.3 * 90) & (xx < 45)] = 1
+    start[(blurred < 100 - 0.3 * 40) & (xx >= 45)] = 2
+    liver, none = np.ones(shape, bool), np.zeros(shape, bool)
+    truth = r_cyst < 7
+    assert (start == 1).sum() > 1.15 * truth.sum()
+
+    grown = lesions.extend_margins(start, arr, liver, none, spacing)
+    cyst = grown == 1
+    assert 0.9 * truth.sum() <= cyst.sum() <= 1.1 * truth.sum()
+    assert metrics.dice(cyst, truth) >= 0.97 and metrics.dice(start == 1, truth) < 0.93
+    assert not cyst[~(start == 1)].any()  # only cut back, never grown
+    assert np.array_equal(ndimage.binary_fill_holes(cyst), cyst) and ndimage.label(cyst)[1] == 1
+    assert ((grown == 2) >= (start == 2)).all()  # the solid lesion does not shrink
+
+    kept = lesions.extend_margins(start, arr, liver, none, spacing, fluid_edge=None)
+    assert np.array_equal(kept == 1, start == 1)
+    alone = lesions.trim_fluid_edges(start, arr, (start == 1) | (r_cyst < 8.5), spacing)
+    assert np.array_equal(alone == 1, start == 1)  # no parenchyma 4-6 mm out: no level to cut at
 
 
 def test_a_lesion_extent_grows_out_to_its_capsule_but_not_into_plain_or_brighter_liver():

@@ -12,7 +12,8 @@ mean-field MRF smoothing each voxel is parenchyma, hypodense or hyperdense.
   sharply bounded dark nodule deep in the liver: a small haemangioma's centre); each grows (hysteresis) into
   the adjacent voxels darker than the parenchyma by 0.3 of its contrast (`classify_voxels`): these are
   the lesion *cores*. A solid lesion's extent then adds its partial-volume margin and enhancing rim
-  (`extend_margins`), out to its capsule where one rings it further out (`grow_to_capsules`). Instances
+  (`extend_margins`), out to its capsule where one rings it further out (`grow_to_capsules`); a cyst's is
+  cut back to its half-contrast edge (`trim_fluid_edges`). Instances
   are numbered 1..n by volume, largest first. Lesions that are only hyperdense are not reported: in the
   portal-venous phase they cannot be told from vessels by intensity.
 - Vessels: the remaining hyperdense voxels.
@@ -192,8 +193,9 @@ def _split_whole_tumours(parts: np.ndarray, spacing_zyx, whole_radius_mm: float,
 def extend_margins(lesion: np.ndarray, arr: np.ndarray, liver: np.ndarray, vessel: np.ndarray, spacing_zyx,
                    margin_mm: float = 1.5, rim_mm: float = 2.5, rim_sd: float = 1.0,
                    ring_mm: tuple[float, float] = (4.0, 6.0), fluid_hu: float = FLUID_HU,
-                   capsule_mm: float = 6.0) -> np.ndarray:
-    """Each solid lesion's extent: its detected core plus the partial-volume margin and the enhancing rim.
+                   capsule_mm: float = 6.0, fluid_edge: float | None = 0.5) -> np.ndarray:
+    """Each lesion's extent: a solid lesion's detected core plus the partial-volume margin and the enhancing
+    rim; a cyst's core trimmed to its half-contrast edge (`trim_fluid_edges`).
 
     The hysteresis of `classify_voxels` follows the hypodense part of a lesion, so it stops inside the
     blurred edge and inside an enhancing rim or capsule (metastases, HCC) or a band of enhancing nodules
@@ -212,12 +214,17 @@ def extend_margins(lesion: np.ndarray, arr: np.ndarray, liver: np.ndarray, vesse
     darker voxels 0.594 / 0.804.
 
     Then a capsule further out (`capsule_mm` > 0: `grow_to_capsules`) brings the extent out to it.
+    Instances whose median is below `fluid_hu` are cut back to the level `fluid_edge` of the way from their
+    interior to the parenchyma (`trim_fluid_edges`; None keeps the hysteresis border).
 
     lesion: instance labels [z, y, x]; arr: intensities (HU); liver, vessel: bool masks of the same shape.
-    Returns a modified copy of `lesion` (same dtype and ids; instances never shrink).
+    Returns a modified copy of `lesion` (same dtype and ids; solid instances never shrink).
     """
     if not lesion.any() or (margin_mm <= 0 and rim_mm <= 0):
         return lesion
+    if fluid_edge is not None:
+        lesion = trim_fluid_edges(lesion, arr, liver, spacing_zyx, fraction=fluid_edge, ring_mm=ring_mm,
+                                  fluid_hu=fluid_hu)
     spacing_zyx = np.asarray(spacing_zyx, dtype=float)
     rim_mm = max(rim_mm, margin_mm)
     reach = max(rim_mm, ring_mm[1])
@@ -234,6 +241,59 @@ def extend_margins(lesion: np.ndarray, arr: np.ndarray, liver: np.ndarray, vesse
         _join_connected(out[sl], comp, add, i)
     if capsule_mm > 0:
         out = grow_to_capsules(out, arr, liver, vessel, spacing_zyx, reach_mm=capsule_mm, fluid_hu=fluid_hu)
+    return out
+
+
+def trim_fluid_edges(lesion: np.ndarray, arr: np.ndarray, liver: np.ndarray, spacing_zyx, fraction: float = 0.5,
+                     ring_mm: tuple[float, float] = (4.0, 6.0), interior_mm: float = 1.5,
+                     fluid_hu: float = FLUID_HU) -> np.ndarray:
+    """Cut each fluid lesion (cyst) back to its half-contrast edge.
+
+    The hysteresis of `classify_voxels` follows a cyst out to where its blurred edge is 0.3 of the way from
+    the parenchyma to the cyst (`edge_fraction`), beyond the edge of a blurred step, which lies where the
+    intensity is half-way between the two sides. On the 97 cached phantoms of
+    `benchmarks/eval_lesion_rules.py` (seeds 0-11, 100-104, 200-209, ..., 700-709, 800-819; a one-off
+    analysis, script not kept) the detected cysts were 1.24 (10-15 mm) and 1.12 (20-40 mm) times their true
+    volume (medians). For each instance whose median is below `fluid_hu`: the interior level is the median of
+    its voxels deeper than `interior_mm` (the deeper half when none is), the parenchyma level the median of
+    the free liver (no instance) `ring_mm` outside it; voxels brighter than interior + `fraction` × (parenchyma
+    − interior) leave the instance, enclosed holes are filled and only the pieces holding interior voxels
+    stay. An instance that would keep less than 30 % of its voxels, or without parenchyma round it, is left
+    as it is. Measured with `eval_lesion_rules.py score` on those 97 caches: pooled lesion Dice 0.812 -> 0.817,
+    mean per case 0.773 -> 0.780, lesions found and false positives unchanged (221 of 241, 5); a fraction of
+    0.4 or 0.6 gave 0.816 / 0.817.
+
+    lesion: instance labels [z, y, x]; arr: intensities (HU); liver: bool mask; spacing_zyx: mm.
+    Returns a modified copy (same ids; only fluid instances shrink).
+    """
+    spacing_zyx = np.asarray(spacing_zyx, dtype=float)
+    pad = np.ceil(ring_mm[1] / spacing_zyx).astype(int) + 1
+    out = lesion.copy()
+    for i, sl in enumerate(ndimage.find_objects(lesion), start=1):
+        if sl is None:
+            continue
+        sl = geometry.widen(sl, pad, lesion.shape)
+        comp = lesion[sl] == i
+        values = arr[sl]
+        if float(np.median(values[comp])) >= fluid_hu:
+            continue
+        dist = geometry.depth_mm(~comp, spacing_zyx)
+        ring = liver[sl] & (lesion[sl] == 0) & (dist > ring_mm[0]) & (dist <= ring_mm[1])
+        if ring.sum() < 10:
+            continue
+        level, _ = parenchyma_statistics(values[ring])
+        depth = geometry.depth_mm(comp, spacing_zyx)
+        interior = comp & (depth > interior_mm)
+        if not interior.any():
+            interior = comp & (depth >= np.median(depth[comp]))
+        inside_level = float(np.median(values[interior]))
+        keep = geometry.fill_enclosed(comp & (values <= inside_level + fraction * (level - inside_level))) & comp
+        pieces, _ = ndimage.label(keep)
+        held = np.unique(pieces[interior & keep])
+        keep = np.isin(pieces, held[held > 0])
+        if keep.sum() < 0.3 * comp.sum():
+            continue
+        out[sl][comp & ~keep] = 0
     return out
 
 

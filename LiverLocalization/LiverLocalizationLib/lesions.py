@@ -195,7 +195,7 @@ def extend_margins(lesion: np.ndarray, arr: np.ndarray, liver: np.ndarray, vesse
                    ring_mm: tuple[float, float] = (4.0, 6.0), fluid_hu: float = FLUID_HU,
                    capsule_mm: float = 6.0, fluid_edge: float | None = 0.5) -> np.ndarray:
     """Each lesion's extent: a solid lesion's detected core plus the partial-volume margin and the enhancing
-    rim; a cyst's core trimmed to its half-contrast edge (`trim_fluid_edges`).
+    rim; a cyst's core cut back to its half-contrast edge (`trim_fluid_edges`).
 
     The hysteresis of `classify_voxels` follows the hypodense part of a lesion, so it stops inside the
     blurred edge and inside an enhancing rim or capsule (metastases, HCC) or a band of enhancing nodules
@@ -203,8 +203,8 @@ def extend_margins(lesion: np.ndarray, arr: np.ndarray, liver: np.ndarray, vesse
     6, 7, full; a one-off profile analysis, script not kept) 30-90 % of the voxels within 1 mm outside a
     detected metastasis, HCC or haemangioma were lesion (per lesion), at -5 to +9 HU from the parenchyma
     4-6 mm away. Each instance whose median is
-    above `fluid_hu` (cysts keep the border the hysteresis gives them: it already lies beyond the
-    half-maximum edge) takes the free liver voxels (no other lesion) within `margin_mm` of it, and those
+    above `fluid_hu` (not a cyst: the hysteresis already takes a cyst past its half-maximum edge) takes the
+    free liver voxels (no other lesion) within `margin_mm` of it, and those
     within `rim_mm` (at least `margin_mm`) that are brighter than the ring `ring_mm` outside it by `rim_sd`
     robust sds and not in `vessel`, connected to it. Distances are Euclidean in mm (anisotropic spacing honoured).
     Measured (pooled lesion Dice, `benchmarks/eval_tissue.py --lesion-margin-mm 0` against the default):

@@ -433,6 +433,54 @@ def test_a_cyst_is_cut_back_to_its_half_contrast_edge_and_solid_lesions_are_not(
     assert np.array_equal(alone == 1, start == 1)  # no parenchyma 4-6 mm out: no level to cut at
 
 
+def _sliced_ball(spacing, inside=40.0, periphery=None, radius=6.0):
+    """A dark ball in parenchyma (100 HU) imaged with slices of thickness spacing[0]: each voxel holds the share of
+    its slab inside the ball (partial volume), noise sd 2 HU. Returns (intensities, the voxels a quarter or more
+    inside: a detected core, the voxels whose centre is inside: the truth)."""
+    rng = np.random.default_rng(5)
+    shape = tuple(int(40 / s) for s in spacing)
+    zz, yy, xx = np.indices(shape).astype(float)
+    z, y, x = ((a + 0.5) * s for a, s in zip((zz, yy, xx), spacing, strict=True))
+    rxy2 = (y - 20) ** 2 + (x - 20) ** 2
+    share = np.zeros(shape)
+    for t in np.linspace(-0.45, 0.45, 10):
+        share += ((z + t * spacing[0] - 20) ** 2 + rxy2 <= radius ** 2) / 10
+    clean = 100.0 - (100.0 - inside) * share
+    if periphery is not None:
+        r = np.sqrt((z - 20) ** 2 + rxy2)
+        clean = np.where((r > radius + 0.5) & (r < radius + 2.5), periphery, clean)
+    arr = (clean + rng.normal(0, 2, shape)).astype(np.float32)
+    return arr, (share >= 0.25).astype(np.uint16), (z - 20) ** 2 + rxy2 <= radius ** 2
+
+
+def test_partial_volume_caps_of_a_dark_solid_lesion_on_thick_slices_are_cut():
+    """A 12 mm dark ball (40 HU) on 2.5 mm slices: its first and last slices are less than half inside it, darker
+    than the parenchyma and part of the detected core, like the voxels on the ball's upper and lower surface that
+    are less than half inside; they leave it, which then matches the voxels whose centre is inside. Nothing changes on an isotropic grid, for a lesion with an enhancing periphery (haemangioma), a
+    lesion less than 3 sds darker than the parenchyma (HCC), or a cyst (its own edge rule)."""
+    thick = (2.5, 0.8, 0.8)
+    arr, core, truth = _sliced_ball(thick)
+    liver = np.ones(arr.shape, bool)
+    cut = lesions.trim_partial_volume_caps(core, arr, liver, thick)
+    assert metrics.dice(core > 0, truth) < 0.96 and metrics.dice(cut > 0, truth) >= 0.99
+    assert not (cut > core).any()
+    dropped = (core > 0) & (cut == 0)
+    above, below = np.zeros_like(dropped), np.zeros_like(dropped)
+    above[1:], below[:-1] = core[:-1] > 0, core[1:] > 0
+    assert dropped.any() and not (dropped & above & below).any()  # only voxels at the top or bottom of the core
+    none = np.zeros(arr.shape, bool)
+    kept = lesions.extend_margins(core, arr, liver, none, thick, cap_edge=None) > 0
+    assert kept.sum() > (lesions.extend_margins(core, arr, liver, none, thick) > 0).sum()
+
+    iso = (1.0, 1.0, 1.0)
+    arr_iso, core_iso, _ = _sliced_ball(iso)
+    assert np.array_equal(lesions.trim_partial_volume_caps(core_iso, arr_iso, np.ones(arr_iso.shape, bool), iso),
+                          core_iso)
+    for kwargs in ({"periphery": 125.0}, {"inside": 95.0}, {"inside": 10.0}):
+        arr_k, core_k, _ = _sliced_ball(thick, **kwargs)
+        assert np.array_equal(lesions.trim_partial_volume_caps(core_k, arr_k, liver, thick), core_k), kwargs
+
+
 def test_a_lesion_extent_grows_out_to_its_capsule_but_not_into_plain_or_brighter_liver():
     """An HCC: dark core (radius 5 mm, 85 HU), a mosaic zone nearly as bright as the parenchyma (5-9 mm, 97 HU)
     and an enhancing capsule (9-11 mm, 118 HU) in parenchyma (100 HU), detected as its core. Its extent

@@ -193,9 +193,11 @@ def _split_whole_tumours(parts: np.ndarray, spacing_zyx, whole_radius_mm: float,
 def extend_margins(lesion: np.ndarray, arr: np.ndarray, liver: np.ndarray, vessel: np.ndarray, spacing_zyx,
                    margin_mm: float = 1.5, rim_mm: float = 2.5, rim_sd: float = 1.0,
                    ring_mm: tuple[float, float] = (4.0, 6.0), fluid_hu: float = FLUID_HU,
-                   capsule_mm: float = 6.0, fluid_edge: float | None = 0.5) -> np.ndarray:
+                   capsule_mm: float = 6.0, fluid_edge: float | None = 0.5,
+                   cap_edge: float | None = 0.5) -> np.ndarray:
     """Each lesion's extent: a solid lesion's detected core plus the partial-volume margin and the enhancing
-    rim; a cyst's core cut back to its half-contrast edge (`trim_fluid_edges`).
+    rim; a cyst's core cut back to its half-contrast edge (`trim_fluid_edges`), a dark solid core's
+    partial-volume caps on thick slices cut likewise (`trim_partial_volume_caps`).
 
     The hysteresis of `classify_voxels` follows the hypodense part of a lesion, so it stops inside the
     blurred edge and inside an enhancing rim or capsule (metastases, HCC) or a band of enhancing nodules
@@ -215,16 +217,21 @@ def extend_margins(lesion: np.ndarray, arr: np.ndarray, liver: np.ndarray, vesse
 
     Then a capsule further out (`capsule_mm` > 0: `grow_to_capsules`) brings the extent out to it.
     Instances whose median is below `fluid_hu` are cut back to the level `fluid_edge` of the way from their
-    interior to the parenchyma (`trim_fluid_edges`; None keeps the hysteresis border).
+    interior to the parenchyma (`trim_fluid_edges`; None keeps the hysteresis border); before the margin is
+    added, the partial-volume caps of clearly dark solid lesions on thick slices are cut at `cap_edge` of
+    the way (`trim_partial_volume_caps`; None keeps them).
 
     lesion: instance labels [z, y, x]; arr: intensities (HU); liver, vessel: bool masks of the same shape.
-    Returns a modified copy of `lesion` (same dtype and ids; solid instances never shrink).
+    Returns a modified copy of `lesion` (same dtype and ids; a solid instance loses at most its caps).
     """
     if not lesion.any() or (margin_mm <= 0 and rim_mm <= 0):
         return lesion
     if fluid_edge is not None:
         lesion = trim_fluid_edges(lesion, arr, liver, spacing_zyx, fraction=fluid_edge, ring_mm=ring_mm,
                                   fluid_hu=fluid_hu)
+    if cap_edge is not None:
+        lesion = trim_partial_volume_caps(lesion, arr, liver, spacing_zyx, fraction=cap_edge, ring_mm=ring_mm,
+                                          fluid_hu=fluid_hu)
     spacing_zyx = np.asarray(spacing_zyx, dtype=float)
     rim_mm = max(rim_mm, margin_mm)
     reach = max(rim_mm, ring_mm[1])
@@ -267,26 +274,13 @@ def trim_fluid_edges(lesion: np.ndarray, arr: np.ndarray, liver: np.ndarray, spa
     Returns a modified copy (same ids; only fluid instances shrink).
     """
     spacing_zyx = np.asarray(spacing_zyx, dtype=float)
-    pad = np.ceil(ring_mm[1] / spacing_zyx).astype(int) + 1
     out = lesion.copy()
-    for i, sl in enumerate(ndimage.find_objects(lesion), start=1):
-        if sl is None:
+    for _, sl, comp, values, free in _instances(lesion, arr, liver, spacing_zyx, ring_mm, fluid=True,
+                                                fluid_hu=fluid_hu):
+        levels = _edge_levels(comp, values, free, spacing_zyx, ring_mm, interior_mm)
+        if levels is None:
             continue
-        sl = geometry.widen(sl, pad, lesion.shape)
-        comp = lesion[sl] == i
-        values = arr[sl]
-        if float(np.median(values[comp])) >= fluid_hu:
-            continue
-        dist = geometry.depth_mm(~comp, spacing_zyx)
-        ring = liver[sl] & (lesion[sl] == 0) & (dist > ring_mm[0]) & (dist <= ring_mm[1])
-        if ring.sum() < 10:
-            continue
-        level, _ = parenchyma_statistics(values[ring])
-        depth = geometry.depth_mm(comp, spacing_zyx)
-        interior = comp & (depth > interior_mm)
-        if not interior.any():
-            interior = comp & (depth >= np.median(depth[comp]))
-        inside_level = float(np.median(values[interior]))
+        level, _, inside_level, interior, _ = levels
         keep = geometry.fill_enclosed(comp & (values <= inside_level + fraction * (level - inside_level))) & comp
         pieces, _ = ndimage.label(keep)
         held = np.unique(pieces[interior & keep])
@@ -295,6 +289,97 @@ def trim_fluid_edges(lesion: np.ndarray, arr: np.ndarray, liver: np.ndarray, spa
             continue
         out[sl][comp & ~keep] = 0
     return out
+
+
+def trim_partial_volume_caps(lesion: np.ndarray, arr: np.ndarray, liver: np.ndarray, spacing_zyx,
+                             fraction: float = 0.5, min_contrast_sd: float = 3.0, bright_periphery_sd: float = 0.5,
+                             thick_ratio: float = 1.5, ring_mm: tuple[float, float] = (4.0, 6.0),
+                             interior_mm: float = 1.5, fluid_hu: float = FLUID_HU) -> np.ndarray:
+    """Cut the partial-volume caps off each clearly dark solid lesion on a grid of thick slices.
+
+    Where the slices are at least `thick_ratio` times thicker than the pixels, a lesion's first and last
+    slice (along the thickest axis) hold voxels that the lesion only partly fills: darker than the
+    parenchyma, so the hysteresis takes them, although their centre lies outside the lesion when they are
+    nearer the parenchyma than the lesion's interior (the half-contrast edge of `trim_fluid_edges`, across
+    the slices). The margin of `extend_margins` (1.5 mm) does not reach across a 1.75-2.5 mm slice to put
+    them back. For each instance whose median is at least `fluid_hu`: the voxels with no instance voxel
+    before or after them along that axis that are brighter than interior + `fraction` × (parenchyma −
+    interior) leave it (levels as in `trim_fluid_edges`), unless the lesion is less than `min_contrast_sd`
+    robust sds darker than the parenchyma (an HCC, whose mosaic interior is nearly as bright: its interior
+    level does not mark its edge), its periphery (the free liver within 2 mm) is enhancing, `bright_periphery_sd`
+    sds above the parenchyma on average (a haemangioma: its dark centre lies inside a band of bright
+    nodules), or it would lose more than half of its voxels.
+    Measured with `eval_lesion_rules.py score` on the 97 cached phantoms (seeds 0-11, 100-104, 200-209, ...,
+    700-709, 800-819; slices 1.5-2.5 mm, pixels 0.7 mm), after `trim_fluid_edges`: pooled lesion Dice 0.817 ->
+    0.823, mean per case 0.780 -> 0.791, better by more than 0.005 on 41 cases, worse on 8 (at most -0.037:
+    haemangiomas of 23 and 27 mm whose periphery was not bright enough to spare them), lesions found and false
+    positives unchanged. Without the periphery test: 0.822 / 0.791 (a 21 mm haemangioma 0.59 -> 0.49); without
+    the contrast test either: 0.816 / 0.787.
+
+    lesion: instance labels (cores) [z, y, x]; arr: HU; liver: bool mask; spacing_zyx: mm.
+    Returns a modified copy (same ids; only solid instances on thick-slice grids shrink).
+    """
+    spacing_zyx = np.asarray(spacing_zyx, dtype=float)
+    axis = int(np.argmax(spacing_zyx))
+    if spacing_zyx[axis] < thick_ratio * spacing_zyx.min():
+        return lesion
+    out = lesion.copy()
+    for _, sl, comp, values, free in _instances(lesion, arr, liver, spacing_zyx, ring_mm, fluid=False,
+                                                fluid_hu=fluid_hu):
+        levels = _edge_levels(comp, values, free, spacing_zyx, ring_mm, interior_mm)
+        if levels is None:
+            continue
+        level, spread, inside_level, _, outside_mm = levels
+        if level - inside_level < min_contrast_sd * spread:
+            continue
+        periphery = free & (outside_mm > 0) & (outside_mm <= 2.0)
+        if periphery.any() and float(np.mean(values[periphery])) > level + bright_periphery_sd * spread:
+            continue
+        before = np.zeros_like(comp)
+        after = np.zeros_like(comp)
+        inner = [slice(None)] * 3
+        outer = [slice(None)] * 3
+        inner[axis], outer[axis] = slice(1, None), slice(None, -1)
+        before[tuple(inner)] = comp[tuple(outer)]
+        after[tuple(outer)] = comp[tuple(inner)]
+        drop = comp & ~(before & after) & (values > inside_level + fraction * (level - inside_level))
+        if drop.sum() > 0.5 * comp.sum():
+            continue
+        out[sl][drop] = 0
+    return out
+
+
+def _instances(lesion: np.ndarray, arr: np.ndarray, liver: np.ndarray, spacing_zyx: np.ndarray, ring_mm, fluid: bool,
+               fluid_hu: float):
+    """For each instance that is fluid (median below `fluid_hu`) or, with fluid=False, solid: its id, its
+    box widened to hold the ring `ring_mm` round it, its mask, the intensities and the free liver there."""
+    pad = np.ceil(ring_mm[1] / spacing_zyx).astype(int) + 1
+    for i, sl in enumerate(ndimage.find_objects(lesion), start=1):
+        if sl is None:
+            continue
+        sl = geometry.widen(sl, pad, lesion.shape)
+        comp = lesion[sl] == i
+        values = arr[sl]
+        if (float(np.median(values[comp])) < fluid_hu) != fluid:
+            continue
+        yield i, sl, comp, values, liver[sl] & (lesion[sl] == 0)
+
+
+def _edge_levels(comp: np.ndarray, values: np.ndarray, free: np.ndarray, spacing_zyx: np.ndarray, ring_mm,
+                 interior_mm: float):
+    """(parenchyma level, its robust sd, interior level, interior mask, distance outside it in mm) of one
+    instance: the parenchyma from the free liver `ring_mm` outside it, the interior the median of its voxels
+    deeper than `interior_mm` (its deeper half when none is). None when the ring holds fewer than 10 voxels."""
+    outside_mm = geometry.depth_mm(~comp, spacing_zyx)
+    ring = free & (outside_mm > ring_mm[0]) & (outside_mm <= ring_mm[1])
+    if ring.sum() < 10:
+        return None
+    level, spread = parenchyma_statistics(values[ring])
+    depth = geometry.depth_mm(comp, spacing_zyx)
+    interior = comp & (depth > interior_mm)
+    if not interior.any():
+        interior = comp & (depth >= np.median(depth[comp]))
+    return level, spread, float(np.median(values[interior])), interior, outside_mm
 
 
 def _solid_instances(labels_arr: np.ndarray, arr: np.ndarray, liver: np.ndarray, pad, fluid_hu: float):

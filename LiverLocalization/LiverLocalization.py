@@ -93,7 +93,7 @@ class LiverLocalizationParameterNode:
     liverSegmentation - optional segmentation holding a liver mask (segment chosen in the GUI).
     denoiseMethod, medianRadiusMm (mm) - denoising (of the liver's bounding box + 10 mm; the input elsewhere). nClasses - EM classes (0: chosen by BIC).
     minLesionVolumeMm3 (mm^3) - smaller lesion candidates are dropped. lesionMarginMm (mm) - margin added around each solid
-    lesion's detected core, with its enhancing rim within 2.5 mm and a capsule up to 6 mm further out (0: the cores). couinaudMethod - planes, portal territories, vessel-guided borders (hepatic veins and portal branches) or auto (vessel-guided when the vessel tree is complete, else planes).
+    lesion's detected core, with its enhancing rim within 2.5 mm and a capsule up to 6 mm further out; cysts cut back to their half-contrast edge, partial-volume slice caps of dark solid cores cut (0: the cores). couinaudMethod - planes, portal territories, vessel-guided borders (hepatic veins and portal branches) or auto (vessel-guided when the vessel tree is complete, else planes).
     classify - run the lesion classifier. Outputs: segmentation, lesion table, denoised and Grad-CAM volumes.
     """
 

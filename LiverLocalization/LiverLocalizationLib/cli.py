@@ -108,7 +108,9 @@ def _add_run(sub) -> None:
                    help=f"smallest lesion kept, mm³ (default {defaults.min_lesion_volume_mm3:g})")
     p.add_argument("--lesion-margin-mm", type=float, default=defaults.lesion_margin_mm,
                    help="margin added around each solid lesion's detected core (partial-volume edge), with its enhancing "
-                        "rim within 2.5 mm and a capsule up to 6 mm further out; 0 reports the cores "
+                        "rim within 2.5 mm and a capsule up to 6 mm further out; cysts are cut back to their half-contrast "
+                        "edge and, on thick slices, dark solid cores lose their partial-volume top and bottom; 0 reports "
+                        "the cores "
                         f"(default {defaults.lesion_margin_mm:g})")
     p.add_argument("--couinaud-method", choices=COUINAUD_METHODS, default=defaults.couinaud_method,
                    help="Couinaud mapping: planes (landmark planes); territories (portal-territory refinement near "

@@ -12,8 +12,9 @@ mean-field MRF smoothing each voxel is parenchyma, hypodense or hyperdense.
   sharply bounded dark nodule deep in the liver: a small haemangioma's centre); each grows (hysteresis) into
   the adjacent voxels darker than the parenchyma by 0.3 of its contrast (`classify_voxels`): these are
   the lesion *cores*. A solid lesion's extent then adds its partial-volume margin and enhancing rim
-  (`extend_margins`), out to its capsule where one rings it further out (`grow_to_capsules`); a cyst's is
-  cut back to its half-contrast edge (`trim_fluid_edges`). Instances
+  (`extend_margins`), out to its capsule where one rings it further out (`grow_to_capsules`), after its
+  partial-volume caps on thick slices are cut when it is clearly dark (`trim_partial_volume_caps`); a cyst's
+  extent is its core cut back to its half-contrast edge (`trim_fluid_edges`). Instances
   are numbered 1..n by volume, largest first. Lesions that are only hyperdense are not reported: in the
   portal-venous phase they cannot be told from vessels by intensity.
 - Vessels: the remaining hyperdense voxels.
@@ -275,11 +276,8 @@ def trim_fluid_edges(lesion: np.ndarray, arr: np.ndarray, liver: np.ndarray, spa
     """
     spacing_zyx = np.asarray(spacing_zyx, dtype=float)
     out = lesion.copy()
-    for _, sl, comp, values, free in _instances(lesion, arr, liver, spacing_zyx, ring_mm, fluid=True,
-                                                fluid_hu=fluid_hu):
-        levels = _edge_levels(comp, values, free, spacing_zyx, ring_mm, interior_mm)
-        if levels is None:
-            continue
+    for sl, comp, values, _, levels in _instances_with_levels(lesion, arr, liver, spacing_zyx, ring_mm, interior_mm,
+                                                               fluid=True, fluid_hu=fluid_hu):
         level, _, inside_level, interior, _ = levels
         keep = geometry.fill_enclosed(comp & (values <= inside_level + fraction * (level - inside_level))) & comp
         pieces, _ = ndimage.label(keep)
@@ -324,11 +322,8 @@ def trim_partial_volume_caps(lesion: np.ndarray, arr: np.ndarray, liver: np.ndar
     if spacing_zyx[axis] < thick_ratio * spacing_zyx.min():
         return lesion
     out = lesion.copy()
-    for _, sl, comp, values, free in _instances(lesion, arr, liver, spacing_zyx, ring_mm, fluid=False,
-                                                fluid_hu=fluid_hu):
-        levels = _edge_levels(comp, values, free, spacing_zyx, ring_mm, interior_mm)
-        if levels is None:
-            continue
+    for sl, comp, values, free, levels in _instances_with_levels(lesion, arr, liver, spacing_zyx, ring_mm,
+                                                                  interior_mm, fluid=False, fluid_hu=fluid_hu):
         level, spread, inside_level, _, outside_mm = levels
         if level - inside_level < min_contrast_sd * spread:
             continue
@@ -349,10 +344,11 @@ def trim_partial_volume_caps(lesion: np.ndarray, arr: np.ndarray, liver: np.ndar
     return out
 
 
-def _instances(lesion: np.ndarray, arr: np.ndarray, liver: np.ndarray, spacing_zyx: np.ndarray, ring_mm, fluid: bool,
-               fluid_hu: float):
-    """For each instance that is fluid (median below `fluid_hu`) or, with fluid=False, solid: its id, its
-    box widened to hold the ring `ring_mm` round it, its mask, the intensities and the free liver there."""
+def _instances_with_levels(lesion: np.ndarray, arr: np.ndarray, liver: np.ndarray, spacing_zyx: np.ndarray, ring_mm,
+                           interior_mm: float, fluid: bool, fluid_hu: float):
+    """For each instance that is fluid (median below `fluid_hu`) or, with fluid=False, solid, and has parenchyma
+    round it: its box widened to hold the ring `ring_mm` round it, its mask, the intensities and the free liver
+    (no instance) there, and its levels (`_edge_levels`)."""
     pad = np.ceil(ring_mm[1] / spacing_zyx).astype(int) + 1
     for i, sl in enumerate(ndimage.find_objects(lesion), start=1):
         if sl is None:
@@ -362,7 +358,10 @@ def _instances(lesion: np.ndarray, arr: np.ndarray, liver: np.ndarray, spacing_z
         values = arr[sl]
         if (float(np.median(values[comp])) < fluid_hu) != fluid:
             continue
-        yield i, sl, comp, values, liver[sl] & (lesion[sl] == 0)
+        free = liver[sl] & (lesion[sl] == 0)
+        levels = _edge_levels(comp, values, free, spacing_zyx, ring_mm, interior_mm)
+        if levels is not None:
+            yield sl, comp, values, free, levels
 
 
 def _edge_levels(comp: np.ndarray, values: np.ndarray, free: np.ndarray, spacing_zyx: np.ndarray, ring_mm,

@@ -359,8 +359,9 @@ class TissueResult:
     liver_mask: uint8 0/1; tissue: uint8 (0 background, 1 parenchyma, 2 lesion, 3 vessel);
     lesion_labels: uint16 instances 1..n ordered by volume (largest first), each lesion's full extent;
     lesion_cores: the same instances (same ids) as detected, before `lesions.extend_margins` gave each its
-    extent (the masks the lesion classifier was trained on): a solid lesion's core lies inside its extent, a
-    cyst's may reach past it (cut back to its half-contrast edge); vessel_mask: uint8 0/1;
+    extent (the masks the lesion classifier was trained on); a core may reach past its extent where an edge
+    rule cut it back (a cyst to its half-contrast edge, a dark solid core's partial-volume caps on thick
+    slices); vessel_mask: uint8 0/1;
     model: the intensity mixture fitted inside the liver; timings: seconds per sub-stage.
     """
 

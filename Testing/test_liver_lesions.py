@@ -482,6 +482,29 @@ def test_partial_volume_caps_of_a_dark_solid_lesion_on_thick_slices_are_cut():
         assert np.array_equal(lesions.trim_partial_volume_caps(core_k, arr_k, liver, thick), core_k), kwargs
 
 
+def test_a_faint_lesion_takes_its_mildly_bright_rim_and_a_clearly_dark_one_does_not():
+    """Two solid lesions (core radius 6 mm) ringed by the same mildly bright rim (6-8 mm, 0.5 sd above the
+    parenchyma): a faint one (2 sds dark, as an HCC) takes the rim into its extent; a clearly dark one (10 sds)
+    keeps the plain 1.5 mm margin, as the faint one does with `faint_rim_sd=None`."""
+    rng = np.random.default_rng(11)
+    shape = (32, 32, 64)
+    zz, yy, xx = np.indices(shape)
+    r_faint = np.sqrt((zz - 16) ** 2 + (yy - 16) ** 2 + (xx - 16) ** 2)
+    r_dark = np.sqrt((zz - 16) ** 2 + (yy - 16) ** 2 + (xx - 48) ** 2)
+    clean = np.full(shape, 100.0)
+    clean[(r_faint < 8) | (r_dark < 8)] = 100.5
+    clean[r_faint < 6] = 98.0
+    clean[r_dark < 6] = 90.0
+    arr = (clean + rng.normal(0, 0.15, shape)).astype(np.float32)  # robust sd: its 1 HU floor
+    start = np.where(r_faint < 6, 1, np.where(r_dark < 6, 2, 0)).astype(np.uint16)
+    liver, none = np.ones(shape, bool), np.zeros(shape, bool)
+    grown = lesions.extend_margins(start, arr, liver, none, (1.0, 1.0, 1.0), capsule_mm=0)
+    assert metrics.dice(grown == 1, r_faint < 8) >= 0.9
+    assert not (grown == 2)[r_dark > 7.6].any()
+    plain = lesions.extend_margins(start, arr, liver, none, (1.0, 1.0, 1.0), capsule_mm=0, faint_rim_sd=None)
+    assert not (plain == 1)[r_faint > 7.6].any()
+
+
 def test_a_lesion_extent_grows_out_to_its_capsule_but_not_into_plain_or_brighter_liver():
     """An HCC: dark core (radius 5 mm, 85 HU), a mosaic zone nearly as bright as the parenchyma (5-9 mm, 97 HU)
     and an enhancing capsule (9-11 mm, 118 HU) in parenchyma (100 HU), detected as its core. Its extent

@@ -31,6 +31,7 @@ from .errors import InputError
 
 FAT_MEAN_HU = -30.0
 FLUID_HU = 30.0  # fluid (cysts, bile, water) lies below this, solid tissue above
+CLEAR_CONTRAST_SD = 3.0  # a solid lesion at least this many parenchyma sds darker inside has a clear dark interior
 
 
 def parenchyma_statistics(values: np.ndarray) -> tuple[float, float]:
@@ -195,7 +196,8 @@ def extend_margins(lesion: np.ndarray, arr: np.ndarray, liver: np.ndarray, vesse
                    margin_mm: float = 1.5, rim_mm: float = 2.5, rim_sd: float = 1.0,
                    ring_mm: tuple[float, float] = (4.0, 6.0), fluid_hu: float = FLUID_HU,
                    capsule_mm: float = 6.0, fluid_edge: float | None = 0.5,
-                   cap_edge: float | None = 0.5) -> np.ndarray:
+                   cap_edge: float | None = 0.5, faint_rim_sd: float | None = 0.2,
+                   interior_mm: float = 1.5) -> np.ndarray:
     """Each lesion's extent: a solid lesion's detected core plus the partial-volume margin and the enhancing
     rim; a cyst's core cut back to its half-contrast edge (`trim_fluid_edges`), a dark solid core's
     partial-volume caps on thick slices cut likewise (`trim_partial_volume_caps`).
@@ -216,6 +218,13 @@ def extend_margins(lesion: np.ndarray, arr: np.ndarray, liver: np.ndarray, vesse
     2 mm 0.699 / 0.847 (metastases then overshoot: 0.770 -> 0.735 on seeds 0-11), growing only through
     darker voxels 0.594 / 0.804.
 
+    A solid lesion whose interior (its voxels deeper than `interior_mm`) is less than `CLEAR_CONTRAST_SD` sds
+    darker than the parenchyma (an HCC: its mosaic interior is nearly as bright, its edge is a capsule only
+    mildly brighter) takes the rim voxels from `faint_rim_sd` sds up instead (None: `rim_sd` for all). On the
+    97 cached phantoms (`eval_lesion_rules.py score`, after the two edge rules below): pooled lesion Dice
+    0.823 -> 0.826, mean per case 0.791 -> 0.794 (better by more than 0.005 on 22 cases, worse on 8, at most
+    -0.029); 0.5 sds gave 0.825 / 0.793. Scored once afterwards on seeds 900-959: 0.843 -> 0.846 pooled,
+    0.771 -> 0.774 per case. Lesions found and false positives unchanged.
     Then a capsule further out (`capsule_mm` > 0: `grow_to_capsules`) brings the extent out to it.
     Instances whose median is below `fluid_hu` are cut back to the level `fluid_edge` of the way from their
     interior to the parenchyma (`trim_fluid_edges`; None keeps the hysteresis border); before the margin is
@@ -244,8 +253,13 @@ def extend_margins(lesion: np.ndarray, arr: np.ndarray, liver: np.ndarray, vesse
         if ring.sum() < 10:  # no parenchyma to compare with (a lesion filling its part of the liver)
             continue
         level, spread = parenchyma_statistics(values[ring])
+        bright_sd = rim_sd
+        if faint_rim_sd is not None:
+            interior = float(np.median(values[_interior_mask(comp, spacing_zyx, interior_mm)]))
+            if level - interior < CLEAR_CONTRAST_SD * spread:
+                bright_sd = faint_rim_sd
         add = free & (dist <= margin_mm)
-        add |= free & (dist <= rim_mm) & (values > level + rim_sd * spread) & ~vessel[sl]
+        add |= free & (dist <= rim_mm) & (values > level + bright_sd * spread) & ~vessel[sl]
         _join_connected(out[sl], comp, add, i)
     if capsule_mm > 0:
         out = grow_to_capsules(out, arr, liver, vessel, spacing_zyx, reach_mm=capsule_mm, fluid_hu=fluid_hu)
@@ -290,7 +304,8 @@ def trim_fluid_edges(lesion: np.ndarray, arr: np.ndarray, liver: np.ndarray, spa
 
 
 def trim_partial_volume_caps(lesion: np.ndarray, arr: np.ndarray, liver: np.ndarray, spacing_zyx,
-                             fraction: float = 0.5, min_contrast_sd: float = 3.0, bright_periphery_sd: float = 0.5,
+                             fraction: float = 0.5, min_contrast_sd: float = CLEAR_CONTRAST_SD,
+                             bright_periphery_sd: float = 0.5,
                              thick_ratio: float = 1.5, ring_mm: tuple[float, float] = (4.0, 6.0),
                              interior_mm: float = 1.5, fluid_hu: float = FLUID_HU) -> np.ndarray:
     """Cut the partial-volume caps off each clearly dark solid lesion on a grid of thick slices.
@@ -374,11 +389,17 @@ def _edge_levels(comp: np.ndarray, values: np.ndarray, free: np.ndarray, spacing
     if ring.sum() < 10:
         return None
     level, spread = parenchyma_statistics(values[ring])
+    interior = _interior_mask(comp, spacing_zyx, interior_mm)
+    return level, spread, float(np.median(values[interior])), interior, outside_mm
+
+
+def _interior_mask(comp: np.ndarray, spacing_zyx, interior_mm: float) -> np.ndarray:
+    """The voxels of `comp` deeper than `interior_mm` (mm), or its deeper half when none is."""
     depth = geometry.depth_mm(comp, spacing_zyx)
     interior = comp & (depth > interior_mm)
     if not interior.any():
         interior = comp & (depth >= np.median(depth[comp]))
-    return level, spread, float(np.median(values[interior])), interior, outside_mm
+    return interior
 
 
 def _solid_instances(labels_arr: np.ndarray, arr: np.ndarray, liver: np.ndarray, pad, fluid_hu: float):

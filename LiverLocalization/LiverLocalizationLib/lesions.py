@@ -248,16 +248,12 @@ def extend_margins(lesion: np.ndarray, arr: np.ndarray, liver: np.ndarray, vesse
     pad = np.ceil(reach / spacing_zyx).astype(int) + 1
     out = lesion.copy()
     for i, sl, comp, values, free in _solid_instances(out, arr, liver, pad, fluid_hu):
-        dist = ndimage.distance_transform_edt(~comp, sampling=spacing_zyx)
-        ring = free & (dist > ring_mm[0]) & (dist <= ring_mm[1])
-        if ring.sum() < 10:  # no parenchyma to compare with (a lesion filling its part of the liver)
+        levels = _edge_levels(comp, values, free, spacing_zyx, ring_mm, interior_mm)
+        if levels is None:  # no parenchyma to compare with (a lesion filling its part of the liver)
             continue
-        level, spread = parenchyma_statistics(values[ring])
-        bright_sd = rim_sd
-        if faint_rim_sd is not None:
-            interior = float(np.median(values[_interior_mask(comp, spacing_zyx, interior_mm)]))
-            if level - interior < CLEAR_CONTRAST_SD * spread:
-                bright_sd = faint_rim_sd
+        level, spread, interior, _, dist = levels
+        faint = faint_rim_sd is not None and level - interior < CLEAR_CONTRAST_SD * spread
+        bright_sd = faint_rim_sd if faint else rim_sd
         add = free & (dist <= margin_mm)
         add |= free & (dist <= rim_mm) & (values > level + bright_sd * spread) & ~vessel[sl]
         _join_connected(out[sl], comp, add, i)

@@ -247,7 +247,7 @@ def extend_margins(lesion: np.ndarray, arr: np.ndarray, liver: np.ndarray, vesse
     reach = max(rim_mm, ring_mm[1])
     pad = np.ceil(reach / spacing_zyx).astype(int) + 1
     out = lesion.copy()
-    for i, sl, comp, values, free in _solid_instances(out, arr, liver, pad, fluid_hu):
+    for i, sl, comp, values, free in _instances(out, arr, liver, pad, fluid_hu):
         levels = _edge_levels(comp, values, free, spacing_zyx, ring_mm, interior_mm)
         if levels is None:  # no parenchyma to compare with (a lesion filling its part of the liver)
             continue
@@ -361,15 +361,7 @@ def _instances_with_levels(lesion: np.ndarray, arr: np.ndarray, liver: np.ndarra
     round it: its box widened to hold the ring `ring_mm` round it, its mask, the intensities and the free liver
     (no instance) there, and its levels (`_edge_levels`)."""
     pad = np.ceil(ring_mm[1] / spacing_zyx).astype(int) + 1
-    for i, sl in enumerate(ndimage.find_objects(lesion), start=1):
-        if sl is None:
-            continue
-        sl = geometry.widen(sl, pad, lesion.shape)
-        comp = lesion[sl] == i
-        values = arr[sl]
-        if (float(np.median(values[comp])) < fluid_hu) != fluid:
-            continue
-        free = liver[sl] & (lesion[sl] == 0)
+    for _, sl, comp, values, free in _instances(lesion, arr, liver, pad, fluid_hu, fluid=fluid):
         levels = _edge_levels(comp, values, free, spacing_zyx, ring_mm, interior_mm)
         if levels is not None:
             yield sl, comp, values, free, levels
@@ -398,17 +390,18 @@ def _interior_mask(comp: np.ndarray, spacing_zyx, interior_mm: float) -> np.ndar
     return interior
 
 
-def _solid_instances(labels_arr: np.ndarray, arr: np.ndarray, liver: np.ndarray, pad, fluid_hu: float):
-    """For each instance of `labels_arr` whose median intensity is at least `fluid_hu` (not a cyst): its id, its
-    bounding box widened by `pad` voxels, its mask, the intensities and the free liver (no instance) there.
-    `labels_arr` may be extended in place between the steps: each instance is read when its turn comes."""
+def _instances(labels_arr: np.ndarray, arr: np.ndarray, liver: np.ndarray, pad, fluid_hu: float, fluid: bool = False):
+    """For each instance of `labels_arr` whose median intensity is at least `fluid_hu` (solid; with fluid=True:
+    below it, a cyst): its id, its bounding box widened by `pad` voxels, its mask, the intensities and the free
+    liver (no instance) there. `labels_arr` may be extended in place between the steps: each instance is read
+    when its turn comes."""
     for i, sl in enumerate(ndimage.find_objects(labels_arr.copy()), start=1):
         if sl is None:
             continue
         sl = geometry.widen(sl, pad, labels_arr.shape)
         comp = labels_arr[sl] == i
         values = arr[sl]
-        if float(np.median(values[comp])) < fluid_hu:
+        if (float(np.median(values[comp])) < fluid_hu) != fluid:
             continue
         yield i, sl, comp, values, liver[sl] & (labels_arr[sl] == 0)
 
@@ -454,7 +447,7 @@ def grow_to_capsules(lesion: np.ndarray, arr: np.ndarray, liver: np.ndarray, ves
     n_shells = int(np.ceil(reach_mm)) + 4  # 1 mm shells: the search reach and 3 mm beyond it
     pad = np.ceil(max(level_mm[1], n_shells) / spacing_zyx).astype(int) + 1
     out = lesion.copy()
-    for i, sl, comp, values, free in _solid_instances(out, arr, liver, pad, fluid_hu):
+    for i, sl, comp, values, free in _instances(out, arr, liver, pad, fluid_hu):
         tissue = free & ~vessel[sl]
         dist = geometry.depth_mm(~comp, spacing_zyx)
         ring = tissue & (dist > level_mm[0]) & (dist <= level_mm[1])

@@ -819,6 +819,30 @@ def test_a_dark_ball_without_capsule_is_found_and_a_crescent_round_a_vessel_is_n
     assert not (lesions.capsule_lesions(shallow, liver, vessel, none, spacing, mu, sd) & nodule).any()
 
 
+def test_a_faint_dark_ball_needs_less_contrast_when_it_is_large():
+    """`capsule_cores`' dark-ball test asks 1.5 sd of contrast of a candidate, but only 1.2 sd (and 0.8 instead of
+    0.85 of the directions) of one whose equivalent radius is at least `large_ball_mm`: noise makes small dark
+    balls, not large ones. Two noise-free balls 1.4 sd darker than the parenchyma, of 8 and 5 mm radius: only the
+    large one is found; without the large-ball tier (`large_ball_mm=None`) neither is; 1.7 sd dark, both are."""
+    shape, spacing = (40, 140, 220), np.array([2.0, 0.7, 0.7])
+    zz, yy, xx = np.indices(shape)
+    large = np.sqrt(((zz - 20) * 2.0) ** 2 + ((yy - 70) * 0.7) ** 2 + ((xx - 60) * 0.7) ** 2) <= 8.0
+    small = np.sqrt(((zz - 20) * 2.0) ** 2 + ((yy - 70) * 0.7) ** 2 + ((xx - 160) * 0.7) ** 2) <= 5.0
+    liver, vessel, none = np.ones(shape, bool), np.zeros(shape, bool), np.zeros(shape, np.uint16)
+    mu, sd = 100.0, 10.0
+
+    def found(contrast_sd, **kwargs):
+        arr = np.full(shape, mu, np.float32)
+        arr[large | small] -= contrast_sd * sd
+        return lesions.capsule_lesions(arr, liver, vessel, none, spacing, mu, sd, **kwargs)
+
+    faint = found(1.4)
+    assert (faint & large).sum() >= 0.95 * large.sum() and not (faint & small).any()
+    assert not found(1.4, large_ball_mm=None).any()
+    clear = found(1.7)
+    assert (clear & large).sum() >= 0.95 * large.sum() and (clear & small).sum() >= 0.95 * small.sum()
+
+
 def test_drop_shells_drops_a_sheet_but_keeps_a_porous_tumour_core():
     """A curved sheet 2 mm thick (the fat cap round a kidney pole) is dropped; a 12 mm-radius ball riddled with
     1-voxel pores (the core of a mosaic HCC, whose brighter patches are not hypodense) is kept, although its own

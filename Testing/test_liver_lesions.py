@@ -270,8 +270,33 @@ def test_a_cyst_bulging_from_the_liver_surface_is_kept():
     found, _ = lesions.classify_voxels(arr, None, liver, model, (1.0, 1.0, 1.0))
     assert found.max() == 1
     assert metrics.dice(found > 0, cyst) >= 0.85
-    dropped, _ = lesions.classify_voxels(arr, None, liver, model, (1.0, 1.0, 1.0), min_ball=2.0)
+    # asked to be a ball it cannot be, neither as a lesion nor as a cyst, it is dropped
+    dropped, _ = lesions.classify_voxels(arr, None, liver, model, (1.0, 1.0, 1.0), min_ball=2.0, cyst_min_ball=2.0)
     assert dropped.max() == 0
+
+
+def test_a_flattened_cyst_cut_by_the_liver_surface_is_kept():
+    """A cyst flattened towards the liver's face (semi-axes 12, 12 and 8 mm, its centre 4 mm inside the face at
+    x = 2, fat beyond; blurred by 0.8 mm): the face cuts it, so its inscribed radius is only 0.61 of its
+    equivalent radius, no ball by `min_ball` (0.75), and its seam on the fat puts much of its shell outside. It is
+    fluid and embedded in the parenchyma: a cyst by `cyst_min_ball` (0.6; phantoms 809 and 813 lost two such
+    cysts of 18 and 25 mm). Asked to be a ball by 0.75, it is dropped."""
+    rng = np.random.default_rng(1)
+    shape = (60, 80, 80)
+    clean = np.full(shape, 105.0, np.float32)
+    clean[:, :, :2] = -100.0
+    liver = np.zeros(shape, bool)
+    liver[2:-2, 2:-2, 2:-2] = True
+    zz, yy, xx = np.indices(shape)
+    cyst = (((zz - 30) / 12.0) ** 2 + ((yy - 40) / 12.0) ** 2 + ((xx - 6) / 8.0) ** 2 <= 1) & liver
+    clean[cyst] = 10.0
+    arr = (ndimage.gaussian_filter(clean, 0.8) + rng.normal(0, 5, shape)).astype(np.float32)
+    assert lesions._inscribed_radius_mm(cyst, (1, 1, 1)) < 0.65 * lesions._equivalent_radius_mm(int(cyst.sum()), 1.0)
+    model, _ = lesions.liver_mixture(arr[liver])
+    found, _ = lesions.classify_voxels(arr, None, liver, model, (1.0, 1.0, 1.0))
+    assert found.max() == 1 and metrics.dice(found > 0, cyst) >= 0.85
+    strict, _ = lesions.classify_voxels(arr, None, liver, model, (1.0, 1.0, 1.0), cyst_min_ball=0.75)
+    assert strict.max() == 0
 
 
 def test_fragments_of_one_lesion_become_one_instance():
@@ -703,10 +728,19 @@ def _capsule_block(seed: int = 3):
 
 
 def test_a_hypodense_nodule_with_an_enhancing_capsule_is_found_and_a_plain_dip_is_not():
+    """The capsule rule alone (the dark-ball test off: `ball_contrast_sd=None`) finds the nodule with the
+    capsule, not the dip of the same depth without one. With the dark-ball test on, the dip, a 10 mm-radius
+    ball 1.3 sd darker than the parenchyma, is a large faint dark ball (`large_ball_mm`) and is found too;
+    without that tier it is not."""
     arr, liver, hcc, plain, spacing = _capsule_block()
     none = np.zeros(arr.shape, bool)
     mu, sd = lesions.parenchyma_statistics(arr[liver])
-    found = lesions.capsule_lesions(arr, liver, none, np.zeros(arr.shape, np.uint16), spacing, mu, sd)
+
+    def capsule_only(values, known=None):
+        known = np.zeros(arr.shape, np.uint16) if known is None else known
+        return lesions.capsule_lesions(values, liver, none, known, spacing, mu, sd, ball_contrast_sd=None)
+
+    found = capsule_only(arr)
     labelled, n = ndimage.label(found)
     assert n == 1, f"expected the capsule nodule only, found {n} regions"
     assert (found & hcc).sum() / found.sum() >= 0.95  # nothing outside the nodule
@@ -715,17 +749,26 @@ def test_a_hypodense_nodule_with_an_enhancing_capsule_is_found_and_a_plain_dip_i
     # the same block without capsules: nothing (the dark interior alone is not enough)
     arr_plain = arr.copy()
     arr_plain[hcc & (arr > 115)] = 93.0
-    assert not lesions.capsule_lesions(arr_plain, liver, none, np.zeros(arr.shape, np.uint16), spacing, mu, sd).any()
+    assert not capsule_only(arr_plain).any()
     # a nodule already found is left alone
-    known = hcc.astype(np.uint16)
-    assert not lesions.capsule_lesions(arr, liver, none, known, spacing, mu, sd).any()
+    assert not capsule_only(arr, hcc.astype(np.uint16)).any()
+    # the dark-ball test takes the dip as a large faint ball, and only with that tier
+    both = lesions.capsule_lesions(arr, liver, none, np.zeros(arr.shape, np.uint16), spacing, mu, sd)
+    assert (both & plain).sum() >= 0.5 * plain.sum() and (both & hcc).sum() >= 0.3 * hcc.sum()
+    small_only = lesions.capsule_lesions(arr, liver, none, np.zeros(arr.shape, np.uint16), spacing, mu, sd,
+                                         large_ball_mm=None)
+    assert not (small_only & plain).any()
 
 
 def test_classify_voxels_adds_capsule_nodules_as_instances_unless_disabled_or_on_coarse_grids():
-    arr, liver, hcc, _, spacing = _capsule_block()
+    """The capsule nodule and the dip (a large faint dark ball) of `_capsule_block` become one instance each."""
+    arr, liver, hcc, plain, spacing = _capsule_block()
     model, _ = lesions.liver_mixture(arr[liver])
     found, _ = lesions.classify_voxels(arr, None, liver, model, tuple(spacing[::-1]))
-    assert found.max() == 1 and metrics.dice(found > 0, hcc) >= 0.4
+    assert found.max() == 2
+    on_hcc, on_plain = np.unique(found[hcc & (found > 0)]), np.unique(found[plain & (found > 0)])
+    assert len(on_hcc) == 1 and len(on_plain) == 1 and on_hcc[0] != on_plain[0]
+    assert metrics.dice(found == on_hcc[0], hcc) >= 0.4
     without, _ = lesions.classify_voxels(arr, None, liver, model, tuple(spacing[::-1]), capsules=False)
     assert without.max() == 0
     # the search was validated on fine pixels: on a grid coarser than capsule_max_spacing_mm it is skipped

@@ -513,7 +513,8 @@ def test_partial_volume_caps_of_a_dark_solid_lesion_on_thick_slices_are_cut():
 def test_a_faint_lesion_takes_its_mildly_bright_rim_and_a_clearly_dark_one_does_not():
     """Two solid lesions (core radius 6 mm) ringed by the same mildly bright rim (6-8 mm, 0.5 sd above the
     parenchyma): a faint one (2 sds dark, as an HCC) takes the rim into its extent; a clearly dark one (10 sds)
-    keeps the plain 1.5 mm margin, as the faint one does with `faint_rim_sd=None`."""
+    keeps the plain 1.5 mm margin, as the faint one does with `faint_rim_sd=None` or on voxels coarser in-plane
+    than `faint_rim_max_spacing_mm`."""
     rng = np.random.default_rng(11)
     shape = (32, 32, 64)
     zz, yy, xx = np.indices(shape)
@@ -531,6 +532,10 @@ def test_a_faint_lesion_takes_its_mildly_bright_rim_and_a_clearly_dark_one_does_
     assert not (grown == 2)[r_dark > 7.6].any()
     plain = lesions.extend_margins(start, arr, liver, none, (1.0, 1.0, 1.0), capsule_mm=0, faint_rim_sd=None)
     assert not (plain == 1)[r_faint > 7.6].any()
+    # on voxels coarser in-plane than faint_rim_max_spacing_mm the faint rim is not taken either
+    coarse = lesions.extend_margins(start, arr, liver, none, (1.0, 1.0, 1.0), capsule_mm=0,
+                                    faint_rim_max_spacing_mm=0.5)
+    assert np.array_equal(coarse, plain)
 
 
 def test_a_lesion_extent_grows_out_to_its_capsule_but_not_into_plain_or_brighter_liver():

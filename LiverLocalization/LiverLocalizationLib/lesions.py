@@ -263,13 +263,10 @@ def extend_margins(lesion: np.ndarray, arr: np.ndarray, liver: np.ndarray, vesse
     spacing_zyx = np.asarray(spacing_zyx, dtype=float)
     faint_rims = faint_rim_sd is not None and float(min(spacing_zyx[1:])) <= faint_rim_max_spacing_mm
     rim_mm = max(rim_mm, margin_mm)
-    reach = max(rim_mm, ring_mm[1])
-    pad = np.ceil(reach / spacing_zyx).astype(int) + 1
     out = lesion.copy()
-    for i, sl, comp, values, free in _instances(out, arr, liver, pad, fluid_hu):
-        levels = _edge_levels(comp, values, free, spacing_zyx, ring_mm, interior_mm)
-        if levels is None:  # no parenchyma to compare with (a lesion filling its part of the liver)
-            continue
+    # a lesion without parenchyma round it to compare with (filling its part of the liver) keeps its core
+    for i, sl, comp, values, free, levels in _instances_with_levels(out, arr, liver, spacing_zyx, ring_mm, interior_mm,
+                                                                     fluid=False, fluid_hu=fluid_hu, reach_mm=rim_mm):
         level, spread, interior, _, dist = levels
         faint = faint_rims and level - interior < CLEAR_CONTRAST_SD * spread
         bright_sd = faint_rim_sd if faint else rim_sd
@@ -305,8 +302,8 @@ def trim_fluid_edges(lesion: np.ndarray, arr: np.ndarray, liver: np.ndarray, spa
     """
     spacing_zyx = np.asarray(spacing_zyx, dtype=float)
     out = lesion.copy()
-    for sl, comp, values, _, levels in _instances_with_levels(lesion, arr, liver, spacing_zyx, ring_mm, interior_mm,
-                                                               fluid=True, fluid_hu=fluid_hu):
+    for _, sl, comp, values, _, levels in _instances_with_levels(lesion, arr, liver, spacing_zyx, ring_mm,
+                                                                  interior_mm, fluid=True, fluid_hu=fluid_hu):
         level, _, inside_level, interior, _ = levels
         keep = geometry.fill_enclosed(comp & (values <= inside_level + fraction * (level - inside_level))) & comp
         pieces, _ = ndimage.label(keep)
@@ -352,22 +349,19 @@ def trim_partial_volume_caps(lesion: np.ndarray, arr: np.ndarray, liver: np.ndar
     if spacing_zyx[axis] < thick_ratio * spacing_zyx.min():
         return lesion
     out = lesion.copy()
-    for sl, comp, values, free, levels in _instances_with_levels(lesion, arr, liver, spacing_zyx, ring_mm,
-                                                                  interior_mm, fluid=False, fluid_hu=fluid_hu):
+    along_axis = np.zeros((3, 3, 3), bool)
+    along_axis[tuple(slice(None) if a == axis else 1 for a in range(3))] = True
+    for _, sl, comp, values, free, levels in _instances_with_levels(lesion, arr, liver, spacing_zyx, ring_mm,
+                                                                     interior_mm, fluid=False, fluid_hu=fluid_hu):
         level, spread, inside_level, _, outside_mm = levels
         if level - inside_level < min_contrast_sd * spread:
             continue
         periphery = free & (outside_mm > 0) & (outside_mm <= 2.0)
         if periphery.any() and float(np.mean(values[periphery])) > level + bright_periphery_sd * spread:
             continue
-        before = np.zeros_like(comp)
-        after = np.zeros_like(comp)
-        inner = [slice(None)] * 3
-        outer = [slice(None)] * 3
-        inner[axis], outer[axis] = slice(1, None), slice(None, -1)
-        before[tuple(inner)] = comp[tuple(outer)]
-        after[tuple(outer)] = comp[tuple(inner)]
-        drop = comp & ~(before & after) & (values > inside_level + fraction * (level - inside_level))
+        # the cap voxels: those of the core without a core voxel on both sides along the thick axis
+        caps = comp & ~ndimage.binary_erosion(comp, structure=along_axis)
+        drop = caps & (values > inside_level + fraction * (level - inside_level))
         if drop.sum() > 0.5 * comp.sum():
             continue
         out[sl][drop] = 0
@@ -375,15 +369,16 @@ def trim_partial_volume_caps(lesion: np.ndarray, arr: np.ndarray, liver: np.ndar
 
 
 def _instances_with_levels(lesion: np.ndarray, arr: np.ndarray, liver: np.ndarray, spacing_zyx: np.ndarray, ring_mm,
-                           interior_mm: float, fluid: bool, fluid_hu: float):
+                           interior_mm: float, fluid: bool, fluid_hu: float, reach_mm: float = 0.0):
     """For each instance that is fluid (median below `fluid_hu`) or, with fluid=False, solid, and has parenchyma
-    round it: its box widened to hold the ring `ring_mm` round it, its mask, the intensities and the free liver
-    (no instance) there, and its levels (`_edge_levels`)."""
-    pad = np.ceil(ring_mm[1] / spacing_zyx).astype(int) + 1
-    for _, sl, comp, values, free in _instances(lesion, arr, liver, pad, fluid_hu, fluid=fluid):
+    round it: its id, its box widened to hold the ring `ring_mm` round it (and `reach_mm`), its mask, the
+    intensities and the free liver (no instance) there, and its levels (`_edge_levels`). As `_instances`, the
+    instances may be extended in place between the steps."""
+    pad = np.ceil(max(reach_mm, ring_mm[1]) / spacing_zyx).astype(int) + 1
+    for i, sl, comp, values, free in _instances(lesion, arr, liver, pad, fluid_hu, fluid=fluid):
         levels = _edge_levels(comp, values, free, spacing_zyx, ring_mm, interior_mm)
         if levels is not None:
-            yield sl, comp, values, free, levels
+            yield i, sl, comp, values, free, levels
 
 
 def _edge_levels(comp: np.ndarray, values: np.ndarray, free: np.ndarray, spacing_zyx: np.ndarray, ring_mm,

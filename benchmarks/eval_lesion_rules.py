@@ -30,7 +30,7 @@ import SimpleITK as sitk
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "LiverLocalization"))
 
-from LiverLocalizationLib import io, lesions, metrics, pipeline  # noqa: E402
+from LiverLocalizationLib import geometry, io, lesions, metrics, pipeline  # noqa: E402
 
 
 def cache_seed(seed: int, folder: Path) -> None:
@@ -51,14 +51,16 @@ def cache_seed(seed: int, folder: Path) -> None:
         _, res, _ = pipeline.tissue_stage(io.validate_ct(ph.ct), ph.landmarks, None, pipeline.PipelineOptions())
     finally:
         lesions.classify_voxels = original
-    # the crop the tissue stage worked on: the liver mask's box with its 2-voxel margin
-    mask = sitk.GetArrayViewFromImage(res.liver_mask) > 0
+    # the crop the tissue stage worked on (on the CT stored in canonical order): the liver mask's box with its
+    # 2-voxel margin
+    order = geometry.storage_order(ph.ct)
+    mask = sitk.GetArrayViewFromImage(geometry.to_canonical_storage(res.liver_mask, order)) > 0
     shape = seen["liver"].shape
     box = [max(0, int(np.nonzero(mask.any(axis=tuple(a for a in range(3) if a != ax)))[0][0]) - 2) for ax in range(3)]
     crop = tuple(slice(b, b + s) for b, s in zip(box, shape, strict=True))
     if not np.array_equal(mask[crop], seen["liver"]):
         raise RuntimeError(f"seed {seed}: could not place the tissue stage's crop in the volume")
-    truth = sitk.GetArrayViewFromImage(ph.truth_lesions)[crop]
+    truth = sitk.GetArrayViewFromImage(geometry.to_canonical_storage(ph.truth_lesions, order))[crop]
     table = [{"id": row["id"], "kind": row["kind"], "diameter_mm": row["diameter_mm"]} for row in ph.lesions]
     np.savez_compressed(folder / f"seed{seed}.npz", truth=np.array(truth), table=json.dumps(table), **seen)
 

@@ -5,6 +5,9 @@ The library's world coordinates are LPS millimetres (ITK/SimpleITK); RAS only at
 
 from __future__ import annotations
 
+import itertools
+from dataclasses import dataclass
+
 import numpy as np
 import SimpleITK as sitk
 
@@ -200,3 +203,76 @@ def resample_to_spacing(image: sitk.Image, spacing_mm, interpolator=sitk.sitkLin
         image, [int(s) for s in new_size], sitk.Transform(), interpolator, tuple(origin),
         tuple(float(s) for s in spacing_mm), image.GetDirection(), default_value, image.GetPixelID(),
     )
+
+
+@dataclass(frozen=True)
+class StorageOrder:
+    """How an image's index axes map onto the canonical storage order (index axes as near L, P, S as they come).
+
+    axes[j]: the image's index axis (0 = i, 1 = j, 2 = k) that becomes canonical axis j; flipped[a]: whether
+    image axis a runs against the physical axis it is nearest to. `identity` when the image is already stored
+    in canonical order (an LPS-ordered DICOM series: nothing to do).
+    """
+
+    axes: tuple[int, int, int]
+    flipped: tuple[bool, bool, bool]
+
+    @property
+    def identity(self) -> bool:
+        return self.axes == (0, 1, 2) and not any(self.flipped)
+
+
+def storage_order(image: sitk.Image) -> StorageOrder:
+    """The permutation and flips that put `image`'s index axes in canonical order (see `StorageOrder`).
+
+    Each index axis goes to the physical (LPS) axis it is nearest to, the assignment that maximises the summed
+    |cosines| (ties go to the first permutation, so the choice is deterministic for 45° obliques too).
+    """
+    d = direction_matrix(image)
+    best = max(itertools.permutations(range(3)), key=lambda p: sum(abs(d[p[a], a]) for a in range(3)))
+    axes = tuple(best.index(j) for j in range(3))
+    flipped = tuple(bool(d[best[a], a] < 0) for a in range(3))
+    return StorageOrder(axes, flipped)  # type: ignore[arg-type]
+
+
+def to_canonical_storage(image: sitk.Image, order: StorageOrder | None = None) -> sitk.Image:
+    """The same voxels stored in canonical order: index axes as near L, P, S as they come, increasing.
+
+    Every voxel keeps its physical position and value (a permutation and reversal of the array, with spacing,
+    origin and direction to match). Algorithms whose result depends on the storage order (block averages that
+    drop the remainder at the end of an axis, ties broken in scan order) then give the same voxels whether a
+    scan is stored LPS (DICOM), RAS (many NIfTI files) or in any other axis order. `from_canonical_storage`
+    maps results back exactly.
+    """
+    order = order or storage_order(image)
+    if order.identity:
+        return image
+    arr = sitk.GetArrayViewFromImage(image).T  # index order i, j, k
+    flip_axes = tuple(a for a in range(3) if order.flipped[a])
+    if flip_axes:
+        arr = np.flip(arr, axis=flip_axes)
+    canonical = np.ascontiguousarray(arr.transpose(order.axes).T)
+    out = sitk.GetImageFromArray(canonical, isVector=False)
+    size, spacing, d = image.GetSize(), image.GetSpacing(), direction_matrix(image)
+    first = [size[a] - 1 if order.flipped[a] else 0 for a in range(3)]
+    out.SetOrigin(image.TransformIndexToPhysicalPoint(first))
+    out.SetSpacing([spacing[a] for a in order.axes])
+    cols = [d[:, a] * (-1.0 if order.flipped[a] else 1.0) for a in order.axes]
+    out.SetDirection(np.column_stack(cols).ravel().tolist())
+    return out
+
+
+def from_canonical_storage(canonical: sitk.Image, reference: sitk.Image, order: StorageOrder | None = None) -> sitk.Image:
+    """Map an image on `to_canonical_storage(reference)`'s grid back onto `reference`'s grid: the inverse
+    permutation and reversal of the array, with `reference`'s geometry copied exactly."""
+    order = order or storage_order(reference)
+    if order.identity:
+        return canonical
+    arr = sitk.GetArrayViewFromImage(canonical).T  # canonical index order
+    arr = arr.transpose(np.argsort(order.axes))  # back to the reference's i, j, k
+    flip_axes = tuple(a for a in range(3) if order.flipped[a])
+    if flip_axes:
+        arr = np.flip(arr, axis=flip_axes)
+    out = sitk.GetImageFromArray(np.ascontiguousarray(arr.T))
+    out.CopyInformation(reference)
+    return out

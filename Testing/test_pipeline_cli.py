@@ -131,6 +131,25 @@ def test_tissue_stage_gives_the_same_voxels_whatever_the_storage_order():
         np.testing.assert_array_equal(sitk.GetArrayViewFromImage(a), _back_from_otherwise(b))
 
 
+def test_a_ct_too_large_for_the_memory_stops_before_any_work_with_what_to_do(phantom_case, tmp_path, monkeypatch):
+    ph, folder = phantom_case
+    need = pipeline.MEMORY_BYTES_PER_VOXEL * int(np.prod(ph.ct.GetSize())) + pipeline.MEMORY_FIXED_BYTES
+    pipeline.check_memory(ph.ct, available_bytes=int(need / pipeline.MEMORY_USABLE_FRACTION) + 1)  # just fits
+    with pytest.raises(InputError, match=r"too large for this machine's memory: .*need about .* GB.*Crop it"):
+        pipeline.check_memory(ph.ct, available_bytes=int(need / pipeline.MEMORY_USABLE_FRACTION) - 1)
+    size = "×".join(str(n) for n in ph.ct.GetSize())
+    monkeypatch.setattr(pipeline, "physical_memory_bytes", lambda: 10**8)
+    out = tmp_path / "out"
+    code = cli.main(["-q", "run", str(folder / "ct.nii.gz"), "--landmarks", str(folder / "landmarks.mrk.json"),
+                     "--out", str(out)])
+    assert code != 0 and not (out.exists() and any(out.iterdir()))
+    with pytest.raises(InputError, match=size):
+        pipeline.run_pipeline(ph.ct, ph.landmarks, options=pipeline.PipelineOptions(classify=False))
+    assert pipeline.physical_memory_bytes() == 10**8
+    monkeypatch.undo()
+    assert (pipeline.physical_memory_bytes() or 0) > 10**9  # this machine's memory is read (24 GB here)
+
+
 def test_a_ct_without_contrast_is_run_with_a_warning_naming_the_parenchyma_hu():
     """Soft tissue scaled to native-phase values (phantom parenchyma 100-110 -> 45-50 HU, vessels -> 65-70 HU):
     the run completes and says that the CT does not look portal-venous, with the parenchyma's HU."""

@@ -105,6 +105,53 @@ def _binary_liver_mask(liver_mask: sitk.Image, ct: sitk.Image) -> sitk.Image:
     return mask
 
 
+# Peak memory of a process running `run_pipeline` (classification included), input included: 1.42-1.47 GB for
+# ircadb1_1 (512 x 512 x 129, int16), 2.93 GB for the same CT padded with air to 387 slices
+# (`benchmarks/bench_memory.py`): about 22 bytes a voxel for the whole-volume arrays (the float copy, the denoised
+# volume, the label maps, the Grad-CAM volume) plus what the liver's box needs. The estimate below is 1.88 and
+# 3.64 GB for those two: on the safe side.
+MEMORY_BYTES_PER_VOXEL = 26
+MEMORY_FIXED_BYTES = 1.0e9
+MEMORY_USABLE_FRACTION = 0.8  # of the machine's physical memory
+
+
+def physical_memory_bytes() -> int | None:
+    """Total physical memory of this machine in bytes, or None where it cannot be read (then nothing is checked)."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().total)
+    except Exception:  # noqa: BLE001 - psutil is optional
+        pass
+    try:
+        import os
+
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_memory(ct: sitk.Image, available_bytes: int | None = None) -> None:
+    """Raise InputError, before any work, when the run would need more memory than this machine has.
+
+    The need is estimated from the voxel count (`MEMORY_BYTES_PER_VOXEL`, `MEMORY_FIXED_BYTES`) and compared
+    with `MEMORY_USABLE_FRACTION` of the physical memory (`available_bytes`, default `physical_memory_bytes`).
+    """
+    available = physical_memory_bytes() if available_bytes is None else available_bytes
+    voxels = int(np.prod(ct.GetSize(), dtype=np.int64))
+    need = MEMORY_BYTES_PER_VOXEL * voxels + MEMORY_FIXED_BYTES
+    if available is None or need <= MEMORY_USABLE_FRACTION * available:
+        return
+    size = "×".join(str(n) for n in ct.GetSize())
+    spacing = "×".join(f"{s:g}" for s in ct.GetSpacing())
+    raise InputError(
+        f"The CT is too large for this machine's memory: {size} voxels ({voxels / 1e6:.0f} million, {spacing} mm) "
+        f"would need about {need / 1e9:.1f} GB and this machine has {available / 1e9:.1f} GB. Crop it to the "
+        "upper abdomen round the liver (Slicer: Crop Volume module; or any tool that keeps the geometry), or "
+        "resample it to thicker slices, then run again."
+    )
+
+
 LIVER_BOX_MARGIN_MM = 10.0  # the edge-preserving filter runs on the liver's bounding box plus this margin
 
 
@@ -207,6 +254,7 @@ def run_pipeline(
 
     options = options or PipelineOptions()
     options.validate()
+    check_memory(ct)  # before the float copy that validate_ct makes
     ct_float = io.validate_ct(ct)
     mask = _binary_liver_mask(liver_mask, ct_float) if liver_mask is not None else None
     warnings: list[str] = []

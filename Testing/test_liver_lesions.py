@@ -8,6 +8,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from LiverLocalizationLib import denoise, geometry, io, labels, lesions, metrics, tissue_model
+from LiverLocalizationLib import liver as liver_extraction
 from LiverLocalizationLib.errors import InputError
 
 
@@ -173,6 +174,30 @@ def test_landmark_in_air_is_an_input_error(small_ct):
     air = geometry.index_to_lps(small_ct, [0, 0, 0])  # 20 mm from the body
     with pytest.raises(InputError, match="not in or near soft tissue"):
         tissue_model.segment_tissues(small_ct, {"IVC": air})
+
+
+def test_landmarks_mirrored_to_the_patients_left_are_an_input_error():
+    """RAS points read as LPS (x and y negated): on phantom 3 they stay inside the CT and near soft tissue,
+    so only the side check catches them; the true landmarks pass, and so do they on a CT cropped round the
+    liver, where the body's middle is not known and nothing is checked."""
+    from LiverLocalizationLib.phantom import generate_phantom
+
+    ph = generate_phantom(3, size="small")
+    liver_extraction.check_landmarks_inside(ph.ct, ph.landmarks)
+    mirrored = {k: v * np.array([-1.0, -1.0, 1.0]) for k, v in ph.landmarks.items()}
+    for name, point in mirrored.items():  # inside the image and in soft tissue: the older checks pass them
+        index = geometry.lps_to_index(ph.ct, point)
+        assert np.all(index >= 0) and np.all(index <= np.asarray(ph.ct.GetSize()) - 1), name
+    with pytest.raises(InputError, match=r"IVC, RHV, RPV lie on the patient's left, \d+ mm .*coordinate system"):
+        tissue_model.segment_tissues(ph.ct, mirrored)
+    box = np.argwhere(np.isin(sitk.GetArrayViewFromImage(ph.truth_tissue), labels.TRUTH_LIVER))
+    lo, hi = box.min(axis=0) + 5, box.max(axis=0) - 5  # a crop inside the liver's box: the body fills its width
+    cropped = ph.ct[int(lo[2]):int(hi[2]), int(lo[1]):int(hi[1]), int(lo[0]):int(hi[0])]
+    size = np.asarray(cropped.GetSize()) - 1
+    inside = {k: v for k, v in ph.landmarks.items()
+              if np.all(geometry.lps_to_index(cropped, v) >= 0) and np.all(geometry.lps_to_index(cropped, v) <= size)}
+    assert liver_extraction.body_midline_x(cropped, float(np.mean([v[2] for v in inside.values()]))) is None
+    liver_extraction.check_landmarks_on_the_right(cropped, inside)
 
 
 def test_liver_mask_of_another_geometry_is_an_input_error(small_ct):

@@ -59,7 +59,8 @@ def mask_bounding_box(mask: sitk.Image, margin_voxels=0):
 
 
 def check_landmarks_inside(ct: sitk.Image, landmarks: dict[str, np.ndarray], tissue_range_hu=(-300.0, 600.0)) -> None:
-    """Raise InputError when a landmark lies outside the image or in air / bone far from any soft tissue.
+    """Raise InputError when a landmark lies outside the image or in air / bone far from any soft tissue, or
+    when the liver's landmarks lie on the patient's left (`check_landmarks_on_the_right`).
 
     A landmark is accepted when some voxel within 10 mm of it has soft-tissue intensity (tissue_range_hu).
     """
@@ -82,6 +83,54 @@ def check_landmarks_inside(ct: sitk.Image, landmarks: dict[str, np.ndarray], tis
         if not np.any((block > tissue_range_hu[0]) & (block < tissue_range_hu[1])):
             raise InputError(f"Landmark {name} at LPS {np.round(p, 1).tolist()} mm is not in or near soft tissue "
                              "(only air or bone within 10 mm); place it on the liver's vessels.")
+    check_landmarks_on_the_right(ct, landmarks)
+
+
+RIGHT_SIDE_LANDMARKS = ("IVC", "RHV", "RPV")  # about 25, 70 and 40 mm right of the body's midline
+
+
+def body_midline_x(ct: sitk.Image, height_mm: float, slab_mm: float = 20.0, step_mm: float = 4.0,
+                   body_hu: float = -500.0) -> float | None:
+    """LPS x (mm) of the body's left-right middle at a height: the median x of the voxels above `body_hu`
+    within `slab_mm` of LPS z = `height_mm`, sampled about every `step_mm`. None when the slab holds no body
+    voxel, or when the body reaches the image's left or right edge there (a CT cropped round the liver, or a
+    field of view narrower than the body: its middle is not the body's)."""
+    spacing = np.asarray(ct.GetSpacing())
+    steps = np.maximum(1, np.round(step_mm / spacing)).astype(int)
+    arr = sitk.GetArrayViewFromImage(ct)[::steps[2], ::steps[1], ::steps[0]]
+    points = geometry.voxel_centers_lps(ct, np.argwhere(np.ones(arr.shape, bool)) * steps[::-1])
+    near = np.abs(points[:, 2] - height_mm) <= slab_mm
+    body = near & (arr.ravel() > body_hu)
+    if not body.any():
+        return None
+    x, edge = points[body, 0], step_mm + float(spacing.max())
+    if x.min() <= points[near, 0].min() + edge or x.max() >= points[near, 0].max() - edge:
+        return None
+    return float(np.median(x))
+
+
+def check_landmarks_on_the_right(ct: sitk.Image, landmarks: dict[str, np.ndarray]) -> None:
+    """Raise InputError when the landmarks that lie right of the midline in every liver (IVC, RHV, RPV) are, on
+    average, on the patient's left of the body's middle at their height (`body_midline_x`).
+
+    That is what a markups file read in the wrong coordinate system gives (RAS taken for LPS mirrors the points
+    through the scanner's axis) or an image flipped left-right. Nothing is checked with fewer than two of
+    those landmarks or without body voxels at their height.
+    """
+    points = np.array([np.asarray(landmarks[n], dtype=float) for n in RIGHT_SIDE_LANDMARKS if n in landmarks])
+    if len(points) < 2:
+        return
+    mean = points.mean(axis=0)
+    midline = body_midline_x(ct, float(mean[2]))
+    if midline is None or mean[0] <= midline:  # LPS: x grows toward the patient's left
+        return
+    names = ", ".join(n for n in RIGHT_SIDE_LANDMARKS if n in landmarks)
+    raise InputError(
+        f"The landmarks {names} lie on the patient's left, {mean[0] - midline:.0f} mm left of the body's middle on "
+        "average, but the liver and these veins are on the right. Check the markups' coordinate system (a file "
+        "read as LPS when it is RAS, or the reverse, mirrors the points) and that the image is not flipped "
+        "left-right; situs inversus is not supported."
+    )
 
 
 def median_filtered(arr: np.ndarray, size: int) -> np.ndarray:

@@ -150,6 +150,29 @@ def test_a_ct_too_large_for_the_memory_stops_before_any_work_with_what_to_do(pha
     assert (pipeline.physical_memory_bytes() or 0) > 10**9  # this machine's memory is read (24 GB here)
 
 
+def test_a_multi_label_liver_mask_needs_the_liver_label(phantom_case, tmp_path, capsys):
+    """A TotalSegmentator-style multi-label file (liver 5, other organs other labels) given as --liver-mask is
+    refused with the labels it holds and how to name the liver's; with --liver-label 5 the liver is used, and
+    a label that is not there is refused naming those present."""
+    ph, folder = phantom_case
+    liver_truth = sitk.GetArrayViewFromImage(ph.truth_couinaud) > 0
+    multi = np.zeros(liver_truth.shape, np.uint8)
+    multi[liver_truth] = 5
+    multi[:4, :8, :8] = 1
+    multi[-4:, -8:, -8:] = 3
+    path = io.write_image(geometry.copy_geometry(multi, ph.ct), tmp_path / "total.nii.gz")
+    base = ["-q", "run", str(folder / "ct.nii.gz"), "--landmarks", str(folder / "landmarks.mrk.json"),
+            "--liver-mask", str(path), "--no-classify", "--no-figures"]
+    assert cli.main(base + ["--out", str(tmp_path / "a")]) == 2
+    assert "3 different nonzero values (1, 3, 5)" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
+    assert cli.main(base + ["--liver-label", "7", "--out", str(tmp_path / "b")]) == 2
+    assert "no voxel of label 7; its labels are 1, 3, 5" in capsys.readouterr().err
+    assert cli.main(base + ["--liver-label", "5", "--out", str(tmp_path / "c")]) == 0
+    used = io.read_image(tmp_path / "c" / "tissue.nii.gz")
+    assert metrics.dice(sitk.GetArrayViewFromImage(used) > 0, liver_truth) > 0.99
+
+
 def test_a_ct_without_contrast_is_run_with_a_warning_naming_the_parenchyma_hu():
     """Soft tissue scaled to native-phase values (phantom parenchyma 100-110 -> 45-50 HU, vessels -> 65-70 HU):
     the run completes and says that the CT does not look portal-venous, with the parenchyma's HU."""

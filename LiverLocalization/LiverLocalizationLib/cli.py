@@ -27,6 +27,7 @@ examples:
   liverloc phantom --out case --seed 7 --size full
   liverloc run case/ct.nii.gz --landmarks case/landmarks.mrk.json --out result
   liverloc run ct_dicom_folder/ --landmarks clicks.mrk.json --liver-mask liver.nii.gz --out result
+  liverloc run ct.nii.gz --landmarks clicks.mrk.json --liver-mask total.nii.gz --liver-label 5 --out result
   liverloc train --out model --cases 150 --epochs 40 --seed 0
   liverloc evaluate-classifier --weights model/lesion_classifier.safetensors --out evaluation
 """
@@ -94,6 +95,9 @@ def _add_run(sub) -> None:
                                                    "LHV, RPV, LPV, UP; LPS or RAS as the file states")
     p.add_argument("--liver-mask", type=Path, help="a liver mask on the CT's grid (e.g. from TotalSegmentator); "
                                                    "nonzero = liver. Replaces the EM liver extraction")
+    p.add_argument("--liver-label", type=float, default=None,
+                   help="with a multi-label --liver-mask: the liver's label (5 in TotalSegmentator's multi-label "
+                        "output); without it the mask must hold one nonzero value")
     p.add_argument("--out", required=True, type=Path, help="output folder (created; existing result files are replaced)")
     p.add_argument("--denoise", choices=("median", "curvature", "bilateral", "none"), default=defaults.denoise_method,
                    help=f"denoising method (default {defaults.denoise_method})")
@@ -136,6 +140,10 @@ def _cmd_run(args) -> int:
     ct = io.read_image(args.ct)
     landmarks = io.read_markups(args.landmarks) if args.landmarks else None
     liver_mask = io.read_image(args.liver_mask) if args.liver_mask else None
+    if args.liver_label is not None:
+        if liver_mask is None:
+            raise InputError("--liver-label names a label of --liver-mask: give the mask too.")
+        liver_mask = pipeline.select_liver_label(liver_mask, args.liver_label)
     with progress_bar("liverloc run", not args.quiet) as progress:
         result = pipeline.run_pipeline(ct, landmarks, liver_mask, options, progress=progress)
         paths = pipeline.write_outputs(result, args.out, figures=not args.no_figures, progress=progress)

@@ -97,8 +97,38 @@ def _check_cancel(should_cancel: Callable[[], bool] | None) -> None:
         raise Cancelled("Cancelled by the user; no results were written.")
 
 
+TOTALSEGMENTATOR_LIVER_LABEL = 5  # the liver in TotalSegmentator's multi-label output (task 'total')
+
+
+def _label_list(values: np.ndarray, most: int = 8) -> str:
+    shown = ", ".join(f"{v:g}" for v in values[:most])
+    return shown + (f", … ({len(values)} in all)" if len(values) > most else "")
+
+
+def select_liver_label(mask: sitk.Image, label: float) -> sitk.Image:
+    """The voxels of `mask` equal to `label` (uint8 0/1, same geometry): the liver of a multi-label segmentation.
+
+    Raises InputError naming the labels present when `label` is not one of them."""
+    arr = sitk.GetArrayViewFromImage(mask)
+    if not np.any(arr == label):
+        present = np.unique(arr[arr != 0])
+        raise InputError(f"The liver mask holds no voxel of label {label:g}; its labels are "
+                         f"{_label_list(present) if present.size else 'none (it is empty)'}. Name the liver's label.")
+    return geometry.copy_geometry((arr == label).astype(np.uint8), mask)
+
+
 def _binary_liver_mask(liver_mask: sitk.Image, ct: sitk.Image) -> sitk.Image:
+    """The given liver mask as uint8 0/1 after its checks: the CT's geometry, not empty, one nonzero value (a
+    multi-label segmentation such as TotalSegmentator's would otherwise make every organ liver)."""
     geometry.require_same_geometry(liver_mask, ct, "The liver mask")
+    arr = sitk.GetArrayViewFromImage(liver_mask)
+    nonzero = arr[arr != 0]
+    if nonzero.size and nonzero.min() != nonzero.max():
+        present = np.unique(nonzero)
+        raise InputError(
+            f"The liver mask holds {len(present)} different nonzero values ({_label_list(present)}): it is a "
+            "multi-label segmentation or not a mask. Give the liver alone, or name the liver's label (command line: "
+            f"--liver-label N; {TOTALSEGMENTATOR_LIVER_LABEL} in TotalSegmentator's multi-label output).")
     mask = sitk.Cast(sitk.NotEqual(liver_mask, 0), sitk.sitkUInt8)
     if not sitk.GetArrayViewFromImage(mask).any():
         raise InputError("The liver mask is empty; give a mask with the liver set to nonzero, or run without it.")

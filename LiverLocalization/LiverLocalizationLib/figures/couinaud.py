@@ -42,14 +42,45 @@ def _overlay(ax, view, ct, lab, les, index: int, aspect: float) -> None:
     _label_names(ax, view(lab, index))
 
 
-def _axial_panel(ax, ct, lab, les, z: int, spacing, landmarks, image, title: str) -> None:
+def _axial_panel(ax, ct, lab, les, z: int, spacing, landmarks, image, title: str, box=None) -> None:
     _overlay(ax, common.axial, ct, lab, les, z, common.aspect(spacing, "axial"))
+    placed = []
     for name, p in landmarks.items():
         idx = _to_index(image, p)
         if abs(idx[2] - z) * spacing[2] <= 12.0:  # landmarks within 12 mm of the slice
             ax.plot(idx[0], idx[1], MARKER.get(name, "x"), color="white", markeredgecolor="black", markersize=6)
-            ax.annotate(name, (idx[0], idx[1]), xytext=(4, 4), textcoords="offset points", color="white", fontsize=7)
+            placed.append((name, idx[0], idx[1]))
+    if box is not None:
+        _zoom_axial(ax, box)
+    _landmark_names(ax, placed)
     ax.set_title(title, fontsize=9)
+
+
+def _box_is_free(box, boxes, markers, pad: float = 3.0) -> bool:
+    """True when a text box (x0, y0, x1, y1, points) overlaps none of `boxes` and holds no marker (within `pad`)."""
+    x0, y0, x1, y1 = box
+    clear_of_names = all(x1 < b[0] or x0 > b[2] or y1 < b[1] or y0 > b[3] for b in boxes)
+    return clear_of_names and all(not (x0 - pad < mx < x1 + pad and y0 - pad < my < y1 + pad) for mx, my in markers)
+
+
+def _landmark_names(ax, placed, fontsize: float = 7.0) -> None:
+    """Write each landmark's name beside its marker (`placed`: (name, x, y) in data coordinates; call it once
+    the axes' limits are final). Each name takes the first of eight places round its marker where its box
+    (estimated from the font size) overlaps no name already written and no marker, so that landmarks side by
+    side (the veins at the confluence) stay legible; the first place when none is free."""
+    to_points = 72.0 / ax.figure.dpi
+    markers = [ax.transData.transform((x, y)) * to_points for _, x, y in placed]
+    boxes: list[tuple[float, float, float, float]] = []
+    for name, x, y in placed:
+        px, py = ax.transData.transform((x, y)) * to_points
+        w, h = 0.62 * fontsize * len(name), fontsize
+        places = [(4, 3), (4, -3 - h), (-4 - w, 3), (-4 - w, -3 - h), (4, 4 + h), (4, -4 - 2 * h),
+                  (-w / 2, 6), (-w / 2, -6 - h)]
+        candidates = [(px + dx, py + dy, px + dx + w, py + dy + h) for dx, dy in places]
+        k = next((i for i, box in enumerate(candidates) if _box_is_free(box, boxes, markers)), 0)
+        dx, dy = places[k]
+        boxes.append(candidates[k])
+        ax.annotate(name, (x, y), xytext=(dx, dy), textcoords="offset points", color="white", fontsize=fontsize)
 
 
 def _liver_box(lab: np.ndarray, spacing, margin_mm: float = 15.0):
@@ -112,19 +143,20 @@ def plot_couinaud(ct: sitk.Image, couinaud_labels: sitk.Image, landmarks: dict[s
     fig, axes = common.new_figure(2, 3, 3.6, title="Couinaud segments")
     box = _liver_box(lab, spacing)
     for ax, (title, z) in zip(axes[0], levels):
-        _axial_panel(ax, ct_arr, lab, les, z, spacing, landmarks, ct_a, f"axial: {title}")
-        _zoom_axial(ax, box)
+        _axial_panel(ax, ct_arr, lab, les, z, spacing, landmarks, ct_a, f"axial: {title}", box)
     # coronal through the IVC (or the liver's middle)
     y = int(np.clip(round(_to_index(ct_a, landmarks["IVC"])[1] - 15.0 / spacing[1]), 0, lab.shape[1] - 1)) \
         if "IVC" in landmarks else lab.shape[1] // 2
     ax = axes[1, 0]
     _overlay(ax, common.coronal, ct_arr, lab, les, y, common.aspect(spacing, "coronal"))
+    placed = []
     for name, p in landmarks.items():
         idx = _to_index(ct_a, p)
         if abs(idx[1] - y) * spacing[1] <= 20.0:
             ax.plot(idx[0], nz - 1 - idx[2], MARKER.get(name, "x"), color="white", markeredgecolor="black", markersize=6)
-            ax.annotate(name, (idx[0], nz - 1 - idx[2]), xytext=(4, 4), textcoords="offset points", color="white", fontsize=7)
+            placed.append((name, idx[0], nz - 1 - idx[2]))
     _zoom_coronal(ax, box, nz)
+    _landmark_names(ax, placed)
     ax.set_title("coronal, 15 mm anterior to the IVC", fontsize=9)
     _scatter_3d(fig, axes[1, 1], couinaud_labels, landmarks, lesion_labels)
     _legend(axes[1, 2], couinaud_labels)
@@ -184,7 +216,7 @@ def plot_geometry(ct: sitk.Image, couinaud_labels: sitk.Image, landmarks: dict[s
     z_hv = int(np.clip(round(_to_index(ct_a, landmarks["LHV"])[2]), 0, nz - 1))
     z_caud = int(np.clip(round(_to_index(ct_a, frame.origin + 0.5 * frame.height["RPV"] * frame.axis)[2]), 0, nz - 1))
     for ax, z, title in ((axes[0, 0], z_hv, "axial at the hepatic veins"), (axes[0, 1], z_caud, "axial through segment I")):
-        _axial_panel(ax, ct_arr, lab, None, z, spacing, landmarks, ct_a, title)
+        _axial_panel(ax, ct_arr, lab, None, z, spacing, landmarks, ct_a, title, _liver_box(lab, spacing))
         h = float((geometry.index_to_lps(ct_a, [0, 0, z]) - frame.origin) @ frame.axis)
         centre = frame.origin + h * frame.axis
         c_idx = _to_index(ct_a, centre)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -154,8 +155,6 @@ def physical_memory_bytes() -> int | None:
     except Exception:  # noqa: BLE001 - psutil is optional
         pass
     try:
-        import os
-
         return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
     except (AttributeError, ValueError, OSError):
         return None

@@ -221,6 +221,11 @@ class StorageOrder:
     def identity(self) -> bool:
         return self.axes == (0, 1, 2) and not any(self.flipped)
 
+    @property
+    def flip_axes(self) -> tuple[int, ...]:
+        """The image's index axes (0 = i, 1 = j, 2 = k) that run against their physical axis."""
+        return tuple(a for a in range(3) if self.flipped[a])
+
 
 def storage_order(image: sitk.Image) -> StorageOrder:
     """The permutation and flips that put `image`'s index axes in canonical order (see `StorageOrder`).
@@ -248,9 +253,8 @@ def to_canonical_storage(image: sitk.Image, order: StorageOrder | None = None) -
     if order.identity:
         return image
     arr = sitk.GetArrayViewFromImage(image).T  # index order i, j, k
-    flip_axes = tuple(a for a in range(3) if order.flipped[a])
-    if flip_axes:
-        arr = np.flip(arr, axis=flip_axes)
+    if order.flip_axes:
+        arr = np.flip(arr, axis=order.flip_axes)
     canonical = np.ascontiguousarray(arr.transpose(order.axes).T)
     out = sitk.GetImageFromArray(canonical, isVector=False)
     size, spacing, d = image.GetSize(), image.GetSpacing(), direction_matrix(image)
@@ -270,9 +274,8 @@ def from_canonical_storage(canonical: sitk.Image, reference: sitk.Image, order: 
         return canonical
     arr = sitk.GetArrayViewFromImage(canonical).T  # canonical index order
     arr = arr.transpose(np.argsort(order.axes))  # back to the reference's i, j, k
-    flip_axes = tuple(a for a in range(3) if order.flipped[a])
-    if flip_axes:
-        arr = np.flip(arr, axis=flip_axes)
+    if order.flip_axes:
+        arr = np.flip(arr, axis=order.flip_axes)
     out = sitk.GetImageFromArray(np.ascontiguousarray(arr.T))
     out.CopyInformation(reference)
     return out

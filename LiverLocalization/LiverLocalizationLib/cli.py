@@ -110,12 +110,14 @@ def _add_run(sub) -> None:
     p.add_argument("--classes", type=int, default=None, help="number of EM intensity classes (default: chosen by BIC)")
     p.add_argument("--min-lesion-mm3", type=float, default=defaults.min_lesion_volume_mm3,
                    help=f"smallest lesion kept, mm³ (default {defaults.min_lesion_volume_mm3:g})")
-    p.add_argument("--lesion-margin-mm", type=float, default=defaults.lesion_margin_mm,
-                   help="margin added around each solid lesion's detected core (partial-volume edge), with its enhancing "
-                        "rim within 2.5 mm and a capsule up to 6 mm further out; cysts are cut back to their half-contrast "
-                        "edge and, on thick slices, dark solid cores lose their partial-volume top and bottom; 0 reports "
-                        "the cores "
-                        f"(default {defaults.lesion_margin_mm:g})")
+    p.add_argument("--lesion-false-alarms", type=float, default=defaults.lesion_false_alarms,
+                   help="lesion sensitivity: the number of chance detections expected in a liver from its noise and "
+                        "regional variation (each size's contrast is judged against the liver's own; default "
+                        f"{defaults.lesion_false_alarms:g}); raise it to find fainter lesions, lower it for fewer false ones")
+    p.add_argument("--lesion-seeds", type=Path, default=None,
+                   help="a markups file (.mrk.json or .fcsv) of points clicked inside lesions that the automatic "
+                        "detection may miss: each gives that lesion's segmentation, measurements and segment; a point "
+                        "inside a detected lesion leaves it as it is")
     p.add_argument("--couinaud-method", choices=COUINAUD_METHODS, default=defaults.couinaud_method,
                    help="Couinaud mapping: planes (landmark planes); territories (portal-territory refinement near "
                         "borders); vessels (sector borders bent along the segmented hepatic veins, superior/inferior "
@@ -133,7 +135,9 @@ def _cmd_run(args) -> int:
 
     options = pipeline.PipelineOptions(
         denoise_method=args.denoise, median_radius_mm=args.median_radius_mm, n_classes=args.classes,
-        min_lesion_volume_mm3=args.min_lesion_mm3, lesion_margin_mm=args.lesion_margin_mm, couinaud_method=args.couinaud_method,
+        min_lesion_volume_mm3=args.min_lesion_mm3, lesion_false_alarms=args.lesion_false_alarms,
+        couinaud_method=args.couinaud_method,
+        lesion_points=io.read_lesion_points(args.lesion_seeds) if args.lesion_seeds else None,
         classify=not args.no_classify, weights_path=str(args.weights) if args.weights else None,
         denoise_whole_volume=args.denoise_whole_volume,
     )

@@ -158,6 +158,37 @@ def components_with_shell_in(region: np.ndarray, other: np.ndarray, min_fraction
     return out
 
 
+def nearest_direction(offsets_mm: np.ndarray) -> np.ndarray:
+    """Index 0..25 of the nearest of the 26 directions of a voxel's neighbourhood (faces, edges, corners) for each
+    offset (rows of [z, y, x] mm): the sectors in which `ring_closure` looks round a region."""
+    dirs = np.array([d for d in np.ndindex(3, 3, 3) if d != (1, 1, 1)], dtype=float) - 1.0
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    return np.argmax(np.asarray(offsets_mm, dtype=float) @ dirs.T, axis=1)
+
+
+def ring_closure(values: np.ndarray, shell: np.ndarray, region: np.ndarray, spacing_zyx, level: float,
+                 min_voxels: int = 5) -> float:
+    """Fraction of the directions round `region` in which the voxels of `shell` average at least `level`.
+
+    Directions: the 26 of a voxel's neighbourhood, seen from the region's centroid (mm, anisotropic spacing
+    honoured); each shell voxel counts for the nearest one; directions with fewer than `min_voxels` shell
+    voxels are left out. 0 when no direction has enough voxels."""
+    from scipy import ndimage
+
+    sp = np.asarray(spacing_zyx, dtype=float)
+    centre = np.asarray(ndimage.center_of_mass(region)) * sp
+    offsets = np.argwhere(shell) * sp - centre
+    if offsets.shape[0] == 0:
+        return 0.0
+    nearest = nearest_direction(offsets)
+    counts = np.bincount(nearest, minlength=26)
+    sums = np.bincount(nearest, weights=values[shell], minlength=26)
+    used = counts >= min_voxels
+    if not used.any():
+        return 0.0
+    return float(np.mean(sums[used] / counts[used] >= level))
+
+
 _BALL_TOLERANCE_MM = 1e-4  # distances equal to the radius (up to float32 rounding) lie on the ball
 
 

@@ -103,7 +103,31 @@ def read_markups(path: str | os.PathLike) -> dict[str, np.ndarray]:
     Points in files stated as RAS are converted; undefined points are skipped; when a label appears
     twice, InputError names it.
     """
-    path = Path(path)
+    points: dict[str, np.ndarray] = {}
+    for label, p in _markup_points(Path(path)):
+        if label in points:
+            raise InputError(f"{path}: landmark {label!r} appears twice; keep one point per label.")
+        points[label] = p
+    return points
+
+
+def read_lesion_points(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Points clicked inside lesions, from a markups file as `read_markups` reads it: name → LPS mm. Labels may
+    be empty or repeated (Slicer numbers new points itself): each point is named by its label, or 'point N',
+    with ' (N)' added where a name repeats. InputError when the file holds no defined point."""
+    points: dict[str, np.ndarray] = {}
+    for n, (label, p) in enumerate(_markup_points(Path(path)), start=1):
+        name = label or f"point {n}"
+        if name in points:
+            name = f"{name} ({n})"
+        points[name] = p
+    if not points:
+        raise InputError(f"{path}: no defined point; click at least one point inside a lesion.")
+    return points
+
+
+def _markup_points(path: Path) -> list[tuple[str, np.ndarray]]:
+    """(label, LPS point) of every defined control point of a .mrk.json or .fcsv file, in file order."""
     if not path.exists():
         raise InputError(f"{path}: no such markups file.")
     if path.suffix.lower() == ".fcsv":
@@ -114,8 +138,8 @@ def read_markups(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise InputError(f"{path}: not a Slicer markups JSON file ({exc}).") from None
     markups = doc.get("markups") if isinstance(doc, dict) else None
     if not markups:
-        raise InputError(f"{path}: no 'markups' list; save the landmarks from Slicer as a Markups JSON (.mrk.json) file.")
-    points: dict[str, np.ndarray] = {}
+        raise InputError(f"{path}: no 'markups' list; save the points from Slicer as a Markups JSON (.mrk.json) file.")
+    points: list[tuple[str, np.ndarray]] = []
     for markup in markups:
         system = str(markup.get("coordinateSystem", "LPS")).upper()
         if system not in ("LPS", "RAS"):
@@ -127,15 +151,13 @@ def read_markups(path: str | os.PathLike) -> dict[str, np.ndarray]:
             p = np.asarray(cp["position"], dtype=float)
             if p.shape != (3,) or not np.isfinite(p).all():
                 raise InputError(f"{path}: control point {label!r} has an invalid position {cp['position']}.")
-            if label in points:
-                raise InputError(f"{path}: landmark {label!r} appears twice; keep one point per label.")
-            points[label] = ras_to_lps(p) if system == "RAS" else p
+            points.append((label, ras_to_lps(p) if system == "RAS" else p))
     return points
 
 
-def _read_fcsv(path: Path) -> dict[str, np.ndarray]:
+def _read_fcsv(path: Path) -> list[tuple[str, np.ndarray]]:
     system = "RAS"
-    points: dict[str, np.ndarray] = {}
+    points: list[tuple[str, np.ndarray]] = []
     for line in path.read_text().splitlines():
         if line.startswith("#"):
             if "CoordinateSystem" in line:
@@ -146,7 +168,7 @@ def _read_fcsv(path: Path) -> dict[str, np.ndarray]:
         if len(fields) < 12:
             continue
         p = np.asarray([float(v) for v in fields[1:4]])
-        points[fields[11].strip()] = ras_to_lps(p) if system == "RAS" else p
+        points.append((fields[11].strip(), ras_to_lps(p) if system == "RAS" else p))
     return points
 
 

@@ -1,1089 +1,571 @@
-"""Lesions and vessels inside the liver, lesion instances and their measurements.
+"""Lesions inside the liver: a region-evidence model, lesion instances and their measurements.
 
-Inside the liver mask the intensities are modelled by an EM mixture with one class anchored at the
-parenchyma (median and 1.4826 × MAD of the liver's voxels, robust to vessels and tumours, and wide
-enough to include the regional variation of enhancement) and free classes for everything else (K by
-BIC). Classes are named by their mean in units of that parenchyma sd (`liver_mixture`); after
-mean-field MRF smoothing each voxel is parenchyma, hypodense or hyperdense.
+A lesion is a region of the liver darker than the parenchyma round it. How certain that is depends on the
+region's size as much as on its contrast: the mean of a 5 cm region 1 noise sd darker than its surroundings
+is as far outside the parenchyma's variation as that of a 1 cm region 4 sds darker. The model therefore
+judges regions, not voxels (`detect_lesions`):
 
-- Lesions: connected hypodense regions (holes filled) whose mean is at least `separation_sd` sds below
-  the parenchyma and above fat (-30 HU), whose surface lies mostly inside the liver (not gallbladder,
-  bowel or surface partial volume), larger than `min_lesion_volume_mm3` (or smaller, from 20 mm³, when a
-  sharply bounded dark nodule deep in the liver: a small haemangioma's centre); each grows (hysteresis) into
-  the adjacent voxels darker than the parenchyma by 0.3 of its contrast (`classify_voxels`): these are
-  the lesion *cores*. A solid lesion's extent then adds its partial-volume margin and enhancing rim
-  (`extend_margins`), out to its capsule where one rings it further out (`grow_to_capsules`), after its
-  partial-volume caps on thick slices are cut when it is clearly dark (`trim_partial_volume_caps`); a cyst's
-  extent is its core cut back to its half-contrast edge (`trim_fluid_edges`). Instances
-  are numbered 1..n by volume, largest first. Lesions that are only hyperdense are not reported: in the
-  portal-venous phase they cannot be told from vessels by intensity.
-- Vessels: the remaining hyperdense voxels.
+1. **Reference parenchyma** (`reference_parenchyma`): the liver's voxels less the bright ones (vessels,
+   calcifications, lipiodol: above the main peak by `bright_sd` of its sds), fat and its partial-volume seam,
+   the partial-volume band along the liver's border (two voxels of each axis, at least `band_mm`) and the
+   sheath round large vessels (Glisson's sheath and the hilum's fat and ducts are darker than parenchyma).
+2. **Contrast at every size** (`contrast_evidence`): on a grid of about `working_mm` in-plane, the mean of a
+   box the volume of a ball of radius r is compared with the mean of the ring round it (`gap_mm` away,
+   `ring_mm` wide), over reference voxels only, for radii `radii_mm`. Each scale's null distribution is taken
+   from the liver itself: the mode and the half width of the peak of its contrasts (robust to tumours on one
+   side and vessels on the other), the sd no smaller than `structure_floor_hu` (the regional variation of
+   enhancement of real livers, which a homogeneous scan underestimates at large scales). A box is
+   significant when its z exceeds a Gaussian bound, Bonferroni-corrected over the independent boxes of its
+   scale and over the scales, so that `false_alarms` chance detections are expected in a liver.
+3. **Extent** (`lesion_extent`): round each connected set of significant voxels, an EM fit of two Gaussian
+   classes (lesion, parenchyma) to the intensities, lightly smoothed in proportion to the scale at which the
+   seed is significant, and a mean-field MRF with equal priors and one pooled sd put the border where a voxel
+   is as likely lesion as parenchyma: the half-contrast edge of a blurred step. The lesion is the MRF's lesion
+   components touching the seed, holes filled (necrosis, septa and deposits inside are the lesion's),
+   closed by a ball of `close_fraction` of its radius (a heterogeneous mass is one lesion), within the
+   significant boxes (and `support_margin_mm`), reaching into the border band only next to its own interior.
+4. **Rim** (`add_rim`): 1 mm shells round the lesion that are brighter than the parenchyma beyond (by `rim_z`
+   null sds of a region of the shell's size) in at least `rim_closure` of the directions join it: an
+   enhancing rim or capsule (metastasis, HCC) is part of the tumour.
+5. Instances: connected components, numbered 1..n by volume; those below `min_volume_mm3` are dropped.
+
+`lesion_at_point` segments a lesion from a point the user clicked inside it, with the same extent model.
+Lesions that are only hyperdense are not reported: in the portal-venous phase they cannot be told from
+vessels by intensity.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
+from scipy import ndimage, special
 
 from . import geometry
 from .errors import InputError
 
-FAT_MEAN_HU = -30.0
-FLUID_HU = 30.0  # fluid (cysts, bile, water) lies below this, solid tissue above
-CLEAR_CONTRAST_SD = 3.0  # a solid lesion at least this many parenchyma sds darker inside has a clear dark interior
+FAT_HU = -30.0  # fat (and air) below this; a lesion holds none
 
 
-def parenchyma_statistics(values: np.ndarray) -> tuple[float, float]:
-    """Robust parenchyma mean and sd (HU) of liver voxel values: median and 1.4826 × MAD (floor 1 HU)."""
-    v = np.asarray(values, dtype=np.float64)
+@dataclass(frozen=True)
+class LesionParameters:
+    """Settings of the lesion model (units in the names; see the module docstring for each step)."""
+
+    min_volume_mm3: float = 100.0
+    false_alarms: float = 0.05
+    radii_mm: tuple[float, ...] = (2.5, 3.5, 5.0, 7.0, 10.0, 14.0, 20.0, 28.0)
+    structure_floor_hu: float = 2.5
+    working_mm: float = 1.4
+    gap_mm: float = 2.0
+    ring_mm: float = 6.0
+    bright_sd: float = 2.5
+    band_voxels: float = 2.0
+    band_mm: float = 2.5
+    sheath_mm: float = 3.0
+    large_vessel_mm: float = 5.0
+    context_mm: float = 10.0
+    mrf_beta: float = 1.0
+    smooth_fraction: float = 0.0
+    smooth_max_mm: float = 3.0
+    close_fraction: float = 0.2
+    close_max_mm: float = 4.0
+    support_margin_mm: float = 2.0
+    rim_mm: float = 6.0
+    rim_z: float = 3.0
+    rim_closure: float = 0.7
+
+    def validate(self) -> None:
+        if not 0 <= self.false_alarms <= 10:
+            raise InputError(f"Lesion false alarms {self.false_alarms!r} a CT is out of range; use 0-10 (0.05 is "
+                             "the default; more finds fainter lesions and more false ones; 0 detects none, for "
+                             "clicked lesions only).")
+        if not np.isfinite(self.min_volume_mm3) or self.min_volume_mm3 < 0:
+            raise InputError(f"The smallest lesion volume {self.min_volume_mm3!r} mm³ must be a number >= 0.")
+
+
+@dataclass
+class ScaleStatistics:
+    """The null distribution of one scale's centre-surround contrast: radius, mode and sd (HU), bound (z)."""
+
+    radius_mm: float
+    mode_hu: float
+    sd_hu: float
+    measured_sd_hu: float
+    bound_z: float
+
+
+@dataclass
+class LesionDetection:
+    """Output of `detect_lesions`: instance labels (uint16 [z, y, x], 1..n by volume), one evidence row per
+    instance (id, contrast_hu against the ring round it, evidence_z at its most significant scale, scale_mm),
+    the per-scale null statistics and the reference parenchyma level and sd (HU)."""
+
+    labels: np.ndarray
+    evidence: list[dict] = field(default_factory=list)
+    scales: list[ScaleStatistics] = field(default_factory=list)
+    parenchyma_hu: float = float("nan")
+    parenchyma_sd_hu: float = float("nan")
+
+
+# ------------------------------------------------------------------------------------- statistics
+
+
+def peak_statistics(values: np.ndarray, bin_fraction: float = 0.1) -> tuple[float, float]:
+    """Mode and sd of the main peak of a sample: the peak of its histogram (bins of `bin_fraction` of the robust
+    sd, smoothed over two bins) and its half width at half maximum on the narrower side, divided by 1.1774 (a
+    Gaussian's HWHM in sds). Robust to a heavy tail on either side (tumours below the parenchyma, vessels above).
+    Returns (mode, sd), the sd at least 1e-3."""
+    v = np.asarray(values, np.float64).ravel()
     med = float(np.median(v))
-    return med, max(1.0, 1.4826 * float(np.median(np.abs(v - med))))
+    mad = 1.4826 * float(np.median(np.abs(v - med))) + 1e-6
+    width = bin_fraction * mad
+    edges = np.arange(med - 6.0 * mad, med + 6.0 * mad + width, width)
+    hist = ndimage.gaussian_filter1d(np.histogram(v, bins=edges)[0].astype(float), 2.0)
+    k = int(np.argmax(hist))
+    right = k
+    while right < len(hist) - 1 and hist[right] > 0.5 * hist[k]:
+        right += 1
+    left = k
+    while left > 0 and hist[left] > 0.5 * hist[k]:
+        left -= 1
+    half_width = min(right - k, k - left) * width
+    return float(0.5 * (edges[k] + edges[k + 1])), float(max(half_width / 1.1774, 1e-3))
 
 
-def _volume_order(labels_arr: np.ndarray, min_voxels: int = 1, size: int = 0) -> np.ndarray:
-    """Look-up table (uint16, at least `size` entries) renumbering instances 1..n by decreasing voxel count;
-    instances below min_voxels map to 0."""
-    counts = np.bincount(labels_arr.ravel())
-    counts[0] = 0
-    order = [int(i) for i in np.argsort(-counts, kind="stable") if counts[i] >= max(1, min_voxels) and i != 0]
-    lut = np.zeros(max(counts.size, size), np.uint16)
-    for new, old in enumerate(order, start=1):
-        lut[old] = new
-    return lut
+def block_means(values: np.ndarray, weight: np.ndarray, factors) -> tuple[np.ndarray, np.ndarray]:
+    """Means of `values` over the `weight` voxels of blocks of `factors` voxels per axis (float32; 0 where a block
+    holds none), and the fraction of each block that `weight` covers. The array is zero-padded to whole blocks."""
+    f = [int(k) for k in factors]
+    pad = [(0, (-n) % k) for n, k in zip(values.shape, f)]
+    vw = np.pad(np.where(weight, values, 0).astype(np.float32), pad)
+    w = np.pad(np.asarray(weight, np.float32), pad)
+    shape = [v for n, k in zip(vw.shape, f) for v in (n // k, k)]
+    total = vw.reshape(shape).sum(axis=(1, 3, 5))
+    count = w.reshape(shape).sum(axis=(1, 3, 5))
+    return total / np.maximum(count, 1e-6), count / float(np.prod(f))
+
+
+def _upsample(a: np.ndarray, factors, shape) -> np.ndarray:
+    """Repeat a block grid's values back onto the grid of `shape` (the inverse of `block_means`' blocks)."""
+    for axis, k in enumerate(factors):
+        if k > 1:
+            a = a.repeat(int(k), axis=axis)
+    return a[:shape[0], :shape[1], :shape[2]]
+
+
+def centre_box_voxels(radius_mm: float, spacing_zyx) -> np.ndarray:
+    """Odd box sides (voxels per axis) of about 1.61 radius_mm: a box with the volume of a ball of that radius."""
+    sp = np.asarray(spacing_zyx, float)
+    return np.maximum(1, 2 * np.round(0.806 * radius_mm / sp - 0.5) + 1).astype(int)
+
+
+def _box_sum(a: np.ndarray, size) -> np.ndarray:
+    return ndimage.uniform_filter(a, size=tuple(int(s) for s in size), mode="constant") * np.float32(np.prod(size))
+
+
+def centre_surround_contrast(values: np.ndarray, weight: np.ndarray, spacing_zyx, radius_mm: float,
+                             gap_mm: float, ring_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """At every voxel: the mean of the `weight` voxels in the ring round a box the volume of a ball of `radius_mm`
+    (from `gap_mm` to `gap_mm` + `ring_mm` beyond the box) minus the mean of those in the box (HU; positive: the
+    centre is darker), and where it is valid (half the box and a quarter of the ring are weight voxels)."""
+    sp = np.asarray(spacing_zyx, float)
+    a = centre_box_voxels(radius_mm, sp)
+    c = a + 2 * np.round(gap_mm / sp).astype(int)
+    b = c + 2 * np.maximum(1, np.round(ring_mm / sp)).astype(int)
+    vw = np.where(weight, values, 0).astype(np.float32)
+    wf = np.asarray(weight, np.float32)
+    sums = [(_box_sum(vw, s), _box_sum(wf, s)) for s in (a, c, b)]
+    (sa, na), (sc, nc), (sb, nb) = sums
+    n_ring = nb - nc
+    contrast = (sb - sc) / np.maximum(n_ring, 1e-3) - sa / np.maximum(na, 1e-3)
+    valid = (na >= 0.5 * np.prod(a)) & (n_ring >= 0.25 * (np.prod(b) - np.prod(c)))
+    return contrast.astype(np.float32), valid
+
+
+# ------------------------------------------------------------------------------------- reference and evidence
+
+
+@dataclass
+class Reference:
+    """Masks of `reference_parenchyma` (bool, the input's shape) and the parenchyma's peak level and sd (HU)."""
+
+    solid: np.ndarray      # liver without fat
+    usable: np.ndarray     # liver without bright voxels, fat and fat's seam: where lesions and rims may lie
+    reference: np.ndarray  # usable, deeper than the border band, off large vessels' sheaths: the null's voxels
+    interior: np.ndarray   # solid liver deeper than the border band
+    band_mm: np.ndarray    # the border band's width per axis (z, y, x)
+    level_hu: float
+    sd_hu: float
+
+
+def reference_parenchyma(values: np.ndarray, liver: np.ndarray, spacing_zyx, p: LesionParameters) -> Reference:
+    """The voxels the parenchyma's statistics come from (module docstring, step 1)."""
+    sp = np.asarray(spacing_zyx, float)
+    level, sd = peak_statistics(values[liver])
+    six = ndimage.generate_binary_structure(3, 1)
+    bright_all = values > level + p.bright_sd * sd
+    bright = ndimage.binary_dilation(liver & bright_all, structure=six)
+    fat = liver & (values < FAT_HU)
+    fat_seam = geometry.dilate_mm(fat, max(1.5, float(sp[1:].min())), sp) if fat.any() else fat
+    solid = liver & ~fat
+    band = np.maximum(p.band_voxels * sp, p.band_mm)
+    interior = geometry.depth_mm(solid, sp / band) > 1.0
+    usable = liver & ~bright & ~fat_seam
+    reference = usable & interior
+    if p.sheath_mm > 0:
+        vessel_core = geometry.depth_mm(bright_all, sp) >= p.large_vessel_mm / 2.0
+        if vessel_core.any():
+            reference &= geometry.depth_mm(~vessel_core, sp) > p.large_vessel_mm / 2.0 + p.sheath_mm
+    return Reference(solid, usable, reference, interior, band, level, sd)
+
+
+def contrast_evidence(values: np.ndarray, reference: np.ndarray, spacing_zyx, p: LesionParameters):
+    """Per radius of `p.radii_mm`: the centre-surround contrast's z against its null, and the null statistics
+    (module docstring, step 2). Returns (z stacked over the scales, float32 (S, z, y, x), -inf where invalid;
+    list of ScaleStatistics)."""
+    sp = np.asarray(spacing_zyx, float)
+    reference_mm3 = float(reference.sum()) * float(np.prod(sp))
+    zs, scales = [], []
+    for r in p.radii_mm:
+        contrast, valid = centre_surround_contrast(values, reference, sp, r, p.gap_mm, p.ring_mm)
+        n_boxes = max(1.0, reference_mm3 / float(np.prod(centre_box_voxels(r, sp) * sp)))
+        alpha = p.false_alarms / (len(p.radii_mm) * n_boxes)
+        bound = float(special.ndtri(1.0 - alpha)) if alpha > 0 else float("inf")
+        sample = contrast[valid & reference]
+        if sample.size < 100:
+            zs.append(np.full(values.shape, -np.inf, np.float32))
+            scales.append(ScaleStatistics(r, 0.0, float("inf"), float("nan"), bound))
+            continue
+        mode, measured = peak_statistics(sample[:: max(1, sample.size // 200_000)])
+        sd = max(measured, p.structure_floor_hu)
+        zs.append(np.where(valid, (contrast - mode) / sd, -np.inf).astype(np.float32))
+        scales.append(ScaleStatistics(r, mode, sd, measured, bound))
+    return np.stack(zs), scales
+
+
+def _null_sd_at(scales: list[ScaleStatistics]):
+    """The measured null sd as a function of a region's equivalent radius (log-log interpolation)."""
+    ok = [s for s in scales if np.isfinite(s.measured_sd_hu)]
+    radii = np.log([s.radius_mm for s in ok]) if ok else np.zeros(1)
+    sds = np.log([s.measured_sd_hu for s in ok]) if ok else np.zeros(1)
+
+    def null_sd(radius_mm: float) -> float:
+        return float(np.exp(np.interp(np.log(max(radius_mm, 1e-3)), radii, sds)))
+
+    return null_sd
+
+
+def equivalent_radius_mm(n_voxels: int, voxel_mm3: float) -> float:
+    """Radius (mm) of the ball with the volume of n_voxels voxels."""
+    return (3.0 * n_voxels * voxel_mm3 / (4.0 * np.pi)) ** (1.0 / 3.0)
+
+
+# ------------------------------------------------------------------------------------- extent
+
+
+def _smoothed(values: np.ndarray, weight: np.ndarray, sigma_mm: float, spacing_zyx) -> np.ndarray:
+    """Gaussian mean (sigma in mm per axis) of `values` over the `weight` voxels (normalised convolution: vessels
+    and the outside do not bleed in); the values themselves where no weight voxel is near."""
+    sigma = sigma_mm / np.asarray(spacing_zyx, float)
+    num = ndimage.gaussian_filter(np.where(weight, values, 0).astype(np.float32), sigma)
+    den = ndimage.gaussian_filter(np.asarray(weight, np.float32), sigma)
+    return np.where(den > 0.05, num / np.maximum(den, 1e-3), values).astype(np.float32)
+
+
+def lesion_extent(seed: np.ndarray, values: np.ndarray, liver: np.ndarray, usable: np.ndarray, solid: np.ndarray,
+                  spacing_zyx, p: LesionParameters, ring_start_mm: float = 3.0) -> np.ndarray | None:
+    """The lesion round a seed (bool arrays of one box): EM of two Gaussian classes, lesion and parenchyma, on the
+    usable voxels within `ring_start_mm` + `p.context_mm` of the seed (initial means: the seed's darker-than-
+    parenchyma voxels and the ring beyond `ring_start_mm`), then a mean-field MRF with equal priors and the pooled
+    sd: the border falls where a voxel is as likely one as the other, half-way between the two levels. Returns
+    the MRF's lesion components touching the seed, enclosed holes filled, within `solid`; None when the seed is
+    not darker than the ring, or EM puts the lesion class above the parenchyma."""
+    from .tissue_model import MixtureModel, _em, _histogram, mrf_regularise, posteriors
+
+    sp = np.asarray(spacing_zyx, float)
+    d = geometry.depth_mm(~seed, sp)
+    ring = usable & (d > ring_start_mm) & (d <= ring_start_mm + p.context_mm)
+    if ring.sum() < 20:
+        return None
+    level = float(np.median(values[ring]))
+    core = seed & usable & (values < level)
+    if core.sum() < 3:
+        return None
+    fit = liver & usable & (d <= ring_start_mm + p.context_mm)
+    spread = max(1.4826 * float(np.median(np.abs(values[ring] - level))), 2.0)
+    x, w = _histogram(values[fit].astype(np.float64), 0.5)
+    means, sds, weights, *_ = _em(x, w, np.array([float(np.median(values[core])), level]), np.array([spread, spread]),
+                                  np.array([0.5, 0.5]), 200, 1e-7, 1.0)
+    if not means[0] < means[1]:
+        return None
+    pooled = float(np.sqrt(np.sum(weights * sds ** 2) / np.sum(weights)))
+    model = MixtureModel(means_hu=means, sds_hu=np.full(2, pooled), weights=np.array([0.5, 0.5]),
+                         names=["lesion", "parenchyma"], log_likelihood=0.0, n_iter=0)
+    q = mrf_regularise(posteriors(values, model, fit), beta=p.mrf_beta, iterations=5, mask=fit)
+    lesion = fit & (q[0] > q[1])
+    lab, _ = ndimage.label(lesion)
+    touching = np.unique(lab[seed & lesion])
+    touching = touching[touching > 0]
+    if touching.size == 0:
+        return None
+    return geometry.fill_enclosed(np.isin(lab, touching)) & solid
+
+
+def add_rim(lesion: np.ndarray, values: np.ndarray, usable: np.ndarray, free: np.ndarray, spacing_zyx, null_sd,
+            p: LesionParameters) -> np.ndarray:
+    """The lesion extended out through an enhancing rim or capsule (module docstring, step 4).
+
+    The 1 mm shells of `free` voxels round it (up to `p.rim_mm`; bright nodules included) whose voxels average more than the
+    parenchyma 8-14 mm out by `p.rim_z` times `null_sd` of a region of the shell's size, and that are brighter
+    than it in at least `p.rim_closure` of the 26 directions (a ring, not a vessel passing on one side), join it
+    as far as they stay so; the first shell may be the partial-volume step between a dark core and its rim."""
+    sp = np.asarray(spacing_zyx, float)
+    d = geometry.depth_mm(~lesion, sp)
+    ring = usable & free & (d > 8.0) & (d <= 14.0)
+    if ring.sum() < 20 or p.rim_mm <= 0:
+        return lesion
+    level = float(np.median(values[ring]))
+    voxel_mm3 = float(np.prod(sp))
+    last = -1
+    for k in range(int(p.rim_mm)):
+        shell = free & (d > k) & (d <= k + 1)
+        n = int(shell.sum())
+        if n < 10:
+            break
+        z = (float(values[shell].mean()) - level) / null_sd(equivalent_radius_mm(n, voxel_mm3))
+        closed = geometry.ring_closure(values - level, shell, lesion, sp, 0.0) >= p.rim_closure
+        if z >= p.rim_z and closed:
+            last = k
+        elif k > 0:
+            break
+    if last < 0:
+        return lesion
+    return geometry.fill_enclosed(lesion | (free & (d <= last + 1)))
+
+
+def _close_heterogeneous(piece: np.ndarray, allowed: np.ndarray, spacing_zyx, p: LesionParameters) -> np.ndarray:
+    """A lesion closed by a ball of `p.close_fraction` of its equivalent radius (at most `p.close_max_mm`) within
+    `allowed`, holes filled: the dark parts of a heterogeneous mass and what lies between them are one lesion."""
+    sp = np.asarray(spacing_zyx, float)
+    radius = min(p.close_fraction * equivalent_radius_mm(int(piece.sum()), float(np.prod(sp))), p.close_max_mm)
+    if radius < float(sp.min()):
+        return piece
+    return geometry.fill_enclosed(geometry.close_mm(piece, radius, sp) & allowed) & allowed | piece
+
+
+# ------------------------------------------------------------------------------------- detection
+
+
+def working_factors(spacing_zyx, working_mm: float) -> np.ndarray:
+    """Block factors (z, y, x) that bring in-plane voxels to about `working_mm` (slices kept)."""
+    sp = np.asarray(spacing_zyx, float)
+    return np.array([1] + [max(1, int(round(working_mm / s))) for s in sp[1:]])
+
+
+@dataclass
+class _Significance:
+    """Per-scale z minus its bound (upsampled to the full grid), the voxels significant at some scale and the
+    support (the significant boxes, widened by `support_margin_mm`), all on the full grid."""
+
+    excess: list[np.ndarray]
+    significant: np.ndarray
+    support: np.ndarray
+
+
+def _significance(values: np.ndarray, liver: np.ndarray, ref: Reference, spacing_zyx, p: LesionParameters):
+    """Contrast evidence on the working grid and its significant voxels and boxes (steps 2 and 3's support)."""
+    sp = np.asarray(spacing_zyx, float)
+    f = working_factors(sp, p.working_mm)
+    if np.any(f > 1):
+        work_values, _ = block_means(values, liver, f)
+        work_ref = block_means(values, ref.reference, f)[1] >= 0.5
+    else:
+        work_values, work_ref = values, ref.reference
+    work_sp = sp * f
+    z, scales = contrast_evidence(work_values, work_ref, work_sp, p)
+    significant = np.zeros(work_values.shape, bool)
+    support = np.zeros(work_values.shape, bool)
+    for zs, scale in zip(z, scales):
+        sig = work_ref & (zs >= scale.bound_z)
+        if sig.any():
+            significant |= sig
+            box = centre_box_voxels(scale.radius_mm, work_sp)
+            support |= ndimage.uniform_filter(sig.astype(np.float32), size=tuple(int(v) for v in box)) > 1e-3
+    shape = values.shape
+    excess = [_upsample(zs - scale.bound_z, f, shape) for zs, scale in zip(z, scales)]
+    significant = _upsample(significant, f, shape) & ref.reference
+    support = geometry.depth_mm(~_upsample(support, f, shape), sp) <= p.support_margin_mm
+    return _Significance(excess, significant, support), scales
+
+
+def _best_scale(excess: list[np.ndarray], box, seed: np.ndarray) -> tuple[int, float]:
+    """The scale at which a seed is most significant, and its z minus the bound there."""
+    best = [float(e[box][seed].max()) for e in excess]
+    k = int(np.argmax(best))
+    return k, best[k]
+
+
+def _grow_seed(seed_box, seed: np.ndarray, values: np.ndarray, liver: np.ndarray, ref: Reference, taken: np.ndarray,
+               support: np.ndarray, radius_mm: float, spacing_zyx, p: LesionParameters, null_sd) -> list[np.ndarray]:
+    """The lesions round one seed (arrays of its box): the extent (values smoothed by `smooth_fraction` of the
+    seed's scale `radius_mm`), cut to the support, reaching into the border band only next to its own interior,
+    split into pieces; each piece closed (heterogeneous masses) and given its rim. `taken`: voxels of lesions
+    already found. Returns bool masks of the box."""
+    sp = np.asarray(spacing_zyx, float)
+    b = seed_box
+    sigma = min(p.smooth_fraction * radius_mm, p.smooth_max_mm)
+    vals = values[b]
+    smooth = _smoothed(vals, ref.usable[b], sigma, sp) if sigma > 0.5 * float(sp.min()) else vals
+    r_seed = equivalent_radius_mm(int(seed.sum()), float(np.prod(sp)))
+    ring_start = max(3.0, 0.8 * radius_mm + 2.0 - r_seed)
+    extent = lesion_extent(seed, smooth, liver[b], ref.usable[b], ref.solid[b], sp, p, ring_start)
+    if extent is None:
+        return []
+    extent &= support[b] & ~taken[b]
+    inside = extent & ref.interior[b]
+    if not inside.any():
+        return []
+    extent &= geometry.depth_mm(~inside, sp / ref.band_mm) <= 1.0
+    pieces, n = ndimage.label(extent)
+    free = liver[b] & ~taken[b]
+    out = []
+    for j in range(1, n + 1):
+        piece = pieces == j
+        if not (piece & seed).any():
+            continue
+        piece = _close_heterogeneous(piece, ref.solid[b] & ~taken[b], sp, p)
+        piece = add_rim(piece, vals, ref.usable[b], free, sp, null_sd, p) & ~taken[b]
+        out.append(piece)
+    return out
+
+
+def _contrast_hu(piece: np.ndarray, values: np.ndarray, usable: np.ndarray, free: np.ndarray, spacing_zyx) -> float:
+    """Median of the usable free liver 2-8 mm round a lesion minus the mean of its usable voxels (HU; NaN when
+    either is nearly empty)."""
+    d = geometry.depth_mm(~piece, spacing_zyx)
+    ring = usable & free & (d > 2.0) & (d <= 8.0)
+    inside = piece & usable
+    if ring.sum() < 10 or not inside.any():
+        return float("nan")
+    return float(np.median(values[ring]) - values[inside].mean())
+
+
+def detect_lesions(values: np.ndarray, liver: np.ndarray, spacing_zyx, p: LesionParameters | None = None,
+                   progress=None) -> LesionDetection:
+    """Lesion instances of a (denoised) CT inside a liver mask (module docstring).
+
+    values: HU [z, y, x] (float); liver: bool mask of the same shape; spacing_zyx: voxel sizes in mm.
+    Returns a LesionDetection whose labels have the input's shape.
+    """
+    p = p or LesionParameters()
+    p.validate()
+    sp = np.asarray(spacing_zyx, float)
+    values = np.asarray(values, np.float32)
+    liver = np.asarray(liver, bool)
+    if not liver.any():
+        raise InputError("The liver mask is empty; nothing to search for lesions in.")
+    ref = reference_parenchyma(values, liver, sp, p)
+    if progress is not None:
+        progress(0.2, "lesions: contrast at every size")
+    sig, scales = _significance(values, liver, ref, sp, p)
+    if p.false_alarms == 0:  # no automatic detection: the null statistics only, for clicked lesions
+        return LesionDetection(np.zeros(liver.shape, np.uint16), [], scales, ref.level_hu, ref.sd_hu)
+    null_sd = _null_sd_at(scales)
+    voxel_mm3 = float(np.prod(sp))
+    seeds, _ = ndimage.label(sig.significant)
+    taken = np.zeros(liver.shape, bool)
+    found: list[tuple[tuple, np.ndarray, int, float, float]] = []
+    objects = ndimage.find_objects(seeds)
+    for i, sl in enumerate(objects, start=1):
+        if progress is not None and i % 10 == 0:
+            progress(0.4 + 0.6 * i / len(objects), "lesions: extents")
+        if sl is None or taken[sl][seeds[sl] == i].all():
+            continue
+        scale, excess = _best_scale(sig.excess, sl, seeds[sl] == i)
+        radius = p.radii_mm[scale]
+        pad = np.ceil((0.8 * radius + 2.0 + p.context_mm + p.rim_mm + 2.0) / sp).astype(int)
+        box = geometry.widen(sl, pad, liver.shape)
+        for piece in _grow_seed(box, seeds[box] == i, values, liver, ref, taken, sig.support, radius, sp, p, null_sd):
+            contrast = _contrast_hu(piece, values[box], ref.usable[box], liver[box] & ~taken[box], sp)
+            if piece.sum() * voxel_mm3 < p.min_volume_mm3 or not contrast > 0:
+                continue
+            taken[box] |= piece
+            found.append((box, piece, scale, excess + scales[scale].bound_z, contrast))
+    labels = np.zeros(liver.shape, np.uint16)
+    order = sorted(range(len(found)), key=lambda k: -int(found[k][1].sum()))
+    evidence = []
+    for new_id, k in enumerate(order, start=1):
+        box, piece, scale, z, contrast = found[k]
+        labels[box][piece & (labels[box] == 0)] = new_id
+        evidence.append({"id": new_id, "contrast_hu": contrast, "evidence_z": z, "scale_mm": p.radii_mm[scale]})
+    return LesionDetection(labels, evidence, scales, ref.level_hu, ref.sd_hu)
+
+
+def lesion_at_point(values: np.ndarray, liver: np.ndarray, spacing_zyx, point_zyx, p: LesionParameters | None = None,
+                    taken: np.ndarray | None = None, scales: list[ScaleStatistics] | None = None) -> np.ndarray | None:
+    """The lesion round a voxel that the user marked as inside a tumour, with the extent model of `detect_lesions`.
+
+    The lesion's size is the radius at which the box centred on the point is darker than its ring by the most
+    null sds (`scales`: the null statistics of the liver's detection; computed when not given); the seed is the
+    usable voxels within 0.4 of that radius of the point. Nothing is required to be significant: the click says
+    a lesion is there. values: HU [z, y, x]; liver: bool; point_zyx: voxel index; taken: voxels of lesions
+    already found (left out). Returns a bool mask of the input's shape, or None when the point lies outside the
+    liver or is not darker than the liver round it at any size.
+    """
+    p = p or LesionParameters()
+    sp = np.asarray(spacing_zyx, float)
+    values = np.asarray(values, np.float32)
+    liver = np.asarray(liver, bool)
+    point = tuple(int(v) for v in np.round(point_zyx))
+    if any(not 0 <= c < n for c, n in zip(point, liver.shape)) or not liver[point]:
+        return None
+    taken = np.zeros(liver.shape, bool) if taken is None else taken
+    reach = max(p.radii_mm) * 1.6 + p.gap_mm + p.ring_mm + p.context_mm + p.rim_mm
+    half = np.ceil(reach / sp).astype(int)
+    box = tuple(slice(max(0, c - h), min(n, c + h + 1)) for c, h, n in zip(point, half, liver.shape))
+    local = tuple(c - s.start for c, s in zip(point, box))
+    ref = reference_parenchyma(values, liver, sp, p) if scales is None else None
+    if scales is None:
+        scales = _significance(values, liver, ref, sp, p)[1]
+    ref_box = reference_parenchyma(values[box], liver[box], sp, p)
+    best, best_z = None, 0.0
+    for scale in scales:
+        c, valid = centre_surround_contrast(values[box], ref_box.usable, sp, scale.radius_mm, p.gap_mm, p.ring_mm)
+        z = (float(c[local]) - scale.mode_hu) / scale.measured_sd_hu if valid[local] else -np.inf
+        if z > best_z:
+            best, best_z = scale.radius_mm, z
+    if best is None:
+        return None
+    zz, yy, xx = np.indices(liver[box].shape, sparse=True)
+    dist = np.sqrt(((zz - local[0]) * sp[0]) ** 2 + ((yy - local[1]) * sp[1]) ** 2 + ((xx - local[2]) * sp[2]) ** 2)
+    seed = (dist <= max(0.4 * best, 1.5 * float(sp.max()))) & ref_box.usable & ~taken[box]
+    seed[local] = True
+    support = dist <= 2.0 * best + p.ring_mm
+    mask = np.zeros(liver.shape, bool)
+    pieces = _grow_seed(tuple(slice(0, n) for n in seed.shape), seed, values[box], liver[box], ref_box, taken[box],
+                        support, best, sp, p, _null_sd_at(scales))
+    for piece in pieces:
+        if piece[local] or (piece & (dist <= 0.4 * best)).any():
+            mask[box] |= piece
+    return mask if mask.any() else None
+
+
+# ------------------------------------------------------------------------------------- instances and measurements
 
 
 def relabel_by_volume(labels_arr: np.ndarray, min_voxels: int = 1) -> np.ndarray:
     """Renumber instances 1..n by decreasing voxel count, dropping those below min_voxels (uint16)."""
-    return _volume_order(labels_arr, min_voxels)[labels_arr]
-
-
-def relabel_together(labels_arr: np.ndarray, *others: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Renumber `labels_arr` 1..n by decreasing voxel count and apply the same renumbering to `others`.
-
-    For label maps that share instance ids (a lesion's extent and its core). Returns uint16 arrays.
-    """
-    lut = _volume_order(labels_arr, size=max((int(o.max()) + 1 for o in others), default=0))
-    return (lut[labels_arr], *(lut[o] for o in others))
-
-
-def _equivalent_radius_mm(n_voxels: int, voxel_mm3: float) -> float:
-    """Radius (mm) of the sphere with the volume of n_voxels voxels."""
-    return (3.0 * n_voxels * voxel_mm3 / (4.0 * np.pi)) ** (1.0 / 3.0)
-
-
-def _is_ball(mask: np.ndarray, spacing_zyx, min_ratio: float, min_radius_mm: float) -> bool:
-    """A ball-like region: equivalent-sphere radius at least `min_radius_mm` and inscribed radius at least
-    `min_ratio` of it (1 for a ball, ~0.8 for a 1:1:2 ellipsoid, small for a sheet or a thin shell)."""
-    n = int(mask.sum())
-    r_eq = _equivalent_radius_mm(n, float(np.prod(spacing_zyx)))
-    if n == 0 or r_eq < min_radius_mm:
-        return False
-    return _inscribed_radius_mm(mask, spacing_zyx) >= min_ratio * r_eq
-
-
-def _is_fluid_ball(mask: np.ndarray, values: np.ndarray, spacing_zyx, fluid_hu: float, min_ratio: float,
-                   min_radius_mm: float) -> bool:
-    """A fluid ball: a ball-like region (`_is_ball`) whose median and whose deepest part (voxels at least 3/4 as
-    deep as its deepest) lie below `fluid_hu`. The median, not the mean: the partial-volume seam round a cyst
-    raises its mean. The deepest part: a sheet of fluid (the gallbladder) merged with a solid tumour makes a
-    ball-like region whose depth is the tumour's."""
-    if not _is_ball(mask, spacing_zyx, min_ratio, min_radius_mm) or float(np.median(values[mask])) >= fluid_hu:
-        return False
-    depth = ndimage.distance_transform_edt(mask, sampling=spacing_zyx)
-    return float(np.median(values[depth >= 0.75 * depth.max()])) < fluid_hu
-
-
-def _inscribed_radius_mm(mask: np.ndarray, spacing_zyx) -> float:
-    """Radius (mm) of the largest ball inside a region: its deepest voxel's distance to the outside."""
-    return float(ndimage.distance_transform_edt(np.pad(mask, 1), sampling=spacing_zyx).max())
-
-
-def drop_shells(lesion: np.ndarray, spacing_zyx, min_radius_mm: float = 8.0, max_ratio: float = 0.4,
-                pore_mm: float = 2.0, solid_ratio: float = 0.5, thin_mm: float = 5.0) -> np.ndarray:
-    """Remove instances that are thin shells or sheets, not tumours: equivalent-sphere radius at least
-    `min_radius_mm` but inscribed radius below `max_ratio` of it (e.g. the fat cap between the liver and the
-    upper pole of the kidney where the liver mask wraps round it). On the development phantoms (seeds 0-11,
-    small) the true lesions had ratios 0.45-0.87, such shells 0.32-0.37.
-    A porous instance is kept when, closed by a ball of `pore_mm` (holes filled), its ratio reaches
-    `solid_ratio`: the core of a mosaic HCC is riddled with its brighter, not hypodense, patches (phantom 200,
-    35 mm HCC: 0.31, closed 0.77; this test used to drop it), while a sheet stays thin (the shell on
-    development phantom 2: 0.38, closed 0.49). On the 97 cached full phantoms (seeds 0-11, 100-104, 200-209, ...,
-    700-709, 800-819; `benchmarks/eval_lesion_rules.py`) the instances this test looked at closed to 0.19-0.23
-    on no tumour, 0.40 on a haemangioma whose dark parts are a shell, 0.56 on phantom 401's 27 mm HCC and
-    0.70-0.77 on three other HCCs: `solid_ratio` 0.5 (0.6 before) keeps 401's HCC (found 227 -> 228 of 241,
-    nothing else changed; on small phantoms 0-11 and full phantoms 900-959 nothing changed).
-    A shell is also thin in millimetres: an instance whose inscribed radius reaches `thin_mm` is kept whatever
-    its ratio. A large lobulated tumour has a low ratio without being thin: on 3D-IRCADb 1.1 the 55 ml core
-    of its hypodense tumour has ratio 0.40-0.42 and inscribed radius 9.4-9.8 mm (0.37 and 7.9 mm on 4.8 mm
-    slices), and it was dropped or kept by which side of 0.40 a landmark moved by a few millimetres put it
-    (`benchmarks/eval_real_variants.py`). The two instances this test dropped on 43 cached full phantoms
-    (`benchmarks/eval_lesion_rules.py`) had inscribed radii of 2.5 and 3.0 mm. In place; returns `lesion`."""
-    spacing_zyx = np.asarray(spacing_zyx, dtype=float)
-    for i, sl in enumerate(ndimage.find_objects(lesion), start=1):
-        if sl is None:
-            continue
-        comp = lesion[sl] == i
-        r_eq = _equivalent_radius_mm(int(comp.sum()), float(np.prod(spacing_zyx)))
-        if r_eq < min_radius_mm:
-            continue
-        inscribed = _inscribed_radius_mm(comp, spacing_zyx)
-        if inscribed >= min(max_ratio * r_eq, thin_mm):
-            continue
-        if pore_mm > 0:
-            solid = geometry.fill_enclosed(geometry.close_mm(comp, pore_mm, spacing_zyx))
-            if _is_ball(solid, spacing_zyx, solid_ratio, 0.0):
-                continue
-        lesion[sl][comp] = 0
-    return lesion
-
-
-def merge_fragments(lesion: np.ndarray, liver: np.ndarray, spacing_zyx, gap_mm: float = 4.0,
-                    whole_radius_mm: float = 7.0, whole_ratio: float = 0.55) -> np.ndarray:
-    """One instance per lesion: regions closer than `gap_mm` to each other are one lesion (a heterogeneous
-    tumour, e.g. a mosaic HCC, shows several dark parts separated by near-parenchyma tissue), and the gaps
-    between its parts, inside the liver, join it (closing by a ball of radius gap_mm / 2 per merged group).
-
-    Two tumours that lie within `gap_mm` of each other are not fragments of one: where a group holds two or
-    more whole tumours (parts whose inscribed radius is at least `whole_radius_mm` and `whole_ratio` of their
-    equivalent-sphere radius), each stays an instance and every other part joins the nearest of them.
-    Phantom 409's metastases of 45 and 32 mm, 2-3 mm apart, were one instance (inscribed radii 15.4 and 8.5 mm,
-    ratios 0.74 and 0.59). On 97 cached full phantoms (`benchmarks/eval_lesion_rules.py`) 50 parts lay in
-    groups of one true lesion: inscribed radii 1.6-9.2 mm, three of them 7 mm or more, of which one whole
-    (306's 38 mm HCC, 9.2 mm and 0.59, with a fragment beside it) and none with a second whole part; 409 is the
-    only group split. Found 217 -> 218 of 241 lesions of 10 mm or more, false positives 5 -> 5, pooled lesion
-    Dice 0.809 -> 0.809. Keeping each whole tumour apart even from a single fragment found 219 but split 306's
-    HCC, a false positive more (one-off comparisons, script not kept). `whole_radius_mm` 0 disables the split.
-
-    lesion: instance labels (0 background) [z, y, x]; liver: bool mask. Returns int32 labels, groups numbered
-    by their first part (split groups' further tumours after them). Parts farther apart than gap_mm stay
-    separate instances.
-    """
-    if not lesion.any() or gap_mm <= 0:
-        return lesion
-    ball = geometry.ball_structure(gap_mm / 2.0, spacing_zyx)
-    groups, n = ndimage.label(ndimage.binary_dilation(lesion > 0, structure=ball))
-    out = np.zeros(lesion.shape, np.int32)
-    pad = np.array(ball.shape) // 2 + 1
-    next_label = n + 1
-    for g, sl in enumerate(ndimage.find_objects(groups), start=1):
-        sl = geometry.widen(sl, pad, groups.shape)
-        member = (groups[sl] == g) & (lesion[sl] > 0)
-        parts = np.where(member, lesion[sl], 0)
-        lesions_in_group = _split_whole_tumours(parts, spacing_zyx, whole_radius_mm, whole_ratio)
-        for k, one in enumerate(lesions_in_group):
-            if len(np.unique(parts[one])) > 1:
-                one = ndimage.binary_closing(one, structure=ball) & liver[sl] | one
-            if k > 0:  # a further tumour of a split group
-                label, next_label = next_label, next_label + 1
-            else:
-                label = g
-            target = out[sl]
-            target[one & (target == 0)] = label
-    return out
-
-
-def _split_whole_tumours(parts: np.ndarray, spacing_zyx, whole_radius_mm: float, whole_ratio: float) -> list:
-    """The lesions of one merge group (`parts`: its part labels, 0 elsewhere) as bool masks: the whole group, or,
-    where it holds two or more whole tumours (`merge_fragments`), one mask per tumour with every other part
-    joined to the nearest."""
-    ids, counts = np.unique(parts[parts > 0], return_counts=True)
-    if len(ids) < 2 or whole_radius_mm <= 0:
-        return [parts > 0]
-    # the inscribed radius (deepest voxel's distance to the outside) exceeds the equivalent one by at most a voxel
-    voxel_mm3, reach = float(np.prod(spacing_zyx)), whole_radius_mm - float(np.max(spacing_zyx))
-    radii = {i: _equivalent_radius_mm(int(n), voxel_mm3) for i, n in zip(ids, counts, strict=True)}
-    big = [i for i, r_eq in radii.items() if r_eq >= reach]
-    whole = []
-    for i in big if len(big) >= 2 else []:
-        one = parts == i
-        inscribed = _inscribed_radius_mm(one[ndimage.find_objects(one.astype(np.int8))[0]], spacing_zyx)
-        if inscribed >= max(whole_radius_mm, whole_ratio * radii[i]):
-            whole.append(i)
-    if len(whole) < 2:
-        return [parts > 0]
-    seeds = np.where(np.isin(parts, whole), parts, 0)
-    _, nearest_idx = ndimage.distance_transform_edt(seeds == 0, sampling=spacing_zyx, return_indices=True)
-    nearest = seeds[tuple(nearest_idx)]
-    return [(parts > 0) & (nearest == w) for w in whole]
-
-
-def extend_margins(lesion: np.ndarray, arr: np.ndarray, liver: np.ndarray, vessel: np.ndarray, spacing_zyx,
-                   margin_mm: float = 1.5, rim_mm: float = 2.5, rim_sd: float = 1.0,
-                   ring_mm: tuple[float, float] = (4.0, 6.0), fluid_hu: float = FLUID_HU,
-                   capsule_mm: float = 6.0, fluid_edge: float | None = 0.5,
-                   cap_edge: float | None = 0.5, faint_rim_sd: float | None = 0.2,
-                   faint_rim_max_spacing_mm: float = 1.0, interior_mm: float = 1.5) -> np.ndarray:
-    """Each lesion's extent: a solid lesion's detected core plus the partial-volume margin and the enhancing
-    rim; a cyst's core cut back to its half-contrast edge (`trim_fluid_edges`), a dark solid core's
-    partial-volume caps on thick slices cut likewise (`trim_partial_volume_caps`).
-
-    The hysteresis of `classify_voxels` follows the hypodense part of a lesion, so it stops inside the
-    blurred edge and inside an enhancing rim or capsule (metastases, HCC) or a band of enhancing nodules
-    (haemangioma), which are as bright as the parenchyma or brighter. On development phantoms (seeds 0, 1,
-    6, 7, full; a one-off profile analysis, script not kept) 30-90 % of the voxels within 1 mm outside a
-    detected metastasis, HCC or haemangioma were lesion (per lesion), at -5 to +9 HU from the parenchyma
-    4-6 mm away. Each instance whose median is
-    above `fluid_hu` (not a cyst: the hysteresis already takes a cyst past its half-maximum edge) takes the
-    free liver voxels (no other lesion) within `margin_mm` of it, and those
-    within `rim_mm` (at least `margin_mm`) that are brighter than the ring `ring_mm` outside it by `rim_sd`
-    robust sds and not in `vessel`, connected to it. Distances are Euclidean in mm (anisotropic spacing honoured).
-    Measured (pooled lesion Dice, `benchmarks/eval_tissue.py --lesion-margin-mm 0` against the default):
-    development seeds 0-11 0.575 -> 0.698, test seeds 100-104 0.793 -> 0.857. In the one-off comparison
-    that chose the rule (the same cores, cached; script not kept) a plain 1.5 mm margin gave 0.683 / 0.845,
-    2 mm 0.699 / 0.847 (metastases then overshoot: 0.770 -> 0.735 on seeds 0-11), growing only through
-    darker voxels 0.594 / 0.804.
-
-    A solid lesion whose interior (its voxels deeper than `interior_mm`) is less than `CLEAR_CONTRAST_SD` sds
-    darker than the parenchyma (an HCC: its mosaic interior is nearly as bright, its edge is a capsule only
-    mildly brighter) takes the rim voxels from `faint_rim_sd` sds up instead (None: `rim_sd` for all). On the
-    97 cached phantoms (`eval_lesion_rules.py score`, after the two edge rules below): pooled lesion Dice
-    0.823 -> 0.826, mean per case 0.791 -> 0.794 (better by more than 0.005 on 22 cases, worse on 8, at most
-    -0.029); 0.5 sds gave 0.825 / 0.793. Scored once afterwards on seeds 900-959: 0.843 -> 0.846 pooled,
-    0.771 -> 0.774 per case. Lesions found and false positives unchanged. Only on grids whose in-plane voxels
-    are at most `faint_rim_max_spacing_mm`, as the capsule search: on 2 mm voxels (small phantoms 0-11, cached
-    the same way) the rule lowered the pooled lesion Dice from 0.501 to 0.477.
-    Then a capsule further out (`capsule_mm` > 0: `grow_to_capsules`) brings the extent out to it.
-    Instances whose median is below `fluid_hu` are cut back to the level `fluid_edge` of the way from their
-    interior to the parenchyma (`trim_fluid_edges`; None keeps the hysteresis border); before the margin is
-    added, the partial-volume caps of clearly dark solid lesions on thick slices are cut at `cap_edge` of
-    the way (`trim_partial_volume_caps`; None keeps them).
-
-    lesion: instance labels [z, y, x]; arr: intensities (HU); liver, vessel: bool masks of the same shape.
-    Returns a modified copy of `lesion` (same dtype and ids; a solid instance loses at most its caps).
-    """
-    if not lesion.any() or (margin_mm <= 0 and rim_mm <= 0):
-        return lesion
-    if fluid_edge is not None:
-        lesion = trim_fluid_edges(lesion, arr, liver, spacing_zyx, fraction=fluid_edge, ring_mm=ring_mm,
-                                  fluid_hu=fluid_hu)
-    if cap_edge is not None:
-        lesion = trim_partial_volume_caps(lesion, arr, liver, spacing_zyx, fraction=cap_edge, ring_mm=ring_mm,
-                                          fluid_hu=fluid_hu)
-    spacing_zyx = np.asarray(spacing_zyx, dtype=float)
-    faint_rims = faint_rim_sd is not None and float(min(spacing_zyx[1:])) <= faint_rim_max_spacing_mm
-    rim_mm = max(rim_mm, margin_mm)
-    out = lesion.copy()
-    # a lesion without parenchyma round it to compare with (filling its part of the liver) keeps its core
-    for i, sl, comp, values, free, levels in _instances_with_levels(out, arr, liver, spacing_zyx, ring_mm, interior_mm,
-                                                                     fluid=False, fluid_hu=fluid_hu, reach_mm=rim_mm):
-        level, spread, interior, _, dist = levels
-        faint = faint_rims and level - interior < CLEAR_CONTRAST_SD * spread
-        bright_sd = faint_rim_sd if faint else rim_sd
-        add = free & (dist <= margin_mm)
-        add |= free & (dist <= rim_mm) & (values > level + bright_sd * spread) & ~vessel[sl]
-        _join_connected(out[sl], comp, add, i)
-    if capsule_mm > 0:
-        out = grow_to_capsules(out, arr, liver, vessel, spacing_zyx, reach_mm=capsule_mm, fluid_hu=fluid_hu)
-    return out
-
-
-def trim_fluid_edges(lesion: np.ndarray, arr: np.ndarray, liver: np.ndarray, spacing_zyx, fraction: float = 0.5,
-                     ring_mm: tuple[float, float] = (4.0, 6.0), interior_mm: float = 1.5,
-                     fluid_hu: float = FLUID_HU) -> np.ndarray:
-    """Cut each fluid lesion (cyst) back to its half-contrast edge.
-
-    The hysteresis of `classify_voxels` follows a cyst out to where its blurred edge is 0.3 of the way from
-    the parenchyma to the cyst (`edge_fraction`), beyond the edge of a blurred step, which lies where the
-    intensity is half-way between the two sides. On the 97 cached phantoms of
-    `benchmarks/eval_lesion_rules.py` (seeds 0-11, 100-104, 200-209, ..., 700-709, 800-819; a one-off
-    analysis, script not kept) the detected cysts were 1.24 (10-15 mm) and 1.12 (20-40 mm) times their true
-    volume (medians). For each instance whose median is below `fluid_hu`: the interior level is the median of
-    its voxels deeper than `interior_mm` (the deeper half when none is), the parenchyma level the median of
-    the free liver (no instance) `ring_mm` outside it; voxels brighter than interior + `fraction` × (parenchyma
-    − interior) leave the instance, enclosed holes are filled and only the pieces holding interior voxels
-    stay. An instance that would keep less than 30 % of its voxels, or without parenchyma round it, is left
-    as it is. Measured with `eval_lesion_rules.py score` on those 97 caches: pooled lesion Dice 0.812 -> 0.817,
-    mean per case 0.773 -> 0.780, lesions found and false positives unchanged (221 of 241, 5); a fraction of
-    0.4 or 0.6 gave 0.816 / 0.817.
-
-    lesion: instance labels [z, y, x]; arr: intensities (HU); liver: bool mask; spacing_zyx: mm.
-    Returns a modified copy (same ids; only fluid instances shrink).
-    """
-    spacing_zyx = np.asarray(spacing_zyx, dtype=float)
-    out = lesion.copy()
-    for _, sl, comp, values, _, levels in _instances_with_levels(lesion, arr, liver, spacing_zyx, ring_mm,
-                                                                  interior_mm, fluid=True, fluid_hu=fluid_hu):
-        level, _, inside_level, interior, _ = levels
-        keep = geometry.fill_enclosed(comp & (values <= inside_level + fraction * (level - inside_level))) & comp
-        pieces, _ = ndimage.label(keep)
-        held = np.unique(pieces[interior & keep])
-        keep = np.isin(pieces, held[held > 0])
-        if keep.sum() < 0.3 * comp.sum():
-            continue
-        out[sl][comp & ~keep] = 0
-    return out
-
-
-def trim_partial_volume_caps(lesion: np.ndarray, arr: np.ndarray, liver: np.ndarray, spacing_zyx,
-                             fraction: float = 0.5, min_contrast_sd: float = CLEAR_CONTRAST_SD,
-                             bright_periphery_sd: float = 0.5,
-                             thick_ratio: float = 1.5, ring_mm: tuple[float, float] = (4.0, 6.0),
-                             interior_mm: float = 1.5, fluid_hu: float = FLUID_HU) -> np.ndarray:
-    """Cut the partial-volume caps off each clearly dark solid lesion on a grid of thick slices.
-
-    Where the slices are at least `thick_ratio` times thicker than the pixels, a lesion's first and last
-    slice (along the thickest axis) hold voxels that the lesion only partly fills: darker than the
-    parenchyma, so the hysteresis takes them, although their centre lies outside the lesion when they are
-    nearer the parenchyma than the lesion's interior (the half-contrast edge of `trim_fluid_edges`, across
-    the slices). The margin of `extend_margins` (1.5 mm) does not reach across a 1.75-2.5 mm slice to put
-    them back. For each instance whose median is at least `fluid_hu`: the voxels with no instance voxel
-    before or after them along that axis that are brighter than interior + `fraction` × (parenchyma −
-    interior) leave it (levels as in `trim_fluid_edges`), unless the lesion is less than `min_contrast_sd`
-    robust sds darker than the parenchyma (an HCC, whose mosaic interior is nearly as bright: its interior
-    level does not mark its edge), its periphery (the free liver within 2 mm) is enhancing, `bright_periphery_sd`
-    sds above the parenchyma on average (a haemangioma: its dark centre lies inside a band of bright
-    nodules), or it would lose more than half of its voxels.
-    Measured with `eval_lesion_rules.py score` on the 97 cached phantoms (seeds 0-11, 100-104, 200-209, ...,
-    700-709, 800-819; slices 1.5-2.5 mm, pixels 0.7 mm), after `trim_fluid_edges`: pooled lesion Dice 0.817 ->
-    0.823, mean per case 0.780 -> 0.791, better by more than 0.005 on 41 cases, worse on 8 (at most -0.037:
-    haemangiomas of 23 and 27 mm whose periphery was not bright enough to spare them), lesions found and false
-    positives unchanged. Without the periphery test: 0.822 / 0.791 (a 21 mm haemangioma 0.59 -> 0.49); without
-    the contrast test either: 0.816 / 0.787.
-
-    lesion: instance labels (cores) [z, y, x]; arr: HU; liver: bool mask; spacing_zyx: mm.
-    Returns a modified copy (same ids; only solid instances on thick-slice grids shrink).
-    """
-    spacing_zyx = np.asarray(spacing_zyx, dtype=float)
-    axis = int(np.argmax(spacing_zyx))
-    if spacing_zyx[axis] < thick_ratio * spacing_zyx.min():
-        return lesion
-    out = lesion.copy()
-    along_axis = np.zeros((3, 3, 3), bool)
-    along_axis[tuple(slice(None) if a == axis else 1 for a in range(3))] = True
-    for _, sl, comp, values, free, levels in _instances_with_levels(lesion, arr, liver, spacing_zyx, ring_mm,
-                                                                     interior_mm, fluid=False, fluid_hu=fluid_hu):
-        level, spread, inside_level, _, outside_mm = levels
-        if level - inside_level < min_contrast_sd * spread:
-            continue
-        periphery = free & (outside_mm > 0) & (outside_mm <= 2.0)
-        if periphery.any() and float(np.mean(values[periphery])) > level + bright_periphery_sd * spread:
-            continue
-        # the cap voxels: those of the core without a core voxel on both sides along the thick axis
-        caps = comp & ~ndimage.binary_erosion(comp, structure=along_axis)
-        drop = caps & (values > inside_level + fraction * (level - inside_level))
-        if drop.sum() > 0.5 * comp.sum():
-            continue
-        out[sl][drop] = 0
-    return out
-
-
-def _instances_with_levels(lesion: np.ndarray, arr: np.ndarray, liver: np.ndarray, spacing_zyx: np.ndarray, ring_mm,
-                           interior_mm: float, fluid: bool, fluid_hu: float, reach_mm: float = 0.0):
-    """For each instance that is fluid (median below `fluid_hu`) or, with fluid=False, solid, and has parenchyma
-    round it: its id, its box widened to hold the ring `ring_mm` round it (and `reach_mm`), its mask, the
-    intensities and the free liver (no instance) there, and its levels (`_edge_levels`). As `_instances`, the
-    instances may be extended in place between the steps."""
-    pad = np.ceil(max(reach_mm, ring_mm[1]) / spacing_zyx).astype(int) + 1
-    for i, sl, comp, values, free in _instances(lesion, arr, liver, pad, fluid_hu, fluid=fluid):
-        levels = _edge_levels(comp, values, free, spacing_zyx, ring_mm, interior_mm)
-        if levels is not None:
-            yield i, sl, comp, values, free, levels
-
-
-def _edge_levels(comp: np.ndarray, values: np.ndarray, free: np.ndarray, spacing_zyx: np.ndarray, ring_mm,
-                 interior_mm: float):
-    """(parenchyma level, its robust sd, interior level, interior mask, distance outside it in mm) of one
-    instance: the parenchyma from the free liver `ring_mm` outside it, the interior the median of its voxels
-    deeper than `interior_mm` (its deeper half when none is). None when the ring holds fewer than 10 voxels."""
-    outside_mm = geometry.depth_mm(~comp, spacing_zyx)
-    ring = free & (outside_mm > ring_mm[0]) & (outside_mm <= ring_mm[1])
-    if ring.sum() < 10:
-        return None
-    level, spread = parenchyma_statistics(values[ring])
-    interior = _interior_mask(comp, spacing_zyx, interior_mm)
-    return level, spread, float(np.median(values[interior])), interior, outside_mm
-
-
-def _interior_mask(comp: np.ndarray, spacing_zyx, interior_mm: float) -> np.ndarray:
-    """The voxels of `comp` deeper than `interior_mm` (mm), or its deeper half when none is."""
-    depth = geometry.depth_mm(comp, spacing_zyx)
-    interior = comp & (depth > interior_mm)
-    if not interior.any():
-        interior = comp & (depth >= np.median(depth[comp]))
-    return interior
-
-
-def _instances(labels_arr: np.ndarray, arr: np.ndarray, liver: np.ndarray, pad, fluid_hu: float, fluid: bool = False):
-    """For each instance of `labels_arr` whose median intensity is at least `fluid_hu` (solid; with fluid=True:
-    below it, a cyst): its id, its bounding box widened by `pad` voxels, its mask, the intensities and the free
-    liver (no instance) there. `labels_arr` may be extended in place between the steps: each instance is read
-    when its turn comes."""
-    for i, sl in enumerate(ndimage.find_objects(labels_arr.copy()), start=1):
-        if sl is None:
-            continue
-        sl = geometry.widen(sl, pad, labels_arr.shape)
-        comp = labels_arr[sl] == i
-        values = arr[sl]
-        if (float(np.median(values[comp])) < fluid_hu) != fluid:
-            continue
-        yield i, sl, comp, values, liver[sl] & (labels_arr[sl] == 0)
-
-
-def _join_connected(target: np.ndarray, comp: np.ndarray, add: np.ndarray, label: int) -> None:
-    """Give `label` to the voxels of `add` face-connected to `comp`, in `target` (in place)."""
-    pieces, _ = ndimage.label(add | comp)
-    touching = np.unique(pieces[comp])
-    target[add & np.isin(pieces, touching[touching > 0])] = label
-
-
-def grow_to_capsules(lesion: np.ndarray, arr: np.ndarray, liver: np.ndarray, vessel: np.ndarray, spacing_zyx,
-                     reach_mm: float = 6.0, peak_sd: float = 0.5, contrast_sd: float = 0.3,
-                     closed_fraction: float = 0.75, level_mm: tuple[float, float] = (9.0, 12.0),
-                     fluid_hu: float = FLUID_HU) -> np.ndarray:
-    """Extend a solid lesion out to an enhancing capsule that lies beyond its extent.
-
-    An HCC's core is darker than the parenchyma, but part of its mosaic interior is nearly as bright, so the
-    hysteresis and the margin can stop millimetres inside its capsule. On development phantoms (seeds 0-11,
-    test seeds 100-104 and hold-out 200-209, full; a one-off profile analysis, script not kept) 3 HCCs of
-    25-41 mm had extents of 0.46-0.59 of the true volume, their capsule 2-4 mm outside the extent.
-    For each instance whose median is above `fluid_hu`: the mean intensity of the free liver (no other
-    lesion, no `vessel`) in 1 mm shells round the extent, in robust sds of the parenchyma `level_mm` away.
-    When the brightest shell within `reach_mm` + 1 mm lies beyond the first millimetre (the rim is not yet in
-    the extent), at least `peak_sd` above the parenchyma and `contrast_sd` above the mean of the two shells
-    1-3 mm beyond it (a ring, not a gradient into brighter tissue), the free liver out to the capsule's outer
-    edge (the last shell, at most 2 mm further, still above half the capsule's contrast), connected to the
-    lesion, joins it, provided the ring is closed: in at least `closed_fraction` of the directions round the
-    lesion that shell is `contrast_sd` above the parenchyma (`ring_closure`). On ircadb1_1 a 3.4 ml region
-    (28 mm long, 96 HU) had a shell peak of 0.53 sd bright in 0.62 of the directions, and grew to 11.8 ml
-    (mean 119 HU, above the parenchyma's 111) without this test; the three phantom HCCs' rings were
-    bright in 0.85-0.92 of the directions.
-    Measured on cached pipeline runs (pooled lesion Dice, the same cores): development seeds 0-11
-    0.747 -> 0.758 (one HCC changed, 0.734 -> 0.853), hold-out 200-209 0.667 -> 0.702 (one HCC, 0.706 -> 0.880),
-    test seeds 100-104 unchanged (0.857). Thresholds 0.3 / 0.2 sd gave the same on seeds 0-11 and 100-104;
-    stopping at the brightest shell's outer edge instead of the half-contrast edge gave 0.869 and 0.886 on
-    those two HCCs but leaves half of a 2 mm capsule out (`Testing/test_liver_lesions.py`).
-
-    lesion: instance labels [z, y, x] (extents); arr: HU; liver, vessel: bool masks; spacing_zyx: mm.
-    Returns a modified copy (same ids; instances never shrink).
-    """
-    spacing_zyx = np.asarray(spacing_zyx, dtype=float)
-    n_shells = int(np.ceil(reach_mm)) + 4  # 1 mm shells: the search reach and 3 mm beyond it
-    pad = np.ceil(max(level_mm[1], n_shells) / spacing_zyx).astype(int) + 1
-    out = lesion.copy()
-    for i, sl, comp, values, free in _instances(out, arr, liver, pad, fluid_hu):
-        tissue = free & ~vessel[sl]
-        dist = geometry.depth_mm(~comp, spacing_zyx)
-        ring = tissue & (dist > level_mm[0]) & (dist <= level_mm[1])
-        if ring.sum() < 10:
-            continue
-        level, spread = parenchyma_statistics(values[ring])
-        sds = (values - level) / spread  # robust sds from the parenchyma round the lesion
-        profile = shell_means(sds, dist, tissue, 1.0, n_shells, min_voxels=10)
-        search = profile[:int(np.floor(reach_mm)) + 1]  # shells out to reach_mm + 1 mm
-        if not np.isfinite(search).any():
-            continue
-        k = int(np.nanargmax(search))
-        if k == 0:  # the brightest shell touches the extent: the rim is already in it
-            continue
-        after = profile[k + 2:k + 4]
-        beyond = np.nanmean(after) if np.isfinite(after).any() else np.inf
-        if profile[k] >= peak_sd and profile[k] - beyond >= contrast_sd:
-            shell = tissue & (dist > k) & (dist <= k + 1)
-            if ring_closure(sds, shell, comp, spacing_zyx, contrast_sd) < closed_fraction:
-                continue  # bright on one side only (vessels, a brighter neighbour): not a capsule
-            half = 0.5 * (profile[k] + beyond)  # the capsule ends where its shells fall below half its contrast
-            edge = k
-            while edge + 1 < k + 3 and profile[edge + 1] >= half:
-                edge += 1
-            _join_connected(out[sl], comp, free & (dist <= edge + 1), i)
-    return out
-
-
-def _nearest_direction(offsets_mm: np.ndarray) -> np.ndarray:
-    """Index 0..25 of the nearest of the 26 directions of a voxel's neighbourhood (faces, edges, corners) for each
-    offset (rows of [z, y, x] mm): the sectors in which `ring_closure` and `_dark_ball` look round a region."""
-    dirs = np.array([d for d in np.ndindex(3, 3, 3) if d != (1, 1, 1)], dtype=float) - 1.0
-    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
-    return np.argmax(offsets_mm @ dirs.T, axis=1)
-
-
-def ring_closure(values: np.ndarray, shell: np.ndarray, region: np.ndarray, spacing_zyx, level: float,
-                 min_voxels: int = 5) -> float:
-    """Fraction of the directions round `region` in which the voxels of `shell` average at least `level`.
-
-    Directions: the 26 of a voxel's neighbourhood, seen from the region's centroid (mm, anisotropic spacing
-    honoured); each shell voxel counts for the nearest one; directions with fewer than `min_voxels` shell
-    voxels are left out. 0 when no direction has enough voxels."""
-    sp = np.asarray(spacing_zyx, dtype=float)
-    centre = np.asarray(ndimage.center_of_mass(region)) * sp
-    offsets = np.argwhere(shell) * sp - centre
-    if offsets.shape[0] == 0:
-        return 0.0
-    nearest = _nearest_direction(offsets)
-    counts = np.bincount(nearest, minlength=26)
-    sums = np.bincount(nearest, weights=values[shell], minlength=26)
-    used = counts >= min_voxels
-    if not used.any():
-        return 0.0
-    return float(np.mean(sums[used] / counts[used] >= level))
-
-
-EMBEDDED_REACH_MM = 5.0  # how far round a blob `embedded_in_parenchyma` looks for parenchyma
-
-
-def embedded_in_parenchyma(blob: np.ndarray, parenchyma: np.ndarray, spacing_zyx, min_contact: float = 0.25,
-                           min_closure: float = 0.4, reach_mm: float = EMBEDDED_REACH_MM) -> bool:
-    """A blob lying in the parenchyma, not on it: at least `min_contact` of its one-voxel shell is parenchyma,
-    and parenchyma lies within `reach_mm` of it in at least `min_closure` of 26 directions (`ring_closure`).
-    A cyst that fills the thickness of a thin lobe passes (fresh phantoms 400 and 402: contact 0.29 and 0.35,
-    closure 0.42 and 0.58 on the liver extraction's grid); the gallbladder, stomach and bowel fluid beside
-    the liver do not (contact <= 0.21, closure <= 0.35 over 42 full phantoms; a one-off analysis, script not
-    kept). blob, parenchyma: bool arrays of one shape, with room round the blob for `reach_mm`."""
-    if geometry.shell_fraction(blob, parenchyma) < min_contact:
-        return False
-    dist = ndimage.distance_transform_edt(~blob, sampling=spacing_zyx)
-    ring = (dist > 0) & (dist <= reach_mm)
-    return ring_closure(parenchyma.astype(np.float32), ring, blob, spacing_zyx, 0.5, min_voxels=3) >= min_closure
-
-
-def shell_means(values: np.ndarray, dist: np.ndarray, usable: np.ndarray, shell_mm: float, n_shells: int,
-                min_voxels: int = 1) -> np.ndarray:
-    """Mean of `values` over the `usable` voxels in each shell k·shell_mm < dist <= (k+1)·shell_mm, k = 0 ..
-    n_shells - 1 (dist: mm from a region, 0 inside it); NaN for shells with fewer than `min_voxels` voxels."""
-    out = np.full(n_shells, np.nan)
-    for k in range(n_shells):
-        shell = usable & (dist > k * shell_mm) & (dist <= (k + 1) * shell_mm)
-        if shell.sum() >= min_voxels:
-            out[k] = float(values[shell].mean())
-    return out
-
-
-def local_mean(values: np.ndarray, weight: np.ndarray, sigma_mm: float, spacing_zyx) -> np.ndarray:
-    """Gaussian-weighted mean (σ in mm, per-axis voxel sizes honoured) of `values` over the voxels where the bool
-    `weight` is set (normalised convolution: the liver's border and holes do not pull the mean down). float32."""
-    sigma = sigma_mm / np.asarray(spacing_zyx, dtype=float)
-    w = weight.astype(np.float32)
-    num = ndimage.gaussian_filter(np.where(weight, values, 0).astype(np.float32), sigma)
-    den = ndimage.gaussian_filter(w, sigma)
-    return num / np.maximum(den, np.float32(1e-3))
-
-
-def _block_mean(a: np.ndarray, factors) -> np.ndarray:
-    """Mean over blocks of `factors` voxels per axis (float32); the array is edge-padded to whole blocks.
-    Bool arrays are summed as bytes (the fraction of the block that is set)."""
-    f = [int(v) for v in factors]
-    pad = [(0, (-n) % k) for n, k in zip(a.shape, f, strict=True)]
-    if a.dtype == bool:
-        a = a.view(np.uint8)
-    elif a.dtype != np.float32:
-        a = a.astype(np.float32)
-    if any(p[1] for p in pad):
-        a = np.pad(a, pad, mode="edge")
-    shape = []
-    for n, k in zip(a.shape, f, strict=True):
-        shape += [n // k, k]
-    total = a.reshape(shape).sum(axis=(1, 3, 5), dtype=np.float32)
-    return total / np.float32(np.prod(f))
-
-
-def capsule_lesions(arr: np.ndarray, liver: np.ndarray, hyper: np.ndarray, lesion: np.ndarray, spacing_zyx,
-                    mu: float, sd: float, *, working_mm: float = 1.4, **criteria) -> np.ndarray:
-    """`capsule_cores` on a grid coarsened to about `working_mm` per voxel in-plane (block means; a voxel is liver or
-    vessel where most of its block is, lesion where any of it is; 4x fewer voxels at 0.7 mm), mapped back to the
-    input grid (bool mask of new cores, inside the liver and outside the lesions given). On the cached phantoms
-    of the measurement in `capsule_cores`, 1.4 mm and 2 mm found the same nodules, but at 2 mm (2.3 mm voxels)
-    a 6.6 ml region at the hilum of ircadb1_1 passed too, which 1.4 mm does not report (no tumour truth there
-    to tell which is right): 1.4 mm is kept."""
-    spacing_zyx = np.asarray(spacing_zyx, dtype=float)
-    f = np.array([1] + [max(1, int(round(working_mm / s))) for s in spacing_zyx[1:]])
-    if np.all(f == 1):
-        return capsule_cores(arr, liver, hyper, lesion, spacing_zyx, mu, sd, **criteria)
-    coarse = capsule_cores(_block_mean(arr, f), _block_mean(liver, f) >= 0.5, _block_mean(hyper, f) >= 0.5,
-                           (_block_mean(lesion > 0, f) > 0).astype(np.uint8), spacing_zyx * f, mu, sd, **criteria)
-    fine = coarse.repeat(f[1], axis=1).repeat(f[2], axis=2)[:, :arr.shape[1], :arr.shape[2]]
-    return fine & liver & (lesion == 0)
-
-
-def capsule_cores(arr: np.ndarray, liver: np.ndarray, hyper: np.ndarray, lesion: np.ndarray, spacing_zyx,
-                  mu: float, sd: float, *, scales_mm: tuple[float, float] = (3.0, 10.0), contrast_sd: float = 0.4,
-                  min_depth_mm: float = 3.0, clearance_mm: float = 3.0, min_ml: float = 0.2,
-                  core_sd: float = -1.0, capsule_sd: float = 0.45, capsule_rise_sd: float = 0.3,
-                  shell_mm: float = 1.5, n_shells: int = 9, ball_contrast_sd: float | None = 1.5,
-                  ball_directions: float = 0.85, ball_usable: float = 0.9, ball_fill: float = 0.6,
-                  ball_floor_sd: float = -2.0, large_ball_mm: float | None = 5.0, large_ball_contrast_sd: float = 1.2,
-                  large_ball_directions: float = 0.8) -> np.ndarray:
-    """Slightly hypodense nodules that the EM classes miss (HCC in the portal phase): ringed by an enhancing
-    capsule, or dark balls.
-
-    An HCC in the portal-venous phase is only ~1 sd darker than the parenchyma (washout) and ringed by an
-    enhancing capsule (the LI-RADS major features): its voxels stay in the parenchyma class. Candidates are
-    the blobs darker than their surroundings: the local mean at `scales_mm[0]` below the one at
-    `scales_mm[1]` by `contrast_sd` robust sds (intensities clipped to [mu - 4 sd, mu + 1 sd] inside the
-    liver, vessels left out), deeper than `min_depth_mm` in the liver, at least `clearance_mm` from the
-    lesions already found, of at least `min_ml`. A candidate is kept when its mean is at most `core_sd`
-    sds and the mean intensity in shells of `shell_mm` around it (parenchyma only: no vessel, no lesion)
-    peaks at `capsule_sd` sds or more within 1.5-9 mm and exceeds the shells 9-13.5 mm out by
-    `capsule_rise_sd`: a bright ring round a dark core. A candidate without such a capsule is kept when it is
-    a dark ball (`_dark_ball`, unless `ball_contrast_sd` is None): most HCCs that the rules missed have a capsule
-    too faint to see but are balls darker than their surroundings in every direction, while the dark places
-    that are not tumours are crescents and wedges (partial volume round a vessel or in a fissure) or shallow
-    patches of noise (details and measurement in `_dark_ball`). A candidate whose equivalent radius is at least
-    `large_ball_mm` passes the ball test with `large_ball_contrast_sd` and `large_ball_directions` instead of
-    `ball_contrast_sd` and `ball_directions`: noise and the regional variation of enhancement make small dark
-    balls, not large ones. On the 97 cached full phantoms (seeds 0-11, 100-104, 200-209, ..., 700-709, 800-819;
-    a one-off feature analysis of the 2,166 candidates of -0.5 sd or darker, script not kept) 5 of the 9 HCCs
-    >= 10 mm still missed were candidates of 5.3-9.5 mm radius with contrasts of 1.24-1.67 sd in 0.81-0.96 of
-    the directions; of the candidates on no tumour that radius and darker than 1.2 sd in 0.8 of the directions,
-    one (1.4 ml, 1.22 sd) passed. Measured with `benchmarks/eval_lesion_rules.py`: found 221 -> 225 of 241
-    lesions >= 10 mm (HCCs of 18-28 mm), false positives 5 -> 6, pooled lesion Dice 0.826 -> 0.831; on the 60
-    phantoms 900-959, cached before and scored once after: 150 -> 151 of 164, false positives 5 -> 5, pooled
-    lesion Dice 0.846 -> 0.847. None disables the tier. Its core is the candidate plus the liver
-    voxels (not vessel) out to the first shell back at parenchyma level (for a dark ball without a capsule,
-    which has no bright ring to stop at, at most one shell: otherwise a small one took in 11 ml of parenchyma).
-    Set on cached pipeline runs of phantoms 0-11 and 100-104 (full; a one-off analysis, script not kept):
-    of ~400 candidates 3 passed, all of them HCCs that the EM classes had missed (3 of the 5 missed HCCs
-    >= 10 mm on seeds 0-11); among the others the highest peak was 0.40 sd (rise 0.06), the highest rise
-    with a peak above 0.25 sd 0.30 (peak 0.28).
-    arr: intensities (HU); liver, hyper (hyperdense voxels), lesion (instances found so far): same shape.
-    Returns a bool mask of the new cores.
-    """
-    spacing_zyx = np.asarray(spacing_zyx, dtype=float)
-    found = np.zeros(arr.shape, bool)
-    usable = liver & ~hyper & (lesion == 0)
-    if usable.sum() < 1000:
-        return found
-    clipped = np.clip(arr, mu - 4.0 * sd, mu + 1.0 * sd)
-    contrast = local_mean(clipped, usable, scales_mm[0], spacing_zyx) - local_mean(clipped, usable, scales_mm[1],
-                                                                                   spacing_zyx)
-    depth = geometry.depth_mm(liver, spacing_zyx)
-    clear = geometry.depth_mm(lesion == 0, spacing_zyx) > clearance_mm
-    candidates = (contrast < -contrast_sd * sd) & usable & (depth > min_depth_mm) & clear
-    lab, n = ndimage.label(candidates)
-    if n == 0:
-        return found
-    reach = shell_mm * n_shells
-    pad = np.ceil(reach / spacing_zyx).astype(int) + 1
-    voxel_mm3 = float(np.prod(spacing_zyx))
-    min_voxels = min_ml * 1000.0 / voxel_mm3
-    for i, sl in enumerate(ndimage.find_objects(lab), start=1):
-        if (lab[sl] == i).sum() < min_voxels:
-            continue
-        sl = geometry.widen(sl, pad, lab.shape)
-        comp = lab[sl] == i
-        values = (arr[sl] - mu) / sd
-        mean = float(values[comp].mean())
-        if mean > core_sd:
-            continue
-        dist = ndimage.distance_transform_edt(~comp, sampling=spacing_zyx)
-        ok = usable[sl]
-        profile = shell_means(values, dist, ok, shell_mm, n_shells)
-        peak = np.nanmax(profile[1:6]) if np.isfinite(profile[1:6]).any() else np.nan
-        far = np.nanmean(profile[6:]) if np.isfinite(profile[6:]).any() else np.nan
-        capsule = peak >= capsule_sd and peak - far >= capsule_rise_sd
-        large = large_ball_mm is not None and _equivalent_radius_mm(int(comp.sum()), voxel_mm3) >= large_ball_mm
-        if not capsule and not (ball_contrast_sd is not None and mean >= ball_floor_sd
-                                and _dark_ball(values, usable[sl], comp, spacing_zyx,
-                                               large_ball_contrast_sd if large else ball_contrast_sd,
-                                               large_ball_directions if large else ball_directions,
-                                               ball_usable, ball_fill)):
-            continue
-        back = int(np.argmax(np.nan_to_num(profile, nan=-np.inf) >= 0.0))  # first shell at parenchyma level
-        if not capsule:  # without a capsule to stop at, the dark ball ends where the next shell is no longer dark
-            back = min(back, 1)
-        core = comp | (ok & (dist <= back * shell_mm))
-        found[sl] |= geometry.fill_enclosed(core) & liver[sl]
-    return found
-
-
-def _dark_ball(values: np.ndarray, usable: np.ndarray, comp: np.ndarray, spacing_zyx, contrast_sd: float,
-               directions: float, usable_fraction: float, fill: float) -> bool:
-    """A candidate that is a ball darker than its surroundings all round (an HCC whose capsule is too faint).
-
-    About the candidate's centroid, with R its equivalent-sphere radius and `values` in robust parenchyma sds:
-    the parenchyma (`usable`: liver, no vessel, no lesion found) in the shell R + 3 to R + 8 mm must be at
-    least `contrast_sd` brighter than the ball within max(2 mm, 0.7 R); in at least `directions` of the 26
-    directions round it (`ring_closure`'s sectors) the shell must be 0.3 sd brighter than the ball within R
-    (a crescent round a vessel or a wedge in a fissure is dark on one side only); at least `usable_fraction`
-    of the ball within R must be usable parenchyma (no vessel or outside in it) and `fill` of it the candidate
-    (a ball, not a thin or scattered region).
-    `capsule_cores` asks it only of candidates whose mean is above `ball_floor_sd` (-2 sd): darker regions are
-    the EM's hypodense class, judged by `classify_voxels` with its surface and contact tests (without the floor,
-    one metastasis more but 4 false positives more on the 68 phantoms below).
-    Set on cached pipeline runs of 68 full phantoms (seeds 0-11, 100-104, 200-209, 300-309, 400-409, 500-509,
-    600-609 and 707; `benchmarks/eval_lesion_rules.py`; a one-off feature analysis of the 800 candidates
-    between -2.5 and -0.7 sd, script not kept): the 10 HCCs >= 10 mm among the candidates on missed lesions had
-    contrasts 1.29-2.19 sd, 9 of them in 0.85-0.96 of the directions (a 15 mm one beside a haemangioma in 0.65);
-    of the 774 candidates on no tumour, 2 had a contrast
-    above 1.5 sd in 0.85 of the directions (the dark ring round the IVC, a wedge in a fissure), and the usable
-    fraction leaves 1 (the wedge).
-    With `capsule_cores`' own candidates: lesions >= 10 mm found 149 -> 155 of 172 (5 HCCs of 16-22 mm and a
-    16 mm haemangioma), false positives 5 -> 5, pooled lesion Dice 0.793 -> 0.798. On 20 fresh phantoms
-    (seeds 800-819, cached and scored only after the rule was set): found 47 -> 47 of 54 (their misses were not
-    HCCs), false positives 2 -> 4, pooled Dice 0.765 -> 0.749; one candidate's core had swallowed a
-    haemangioma, and with the one-shell bound on the core in `capsule_cores` (added after this check): found
-    48, false positives 4 (a dark patch beside a tumour and a 0.8 ml dark nodule), pooled Dice 0.762.
-    On the real ircadb1_1 the 5 candidates had contrasts <= 0.99 sd and the lesions did not change.
-    values, usable, comp: arrays of one box with room round `comp` for R + 8 mm (less is cut off)."""
-    sp = np.asarray(spacing_zyx, dtype=float)
-    n = int(comp.sum())
-    radius = _equivalent_radius_mm(n, float(np.prod(sp)))
-    centre = np.asarray(ndimage.center_of_mass(comp)) * sp
-    axes = [(np.arange(size) * s - c) for size, s, c in zip(comp.shape, sp, centre, strict=True)]
-    r = np.sqrt(axes[0][:, None, None] ** 2 + axes[1][None, :, None] ** 2 + axes[2][None, None, :] ** 2)
-    ball = r <= radius
-    if not ball.any() or usable[ball].mean() < usable_fraction or comp[ball].mean() < fill:
-        return False
-    inner = usable & (r <= max(2.0, 0.7 * radius))
-    ring = usable & (r > radius + 3.0) & (r <= radius + 8.0)
-    if inner.sum() < 5 or ring.sum() < 10:
-        return False
-    if float(values[ring].mean() - values[inner].mean()) < contrast_sd:
-        return False
-    nearest = _nearest_direction(np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)).reshape(r.shape)
-    darker = []
-    for k in range(26):
-        inside, outside = usable & ball & (nearest == k), ring & (nearest == k)
-        if inside.sum() >= 3 and outside.sum() >= 5:
-            darker.append(values[outside].mean() - values[inside].mean() > 0.3)
-    return bool(darker) and float(np.mean(darker)) >= directions
-
-
-def sharp_dark_nodules(regions: np.ndarray, arr: np.ndarray, liver: np.ndarray, depth: np.ndarray, spacing_zyx,
-                       mu: float, sd: float, *, min_voxels: int, max_voxels: int, min_depth_mm: float = 5.0,
-                       core_sd: float = 3.0, shell_sd: float = 0.5, shell_mm: float = 3.0,
-                       objects: list | None = None) -> list[int]:
-    """Ids of the small dark regions that are sharply bounded nodules deep in the liver (a haemangioma's centre).
-
-    A small haemangioma in the portal phase is a dark centre in a band of enhancing nodules: its mean is near the
-    parenchyma's and its hypodense part is often smaller than the smallest lesion core (phantoms: 0.02-0.1 ml in
-    haemangiomas of 8-15 mm). Noise and partial volume make dark specks of that size too, but those fade into
-    darker surroundings or lie in the partial-volume band at the surface. A region of `regions` (labels) with
-    `min_voxels` to `max_voxels` voxels is kept when its deepest voxel lies at least `min_depth_mm` from the
-    liver's border (`depth`, mm), its mean at most mu - `core_sd`·sd and the mean of the liver voxels within
-    `shell_mm` round it at least mu - `shell_sd`·sd: a dark core with an abrupt edge to tissue at parenchyma
-    level or brighter.
-    Set on cached pipeline runs of the 97 full phantoms (seeds 0-11, 100-104, 200-209, ..., 700-709, 800-819;
-    a one-off feature analysis of the 14,589 hypodense regions of 0.015-0.2 ml outside the lesions found,
-    script not kept): of the 14,527 on no tumour, 42 lie 5 mm deep or more, all with a shell at -0.94 sd or
-    darker (regional variation of the enhancement); the regions in the missed haemangiomas that deep had
-    shells of -0.46 to +0.60 sd. What the rule changes is measured in `classify_voxels` (step 1).
-    regions: int labels of the hypodense regions; arr, liver, depth: same shape; objects: `find_objects(regions)`
-    when the caller has it (computed otherwise). Returns the ids kept."""
-    counts = np.bincount(regions.ravel())
-    ids = np.unique(regions[(depth >= min_depth_mm) & (regions > 0)])  # the regions reaching that deep
-    ids = ids[(counts[ids] >= min_voxels) & (counts[ids] < max_voxels)]
-    spacing_zyx = np.asarray(spacing_zyx, dtype=float)
-    pad = np.ceil(shell_mm / spacing_zyx).astype(int) + 1
-    if objects is None:
-        objects = ndimage.find_objects(regions)
-    keep = []
-    for i in ids:
-        sl = geometry.widen(objects[i - 1], pad, regions.shape)
-        region = regions[sl] == i
-        if float(arr[sl][region].mean()) > mu - core_sd * sd:
-            continue
-        shell = liver[sl] & ~region & (ndimage.distance_transform_edt(~region, sampling=spacing_zyx) <= shell_mm)
-        if shell.any() and float(arr[sl][shell].mean()) >= mu - shell_sd * sd:
-            keep.append(int(i))
-    return keep
-
-
-def _elongation(coords_zyx_mm: np.ndarray) -> float:
-    """Ratio of the largest to the smallest principal standard deviation of a point cloud (1 = sphere)."""
-    if len(coords_zyx_mm) < 4:
-        return 1.0
-    ev = np.linalg.eigvalsh(np.cov(coords_zyx_mm.T))
-    ev = np.clip(ev, 1e-6, None)
-    return float(np.sqrt(ev[-1] / ev[0]))
-
-
-def _padded(sl, mask: np.ndarray, margin: int, shape) -> tuple[tuple[slice, ...], np.ndarray]:
-    """Slices `sl` widened by `margin` voxels (clipped to `shape`) and `mask` (the shape of `sl`) placed in them."""
-    wide = geometry.widen(sl, margin, shape)
-    out = np.zeros(tuple(w.stop - w.start for w in wide), bool)
-    out[tuple(slice(s.start - w.start, s.stop - w.start) for s, w in zip(sl, wide, strict=True))] = mask
-    return wide, out
-
-
-def _fluid_and_soft_parts(comp: np.ndarray, values: np.ndarray, sl, fluid_hu: float, min_voxels: int,
-                          opening: np.ndarray) -> list:
-    """Connected parts of `comp` below and at or above `fluid_hu`, each opened by the structure `opening` (the
-    partial-volume seam between fluid and parenchyma is thin, a tumour is not) and of at least `min_voxels`, as
-    (slices in the whole array, mask, splittable=False) work items; none when `comp` does not split."""
-    parts = []
-    for side in (values < fluid_hu, values >= fluid_hu):
-        lab, n = ndimage.label(ndimage.binary_opening(comp & side, structure=opening))
-        for j, sub in enumerate(ndimage.find_objects(lab) if n else [], start=1):
-            piece = lab[sub] == j
-            if piece.sum() >= min_voxels and piece.sum() < comp.sum():
-                parts.append((tuple(slice(o.start + s.start, o.start + s.stop) for o, s in zip(sl, sub, strict=True)),
-                              piece, False))
-    return parts
-
-
-def classify_voxels(arr: np.ndarray, classes: np.ndarray | None, liver: np.ndarray, model, spacing_xyz,
-                    *, min_lesion_volume_mm3: float = 100.0, separation_sd: float = 1.5, rim_mm: float = 3.0,
-                    max_outside_contact: float = 0.35, grow_sd: float = 0.7, edge_fraction: float = 0.3,
-                    surface_depth_ratio: float = 1.3, surface_band_mm: float = 3.0, surface_band_pixels: float = 2.0,
-                    max_border_shell: float = 0.3,
-                    merge_gap_mm: float = 4.0, min_ball: float = 0.75, min_ball_radius_mm: float = 6.0,
-                    max_outside_ball: float = 0.5, min_shell_radius_mm: float = 8.0, max_shell_ratio: float = 0.4,
-                    capsules: bool = True, capsule_max_spacing_mm: float = 1.0, fluid_hu: float | None = FLUID_HU,
-                    fat_seam_mm: float = 1.5, nodule_min_mm3: float | None = 20.0,
-                    nodule_max_spacing_mm: float = 1.0, cyst_min_ball: float = 0.7):
-    """Split the liver's voxels into lesion instances and vessels.
-
-    0. Fat: voxels below -30 HU (fat, or lung at the dome) that the liver mask took in count as outside the
-       liver, and no lesion core lies within `fat_seam_mm` of them (their partial-volume seam), nor grows into
-       them; the surface-band depth (3.) is measured from them too. Before, the fat capsule round a kidney
-       pole and its seam formed one dark region with a metastasis beside it, dropped as a shell (fresh
-       phantom 308: a 13 mm metastasis), a fat pocket at the dome joined a cyst 4 mm away (phantom 300) and
-       fat pockets were reported as lesions. On cached runs of 37 full phantoms (seeds 0-11, 100-104,
-       200-209, 300-309; `benchmarks/eval_lesion_rules.py`): lesions >= 10 mm found 79 -> 81 of 92,
-       false positives 6 -> 2, pooled lesion Dice 0.762 -> 0.790; no case worse.
-    1. Cores: connected voxels of the MRF-smoothed EM class 'lesion-hypo' (or of a 'mixed' class and
-       darker than the parenchyma by `separation_sd` robust sds), holes filled, of at least
-       `min_lesion_volume_mm3`, whose mean lies between fat (-30 HU) and the parenchyma minus
-       `separation_sd` sds, and whose one-voxel shell lies mostly inside the liver (`max_outside_contact`:
-       not gallbladder, bowel or surface partial volume). A region failing that test is split once into its
-       fluid (below `fluid_hu`; None: no second chance) and soft-tissue parts, each opened by a 2 mm ball and
-       judged again with the other parts counted as outside the liver: a tumour touching the gallbladder
-       forms one dark region with it (development phantom 3: a 17 mm metastasis, missed before), while the
-       thin partial-volume seam round the fluid is opened away or fails (it gave false positives on phantoms
-       1, 201 and 203 when judged alone). A fluid part is judged with its own seam within the region (the
-       2 mm the opening took off): counted as outside, that seam had made nearly all of a cyst's shell
-       'outside' when the cyst formed one region with dark tissue beside it (fresh phantom 400: a 20 mm
-       cyst lost once the liver mask took in that tissue; on 67 cached phantoms nothing else changed).
-       Smaller regions, from `nodule_min_mm3` up, are cores too when they are sharply bounded dark nodules
-       deep in the liver (`sharp_dark_nodules`: the centre of a small haemangioma, whose enhancing nodules
-       bring its mean up to the parenchyma's), on grids whose in-plane voxels are at most
-       `nodule_max_spacing_mm`. On the 97 cached full phantoms (`benchmarks/eval_lesion_rules.py`): lesions
-       >= 10 mm found 218 -> 221 of 241 (haemangiomas of 10, 11 and 12 mm), false positives 5 -> 5, pooled
-       lesion Dice 0.809 -> 0.812; on small phantoms (2 mm pixels, seeds 10150-10169) it found nothing more
-       and added a false positive, so coarser grids are left without it. None disables it.
-    2. Extent (hysteresis): each core grows (geodesic, 6-connected) through liver voxels darker than
-       mu - max(grow_sd·sd, edge_fraction·(mu - core mean)), for at most `rim_mm` or 3/4 of the core's
-       equivalent radius, whichever is larger; holes are filled. On the phantoms the true border of a
-       metastasis or HCC lies where the intensity has recovered to ~0.1-0.2 of the contrast (the
-       enhancing rim, blurred with the core, is near parenchyma density), of a cyst at ~0.25: 0.3
-       grows solid lesions past the half-maximum edge without leaking around cysts. When the ring of
-       `rim_mm` around the grown region is brighter than mu + 0.5·sd on average (an enhancing periphery:
-       haemangioma nodules), hyperdense voxels within `rim_mm` join too (haemangioma Dice 0.61 -> 0.65 on
-       phantom 102; no other lesion changed on phantoms 100-104).
-    3. Surface band: a grown region is dropped when its deepest voxel lies less than
-       `surface_depth_ratio` × its equivalent radius from the liver's border and more than
-       `max_border_shell` of its shell lies within `surface_band_mm` of the border (partial volume at the
-       surface, dark tissue where the liver mask leaks into a neighbour). On phantoms 100-104 (full) the
-       false positives had ratios 0.74-1.23 and border shares 0.22-0.60, the true lesions >= 1.48 and
-       <= 0.24 (0 false positive rejections also on the small phantoms 0-11). 0 disables the test.
-       The partial-volume band is about two pixels wide whatever their size: the band is at least
-       `surface_band_pixels` in-plane pixels (on 0.7 mm pixels 3 mm decides; on 2 mm pixels 4 mm). On small
-       phantoms (2 × 2 × 2.5 mm voxels, 40 cases, seeds 10150-10169 and 10300-10319) that cut the false
-       positives from 43 to 26 while 149 instead of 151 of the 204 lesions >= 10 mm were found.
-    A fluid ball (median below `fluid_hu`) embedded in the parenchyma (`embedded_in_parenchyma`, the rule that
-       keeps it in the liver mask) is a cyst even when more of its shell lies outside: a cyst bulging from both
-       faces of a thin lobe (fresh phantom 400: 20 mm, 52 % of its shell outside or on fat; no other change on
-       37 cached phantoms). Its ball test asks an inscribed radius of `cyst_min_ball` (0.7) of its equivalent
-       radius, not `min_ball` (`_is_fluid_ball`): the liver's surface (or the fat beside it) cuts into a bulging
-       cyst, and its partial-volume seam raises its mean, not its median. Two subcapsular cysts of 18 and 25 mm
-       (phantoms 809 and 813, ratios 0.735 and 0.746, the first with a mean of 30.7 HU and a median of 23.7)
-       were missed before; on the 97 cached phantoms (`benchmarks/eval_lesion_rules.py`) nothing else changed,
-       found 225 -> 227 of 241, and on the 60 phantoms 900-959 (scored once after) nothing changed. At 0.6 the
-       gallbladder of small phantom 9 (2 mm voxels; ratio 0.646, 7 ml) became a lesion: 0.7 keeps it out
-       (small phantoms 0-11: 7 false positives, as at 0.75).
-    Both surface tests spare a ball-shaped region (`_is_ball`: equivalent radius >= `min_ball_radius_mm`,
-       inscribed radius >= `min_ball` of it; and at most
-       `max_outside_ball` of its core's shell outside the liver): a subcapsular cyst or tumour is a ball
-       that bulges from the surface, partial volume and the gallbladder are sheets or elongated.
-    4. Capsules (`capsules`): slightly hypodense nodules ringed by an enhancing capsule or darker than their
-       surroundings all round like a ball, which the EM classes leave in the parenchyma (HCC), join as further
-       cores (`capsule_lesions`), on grids whose in-plane
-       voxels are at most `capsule_max_spacing_mm`. Its thresholds were set on 0.7 mm pixels (full phantoms);
-       on 2 mm voxels (small phantoms 10150-10169, 20 cases) it added 5 true lesions and 7 false positives
-       after curvature denoising (21 -> 28), 6 and 10 after median denoising (17 -> 27), so coarser grids
-       are left without it.
-    5. Fragments: regions closer than `merge_gap_mm` are one lesion and the gaps between them join it
-       (`merge_fragments`): a heterogeneous tumour is one instance, not several.
-    6. Shells: instances that are thin shells or sheets are dropped (`drop_shells`).
-    The instances are the lesion cores: `extend_margins` adds the margin and rim that make a lesion's extent.
-
-    Args:
-        arr: intensities (HU) [z, y, x]; liver: bool liver mask, same shape.
-        classes: per-voxel MAP class of `model` after MRF smoothing (or None: computed without MRF).
-        model: a MixtureModel from `liver_mixture` (class names 'parenchyma', 'lesion-hypo', 'vessel', 'mixed').
-        separation_sd: bound (robust parenchyma sds) for judging voxels of 'mixed' classes, and the least
-            contrast of a core's mean below the parenchyma.
-        grow_sd: least depth (robust sds) below the parenchyma of a voxel that a lesion grows into.
-        edge_fraction: fraction of the core's contrast below the parenchyma where growth stops.
-        rim_mm: least growth distance (mm).
-        max_outside_contact: largest fraction of a core's one-voxel shell allowed outside the liver.
-        fat_seam_mm: width (mm, at least one in-plane pixel) of the partial-volume seam round fat in the liver
-            mask where no core lies.
-        spacing_xyz: voxel spacing in mm (x, y, z).
-    Returns (lesion core instance labels uint16 [z, y, x], vessel mask bool: hyperdense voxels not in lesions).
-    """
-    spacing_zyx = np.asarray(spacing_xyz, dtype=float)[::-1]
-    voxel_mm3 = float(np.prod(spacing_zyx))
-    if classes is None:
-        from .tissue_model import posteriors
-
-        classes = np.argmax(posteriors(arr, model, liver), axis=0)
-    names = np.array(model.names)
-    mu, sd = parenchyma_statistics(arr[liver])
-    lo, hi = mu - separation_sd * sd, mu + separation_sd * sd
-    # fat (or lung) that the liver mask took in is outside the liver, and the partial-volume seam round it
-    # (within `fat_seam_mm`) is no lesion core
-    fat = liver & (arr < FAT_MEAN_HU)
-    seam_mm = max(fat_seam_mm, float(min(spacing_zyx[1:])))  # at least one in-plane pixel
-    fat_seam = geometry.dilate_mm(fat, seam_mm, spacing_zyx) & liver if fat.any() else fat
-    mixed = liver & (names == "mixed")[classes]
-    hypo = liver & ~fat_seam & ((names == "lesion-hypo")[classes] | (mixed & (arr < lo)))
-    hyper = liver & ((names == "vessel")[classes] | (mixed & (arr > hi)))
-    plain = liver & ~hypo & ~hyper & ~fat_seam  # parenchyma-like voxels
-
-    min_voxels = int(np.ceil(min_lesion_volume_mm3 / voxel_mm3))
-    band_mm = max(surface_band_mm, surface_band_pixels * float(min(spacing_zyx[1:])))
-    six = ndimage.generate_binary_structure(3, 1)
-    steps = max(1, int(round(rim_mm / spacing_zyx.min())))
-    lab, n = ndimage.label(hypo)
-    depth = None
-    split_from = np.zeros(arr.shape, bool)  # the regions split into fluid and soft parts
-    seam = geometry.ball_structure(2.0, spacing_zyx)
-    lesion = np.zeros(arr.shape, np.int32)
-    next_id = 1
-    objects = ndimage.find_objects(lab) if n else []
-    pending = [(sl, lab[sl] == i, True) for i, sl in enumerate(objects, start=1) if (lab[sl] == i).sum() >= min_voxels]
-    if nodule_min_mm3 is not None and n and float(min(spacing_zyx[1:])) <= nodule_max_spacing_mm:
-        # smaller cores where the region is a sharply bounded dark nodule deep in the liver (a haemangioma's centre)
-        depth = geometry.depth_mm(liver & ~fat, spacing_zyx)
-        small = sharp_dark_nodules(lab, arr, liver, depth, spacing_zyx, mu, sd,
-                                   min_voxels=int(np.ceil(nodule_min_mm3 / voxel_mm3)), max_voxels=min_voxels,
-                                   objects=objects)
-        pending += [(objects[i - 1], lab[objects[i - 1]] == i, True) for i in small]
-    while pending:
-        sl, comp0, splittable = pending.pop(0)
-        radius_mm = _equivalent_radius_mm(int(comp0.sum()), voxel_mm3)
-        n_steps = max(steps, int(round(0.75 * radius_mm / spacing_zyx.min())))
-        sl, comp = _padded(sl, comp0, n_steps + steps + 2, arr.shape)
-        comp = geometry.fill_enclosed(comp)
-        mean_hu = float(arr[sl][comp].mean())
-        if not splittable and fluid_hu is not None and mean_hu < fluid_hu:
-            # a fluid part is judged with its own partial-volume seam, which the opening took off: that seam
-            # is the fluid's blurred border, not a neighbour
-            comp |= ndimage.binary_dilation(comp, structure=seam) & split_from[sl]
-        # fat (between liver lobes) and weak dips are not lesions
-        if mean_hu < FAT_MEAN_HU or mean_hu > lo:
-            continue
-        # a region whose surface lies largely outside the liver is the gallbladder, bowel or partial
-        # volume at the liver's surface, not a tumour
-        beyond = ~liver[sl] | (fat_seam[sl] & ~comp)
-        if not splittable:
-            beyond |= split_from[sl] & ~comp
-        outside = geometry.shell_fraction(comp, beyond)
-        bulging_ball = outside > max_outside_contact and _is_ball(comp, spacing_zyx, min_ball, min_ball_radius_mm)
-        # a cyst bulging from a thin part of the liver: a fluid ball embedded in the parenchyma, as in liver extraction
-        cyst = (outside > max_outside_contact and fluid_hu is not None
-                and _is_fluid_ball(comp, arr[sl], spacing_zyx, fluid_hu, cyst_min_ball, min_ball_radius_mm)
-                and embedded_in_parenchyma(comp, plain[sl], spacing_zyx))
-        if outside > max_outside_contact and not (bulging_ball and outside <= max_outside_ball) and not cyst:
-            # a tumour touching the gallbladder (or another fluid-filled neighbour in the mask) forms one dark
-            # region with it: its fluid and its soft-tissue parts are judged again, each on its own, the other
-            # parts counting as outside the liver (the partial-volume rim round the fluid stays out)
-            if splittable and fluid_hu is not None:
-                split_from[sl] |= comp
-                pending += _fluid_and_soft_parts(comp & (lab[sl] > 0), arr[sl], sl, fluid_hu, min_voxels, seam)
-            continue
-        # extent (hysteresis): the core grows through voxels darker than the parenchyma by edge_fraction
-        # of the core's contrast (and by at least grow_sd sds, above the noise)
-        darker = liver[sl] & ~fat[sl] & (arr[sl] < min(mu - grow_sd * sd, mu - edge_fraction * (mu - mean_hu)))
-        grown = ndimage.binary_dilation(comp, structure=six, iterations=n_steps, mask=darker) | comp
-        # an enhancing periphery (haemangioma nodules, rims): when the ring of rim_mm around the dark part
-        # is brighter than the parenchyma on average, its hyperdense voxels join the lesion
-        ring = ndimage.binary_dilation(grown, structure=six, iterations=steps) & ~grown & liver[sl]
-        if ring.any() and float(arr[sl][ring].mean()) > mu + 0.5 * sd:
-            grown |= ndimage.binary_dilation(grown, structure=six, iterations=steps, mask=hyper[sl] | darker)
-        grown = geometry.fill_enclosed(grown) & liver[sl]
-        # partial volume at the liver's surface and dark tissue where the mask leaks into a neighbour lie
-        # in the surface band: their deepest voxel is hardly deeper than their own radius and much of their
-        # shell is near the border; a tumour, even one that bulges, has parenchyma around its centre
-        if surface_depth_ratio > 0:
-            if depth is None:
-                depth = geometry.depth_mm(liver & ~fat, spacing_zyx)
-            g_radius = _equivalent_radius_mm(int(grown.sum()), voxel_mm3)
-            near_border = geometry.shell_fraction(grown, liver[sl] & (depth[sl] <= band_mm))
-            if (depth[sl][grown].max() < surface_depth_ratio * g_radius and near_border > max_border_shell
-                    and not _is_ball(grown, spacing_zyx, min_ball, min_ball_radius_mm)):
-                continue
-        target = lesion[sl]
-        target[grown & (target == 0)] = next_id
-        next_id += 1
-    if capsules and float(min(spacing_zyx[1:])) <= capsule_max_spacing_mm:
-        extra, _ = ndimage.label(capsule_lesions(arr, liver, hyper, lesion, spacing_zyx, mu, sd))
-        lesion[extra > 0] = extra[extra > 0] + (next_id - 1)
-    lesion = drop_shells(merge_fragments(lesion, liver, spacing_zyx, merge_gap_mm), spacing_zyx, min_shell_radius_mm,
-                         max_shell_ratio)
-    lesion = relabel_by_volume(lesion, min_voxels)
-    vessel = hyper & (lesion == 0)
-    return lesion, vessel
-
-
-def _tissue_inputs(ct: sitk.Image, liver_mask: sitk.Image):
-    from . import io
-
-    ct = io.validate_ct(ct)
-    geometry.require_same_geometry(liver_mask, ct, "The liver mask")
-    liver = sitk.GetArrayViewFromImage(liver_mask) > 0
-    if not liver.any():
-        raise InputError("The liver mask is empty; nothing to search for lesions in.")
-    return ct, liver
-
-
-def liver_mixture(values: np.ndarray, n_classes: int | None = None, separation_sd: float = 1.5):
-    """EM mixture of liver intensities (HU) with the parenchyma anchored at robust statistics (module docstring).
-
-    n_classes: total number of classes (anchor included); None chooses the free classes by BIC.
-    Classes are named by their mean relative to the parenchyma (robust mean mu and sd s of the liver's
-    voxels, which include the regional variation of enhancement): 'parenchyma' within mu ± separation_sd·s,
-    'lesion-hypo' below, 'vessel' above; a class broader than separation_sd·s is 'mixed' (its voxels are
-    then judged one by one against the same bounds). Returns (model, anchor index).
-    """
-    from .tissue_model import MixtureModel, fit_anchored_mixture
-
-    mu, sd = parenchyma_statistics(values)
-    k_range = (1, 5) if n_classes is None else (max(1, n_classes - 1), max(1, n_classes - 1))
-    model, anchor = fit_anchored_mixture(np.clip(values, -200, 500), mu, sd, k_range=k_range)
-    names = []
-    for k, (m, s) in enumerate(zip(model.means_hu, model.sds_hu)):
-        if k == anchor:
-            names.append("parenchyma")
-        elif s > separation_sd * sd:
-            names.append("mixed")
-        elif m < mu - separation_sd * sd:
-            names.append("lesion-hypo")
-        elif m > mu + separation_sd * sd:
-            names.append("vessel")
-        else:
-            names.append("parenchyma")
-    return MixtureModel(means_hu=model.means_hu, sds_hu=model.sds_hu, weights=model.weights.copy(), names=names,
-                        log_likelihood=model.log_likelihood, n_iter=model.n_iter, n_samples=model.n_samples,
-                        bic=model.bic, converged=model.converged, bic_by_k=model.bic_by_k), anchor
-
-
-def detect_lesions(ct: sitk.Image, liver_mask: sitk.Image, *, min_lesion_volume_mm3: float = 100.0,
-                   n_classes: int | None = None, mrf_beta: float = 1.0) -> sitk.Image:
-    """Lesion instances (uint16, 1..n by volume, CT geometry) inside a liver mask of a (denoised) CT in HU."""
-    labels_img, _ = _detect(ct, liver_mask, min_lesion_volume_mm3, n_classes, mrf_beta)
-    return labels_img
-
-
-def detect_vessels(ct: sitk.Image, liver_mask: sitk.Image, *, n_classes: int | None = None,
-                   mrf_beta: float = 1.0) -> sitk.Image:
-    """Intrahepatic vessel mask (uint8 0/1, CT geometry): hyperdense tubular voxels inside the liver."""
-    _, vessel_img = _detect(ct, liver_mask, 100.0, n_classes, mrf_beta)
-    return vessel_img
-
-
-def _detect(ct, liver_mask, min_lesion_volume_mm3, n_classes, mrf_beta):
-    from .tissue_model import segment_tissues
-
-    ct, _ = _tissue_inputs(ct, liver_mask)
-    res = segment_tissues(ct, None, liver_mask, n_classes=n_classes, min_lesion_volume_mm3=min_lesion_volume_mm3,
-                          mrf_beta=mrf_beta)
-    return res.lesion_labels, res.vessel_mask
+    counts = np.bincount(np.asarray(labels_arr).ravel())
+    counts[0] = 0
+    order = [int(i) for i in np.argsort(-counts, kind="stable") if i != 0 and counts[i] >= max(1, min_voxels)]
+    lut = np.zeros(counts.size, np.uint16)
+    lut[order] = np.arange(1, len(order) + 1, dtype=np.uint16)
+    return lut[labels_arr]
 
 
 def _max_diameter_mm(points_mm: np.ndarray) -> float:
+    """Largest distance between two of the points (mm): over their convex hull's vertices, at most 3000 of them."""
     if len(points_mm) < 2:
         return 0.0
     if len(points_mm) > 3:
@@ -1091,7 +573,7 @@ def _max_diameter_mm(points_mm: np.ndarray) -> float:
             from scipy.spatial import ConvexHull
 
             points_mm = points_mm[ConvexHull(points_mm).vertices]
-        except Exception:  # flat or degenerate sets: use all points
+        except Exception:  # flat or degenerate sets: use all points  # noqa: BLE001
             pass
     if len(points_mm) > 3000:
         points_mm = points_mm[:: len(points_mm) // 3000 + 1]
@@ -1099,13 +581,23 @@ def _max_diameter_mm(points_mm: np.ndarray) -> float:
     return float(np.sqrt(d2.max()))
 
 
+def _axial_axis(image: sitk.Image) -> int:
+    """The array axis (0 = z, 1 = y, 2 = x of [z, y, x]) whose index direction is nearest the patient's S axis."""
+    d = geometry.direction_matrix(image)
+    return 2 - int(np.argmax(np.abs(d[2, :])))
+
+
 def measure_lesions(lesion_labels: sitk.Image, ct: sitk.Image) -> list[dict]:
-    """Per lesion instance: id, volume_ml, centroid_ras [x, y, z] (mm), max_diameter_mm (voxel centres' extent
-    plus one voxel), mean_hu (of the CT given, HU). Sorted by id."""
+    """Per lesion instance, sorted by id: id, volume_ml, centroid_ras [x, y, z] (mm), max_diameter_mm (the largest
+    distance between two of its voxel centres, plus one voxel), equivalent_diameter_mm (of the ball of its
+    volume), axial_diameter_mm (RECIST's longest diameter: the largest in any one slice across the patient's
+    long axis, plus one voxel) and mean_hu (of the CT given)."""
     geometry.require_same_geometry(lesion_labels, ct, "The lesion label map")
     lab = sitk.GetArrayViewFromImage(lesion_labels)
     arr = sitk.GetArrayViewFromImage(ct)
     voxel_ml = geometry.voxel_volume_ml(ct)
+    pixel = float(np.mean(ct.GetSpacing()))
+    axis = _axial_axis(ct)
     rows = []
     objects = ndimage.find_objects(lab.astype(np.int64)) if lab.any() else []
     for i, sl in enumerate(objects, start=1):
@@ -1114,12 +606,14 @@ def measure_lesions(lesion_labels: sitk.Image, ct: sitk.Image) -> list[dict]:
         comp = lab[sl] == i
         idx = np.argwhere(comp) + np.array([s.start for s in sl])
         pts = geometry.voxel_centers_lps(ct, idx)
-        centroid = geometry.lps_to_ras(pts.mean(0))
+        axial = max(_max_diameter_mm(pts[idx[:, axis] == k]) for k in np.unique(idx[:, axis]))
         rows.append({
             "id": int(i),
             "volume_ml": float(comp.sum() * voxel_ml),
-            "centroid_ras": [float(c) for c in centroid],
-            "max_diameter_mm": _max_diameter_mm(pts) + float(np.mean(ct.GetSpacing())),
+            "centroid_ras": [float(c) for c in geometry.lps_to_ras(pts.mean(0))],
+            "max_diameter_mm": _max_diameter_mm(pts) + pixel,
+            "equivalent_diameter_mm": 2.0 * equivalent_radius_mm(int(comp.sum()), voxel_ml * 1000.0),
+            "axial_diameter_mm": axial + pixel,
             "mean_hu": float(arr[sl][comp].mean()),
         })
     return rows

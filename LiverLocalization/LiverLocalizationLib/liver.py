@@ -33,9 +33,28 @@ from scipy import ndimage
 
 from . import geometry
 from .errors import InputError
-from .lesions import EMBEDDED_REACH_MM, FLUID_HU, embedded_in_parenchyma, parenchyma_statistics
+from .tissue_model import parenchyma_statistics
 
 Progress = Callable[[float, str], None]
+
+
+FLUID_HU = 30.0  # fluid (cysts, bile, water) lies below this, solid tissue above
+EMBEDDED_REACH_MM = 5.0  # how far round a blob `embedded_in_parenchyma` looks for parenchyma
+
+
+def embedded_in_parenchyma(blob: np.ndarray, parenchyma: np.ndarray, spacing_zyx, min_contact: float = 0.25,
+                           min_closure: float = 0.4, reach_mm: float = EMBEDDED_REACH_MM) -> bool:
+    """A blob lying in the parenchyma, not on it: at least `min_contact` of its one-voxel shell is parenchyma,
+    and parenchyma lies within `reach_mm` of it in at least `min_closure` of 26 directions
+    (`geometry.ring_closure`). A cyst that fills the thickness of a thin lobe passes; the gallbladder, stomach
+    and bowel fluid beside the liver touch it on one face and do not. blob, parenchyma: bool arrays of one
+    shape, with room round the blob for `reach_mm`."""
+    if geometry.shell_fraction(blob, parenchyma) < min_contact:
+        return False
+    dist = ndimage.distance_transform_edt(~blob, sampling=spacing_zyx)
+    ring = (dist > 0) & (dist <= reach_mm)
+    return geometry.ring_closure(parenchyma.astype(np.float32), ring, blob, spacing_zyx, 0.5,
+                                 min_voxels=3) >= min_closure
 
 
 MIN_AVERAGED_VOXELS = 8  # raw CT: a working-grid voxel averaging fewer CT voxels than this is median-filtered
@@ -606,7 +625,7 @@ def dark_regions(arr: np.ndarray, parenchyma: np.ndarray, filled: np.ndarray, pa
 def _accept_subcapsular_fluid(arr, parenchyma, accepted, rejected, fluid_below_hu, spacing_zyx, envelope_mm,
                               min_ml, min_in_envelope) -> None:
     """Move fluid-dark blobs inside the liver's envelope, or embedded in the parenchyma, from `rejected` to
-    `accepted` (in place). Embedded (`lesions.embedded_in_parenchyma`): at least 0.25 of the blob's own one-voxel
+    `accepted` (in place). Embedded (`embedded_in_parenchyma`): at least 0.25 of the blob's own one-voxel
     shell is parenchyma, and parenchyma lies within 5 mm of it in at least 0.4 of 26 directions. That takes in a cyst filling the thickness of a thin lobe, which the envelope (a closing smaller than the
     cyst) does not reach: fresh phantoms 400 and 402 (cysts of 20 and 34 mm, contact 0.29 and 0.35, closure
     0.42 and 0.58); the 124 other fluid blobs of at least 1 ml on 42 full phantoms (seeds 0-11, 200-209,

@@ -40,7 +40,8 @@ class PipelineOptions:
     median_radius_mm: float = 1.0
     n_classes: int | None = None
     min_lesion_volume_mm3: float = 100.0
-    lesion_margin_mm: float = 1.5
+    lesion_false_alarms: float = 0.05
+    lesion_points: dict[str, np.ndarray] | None = None
     couinaud_method: str = "auto"
     classify: bool = True
     weights_path: str | None = None
@@ -55,11 +56,17 @@ class PipelineOptions:
             raise InputError(f"Median radius {self.median_radius_mm} mm is out of range; use 0.5-10 mm (1 mm is typical).")
         if self.n_classes is not None and not 2 <= self.n_classes <= 8:
             raise InputError(f"{self.n_classes} EM classes: use 2-8, or leave it unset to choose by BIC.")
-        if self.min_lesion_volume_mm3 < 0:
-            raise InputError("The smallest lesion volume cannot be negative.")
-        if not 0 <= self.lesion_margin_mm <= 5:
-            raise InputError(f"Lesion margin {self.lesion_margin_mm} mm is out of range; use 0-5 mm (1.5 mm is the default, "
-                             "0 reports the detected cores).")
+        self.lesion_parameters().validate()
+        for name, point in (self.lesion_points or {}).items():
+            if np.asarray(point, dtype=float).shape != (3,) or not np.all(np.isfinite(np.asarray(point, dtype=float))):
+                raise InputError(f"Lesion point {name!r} is not a 3-D point in mm ({point!r}).")
+
+    def lesion_parameters(self):
+        """The lesion model's settings (`lesions.LesionParameters`) with this run's options."""
+        from .lesions import LesionParameters
+
+        return LesionParameters(min_volume_mm3=float(self.min_lesion_volume_mm3),
+                                false_alarms=float(self.lesion_false_alarms))
 
 
 @dataclass
@@ -207,8 +214,7 @@ def tissue_stage(ct: sitk.Image, landmarks: dict[str, np.ndarray] | None, liver_
         return geometry.from_canonical_storage(image, ct, order)
 
     tissues = dataclasses.replace(tissues, liver_mask=back(tissues.liver_mask), tissue=back(tissues.tissue),
-                                  lesion_labels=back(tissues.lesion_labels), lesion_cores=back(tissues.lesion_cores),
-                                  vessel_mask=back(tissues.vessel_mask))
+                                  lesion_labels=back(tissues.lesion_labels), vessel_mask=back(tissues.vessel_mask))
     return back(denoised), tissues, timings
 
 
@@ -249,8 +255,8 @@ def _tissue_stage_canonical(ct: sitk.Image, landmarks: dict[str, np.ndarray] | N
     _check_cancel(should_cancel)
     t0 = time.perf_counter()
     tissues = tissue_model.segment_tissues(
-        denoised, landmarks, mask, n_classes=options.n_classes,
-        min_lesion_volume_mm3=options.min_lesion_volume_mm3, lesion_margin_mm=options.lesion_margin_mm, progress=_stage_progress(progress, 0.45, 1.0))
+        denoised, landmarks, mask, n_classes=options.n_classes, lesion_parameters=options.lesion_parameters(),
+        lesion_points=options.lesion_points, progress=_stage_progress(progress, 0.45, 1.0))
     timings["tissue_s"] = time.perf_counter() - t0 + (extract_s or 0.0)
     timings.update({f"tissue_{key}": value for key, value in tissues.timings.items()})
     if extract_s is not None:  # segment_tissues only copied the mask found above
@@ -303,8 +309,10 @@ def run_pipeline(
     denoised, tissues, stage_timings = tissue_stage(ct_float, landmarks or None, mask, options,
                                                     _stage_progress(progress, 0.0, 0.6), should_cancel)
     timings.update(stage_timings)
-    warnings += tissue_model.contrast_phase_warnings(tissues.model)
+    warnings += tissue_model.contrast_phase_warnings(tissues.model) + tissues.warnings
     rows = {row["id"]: row for row in lesions.measure_lesions(tissues.lesion_labels, ct_float)}
+    for row in tissues.lesion_rows:
+        rows.setdefault(row["id"], {"id": row["id"]}).update(row)
 
     couinaud_labels = None
     couinaud_result = None
@@ -324,8 +332,7 @@ def run_pipeline(
     if model is not None and rows:
         _check_cancel(should_cancel)
         t0 = time.perf_counter()
-        # the classifier sees each lesion's core, the mask it was trained on (classifier_training.detect_lesions)
-        predictions, gradcam = classifier.classify_lesions(ct_float, tissues.lesion_cores, model,
+        predictions, gradcam = classifier.classify_lesions(ct_float, tissues.lesion_labels, model,
                                                            progress=_stage_progress(progress, 0.75, 0.95))
         for pred in predictions:
             rows.setdefault(pred["id"], {"id": pred["id"]}).update(pred)
@@ -377,7 +384,8 @@ def result_segments(result: PipelineResult):
 # ------------------------------------------------------------------------ reports
 
 REPORT_COLUMNS = (
-    "id", "volume_ml", "max_diameter_mm", "mean_hu", "centroid_ras", "main_segment", "segments", "segment_fractions",
+    "id", "source", "volume_ml", "max_diameter_mm", "axial_diameter_mm", "equivalent_diameter_mm", "mean_hu",
+    "contrast_hu", "evidence_z", "centroid_ras", "main_segment", "segments", "segment_fractions",
     "distance_hepatic_vein_landmark_mm", "nearest_hepatic_vein_landmark", "distance_portal_vein_landmark_mm",
     "nearest_portal_vein_landmark", "kind", "malignant_probability", "kind_probabilities",
 )

@@ -8,8 +8,9 @@ chosen by BIC unless given; initialisation is deterministic (quantile split refi
 
 `posteriors` gives per-voxel class probabilities, `mrf_regularise` smooths them with a mean-field
 Potts model (each voxel's class prior is raised where its 6 neighbours agree), so noise does not
-fragment classes. `segment_tissues` is the stage the pipeline calls: liver extraction (liver.py),
-the mixture inside the liver, then lesions and vessels (lesions.py).
+fragment classes. `segment_tissues` is the stage the pipeline calls: liver extraction (liver.py), the
+mixture inside the liver and its MRF (the vessels are its hyperdense classes), then the lesions
+(lesions.py).
 """
 
 from __future__ import annotations
@@ -352,25 +353,73 @@ def mrf_regularise(posteriors: np.ndarray, beta: float = 1.0, iterations: int = 
 
 # ------------------------------------------------------------------------------------- the stage
 
+
+def parenchyma_statistics(values: np.ndarray) -> tuple[float, float]:
+    """Robust parenchyma mean and sd (HU) of liver voxel values: median and 1.4826 × MAD (floor 1 HU)."""
+    v = np.asarray(values, dtype=np.float64)
+    med = float(np.median(v))
+    return med, max(1.0, 1.4826 * float(np.median(np.abs(v - med))))
+
+
+def liver_mixture(values: np.ndarray, n_classes: int | None = None, separation_sd: float = 1.5):
+    """EM mixture of liver intensities (HU) with one class anchored at the parenchyma (median and 1.4826 × MAD of
+    the liver's voxels, robust to vessels and tumours) and free classes for everything else (K by BIC).
+
+    n_classes: total number of classes (anchor included); None chooses the free classes by BIC.
+    Classes are named by their mean relative to the parenchyma (mu ± separation_sd · sd): 'parenchyma' within,
+    'hypodense' below, 'vessel' above; a class broader than separation_sd · sd is 'mixed' (its voxels are then
+    judged one by one against the same bounds). Returns (model, anchor index).
+    """
+    mu, sd = parenchyma_statistics(values)
+    k_range = (1, 5) if n_classes is None else (max(1, n_classes - 1), max(1, n_classes - 1))
+    model, anchor = fit_anchored_mixture(np.clip(values, -200, 500), mu, sd, k_range=k_range)
+    names = []
+    for k, (m, s) in enumerate(zip(model.means_hu, model.sds_hu)):
+        if k == anchor:
+            names.append("parenchyma")
+        elif s > separation_sd * sd:
+            names.append("mixed")
+        elif m < mu - separation_sd * sd:
+            names.append("hypodense")
+        elif m > mu + separation_sd * sd:
+            names.append("vessel")
+        else:
+            names.append("parenchyma")
+    return MixtureModel(means_hu=model.means_hu, sds_hu=model.sds_hu, weights=model.weights.copy(), names=names,
+                        log_likelihood=model.log_likelihood, n_iter=model.n_iter, n_samples=model.n_samples,
+                        bic=model.bic, converged=model.converged, bic_by_k=model.bic_by_k), anchor
+
+
+def hyperdense_voxels(arr: np.ndarray, classes: np.ndarray, liver: np.ndarray, model: MixtureModel,
+                      separation_sd: float = 1.5) -> np.ndarray:
+    """The liver's voxels of the mixture's 'vessel' classes, and those of 'mixed' classes brighter than the
+    parenchyma by `separation_sd` of its robust sd: the vessels (bool, arr's shape)."""
+    names = np.array(model.names)
+    mu, sd = parenchyma_statistics(arr[liver])
+    mixed = (names == "mixed")[classes]
+    return liver & ((names == "vessel")[classes] | (mixed & (arr > mu + separation_sd * sd)))
+
+
 @dataclass
 class TissueResult:
     """Output of segment_tissues; every image has exactly the CT's geometry.
 
     liver_mask: uint8 0/1; tissue: uint8 (0 background, 1 parenchyma, 2 lesion, 3 vessel);
     lesion_labels: uint16 instances 1..n ordered by volume (largest first), each lesion's full extent;
-    lesion_cores: the same instances (same ids) as detected, before `lesions.extend_margins` gave each its
-    extent (the masks the lesion classifier was trained on); a core may reach past its extent where an edge
-    rule cut it back (a cyst to its half-contrast edge, a dark solid core's partial-volume caps on thick
-    slices); vessel_mask: uint8 0/1;
-    model: the intensity mixture fitted inside the liver; timings: seconds per sub-stage.
+    vessel_mask: uint8 0/1; model: the intensity mixture fitted inside the liver; lesion_rows: per lesion its id,
+    source ('detected' or 'clicked') and, for detected ones, its evidence (`lesions.LesionDetection`);
+    lesion_scales: the lesion model's null statistics per scale; warnings: what the user should know (a clicked
+    point where no lesion was found); timings: seconds per sub-stage.
     """
 
     liver_mask: sitk.Image
     tissue: sitk.Image
     lesion_labels: sitk.Image
-    lesion_cores: sitk.Image
     vessel_mask: sitk.Image
     model: MixtureModel
+    lesion_rows: list[dict] = field(default_factory=list)
+    lesion_scales: list = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -378,12 +427,12 @@ PORTAL_PHASE_MIN_HU = 75.0  # parenchyma below this: not the portal-venous phase
 
 
 def contrast_phase_warnings(model: MixtureModel) -> list[str]:
-    """Warnings when the liver does not look like portal-venous CT, the phase every rule here was set for.
+    """Warnings when the liver does not look like portal-venous CT, the phase the vessel classes are named for.
 
     The parenchyma (weighted mean of the mixture's 'parenchyma' classes) is at 90-140 HU in the portal-venous
     phase (3D-IRCADb 1.1: 111 HU; domain notes: 100-110 +- 22) and at 45-65 HU without contrast. Below
-    `PORTAL_PHASE_MIN_HU` the lesion and vessel classes are judged against a parenchyma they were not set
-    on: the run goes on, and says so. Returns a list of messages (empty when the phase looks right).
+    `PORTAL_PHASE_MIN_HU` the run goes on and says so. Returns a list of messages (empty when the phase looks
+    right).
     """
     names = np.asarray(model.names)
     par = names == "parenchyma"
@@ -393,14 +442,14 @@ def contrast_phase_warnings(model: MixtureModel) -> list[str]:
     if mean >= PORTAL_PHASE_MIN_HU:
         return []
     return [f"The liver parenchyma is at {mean:.0f} HU: this looks like a CT without contrast or in the arterial "
-            f"phase (portal-venous phase: about 90-140 HU). Lesions and vessels are found by rules set for "
-            f"portal-venous CT and are unreliable here; use the portal-venous series if there is one."]
+            f"phase (portal-venous phase: about 90-140 HU). Lesions and vessels are less distinct there; use the "
+            f"portal-venous series if there is one."]
 
 
 def segment_tissues(denoised_ct: sitk.Image, landmarks: dict[str, np.ndarray] | None = None,
                     liver_mask: sitk.Image | None = None, *, n_classes: int | None = None,
-                    min_lesion_volume_mm3: float = 100.0, lesion_margin_mm: float = 1.5, mrf_beta: float = 1.0,
-                    mrf_iterations: int = 5, progress: Progress | None = None) -> TissueResult:
+                    lesion_parameters=None, lesion_points: dict[str, np.ndarray] | None = None,
+                    mrf_beta: float = 1.0, mrf_iterations: int = 5, progress: Progress | None = None) -> TissueResult:
     """Liver, lesions and vessels of a (denoised) CT in HU.
 
     Args:
@@ -408,10 +457,10 @@ def segment_tissues(denoised_ct: sitk.Image, landmarks: dict[str, np.ndarray] | 
         landmarks: label → point in LPS mm (they lie in or on the liver): seeds of the liver extraction.
         liver_mask: optional liver mask on the CT's grid (nonzero = liver); replaces the extraction.
         n_classes: mixture classes inside the liver; None chooses by BIC.
-        min_lesion_volume_mm3: lesion components smaller than this are dropped.
-        lesion_margin_mm: margin (mm) added to each solid lesion's core (`lesions.extend_margins`, which also
-            adds the enhancing rim within 2.5 mm and a capsule up to 6 mm further out); 0 reports the cores.
-        mrf_beta, mrf_iterations: mean-field MRF strength and number of sweeps.
+        lesion_parameters: `lesions.LesionParameters` (None: the defaults).
+        lesion_points: name → LPS point (mm) the user marked inside a lesion the detection may have missed; a
+            point inside a detected lesion leaves it as it is (`lesions.lesion_at_point`).
+        mrf_beta, mrf_iterations: mean-field MRF strength and number of sweeps of the tissue classes.
         progress: callback (fraction 0..1, message).
     Without landmarks and mask, the liver is the largest parenchyma-like component in the right upper
     abdomen (see liver.extract_liver). Bad input raises InputError before any result is made.
@@ -423,6 +472,8 @@ def segment_tissues(denoised_ct: sitk.Image, landmarks: dict[str, np.ndarray] | 
             progress(f, msg)
 
     timings: dict[str, float] = {}
+    params = lesion_parameters or lesions.LesionParameters()
+    params.validate()
     ct = io.validate_ct(denoised_ct, "The denoised CT")
     if landmarks:
         liver.check_landmarks_inside(ct, landmarks)
@@ -437,51 +488,58 @@ def segment_tissues(denoised_ct: sitk.Image, landmarks: dict[str, np.ndarray] | 
         mask_img = sitk.Cast(sitk.NotEqual(liver_mask, 0), sitk.sitkUInt8)
         mask_img.CopyInformation(ct)
     else:
-        mask_img = liver.extract_liver(ct, landmarks, progress=lambda f, m: report(0.5 * f, m))
+        mask_img = liver.extract_liver(ct, landmarks, progress=lambda f, m: report(0.4 * f, m))
     timings["liver_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    report(0.5, "EM tissue model")
+    report(0.4, "EM tissue model")
     box = liver.mask_bounding_box(mask_img, margin_voxels=2)
     ct_crop = sitk.RegionOfInterest(ct, box[1], box[0])
     mask_crop = sitk.GetArrayFromImage(sitk.RegionOfInterest(mask_img, box[1], box[0])) > 0
     arr = sitk.GetArrayViewFromImage(ct_crop)
-    values = arr[mask_crop]
-    model, _ = lesions.liver_mixture(values, n_classes)
-    timings["em_fit_s"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    report(0.6, "MRF regularisation")
-    # classes with the same name (e.g. three parenchyma classes) are one label for the MRF: their posteriors
-    # are summed, which is also cheaper (K names instead of K classes)
+    model, _ = liver_mixture(arr[mask_crop], n_classes)
     names = list(dict.fromkeys(model.names))
     first = np.array([model.names.index(n) for n in names], dtype=np.uint8)
     post = posteriors(arr, model, mask_crop)
-    if len(names) < model.n_classes:
+    if len(names) < model.n_classes:  # same-named classes are one label for the MRF
         post = _sum_by_name(post, model.names, names)
     post = mrf_regularise(post, beta=mrf_beta, iterations=mrf_iterations, mask=mask_crop)
     classes = first[np.argmax(post, axis=0)]
     del post
-    timings["mrf_s"] = time.perf_counter() - t0
+    hyper = hyperdense_voxels(arr, classes, mask_crop, model)
+    timings["em_mrf_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    report(0.8, "lesions and vessels")
-    cores_crop, vessel_crop = lesions.classify_voxels(arr, classes, mask_crop, model, ct_crop.GetSpacing(),
-                                                      min_lesion_volume_mm3=min_lesion_volume_mm3)
-    lesion_crop = cores_crop
-    if lesion_margin_mm > 0:
-        lesion_crop = lesions.extend_margins(cores_crop, arr, mask_crop, vessel_crop,
-                                             np.asarray(ct_crop.GetSpacing())[::-1], margin_mm=lesion_margin_mm)
-        lesion_crop, cores_crop = lesions.relabel_together(lesion_crop, cores_crop)
+    report(0.55, "lesions")
+    spacing_zyx = np.asarray(ct_crop.GetSpacing())[::-1]
+    found = lesions.detect_lesions(arr, mask_crop, spacing_zyx, params,
+                                   progress=lambda f, m: report(0.55 + 0.4 * f, m))
+    lesion_crop = found.labels.astype(np.int32)
+    rows = [{**row, "source": "detected"} for row in found.evidence]
+    warnings: list[str] = []
+    for name, point in (lesion_points or {}).items():
+        index = np.asarray(ct_crop.TransformPhysicalPointToContinuousIndex([float(c) for c in point]))[::-1]
+        inside = np.all(np.round(index) >= 0) and np.all(np.round(index) < np.asarray(arr.shape))
+        label = int(lesion_crop[tuple(np.round(index).astype(int))]) if inside else 0
+        if label:
+            continue  # a detected lesion: kept as it is
+        mask = lesions.lesion_at_point(arr, mask_crop, spacing_zyx, index, params, taken=lesion_crop > 0,
+                                       scales=found.scales) if inside else None
+        if mask is None:
+            warnings.append(f"No lesion found at the clicked point {name!r} (LPS {np.round(point, 1).tolist()} mm): "
+                            "it lies outside the liver or is not darker than the liver round it.")
+            continue
+        new_id = int(lesion_crop.max()) + 1
+        lesion_crop[mask & (lesion_crop == 0)] = new_id
+        rows.append({"id": new_id, "source": "clicked", "point": name})
+    lesion_crop, rows = _renumber_by_volume(lesion_crop, rows)
     timings["lesions_s"] = time.perf_counter() - t0
 
     tissue = np.zeros(mask_crop.shape, np.uint8)
     tissue[mask_crop] = 1
-    tissue[vessel_crop & mask_crop] = 3
+    tissue[hyper] = 3
     tissue[(lesion_crop > 0) & mask_crop] = 2
-    vessel_crop = vessel_crop & mask_crop & (lesion_crop == 0)
-    lesion_crop = np.where(mask_crop, lesion_crop, 0)
-    cores_crop = np.where(mask_crop, cores_crop, 0)
+    vessel_crop = hyper & (lesion_crop == 0)
 
     def paste(crop_arr: np.ndarray, pixel_id) -> sitk.Image:
         full = sitk.Image(ct.GetSize(), pixel_id)
@@ -491,11 +549,20 @@ def segment_tissues(denoised_ct: sitk.Image, landmarks: dict[str, np.ndarray] | 
         return sitk.Paste(full, sitk.Cast(piece, pixel_id), box[1], (0, 0, 0), box[0])
 
     result = TissueResult(
-        liver_mask=mask_img,
-        tissue=paste(tissue, sitk.sitkUInt8),
+        liver_mask=mask_img, tissue=paste(tissue, sitk.sitkUInt8),
         lesion_labels=paste(lesion_crop.astype(np.uint16), sitk.sitkUInt16),
-        lesion_cores=paste(cores_crop.astype(np.uint16), sitk.sitkUInt16),
-        vessel_mask=paste(vessel_crop.astype(np.uint8), sitk.sitkUInt8),
-        model=model, timings=timings)
+        vessel_mask=paste(vessel_crop.astype(np.uint8), sitk.sitkUInt8), model=model, lesion_rows=rows,
+        lesion_scales=found.scales, warnings=warnings, timings=timings)
     report(1.0, "tissues done")
     return result
+
+
+def _renumber_by_volume(labels_arr: np.ndarray, rows: list[dict]) -> tuple[np.ndarray, list[dict]]:
+    """Instances renumbered 1..n by decreasing volume, with their rows' ids to match (rows of empty ids dropped)."""
+    counts = np.bincount(labels_arr.ravel(), minlength=max((r["id"] for r in rows), default=0) + 1)
+    counts[0] = 0
+    order = [int(i) for i in np.argsort(-counts, kind="stable") if i != 0 and counts[i] > 0]
+    lut = np.zeros(counts.size, np.int32)
+    lut[order] = np.arange(1, len(order) + 1)
+    renumbered = [{**row, "id": int(lut[row["id"]])} for row in rows if lut[row["id"]] > 0]
+    return lut[labels_arr], sorted(renumbered, key=lambda r: r["id"])

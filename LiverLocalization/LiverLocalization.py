@@ -92,19 +92,24 @@ class LiverLocalizationParameterNode:
     inputVolume - CT in Hounsfield units. landmarks - point list with the vessel landmarks (labels IVC, RHV, ...).
     liverSegmentation - optional segmentation holding a liver mask (segment chosen in the GUI).
     denoiseMethod, medianRadiusMm (mm) - denoising (of the liver's bounding box + 10 mm; the input elsewhere). nClasses - EM classes (0: chosen by BIC).
-    minLesionVolumeMm3 (mm^3) - smaller lesion candidates are dropped. lesionMarginMm (mm) - margin added around each solid
-    lesion's detected core, with its enhancing rim within 2.5 mm and a capsule up to 6 mm further out; cysts cut back to their half-contrast edge, partial-volume slice caps of dark solid cores cut (0: the cores). couinaudMethod - planes, portal territories, vessel-guided borders (hepatic veins and portal branches) or auto (vessel-guided when the vessel tree is complete, else planes).
+    lesionPoints - optional point list of clicks inside lesions the detection may miss (each gives that lesion's
+    segmentation and segment; a click inside a detected lesion keeps it).
+    minLesionVolumeMm3 (mm^3) - smaller lesions are dropped. lesionFalseAlarms - lesion sensitivity: chance detections
+    expected in a liver (more finds fainter lesions and more false ones; 0: clicked lesions only).
+    couinaudMethod - planes, portal territories, vessel-guided borders (hepatic veins and portal branches) or auto
+    (vessel-guided when the vessel tree is complete, else planes).
     classify - run the lesion classifier. Outputs: segmentation, lesion table, denoised and Grad-CAM volumes.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
     landmarks: vtkMRMLMarkupsFiducialNode
     liverSegmentation: vtkMRMLSegmentationNode
+    lesionPoints: vtkMRMLMarkupsFiducialNode
     denoiseMethod: Annotated[str, Choice(["curvature", "median", "bilateral", "none"])] = "curvature"
     medianRadiusMm: Annotated[float, WithinRange(0.5, 10.0)] = 1.0
     nClasses: Annotated[int, WithinRange(0, 8)] = 0
     minLesionVolumeMm3: Annotated[float, WithinRange(0.0, 10000.0)] = 100.0
-    lesionMarginMm: Annotated[float, WithinRange(0.0, 5.0)] = 1.5
+    lesionFalseAlarms: Annotated[float, WithinRange(0.0, 10.0)] = 0.1
     couinaudMethod: Annotated[str, Choice(["auto", "planes", "territories", "vessels"])] = "auto"
     classify: bool = True
     outputSegmentation: vtkMRMLSegmentationNode
@@ -155,6 +160,7 @@ class LiverLocalizationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.showLesionsButton.connect("toggled(bool)", self.onShowLesions)
         self.ui.showGradCamButton.connect("toggled(bool)", self.onShowGradCam)
         self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
+        self.ui.markLesionButton.connect("clicked(bool)", self.onMarkLesion)
         self.ui.lesionTableView.connect("doubleClicked(QModelIndex)", self.onLesionDoubleClicked)
         self.ui.cancelButton.enabled = False
         self.ui.progressBar.setVisible(False)
@@ -264,6 +270,16 @@ class LiverLocalizationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                 self._parameterNode.landmarks = node
             self.logic.startLandmarkPlacement(self._parameterNode.landmarks, name)
 
+    def onMarkLesion(self) -> None:
+        """Start placing a point inside a lesion that the detection missed (in the selected lesion point list,
+        created when none)."""
+        with slicer.util.tryWithErrorDisplay(_("Could not start placing a lesion point."), waitCursor=False):
+            if not self._parameterNode.lesionPoints:
+                node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", _("Lesions"))
+                node.CreateDefaultDisplayNodes()
+                self._parameterNode.lesionPoints = node
+            self.logic.startLesionPointPlacement(self._parameterNode.lesionPoints)
+
     def _updateLiverSegmentList(self, node=None) -> None:
         self.ui.liverSegmentComboBox.clear()
         if node is None:
@@ -294,7 +310,7 @@ class LiverLocalizationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         return PipelineOptions(
             denoise_method=p.denoiseMethod, median_radius_mm=float(p.medianRadiusMm),
             n_classes=int(p.nClasses) or None, min_lesion_volume_mm3=float(p.minLesionVolumeMm3),
-            lesion_margin_mm=float(p.lesionMarginMm),
+            lesion_false_alarms=float(p.lesionFalseAlarms),
             couinaud_method=p.couinaudMethod, classify=bool(p.classify), weights_path=weights or None)
 
     def onApplyButton(self) -> None:
@@ -315,7 +331,7 @@ class LiverLocalizationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                     p.inputVolume, p.landmarks, p.liverSegmentation, liverSegmentId, options=self._options(),
                     outputs={"segmentation": p.outputSegmentation, "table": p.outputTable, "denoised": p.denoisedVolume,
                              "gradcam": p.gradcamVolume},
-                    progress=self._onProgress, shouldCancel=lambda: self._cancelRequested)
+                    progress=self._onProgress, shouldCancel=lambda: self._cancelRequested, lesionPoints=p.lesionPoints)
             except Cancelled:
                 self.ui.statusLabel.text = _("Cancelled; no results were written.")
                 return
@@ -435,13 +451,16 @@ class LiverLocalizationLogic(ScriptedLoadableModuleLogic):
 
     def process(self, inputVolume: vtkMRMLScalarVolumeNode, landmarks: vtkMRMLMarkupsFiducialNode | None = None,
             liverSegmentation: vtkMRMLSegmentationNode | None = None, liverSegmentId: str | None = None,
-            options=None, outputs: dict | None = None, progress=None, shouldCancel=None):
+            options=None, outputs: dict | None = None, progress=None, shouldCancel=None,
+            lesionPoints: vtkMRMLMarkupsFiducialNode | None = None):
         """Run the whole pipeline on scene nodes.
 
         :param inputVolume: CT in Hounsfield units (any spacing and orientation).
         :param landmarks: point list with control points labelled IVC, IVC_inferior, RHV, MHV, LHV, RPV, LPV, UP
             (RAS, world); None: no Couinaud segments.
         :param liverSegmentation: optional segmentation with a liver mask; liverSegmentId picks the segment.
+        :param lesionPoints: optional point list (RAS, world) of clicks inside lesions the detection may miss; each
+            gives its lesion (table column 'source': 'clicked'); a click inside a detected lesion keeps it.
         :param options: LiverLocalizationLib.pipeline.PipelineOptions (defaults when None).
         :param outputs: output nodes to reuse, keys 'segmentation', 'table', 'denoised', 'gradcam'.
         :param progress: callback(fraction 0..1, message); shouldCancel: callable polled between stages.
@@ -455,7 +474,8 @@ class LiverLocalizationLogic(ScriptedLoadableModuleLogic):
         if problem:
             raise ValueError(problem)
         return mrml.run_on_nodes(inputVolume, landmarks, liverSegmentation, liverSegmentId, options=options,
-                                 outputs=outputs, progress=progress, should_cancel=shouldCancel)
+                                 outputs=outputs, progress=progress, should_cancel=shouldCancel,
+                                 lesion_points_node=lesionPoints)
 
     @staticmethod
     def landmarkStatus(markupsNode) -> dict[str, bool]:
@@ -470,6 +490,13 @@ class LiverLocalizationLogic(ScriptedLoadableModuleLogic):
         from LiverLocalizationLib import mrml
 
         return mrml.start_landmark_placement(markupsNode, name)
+
+    @staticmethod
+    def startLesionPointPlacement(markupsNode) -> int:
+        """Switch to place mode so that the next click adds a point inside a lesion (labelled 'lesion N')."""
+        from LiverLocalizationLib import mrml
+
+        return mrml.start_point_placement(markupsNode, f"lesion {markupsNode.GetNumberOfControlPoints() + 1}")
 
     @staticmethod
     def setSegmentsVisible(segmentationNode, idPrefix: str, visible: bool) -> None:

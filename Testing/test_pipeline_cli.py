@@ -122,11 +122,11 @@ def test_tissue_stage_gives_the_same_voxels_whatever_the_storage_order():
     options = pipeline.PipelineOptions(classify=False)
     den_a, tis_a, _ = pipeline.tissue_stage(ph.ct, ph.landmarks, None, options)
     den_b, tis_b, _ = pipeline.tissue_stage(other, ph.landmarks, None, options)
-    for image in (den_b, tis_b.liver_mask, tis_b.tissue, tis_b.lesion_labels, tis_b.lesion_cores, tis_b.vessel_mask):
+    for image in (den_b, tis_b.liver_mask, tis_b.tissue, tis_b.lesion_labels, tis_b.vessel_mask):
         assert geometry.same_geometry(image, other, tolerance=0.0) and image.GetSize() == other.GetSize()
     assert sitk.GetArrayViewFromImage(tis_a.lesion_labels).max() >= 1
     for a, b in ((tis_a.liver_mask, tis_b.liver_mask), (tis_a.tissue, tis_b.tissue),
-                 (tis_a.lesion_labels, tis_b.lesion_labels), (tis_a.lesion_cores, tis_b.lesion_cores),
+                 (tis_a.lesion_labels, tis_b.lesion_labels),
                  (tis_a.vessel_mask, tis_b.vessel_mask), (den_a, den_b)):
         np.testing.assert_array_equal(sitk.GetArrayViewFromImage(a), _back_from_otherwise(b))
 
@@ -231,9 +231,11 @@ def test_bad_inputs_give_clear_errors_and_write_nothing(tmp_path, phantom_case, 
         pipeline.run_pipeline(ph.ct, ph.landmarks, liver_mask=small_mask)
     with pytest.raises(InputError, match="Unknown denoising method"):
         pipeline.run_pipeline(ph.ct, ph.landmarks, options=pipeline.PipelineOptions(denoise_method="gaussian"))
-    for margin in (-1.0, 6.0):
-        with pytest.raises(InputError, match="Lesion margin .* mm is out of range"):
-            pipeline.run_pipeline(ph.ct, ph.landmarks, options=pipeline.PipelineOptions(lesion_margin_mm=margin))
+    for alarms in (-1.0, 11.0, float("nan")):
+        with pytest.raises(InputError, match="Lesion false alarms .* out of range"):
+            pipeline.run_pipeline(ph.ct, ph.landmarks, options=pipeline.PipelineOptions(lesion_false_alarms=alarms))
+    with pytest.raises(InputError, match="Lesion point 'a' is not a 3-D point"):
+        pipeline.run_pipeline(ph.ct, ph.landmarks, options=pipeline.PipelineOptions(lesion_points={"a": [1.0, 2.0]}))
     out = tmp_path / "never"
     code = cli.main(["-q", "run", str(tmp_path / "missing.nii.gz"), "--out", str(out)])
     assert code == 2

@@ -151,7 +151,8 @@ def run_clicks(ct, liver, tumours, landmarks, big, voxel_mm3, detect: bool = Fal
     detected lesion keeps it (what a user gets). Per tumour, the Dice of the lesion under its click."""
     tum = sitk.GetArrayFromImage(tumours)
     points = deepest_points_lps(tum, big, ct)
-    options = pipeline.PipelineOptions(lesion_false_alarms=0.05 if detect else 0.0, lesion_points=points)
+    options = pipeline.PipelineOptions(lesion_false_alarms=pipeline.PipelineOptions().lesion_false_alarms if detect else 0.0,
+                                       lesion_points=points)
     t0 = time.perf_counter()
     _, res, _ = pipeline.tissue_stage(io.validate_ct(ct), landmarks, liver, options)
     lab = sitk.GetArrayFromImage(res.lesion_labels)

@@ -79,23 +79,21 @@ def _check_detector(detector: str) -> None:
 
 
 def detect_lesions(ct, landmarks, detector: str = "training"):
-    """Lesion cores (the masks the pipeline gives the classifier, before `lesions.extend_margins`).
+    """Detected lesion instances (the masks the pipeline gives the classifier).
 
-    detector 'training': the EM tissue stage after median denoising (1 mm) of the whole CT, the detector the
-    shipped weights were trained with; 'pipeline': `pipeline.tissue_stage` with `liverloc run`'s defaults
-    (liver found first, its box denoised by curvature diffusion), what a run classifies. On 20 small phantoms
-    the curvature-denoised detector found 90 of 120 lesions, the median-denoised one 50 (measured before the
-    detector's changes of the last sessions; `liverloc evaluate-classifier --detector` gives today's figures)."""
+    detector 'training': the EM tissue stage after median denoising (1 mm) of the whole CT; 'pipeline':
+    `pipeline.tissue_stage` with `liverloc run`'s defaults (liver found first, its box denoised by curvature
+    diffusion), what a run classifies (`liverloc evaluate-classifier --detector` gives each one's figures)."""
     _check_detector(detector)
     if detector == "pipeline":
         from . import pipeline
 
         _, tissues, _ = pipeline.tissue_stage(ct, landmarks, None, pipeline.PipelineOptions())
-        return tissues.lesion_cores
+        return tissues.lesion_labels
     from . import denoise, tissue_model
 
     denoised = denoise.denoise(ct, "median", median_radius_mm=1.0)
-    return tissue_model.segment_tissues(denoised, landmarks, None).lesion_cores
+    return tissue_model.segment_tissues(denoised, landmarks, None).lesion_labels
 
 
 def case_patches(seed: int, size: str = "small", use_detected: bool = True, include_missed: bool = True,

@@ -36,7 +36,7 @@ vessels by intensity.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import SimpleITK as sitk
@@ -44,6 +44,7 @@ from scipy import ndimage, special
 
 from . import geometry
 from .errors import InputError
+from .tissue_model import peak_statistics
 
 FAT_HU = -30.0  # fat (and air) below this; a lesion holds none
 
@@ -53,7 +54,7 @@ class LesionParameters:
     """Settings of the lesion model (units in the names; see the module docstring for each step)."""
 
     min_volume_mm3: float = 100.0
-    false_alarms: float = 0.05
+    false_alarms: float = 0.1
     radii_mm: tuple[float, ...] = (2.5, 3.5, 5.0, 7.0, 10.0, 14.0, 20.0, 28.0)
     structure_floor_hu: float = 2.5
     working_mm: float = 1.4
@@ -66,18 +67,20 @@ class LesionParameters:
     large_vessel_mm: float = 5.0
     context_mm: float = 10.0
     mrf_beta: float = 1.0
-    smooth_fraction: float = 0.0
-    smooth_max_mm: float = 3.0
+    min_separation: float = 3.0
+    smooth_fraction: float = 0.25
+    smooth_max_mm: float = 4.0
     close_fraction: float = 0.2
     close_max_mm: float = 4.0
     support_margin_mm: float = 2.0
     rim_mm: float = 6.0
     rim_z: float = 3.0
     rim_closure: float = 0.7
+    click_min_z: float = 2.0
 
     def validate(self) -> None:
         if not 0 <= self.false_alarms <= 10:
-            raise InputError(f"Lesion false alarms {self.false_alarms!r} a CT is out of range; use 0-10 (0.05 is "
+            raise InputError(f"Lesion false alarms {self.false_alarms!r} a CT is out of range; use 0-10 (0.1 is "
                              "the default; more finds fainter lesions and more false ones; 0 detects none, for "
                              "clicked lesions only).")
         if not np.isfinite(self.min_volume_mm3) or self.min_volume_mm3 < 0:
@@ -109,28 +112,6 @@ class LesionDetection:
 
 
 # ------------------------------------------------------------------------------------- statistics
-
-
-def peak_statistics(values: np.ndarray, bin_fraction: float = 0.1) -> tuple[float, float]:
-    """Mode and sd of the main peak of a sample: the peak of its histogram (bins of `bin_fraction` of the robust
-    sd, smoothed over two bins) and its half width at half maximum on the narrower side, divided by 1.1774 (a
-    Gaussian's HWHM in sds). Robust to a heavy tail on either side (tumours below the parenchyma, vessels above).
-    Returns (mode, sd), the sd at least 1e-3."""
-    v = np.asarray(values, np.float64).ravel()
-    med = float(np.median(v))
-    mad = 1.4826 * float(np.median(np.abs(v - med))) + 1e-6
-    width = bin_fraction * mad
-    edges = np.arange(med - 6.0 * mad, med + 6.0 * mad + width, width)
-    hist = ndimage.gaussian_filter1d(np.histogram(v, bins=edges)[0].astype(float), 2.0)
-    k = int(np.argmax(hist))
-    right = k
-    while right < len(hist) - 1 and hist[right] > 0.5 * hist[k]:
-        right += 1
-    left = k
-    while left > 0 and hist[left] > 0.5 * hist[k]:
-        left -= 1
-    half_width = min(right - k, k - left) * width
-    return float(0.5 * (edges[k] + edges[k + 1])), float(max(half_width / 1.1774, 1e-3))
 
 
 def block_means(values: np.ndarray, weight: np.ndarray, factors) -> tuple[np.ndarray, np.ndarray]:
@@ -165,10 +146,12 @@ def _box_sum(a: np.ndarray, size) -> np.ndarray:
 
 
 def centre_surround_contrast(values: np.ndarray, weight: np.ndarray, spacing_zyx, radius_mm: float,
-                             gap_mm: float, ring_mm: float) -> tuple[np.ndarray, np.ndarray]:
+                             gap_mm: float, ring_mm: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """At every voxel: the mean of the `weight` voxels in the ring round a box the volume of a ball of `radius_mm`
     (from `gap_mm` to `gap_mm` + `ring_mm` beyond the box) minus the mean of those in the box (HU; positive: the
-    centre is darker), and where it is valid (half the box and a quarter of the ring are weight voxels)."""
+    centre is darker); where it is valid (half the box and a quarter of the ring are weight voxels); and its noise
+    variance relative to a box and ring wholly inside the weight ((1/n_box + 1/n_ring) over its value for full
+    counts: larger near the liver's border, where fewer voxels are averaged)."""
     sp = np.asarray(spacing_zyx, float)
     a = centre_box_voxels(radius_mm, sp)
     c = a + 2 * np.round(gap_mm / sp).astype(int)
@@ -178,9 +161,11 @@ def centre_surround_contrast(values: np.ndarray, weight: np.ndarray, spacing_zyx
     sums = [(_box_sum(vw, s), _box_sum(wf, s)) for s in (a, c, b)]
     (sa, na), (sc, nc), (sb, nb) = sums
     n_ring = nb - nc
+    full_box, full_ring = float(np.prod(a)), float(np.prod(b) - np.prod(c))
     contrast = (sb - sc) / np.maximum(n_ring, 1e-3) - sa / np.maximum(na, 1e-3)
-    valid = (na >= 0.5 * np.prod(a)) & (n_ring >= 0.25 * (np.prod(b) - np.prod(c)))
-    return contrast.astype(np.float32), valid
+    valid = (na >= 0.5 * full_box) & (n_ring >= 0.25 * full_ring)
+    relative = (1.0 / np.maximum(na, 1.0) + 1.0 / np.maximum(n_ring, 1.0)) / (1.0 / full_box + 1.0 / full_ring)
+    return contrast.astype(np.float32), valid, relative.astype(np.float32)
 
 
 # ------------------------------------------------------------------------------------- reference and evidence
@@ -194,6 +179,8 @@ class Reference:
     usable: np.ndarray     # liver without bright voxels, fat and fat's seam: where lesions and rims may lie
     reference: np.ndarray  # usable, deeper than the border band, off large vessels' sheaths: the null's voxels
     interior: np.ndarray   # solid liver deeper than the border band
+    bright: np.ndarray     # liver voxels above the peak by `bright_sd` sds (vessels, deposits, nodules)
+    fat: np.ndarray        # liver voxels below FAT_HU
     band_mm: np.ndarray    # the border band's width per axis (z, y, x)
     level_hu: float
     sd_hu: float
@@ -217,7 +204,37 @@ def reference_parenchyma(values: np.ndarray, liver: np.ndarray, spacing_zyx, p: 
         vessel_core = geometry.depth_mm(bright_all, sp) >= p.large_vessel_mm / 2.0
         if vessel_core.any():
             reference &= geometry.depth_mm(~vessel_core, sp) > p.large_vessel_mm / 2.0 + p.sheath_mm
-    return Reference(solid, usable, reference, interior, band, level, sd)
+    return Reference(solid, usable, reference, interior, liver & bright_all, fat, band, level, sd)
+
+
+def expected_chance_maxima(z: float, volume_mm3: float, fwhm_mm: float) -> float:
+    """Expected number of chance maxima above `z` of a smooth Gaussian random field of smoothness `fwhm_mm` over
+    a search volume of `volume_mm3` taken as a ball: the expected Euler characteristic of the excursion set
+    (random field theory; Worsley et al. 1996, Hum Brain Mapp 4:58), with the ball's resel counts
+    R0 = 1, R1 = 4 R / FWHM, R2 = 2 pi R^2 / FWHM^2, R3 = 4/3 pi R^3 / FWHM^3. Unlike a Bonferroni count of boxes,
+    it counts how many separate peaks a field smoothed at that scale makes by chance."""
+    radius = (3.0 * volume_mm3 / (4.0 * np.pi)) ** (1.0 / 3.0)
+    resels = (1.0, 4.0 * radius / fwhm_mm, 2.0 * np.pi * (radius / fwhm_mm) ** 2,
+              4.0 / 3.0 * np.pi * (radius / fwhm_mm) ** 3)
+    l4 = 4.0 * np.log(2.0)
+    g = np.exp(-0.5 * z * z)
+    densities = (float(special.ndtr(-z)), np.sqrt(l4) / (2.0 * np.pi) * g, l4 / (2.0 * np.pi) ** 1.5 * z * g,
+                 l4 ** 1.5 / (2.0 * np.pi) ** 2 * (z * z - 1.0) * g)
+    return float(sum(r * d for r, d in zip(resels, densities)))
+
+
+def detection_bound(alarms: float, volume_mm3: float, fwhm_mm: float) -> float:
+    """The z above which `alarms` chance maxima are expected (`expected_chance_maxima`); inf for no alarm."""
+    if alarms <= 0:
+        return float("inf")
+    lo, hi = 0.5, 12.0
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        if expected_chance_maxima(mid, volume_mm3, fwhm_mm) > alarms:
+            lo = mid
+        else:
+            hi = mid
+    return hi
 
 
 def contrast_evidence(values: np.ndarray, reference: np.ndarray, spacing_zyx, p: LesionParameters):
@@ -228,18 +245,19 @@ def contrast_evidence(values: np.ndarray, reference: np.ndarray, spacing_zyx, p:
     reference_mm3 = float(reference.sum()) * float(np.prod(sp))
     zs, scales = [], []
     for r in p.radii_mm:
-        contrast, valid = centre_surround_contrast(values, reference, sp, r, p.gap_mm, p.ring_mm)
-        n_boxes = max(1.0, reference_mm3 / float(np.prod(centre_box_voxels(r, sp) * sp)))
-        alpha = p.false_alarms / (len(p.radii_mm) * n_boxes)
-        bound = float(special.ndtri(1.0 - alpha)) if alpha > 0 else float("inf")
-        sample = contrast[valid & reference]
+        contrast, valid, relative = centre_surround_contrast(values, reference, sp, r, p.gap_mm, p.ring_mm)
+        box_mm = centre_box_voxels(r, sp) * sp
+        fwhm = 0.68 * float(np.prod(box_mm)) ** (1.0 / 3.0)  # a box of side a smooths like a Gaussian of FWHM 0.68 a
+        bound = detection_bound(p.false_alarms / len(p.radii_mm), reference_mm3, fwhm)
+        sample = contrast[valid & reference & (relative < 1.2)]  # boxes (nearly) wholly inside: the noise to scale
         if sample.size < 100:
             zs.append(np.full(values.shape, -np.inf, np.float32))
             scales.append(ScaleStatistics(r, 0.0, float("inf"), float("nan"), bound))
             continue
         mode, measured = peak_statistics(sample[:: max(1, sample.size // 200_000)])
         sd = max(measured, p.structure_floor_hu)
-        zs.append(np.where(valid, (contrast - mode) / sd, -np.inf).astype(np.float32))
+        local_sd = np.maximum(measured * np.sqrt(relative), p.structure_floor_hu)
+        zs.append(np.where(valid, (contrast - mode) / local_sd, -np.inf).astype(np.float32))
         scales.append(ScaleStatistics(r, mode, sd, measured, bound))
     return np.stack(zs), scales
 
@@ -274,35 +292,37 @@ def _smoothed(values: np.ndarray, weight: np.ndarray, sigma_mm: float, spacing_z
 
 
 def lesion_extent(seed: np.ndarray, values: np.ndarray, liver: np.ndarray, usable: np.ndarray, solid: np.ndarray,
-                  spacing_zyx, p: LesionParameters, ring_start_mm: float = 3.0) -> np.ndarray | None:
+                  spacing_zyx, p: LesionParameters, ring_start_mm: float = 3.0,
+                  max_smoothing_mm: float = 0.0) -> np.ndarray | None:
     """The lesion round a seed (bool arrays of one box): EM of two Gaussian classes, lesion and parenchyma, on the
     usable voxels within `ring_start_mm` + `p.context_mm` of the seed (initial means: the seed's darker-than-
     parenchyma voxels and the ring beyond `ring_start_mm`), then a mean-field MRF with equal priors and the pooled
-    sd: the border falls where a voxel is as likely one as the other, half-way between the two levels. Returns
-    the MRF's lesion components touching the seed, enclosed holes filled, within `solid`; None when the seed is
-    not darker than the ring, or EM puts the lesion class above the parenchyma."""
-    from .tissue_model import MixtureModel, _em, _histogram, mrf_regularise, posteriors
+    sd: the border falls where a voxel is as likely one as the other, half-way between the two levels. Where the
+    classes lie less than `p.min_separation` pooled sds apart (a faint lesion in noise), the values are smoothed
+    first (Gaussian of 1, 2, 3 ... mm up to `max_smoothing_mm`, over usable voxels), until they do. Returns the
+    MRF's lesion components touching the seed, enclosed holes filled, within `solid`; None when the seed is not
+    darker than the ring, or EM puts the lesion class above the parenchyma."""
+    from .tissue_model import MixtureModel, mrf_regularise, posteriors
 
     sp = np.asarray(spacing_zyx, float)
     d = geometry.depth_mm(~seed, sp)
     ring = usable & (d > ring_start_mm) & (d <= ring_start_mm + p.context_mm)
     if ring.sum() < 20:
         return None
-    level = float(np.median(values[ring]))
-    core = seed & usable & (values < level)
-    if core.sum() < 3:
-        return None
     fit = liver & usable & (d <= ring_start_mm + p.context_mm)
-    spread = max(1.4826 * float(np.median(np.abs(values[ring] - level))), 2.0)
-    x, w = _histogram(values[fit].astype(np.float64), 0.5)
-    means, sds, weights, *_ = _em(x, w, np.array([float(np.median(values[core])), level]), np.array([spread, spread]),
-                                  np.array([0.5, 0.5]), 200, 1e-7, 1.0)
-    if not means[0] < means[1]:
-        return None
-    pooled = float(np.sqrt(np.sum(weights * sds ** 2) / np.sum(weights)))
+    sigma = 0.0
+    while True:
+        vals = _smoothed(values, usable, sigma, sp) if sigma > 0 else values
+        classes = _two_classes(vals, seed, ring, fit, usable)
+        if classes is None:
+            return None
+        means, pooled = classes
+        if (means[1] - means[0]) / pooled >= p.min_separation or sigma + 1.0 > max_smoothing_mm:
+            break
+        sigma += 1.0
     model = MixtureModel(means_hu=means, sds_hu=np.full(2, pooled), weights=np.array([0.5, 0.5]),
                          names=["lesion", "parenchyma"], log_likelihood=0.0, n_iter=0)
-    q = mrf_regularise(posteriors(values, model, fit), beta=p.mrf_beta, iterations=5, mask=fit)
+    q = mrf_regularise(posteriors(vals, model, fit), beta=p.mrf_beta, iterations=5, mask=fit)
     lesion = fit & (q[0] > q[1])
     lab, _ = ndimage.label(lesion)
     touching = np.unique(lab[seed & lesion])
@@ -310,6 +330,24 @@ def lesion_extent(seed: np.ndarray, values: np.ndarray, liver: np.ndarray, usabl
     if touching.size == 0:
         return None
     return geometry.fill_enclosed(np.isin(lab, touching)) & solid
+
+
+def _two_classes(values, seed, ring, fit, usable):
+    """EM of two Gaussian classes on the `fit` voxels, started at the seed's darker-than-ring voxels and the ring:
+    (means (lesion, parenchyma), pooled sd), or None when the seed is not darker or the classes swap."""
+    from .tissue_model import _em, _histogram
+
+    level = float(np.median(values[ring]))
+    core = seed & usable & (values < level)
+    if core.sum() < 3:
+        return None
+    spread = max(1.4826 * float(np.median(np.abs(values[ring] - level))), 1.0)
+    x, w = _histogram(values[fit].astype(np.float64), 0.25)
+    means, sds, weights, *_ = _em(x, w, np.array([float(np.median(values[core])), level]), np.array([spread, spread]),
+                                  np.array([0.5, 0.5]), 200, 1e-7, 0.25)
+    if not means[0] < means[1]:
+        return None
+    return means, float(np.sqrt(np.sum(weights * sds ** 2) / np.sum(weights)))
 
 
 def add_rim(lesion: np.ndarray, values: np.ndarray, usable: np.ndarray, free: np.ndarray, spacing_zyx, null_sd,
@@ -342,6 +380,26 @@ def add_rim(lesion: np.ndarray, values: np.ndarray, usable: np.ndarray, free: np
     if last < 0:
         return lesion
     return geometry.fill_enclosed(lesion | (free & (d <= last + 1)))
+
+
+def add_attached_bright(lesion: np.ndarray, bright: np.ndarray, free: np.ndarray, spacing_zyx,
+                        p: LesionParameters) -> np.ndarray:
+    """The lesion with the bright blobs that lie against it: calcifications, lipiodol, a haemangioma's peripheral
+    nodules. A connected bright component of `free` voxels (`bright`: above the parenchyma's peak by `bright_sd`
+    of its sds) that comes within 1.5 mm of the lesion joins it when none of its voxels lies farther than the
+    lesion's equivalent radius (at least `rim_mm`, at most 15 mm) from it: a vessel passing by runs on beyond."""
+    sp = np.asarray(spacing_zyx, float)
+    reach = float(np.clip(equivalent_radius_mm(int(lesion.sum()), float(np.prod(sp))), p.rim_mm, 15.0))
+    d = geometry.depth_mm(~lesion, sp)
+    blobs, n = ndimage.label(bright & free & ~lesion)
+    if n == 0:
+        return lesion
+    near = np.unique(blobs[(d <= 1.5) & (blobs > 0)])
+    if near.size == 0:
+        return lesion
+    farthest = ndimage.maximum(d, blobs, index=near)
+    keep = near[np.asarray(farthest) <= reach]
+    return lesion | np.isin(blobs, keep) if keep.size else lesion
 
 
 def _close_heterogeneous(piece: np.ndarray, allowed: np.ndarray, spacing_zyx, p: LesionParameters) -> np.ndarray:
@@ -408,34 +466,35 @@ def _best_scale(excess: list[np.ndarray], box, seed: np.ndarray) -> tuple[int, f
 
 def _grow_seed(seed_box, seed: np.ndarray, values: np.ndarray, liver: np.ndarray, ref: Reference, taken: np.ndarray,
                support: np.ndarray, radius_mm: float, spacing_zyx, p: LesionParameters, null_sd) -> list[np.ndarray]:
-    """The lesions round one seed (arrays of its box): the extent (values smoothed by `smooth_fraction` of the
-    seed's scale `radius_mm`), cut to the support, reaching into the border band only next to its own interior,
-    split into pieces; each piece closed (heterogeneous masses) and given its rim. `taken`: voxels of lesions
-    already found. Returns bool masks of the box."""
+    """The lesions round one seed (arrays of its box): the extent (values smoothed, where the lesion is faint, by up
+    to `smooth_fraction` of the seed's scale `radius_mm`), cut to the support, reaching into the border band only next to its own interior,
+    split into pieces; each piece given the bright blobs against it and its rim, and closed (heterogeneous
+    masses). `taken`: voxels of lesions already found (nonzero; the whole grid). Returns bool masks of the box."""
     sp = np.asarray(spacing_zyx, float)
     b = seed_box
-    sigma = min(p.smooth_fraction * radius_mm, p.smooth_max_mm)
+    taken_box = taken[b] != 0
     vals = values[b]
-    smooth = _smoothed(vals, ref.usable[b], sigma, sp) if sigma > 0.5 * float(sp.min()) else vals
     r_seed = equivalent_radius_mm(int(seed.sum()), float(np.prod(sp)))
     ring_start = max(3.0, 0.8 * radius_mm + 2.0 - r_seed)
-    extent = lesion_extent(seed, smooth, liver[b], ref.usable[b], ref.solid[b], sp, p, ring_start)
+    extent = lesion_extent(seed, vals, liver[b], ref.usable[b], ref.solid[b], sp, p, ring_start,
+                           max_smoothing_mm=min(p.smooth_fraction * radius_mm, p.smooth_max_mm))
     if extent is None:
         return []
-    extent &= support[b] & ~taken[b]
+    extent &= support[b] & ~taken_box
     inside = extent & ref.interior[b]
     if not inside.any():
         return []
     extent &= geometry.depth_mm(~inside, sp / ref.band_mm) <= 1.0
     pieces, n = ndimage.label(extent)
-    free = liver[b] & ~taken[b]
+    free = liver[b] & ~taken_box
     out = []
     for j in range(1, n + 1):
         piece = pieces == j
         if not (piece & seed).any():
             continue
-        piece = _close_heterogeneous(piece, ref.solid[b] & ~taken[b], sp, p)
-        piece = add_rim(piece, vals, ref.usable[b], free, sp, null_sd, p) & ~taken[b]
+        piece = add_attached_bright(piece, ref.bright[b], free, sp, p)
+        piece = add_rim(piece, vals, ref.usable[b], free, sp, null_sd, p) & ~taken_box
+        piece = _close_heterogeneous(piece, free & ~ref.fat[b], sp, p)
         out.append(piece)
     return out
 
@@ -474,32 +533,48 @@ def detect_lesions(values: np.ndarray, liver: np.ndarray, spacing_zyx, p: Lesion
     null_sd = _null_sd_at(scales)
     voxel_mm3 = float(np.prod(sp))
     seeds, _ = ndimage.label(sig.significant)
-    taken = np.zeros(liver.shape, bool)
-    found: list[tuple[tuple, np.ndarray, int, float, float]] = []
     objects = ndimage.find_objects(seeds)
+    ranked = []  # seeds by decreasing significance: a lesion grows from its strongest seed first
     for i, sl in enumerate(objects, start=1):
-        if progress is not None and i % 10 == 0:
-            progress(0.4 + 0.6 * i / len(objects), "lesions: extents")
-        if sl is None or taken[sl][seeds[sl] == i].all():
-            continue
-        scale, excess = _best_scale(sig.excess, sl, seeds[sl] == i)
+        if sl is not None:
+            scale, excess = _best_scale(sig.excess, sl, seeds[sl] == i)
+            ranked.append((excess, i, sl, scale))
+    ranked.sort(key=lambda item: -item[0])
+    labels = np.zeros(liver.shape, np.int32)
+    evidence: dict[int, dict] = {}
+    for count, (excess, i, sl, scale) in enumerate(ranked):
+        if progress is not None and count % 10 == 0:
+            progress(0.4 + 0.6 * count / len(ranked), "lesions: extents")
+        seed = seeds[sl] == i
+        if (labels[sl][seed] > 0).mean() > 0.5:
+            continue  # inside a lesion grown from a stronger seed
         radius = p.radii_mm[scale]
         pad = np.ceil((0.8 * radius + 2.0 + p.context_mm + p.rim_mm + 2.0) / sp).astype(int)
         box = geometry.widen(sl, pad, liver.shape)
-        for piece in _grow_seed(box, seeds[box] == i, values, liver, ref, taken, sig.support, radius, sp, p, null_sd):
-            contrast = _contrast_hu(piece, values[box], ref.usable[box], liver[box] & ~taken[box], sp)
+        taken = labels[box] > 0
+        for piece in _grow_seed(box, seeds[box] == i, values, liver, ref, labels, sig.support, radius, sp, p,
+                                null_sd):
+            target = labels[box]
+            touching = np.unique(target[ndimage.binary_dilation(piece) & taken])
+            touching = touching[touching > 0]
+            if touching.size:  # what a weaker seed adds to a lesion already found is that lesion's
+                target[piece & (target == 0)] = int(touching[0])
+                continue
+            contrast = _contrast_hu(piece, values[box], ref.usable[box], liver[box] & ~taken, sp)
             if piece.sum() * voxel_mm3 < p.min_volume_mm3 or not contrast > 0:
                 continue
-            taken[box] |= piece
-            found.append((box, piece, scale, excess + scales[scale].bound_z, contrast))
-    labels = np.zeros(liver.shape, np.uint16)
-    order = sorted(range(len(found)), key=lambda k: -int(found[k][1].sum()))
-    evidence = []
-    for new_id, k in enumerate(order, start=1):
-        box, piece, scale, z, contrast = found[k]
-        labels[box][piece & (labels[box] == 0)] = new_id
-        evidence.append({"id": new_id, "contrast_hu": contrast, "evidence_z": z, "scale_mm": p.radii_mm[scale]})
-    return LesionDetection(labels, evidence, scales, ref.level_hu, ref.sd_hu)
+            new_id = len(evidence) + 1
+            target[piece & (target == 0)] = new_id
+            evidence[new_id] = {"contrast_hu": contrast, "evidence_z": excess + scales[scale].bound_z,
+                                "scale_mm": p.radii_mm[scale]}
+    labels = labels.astype(np.uint16)
+    order = relabel_by_volume(labels)
+    rows = []
+    for old_id, row in evidence.items():
+        new_ids = np.unique(order[labels == old_id])
+        if new_ids.size and new_ids[0] > 0:
+            rows.append({"id": int(new_ids[0]), **row})
+    return LesionDetection(order, sorted(rows, key=lambda r: r["id"]), scales, ref.level_hu, ref.sd_hu)
 
 
 def lesion_at_point(values: np.ndarray, liver: np.ndarray, spacing_zyx, point_zyx, p: LesionParameters | None = None,
@@ -508,10 +583,12 @@ def lesion_at_point(values: np.ndarray, liver: np.ndarray, spacing_zyx, point_zy
 
     The lesion's size is the radius at which the box centred on the point is darker than its ring by the most
     null sds (`scales`: the null statistics of the liver's detection; computed when not given); the seed is the
-    usable voxels within 0.4 of that radius of the point. Nothing is required to be significant: the click says
-    a lesion is there. values: HU [z, y, x]; liver: bool; point_zyx: voxel index; taken: voxels of lesions
+    usable voxels within 0.4 of that radius of the point, the lesion kept within 1.5 times it. Nothing is
+    required to be significant: the click says a lesion is there, so a faint one is smoothed up to half its
+    scale before its extent is found. values: HU [z, y, x]; liver: bool; point_zyx: voxel index; taken: voxels of lesions
     already found (left out). Returns a bool mask of the input's shape, or None when the point lies outside the
-    liver or is not darker than the liver round it at any size.
+    liver or is not darker than the liver round it at any size (by `click_min_z` null sds: a dip of noise is no
+    lesion).
     """
     p = p or LesionParameters()
     sp = np.asarray(spacing_zyx, float)
@@ -529,10 +606,12 @@ def lesion_at_point(values: np.ndarray, liver: np.ndarray, spacing_zyx, point_zy
     if scales is None:
         scales = _significance(values, liver, ref, sp, p)[1]
     ref_box = reference_parenchyma(values[box], liver[box], sp, p)
-    best, best_z = None, 0.0
+    best, best_z = None, p.click_min_z
     for scale in scales:
-        c, valid = centre_surround_contrast(values[box], ref_box.usable, sp, scale.radius_mm, p.gap_mm, p.ring_mm)
-        z = (float(c[local]) - scale.mode_hu) / scale.measured_sd_hu if valid[local] else -np.inf
+        c, valid, relative = centre_surround_contrast(values[box], ref_box.usable, sp, scale.radius_mm, p.gap_mm,
+                                                      p.ring_mm)
+        noise = scale.measured_sd_hu * float(np.sqrt(relative[local]))
+        z = (float(c[local]) - scale.mode_hu) / noise if valid[local] else -np.inf
         if z > best_z:
             best, best_z = scale.radius_mm, z
     if best is None:
@@ -541,10 +620,12 @@ def lesion_at_point(values: np.ndarray, liver: np.ndarray, spacing_zyx, point_zy
     dist = np.sqrt(((zz - local[0]) * sp[0]) ** 2 + ((yy - local[1]) * sp[1]) ** 2 + ((xx - local[2]) * sp[2]) ** 2)
     seed = (dist <= max(0.4 * best, 1.5 * float(sp.max()))) & ref_box.usable & ~taken[box]
     seed[local] = True
-    support = dist <= 2.0 * best + p.ring_mm
+    support = dist <= 1.5 * best + p.support_margin_mm
     mask = np.zeros(liver.shape, bool)
+    # the click asserts a lesion, however faint: its values may be smoothed up to half its scale
+    clicked = replace(p, smooth_fraction=max(p.smooth_fraction, 0.5), smooth_max_mm=max(p.smooth_max_mm, 6.0))
     pieces = _grow_seed(tuple(slice(0, n) for n in seed.shape), seed, values[box], liver[box], ref_box, taken[box],
-                        support, best, sp, p, _null_sd_at(scales))
+                        support, best, sp, clicked, _null_sd_at(scales))
     for piece in pieces:
         if piece[local] or (piece & (dist <= 0.4 * best)).any():
             mask[box] |= piece

@@ -271,3 +271,32 @@ def match_instances(test_labels, truth_labels, min_iou: float = 0.1) -> dict:
         "missed": [b for b in truth_ids if b not in used_truth],
         "false_positives": [a for a in test_ids if a not in used_test],
     }
+
+
+FOUND_COVER = 0.5   # a true lesion is found when detected lesions cover at least this share of its voxels
+FALSE_OVERLAP = 0.1  # a detected lesion with less than this share of its voxels in true lesions is a false positive
+
+
+def lesion_detection(test_labels, truth_labels, truth_ids=None, found_cover: float = FOUND_COVER,
+                     false_overlap: float = FALSE_OVERLAP) -> dict:
+    """Detection figures that do not depend on how touching lesions are split into instances.
+
+    A true lesion (of `truth_ids`, default all) is found when detected lesions, of any instance, cover at least
+    `found_cover` of its voxels; a detected instance is a false positive when less than `false_overlap` of its
+    voxels lie in true lesions of any size. Returns {"found": [truth ids], "missed": [truth ids], "cover":
+    {truth id: covered share}, "false_positives": [test ids]}.
+    """
+    t = sitk.GetArrayViewFromImage(test_labels) if isinstance(test_labels, sitk.Image) else np.asarray(test_labels)
+    r = sitk.GetArrayViewFromImage(truth_labels) if isinstance(truth_labels, sitk.Image) else np.asarray(truth_labels)
+    t = np.asarray(t, dtype=np.int64)
+    r = np.asarray(r, dtype=np.int64)
+    ids = [int(v) for v in np.unique(r) if v] if truth_ids is None else [int(v) for v in truth_ids]
+    detected = t > 0
+    truth_counts = np.bincount(r.ravel(), minlength=max(ids, default=0) + 1)
+    covered = np.bincount(r[detected].ravel(), minlength=truth_counts.size)
+    cover = {i: float(covered[i] / truth_counts[i]) if truth_counts[i] else 0.0 for i in ids}
+    test_counts = np.bincount(t.ravel())
+    on_truth = np.bincount(t[r > 0].ravel(), minlength=test_counts.size)
+    false = [int(j) for j in range(1, test_counts.size) if test_counts[j] and on_truth[j] < false_overlap * test_counts[j]]
+    return {"found": [i for i in ids if cover[i] >= found_cover], "missed": [i for i in ids if cover[i] < found_cover],
+            "cover": cover, "false_positives": false}

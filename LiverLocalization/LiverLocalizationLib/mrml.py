@@ -14,6 +14,8 @@ Every function uses ``slicer.mrmlScene`` unless a scene is given.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import types
 from collections.abc import Callable
@@ -216,6 +218,26 @@ def markups_to_landmarks(markups_node) -> dict[str, np.ndarray]:
     return landmarks
 
 
+def markups_to_points(markups_node) -> dict[str, np.ndarray]:
+    """Defined control points of a markups node, any labels (lesion clicks): name → LPS mm (world coordinates).
+
+    A point is named by its label, or 'point N'; ' (N)' is added where a name repeats, so none is lost."""
+    points: dict[str, np.ndarray] = {}
+    if markups_node is None:
+        return points
+    defined = slicer.vtkMRMLMarkupsNode.PositionDefined
+    for i in range(markups_node.GetNumberOfControlPoints()):
+        if markups_node.GetNthControlPointPositionStatus(i) != defined:
+            continue
+        name = markups_node.GetNthControlPointLabel(i).strip() or f"point {i + 1}"
+        if name in points:
+            name = f"{name} ({i + 1})"
+        ras = np.zeros(3)
+        markups_node.GetNthControlPointPositionWorld(i, ras)
+        points[name] = ras * np.array([-1.0, -1.0, 1.0])
+    return points
+
+
 def landmarks_to_markups(landmarks: dict[str, np.ndarray], name: str = "Liver landmarks", node=None, scene=None):
     """Landmarks (label → LPS mm) as control points of a new or given point-list node (RAS); returns the node.
 
@@ -257,12 +279,25 @@ def start_landmark_placement(markups_node, name: str, scene=None) -> int:
     """
     if name not in labels.LANDMARK_NAMES:
         raise InputError(f"Unknown landmark {name!r}; use one of {', '.join(labels.LANDMARK_NAMES)}.")
-    scene = _scene(scene)
     index = next((i for i in range(markups_node.GetNumberOfControlPoints())
                   if _canonical_label(markups_node.GetNthControlPointLabel(i)) == name), -1)
     if index < 0:
         index = markups_node.AddControlPoint(vtk.vtkVector3d(0.0, 0.0, 0.0), name)
         markups_node.SetNthControlPointDescription(index, getattr(labels, "LANDMARK_DESCRIPTIONS", {}).get(name, ""))
+    return _place_point(markups_node, index, scene)
+
+
+def start_point_placement(markups_node, name: str, scene=None) -> int:
+    """Put the scene in place mode so that the next click sets a new control point labelled `name` (a click inside
+    a lesion); the list's other points are kept. Returns the new point's index."""
+    index = markups_node.AddControlPoint(vtk.vtkVector3d(0.0, 0.0, 0.0), name)
+    markups_node.SetNthControlPointDescription(index, "inside a lesion the detection missed")
+    return _place_point(markups_node, index, scene)
+
+
+def _place_point(markups_node, index: int, scene=None) -> int:
+    """Unset control point `index` and put the scene in place mode so that the next click sets it."""
+    scene = _scene(scene)
     markups_node.UnsetNthControlPointPosition(index)
     markups_node.SetControlPointPlacementStartIndex(index)
     selection = scene.GetNodeByID("vtkMRMLSelectionNodeSingleton")
@@ -596,7 +631,8 @@ def place_next_to(node, input_node) -> None:
 # ------------------------------------------------------------------------ running on nodes
 
 LESION_TABLE_COLUMNS = (
-    "id", "volume_ml", "max_diameter_mm", "mean_hu", "centroid_ras", "main_segment", "segments", "segment_fractions",
+    "id", "source", "volume_ml", "max_diameter_mm", "axial_diameter_mm", "mean_hu", "contrast_hu", "centroid_ras",
+    "main_segment", "segments", "segment_fractions",
     "distance_hepatic_vein_landmark_mm", "nearest_hepatic_vein_landmark", "distance_portal_vein_landmark_mm",
     "nearest_portal_vein_landmark", "kind", "malignant_probability",
 )
@@ -636,12 +672,14 @@ class NodeOutputs:
 
 def run_on_nodes(volume_node, markups_node=None, liver_segmentation_node=None, liver_segment_id: str | None = None,
                  options=None, outputs: dict | None = None, progress: Callable[[float, str], None] | None = None,
-                 should_cancel: Callable[[], bool] | None = None) -> NodeOutputs:
+                 should_cancel: Callable[[], bool] | None = None, lesion_points_node=None) -> NodeOutputs:
     """Run the pipeline on scene nodes and put the results into output nodes; input nodes are never modified.
 
     volume_node: the CT (HU). markups_node: point list with the landmarks (labels IVC, IVC_inferior, RHV,
     MHV, LHV, RPV, LPV, UP; RAS world); None runs without Couinaud segments. liver_segmentation_node and
-    liver_segment_id: an optional liver mask replacing liver extraction. options: pipeline.PipelineOptions.
+    liver_segment_id: an optional liver mask replacing liver extraction. lesion_points_node: an optional point
+    list of clicks inside lesions the detection may miss (any labels; each gives its lesion, and a click inside a
+    detected lesion keeps it). options: pipeline.PipelineOptions.
     outputs: existing output nodes to update, keys 'segmentation', 'table', 'denoised', 'gradcam' (missing
     or None: created). Returns NodeOutputs: segmentation, table, denoised, gradcam (None when not computed),
     result (pipeline.PipelineResult) and warnings (list of str).
@@ -653,7 +691,7 @@ def run_on_nodes(volume_node, markups_node=None, liver_segmentation_node=None, l
     if liver_segmentation_node is not None and not liver_segment_id:
         raise InputError("A liver segmentation was selected without choosing its liver segment.")
     outputs = dict(outputs or {})
-    inputs = {id(n) for n in (volume_node, markups_node, liver_segmentation_node) if n is not None}
+    inputs = {id(n) for n in (volume_node, markups_node, liver_segmentation_node, lesion_points_node) if n is not None}
     for role, node in outputs.items():
         if node is not None and id(node) in inputs:
             raise InputError(f"The {role} output is one of the input nodes ('{node.GetName()}'); inputs are never "
@@ -662,6 +700,9 @@ def run_on_nodes(volume_node, markups_node=None, liver_segmentation_node=None, l
     landmarks = markups_to_landmarks(markups_node) if markups_node is not None else None
     liver_mask = (segment_to_image(liver_segmentation_node, liver_segment_id, volume_node)
                   if liver_segmentation_node is not None else None)
+    points = markups_to_points(lesion_points_node)
+    if points:
+        options = dataclasses.replace(options or pipeline.PipelineOptions(), lesion_points=points)
     scaled = None if progress is None else (lambda fraction, message: progress(0.95 * fraction, message))
     result = pipeline.run_pipeline(ct, landmarks or None, liver_mask=liver_mask, options=options,
                                    progress=scaled, should_cancel=should_cancel)

@@ -20,8 +20,11 @@ a curved surface through the portal bifurcation; segment I is the caudate lobe b
 bifurcation. Border offsets are calibrated per seed on a coarse grid so that segment volume fractions
 fall near the 3D-IRCADb reference.
 
-Lesions (cyst, haemangioma, metastasis, HCC) are perturbed ellipsoids inside the liver with
-kind-specific enhancement patterns. The image is blurred (partial volume and scanner PSF) and gets
+Lesions (cyst, haemangioma, metastasis, HCC) are perturbed ellipsoids with kind-specific enhancement
+patterns, as varied as real ones: 5-70 mm, faint large masses, necrotic and septate interiors, calcifications
+or lipiodol inside or at the edge, clusters of touching metastases, lesions at the surface (some bulging out
+of the liver), next to vessels. Every enhancing tissue follows the scan's enhancement factor; a quarter of
+the scans have a parenchyma of only 60-80 HU, with strong noise. The image is blurred (partial volume and scanner PSF) and gets
 correlated noise scaled to the requested sigma in homogeneous tissue.
 """
 
@@ -43,7 +46,7 @@ from .geometry import lps_to_ras
 Progress = Callable[[float, str], None]
 
 REFERENCE_COUINAUD_FRACTIONS = {1: 0.031, 2: 0.127, 3: 0.065, 4: 0.151, 5: 0.149, 6: 0.096, 7: 0.155, 8: 0.227}
-KIND_DIAMETER_MM = {"cyst": (5.0, 40.0), "haemangioma": (8.0, 50.0), "metastasis": (8.0, 45.0), "hcc": (15.0, 60.0)}
+KIND_DIAMETER_MM = {"cyst": (5.0, 40.0), "haemangioma": (8.0, 50.0), "metastasis": (8.0, 65.0), "hcc": (15.0, 70.0)}
 SIZES = ("small", "full")
 _COARSE_MM = 3.0  # canonical grid step for calibration and placement
 UP_RADIUS = 62.0  # canonical distance (mm) of the umbilical portion's origin from the IVC axis
@@ -763,8 +766,50 @@ def _build_vessels(anat: _Anatomy, coarse: _Coarse, labels_coarse: np.ndarray, s
 
 # ----------------------------------------------------------------------------- lesions
 
+SURFACE_CHANCE = 0.3    # a lesion placed at the liver's surface
+BULGE_CHANCE = 0.6      # a surface lesion that bulges out of the liver (into the fat round it)
+VESSEL_CHANCE = 0.25    # a lesion allowed to abut a vessel
+CLUSTER_CHANCE = 0.3    # a metastasis with 1-3 smaller ones touching it
+DEPOSIT_CHANCE = 0.3    # a metastasis or HCC of 25 mm or more with calcifications or lipiodol inside or at its edge
+SEPTA_CHANCE = 0.3      # a metastasis with septa through its necrotic interior
+
+
+def _lesion_spec(kind: str, centre, radii, rng, bulge: bool = False) -> dict:
+    """A lesion's shape and the parameters of its enhancement pattern (HU follow at rendering, from the scan's
+    parenchyma and enhancement; `_lesion_values`)."""
+    u = rng.uniform
+    spec = {"kind": kind, "centre": np.asarray(centre, float), "radii": radii, "rmax": float(radii.max()),
+            "rot": _rotation(*u(-np.pi, np.pi, 3)), "bulge": bool(bulge),
+            "shape_waves": _random_waves(rng, 4, (1.2, 3.0), u(0.06, 0.14)),
+            "texture": _random_waves(rng, 6, (4.0, 12.0), 1.0)}
+    if kind == "cyst":
+        spec["hu"] = u(0.0, 15.0)
+    elif kind == "haemangioma":
+        spec["contrast"], spec["fill"] = u(15.0, 45.0), u(0.3, 0.65)
+    elif kind == "metastasis":
+        # hypovascular: darker than the parenchyma by 12-30 HU and by up to 30 HU more where the liver enhances
+        # well; large ones are often faint
+        spec["contrast"], spec["uptake_gap"] = u(12.0, 30.0), u(0.0, 30.0)
+        spec["rim"] = u(-15.0, 20.0)  # the viable rim's enhancement relative to the parenchyma (x enhancement)
+        spec["necrosis"] = u(0.0, 0.6)
+        spec["septa"] = bool(rng.random() < SEPTA_CHANCE)
+    else:  # hcc: washout in the portal phase, an enhancing capsule, a mosaic interior
+        spec["contrast"], spec["washout"], spec["capsule"] = u(5.0, 12.0), u(5.0, 25.0), u(5.0, 25.0)
+    diameter = 2.0 * float(np.cbrt(np.prod(radii)))
+    if kind in ("metastasis", "hcc") and diameter >= 25.0 and rng.random() < DEPOSIT_CHANCE:
+        n = int(rng.integers(2, 7))
+        directions = rng.normal(0.0, 1.0, (n, 3))
+        directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+        spec["deposits"] = [(d * u(0.3, 1.0), u(1.5, 4.0), u(250.0, 700.0)) for d in directions]
+    return spec
+
+
 def _place_lesions(anat, coarse, tubes, rng, n, kinds, scale):
-    """Lesion specs (canonical): centre, radii, rotation, waves, kind, pattern parameters."""
+    """Lesion specs (canonical): centre, radii, rotation, waves, kind, pattern parameters.
+
+    Placement: deep in the liver, or at its surface (`SURFACE_CHANCE`, bulging out of it with `BULGE_CHANCE`),
+    clear of the vessels unless allowed to abut one (`VESSEL_CHANCE`), apart from each other except the smaller
+    metastases a metastasis may have touching it (`CLUSTER_CHANCE`)."""
     from scipy import ndimage
     from scipy.spatial import cKDTree
 
@@ -778,51 +823,62 @@ def _place_lesions(anat, coarse, tubes, rng, n, kinds, scale):
     vtree = cKDTree(np.vstack(vpts))
     vr = np.concatenate(vrad)
     pts = coarse.points()
+    tree = cKDTree(pts)
+
+    def clear_of_vessels(c, rmax, clearance):
+        d_near, i_near = vtree.query(c, k=8)
+        return bool(np.all(d_near > clearance * rmax + vr[i_near]))
+
     specs: list[dict] = []
     for _ in range(n):
         kind = str(rng.choice(kinds))
         lo, hi = KIND_DIAMETER_MM[kind]
         diameter = math.exp(rng.uniform(math.log(lo), math.log(hi)))
+        surface = rng.random() < SURFACE_CHANCE
+        bulge = surface and rng.random() < BULGE_CHANCE
+        clearance = 0.2 if rng.random() < VESSEL_CHANCE else 0.6
         for attempt in range(24):
             if attempt >= 4:  # no room: try smaller, never below 5 mm
                 diameter = max(5.0, diameter * 0.88)
             radii = 0.5 * diameter / scale * rng.uniform(0.8, 1.2, 3)
             rmax = float(radii.max())
-            touch = rng.random() < 0.3
-            need = 0.75 * rmax if touch else rmax + 2.0
-            ok = (edt >= need) & (edt <= (rmax + 4.0 if touch else np.inf))
+            need = (0.45 if bulge else 0.75) * rmax if surface else rmax + 2.0
+            ok = (edt >= need) & (edt <= (need + 4.0 if surface else np.inf))
             cand = np.nonzero(ok)[0]
             if len(cand) > 0:
                 c = pts[rng.choice(cand)] + rng.uniform(-1.5, 1.5, 3)
-                d_near, i_near = vtree.query(c, k=8)
-                if np.all(d_near > 0.6 * rmax + vr[i_near]) and all(
+                if clear_of_vessels(c, rmax, clearance) and all(
                         np.linalg.norm(c - s["centre"]) > rmax + s["rmax"] + 3.0 for s in specs):
                     break
         else:
             continue
-        spec = {"kind": kind, "centre": c, "radii": radii, "rmax": rmax,
-                "rot": _rotation(*rng.uniform(-np.pi, np.pi, 3)),
-                "shape_waves": _random_waves(rng, 4, (1.2, 3.0), rng.uniform(0.06, 0.14)),
-                "texture": _random_waves(rng, 6, (4.0, 12.0), 1.0)}
-        if kind == "cyst":
-            spec["hu"] = rng.uniform(0.0, 15.0)
-        elif kind == "haemangioma":
-            spec["hu"] = rng.uniform(45.0, 70.0)
-            spec["rim_hu"] = rng.uniform(140.0, 175.0)
-            spec["fill"] = rng.uniform(0.3, 0.65)
-        elif kind == "metastasis":
-            spec["hu"] = rng.uniform(45.0, 80.0)
-            spec["rim_hu"] = rng.uniform(110.0, 135.0)
-            spec["necrosis"] = rng.uniform(0.0, 0.5)
-        else:  # hcc
-            spec["hu"] = rng.uniform(82.0, 96.0)
-            spec["rim_hu"] = rng.uniform(120.0, 135.0)
-        specs.append(spec)
+        specs.append(_lesion_spec(kind, c, radii, rng, bulge))
+        if kind == "metastasis" and rng.random() < CLUSTER_CHANCE:
+            specs += _satellites(specs[-1], specs[:-1], rng, scale, tree, edt, clear_of_vessels)
     return specs
 
 
-def _lesion_values(spec, X, Y, Z, liver_hu):
-    """Normalised radius rho (<1 inside) and clean HU of a lesion at canonical points."""
+def _satellites(primary, others, rng, scale, tree, edt, clear_of_vessels) -> list[dict]:
+    """1-3 smaller metastases (5-25 mm, at most 0.8 of the primary) touching a metastasis, inside the liver."""
+    out: list[dict] = []
+    for _ in range(int(rng.integers(1, 4))):
+        diameter = min(rng.uniform(5.0, 25.0), 0.8 * 2.0 * primary["rmax"] * scale)
+        radii = 0.5 * diameter / scale * rng.uniform(0.85, 1.15, 3)
+        for _attempt in range(12):
+            direction = rng.normal(0.0, 1.0, 3)
+            direction /= np.linalg.norm(direction)
+            c = primary["centre"] + direction * (primary["rmax"] + float(radii.max()) * rng.uniform(0.5, 0.9))
+            depth = edt[tree.query(c)[1]]
+            if depth >= 0.75 * radii.max() and clear_of_vessels(c, float(radii.max()), 0.2) and all(
+                    np.linalg.norm(c - s["centre"]) > float(radii.max()) + s["rmax"] + 2.0 for s in others + out):
+                out.append(_lesion_spec("metastasis", c, radii, rng))
+                break
+    return out
+
+
+def _lesion_values(spec, X, Y, Z, prm):
+    """Normalised radius rho (<1 inside) and clean HU of a lesion at canonical points, for a scan whose
+    parenchyma, blood pool and enhancement factor are in `prm` (`_hu_params`)."""
     c, rot = spec["centre"], spec["rot"]
     dx, dy, dz = X - c[0], Y - c[1], Z - c[2]
     r = rot.T
@@ -834,22 +890,33 @@ def _lesion_values(spec, X, Y, Z, liver_hu):
     ux, uy, uz = lx / spec["radii"][0] / n, ly / spec["radii"][1] / n, lz / spec["radii"][2] / n
     rho = rho / (1.0 + _waves(ux, uy, uz, spec["shape_waves"]))
     tex = _waves(X, Y, Z, spec["texture"])  # sd ~1
+    liver, e, blood = prm["liver"], prm["enhancement"], prm["portal"]
     kind = spec["kind"]
     if kind == "cyst":
         hu = spec["hu"] + 1.5 * tex
     elif kind == "haemangioma":
         # globular nodules as bright as blood pool in a peripheral band that fills in centripetally
+        base = liver - spec["contrast"]
         nodules = np.clip((tex - 0.1) * 2.5, 0, 1)
         band = np.clip((rho - (1 - spec["fill"])) / 0.1, 0, 1)
-        hu = spec["hu"] + 4.0 * tex + (spec["rim_hu"] - spec["hu"]) * band * np.maximum(nodules, 0.25)
+        hu = base + 4.0 * tex + (blood - base) * band * np.maximum(nodules, 0.25)
     elif kind == "metastasis":
-        core = spec["hu"] - 25.0 * spec["necrosis"] * np.clip(1 - rho / 0.6, 0, 1)
+        viable = liver - spec["contrast"] - e * spec["uptake_gap"]
+        core = viable - (viable - 15.0) * spec["necrosis"] * np.clip(1 - rho / 0.6, 0, 1)
+        if spec.get("septa"):
+            core = np.where(np.abs(np.sin(3.0 * tex)) < 0.15, viable, core)
         rim = np.clip((rho - 0.86) / 0.07, 0, 1)
-        hu = core + 12.0 * tex + (spec["rim_hu"] - core) * rim
+        hu = core + 10.0 * tex + (liver + e * spec["rim"] - core) * rim
     else:
+        interior = liver - spec["contrast"] - e * spec["washout"]
         mosaic = np.where(tex > 0.3, 8.0, -6.0)
-        rim = np.clip((rho - 0.84) / 0.06, 0, 1)
-        hu = spec["hu"] + mosaic + 3.0 * tex + (spec["rim_hu"] - spec["hu"]) * rim
+        capsule = np.clip((rho - 0.84) / 0.06, 0, 1)
+        hu = interior + mosaic + 3.0 * tex + e * spec["capsule"] * capsule
+    for direction, radius, value in spec.get("deposits", []):
+        offset = direction * spec["radii"]
+        p = c + rot @ offset
+        d2 = (X - p[0]) ** 2 + (Y - p[1]) ** 2 + (Z - p[2]) ** 2
+        hu = np.where(d2 <= radius ** 2, value, hu)
     return rho, hu
 
 
@@ -895,15 +962,35 @@ def _design_grid(anat, coarse, size, oblique, flip, rng_img, centre, scale) -> _
 
 # ----------------------------------------------------------------------------- rendering
 
+# Native (unenhanced) HU of the enhancing tissues and their portal-venous HU at a typical enhancement (factor 1):
+# every enhancing tissue is native + factor x (typical - native), so a weakly enhanced scan is weak everywhere.
+_ENHANCING = {"liver": (55.0, (100.0, 110.0)), "portal": (40.0, (150.0, 160.0)), "hepatic": (40.0, (140.0, 150.0)),
+              "ivc": (40.0, (142.0, 155.0)), "aorta": (40.0, (170.0, 190.0)), "spleen": (45.0, (110.0, 120.0)),
+              "kidney_cortex": (35.0, (150.0, 180.0)), "kidney_medulla": (35.0, (100.0, 120.0)),
+              "heart": (40.0, (130.0, 150.0)), "myocardium": (45.0, (95.0, 110.0)), "pancreas": (40.0, (90.0, 110.0)),
+              "bowel": (35.0, (30.0, 60.0)), "stomach_wall": (40.0, (70.0, 95.0))}
+WEAK_PARENCHYMA_CHANCE = 0.25  # scans whose parenchyma is only 60-80 HU (steatosis, poor uptake), with strong noise
+STRONG_NOISE_CHANCE = 0.2      # other scans with strong noise (25-35 HU)
+
+
 def _hu_params(rng):
+    """HU of every tissue, the enhancement factor and the noise sd of one scan. Enhancement varies between
+    patients and protocols: factor 0.8-1.25 (parenchyma about 95-125 HU, portal vein 145-190 HU); with
+    `WEAK_PARENCHYMA_CHANCE` the parenchyma is only 60-80 HU (a fatty liver, or one that takes up little contrast)
+    while the blood pool still enhances (factor 0.5-1), and the noise is strong (25-35 HU, as in large or
+    low-dose patients); otherwise noise is 15-25 HU, 25-35 with `STRONG_NOISE_CHANCE`."""
     u = rng.uniform
-    return {"liver": u(100.0, 110.0), "portal": u(150.0, 160.0), "hepatic": u(140.0, 150.0), "ivc": u(142.0, 155.0),
-            "aorta": u(170.0, 190.0), "spleen": u(110.0, 120.0), "kidney_cortex": u(150.0, 180.0),
-            "kidney_medulla": u(100.0, 120.0), "heart": u(130.0, 150.0), "myocardium": u(95.0, 110.0),
-            "muscle": u(45.0, 58.0), "fat": u(-110.0, -90.0), "pancreas": u(90.0, 110.0),
-            "bowel": u(30.0, 60.0), "gb": u(5.0, 15.0), "stomach_wall": u(70.0, 95.0),
-            "stomach_fluid": u(10.0, 25.0), "lung": u(-880.0, -820.0), "noise": u(18.0, 22.0),
-            "cancellous": u(180.0, 280.0), "cortical": u(700.0, 950.0), "rib": u(450.0, 700.0)}
+    weak = rng.random() < WEAK_PARENCHYMA_CHANCE
+    factor = u(0.5, 1.0) if weak else u(0.8, 1.25)
+    prm = {key: native + factor * (u(*typical) - native) for key, (native, typical) in _ENHANCING.items()}
+    if weak:
+        prm["liver"] = u(60.0, 80.0)
+    noisy = weak or rng.random() < STRONG_NOISE_CHANCE
+    prm.update({"muscle": u(45.0, 58.0), "fat": u(-110.0, -90.0), "gb": u(5.0, 15.0), "stomach_fluid": u(10.0, 25.0),
+                "lung": u(-880.0, -820.0), "noise": u(25.0, 35.0) if noisy else u(15.0, 25.0),
+                "cancellous": u(180.0, 280.0), "cortical": u(700.0, 950.0), "rib": u(450.0, 700.0),
+                "enhancement": factor})
+    return prm
 
 
 def _render_body(grid, anat, hu, prm):
@@ -1064,7 +1151,11 @@ def _render_liver(grid, anat, coarse, hu, tissue, couinaud, prm, liver_waves):
         couinaud[s][inside] = anat.couinaud(x, y, z)
 
 
-def _render_lesions(grid, anat, specs, hu, tissue, lesion_ids, prm):
+def _render_lesions(grid, anat, specs, hu, tissue, lesion_ids, couinaud, prm):
+    """Paint each lesion into the liver; a bulging one also into the fat round the liver (its Couinaud label:
+    the nearest liver voxel's). Earlier lesions keep their voxels (satellites touch, never overlap)."""
+    from scipy import ndimage
+
     for n, spec in enumerate(specs, start=1):
         r = spec["rmax"] * 1.5 + 2.0
         sl = grid.box(spec["centre"] - r, spec["centre"] + r)
@@ -1073,8 +1164,15 @@ def _render_lesions(grid, anat, specs, hu, tissue, lesion_ids, prm):
         X, Y, Z = grid.coords(sl)
         shape = tuple(v.stop - v.start for v in sl)
         X, Y, Z = (_full(a, shape) for a in (X, Y, Z))
-        rho, val = _lesion_values(spec, X, Y, Z, prm["liver"])
+        rho, val = _lesion_values(spec, X, Y, Z, prm)
         inside = (rho < 1.0) & (tissue[sl] == labels.TRUTH_PARENCHYMA)
+        if spec.get("bulge"):
+            out = (rho < 1.0) & (tissue[sl] == 0) & (hu[sl] < -50.0)  # fat round the liver, not another organ
+            liver_here = couinaud[sl] > 0
+            if out.any() and liver_here.any():
+                _, nearest = ndimage.distance_transform_edt(~liver_here, return_indices=True)
+                couinaud[sl][out] = couinaud[sl][tuple(nearest[:, out])]
+                inside |= out
         hu[sl][inside] = val[inside]
         tissue[sl][inside] = labels.TRUTH_LESION
         lesion_ids[sl][inside] = n
@@ -1176,7 +1274,7 @@ def generate_phantom(seed: int = 0, size: str = "small", oblique: bool = False, 
     lesion_ids = np.zeros(shape, np.uint16)
     _render_liver(grid, anat, coarse, hu, tissue, couinaud, prm, liver_waves)
     report(0.6, "lesions and vessels")
-    _render_lesions(grid, anat, specs, hu, tissue, lesion_ids, prm)
+    _render_lesions(grid, anat, specs, hu, tissue, lesion_ids, couinaud, prm)
     vessel = np.zeros(shape, np.uint8)
     _render_vessels(grid, tubes, vessel)
     ivc_idx = _index_of(grid, grid.to_physical(marks_q["IVC"]))

@@ -40,7 +40,7 @@ class PipelineOptions:
     median_radius_mm: float = 1.0
     n_classes: int | None = None
     min_lesion_volume_mm3: float = 100.0
-    lesion_false_alarms: float = 0.05
+    lesion_false_alarms: float = 0.1
     lesion_points: dict[str, np.ndarray] | None = None
     couinaud_method: str = "auto"
     classify: bool = True

@@ -1,0 +1,198 @@
+"""The lesion model: region evidence on synthetic livers of known size, contrast and noise; extents; clicks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from LiverLocalizationLib import lesions, metrics
+from LiverLocalizationLib.errors import InputError
+
+SPACING = (1.5, 1.0, 1.0)  # z, y, x mm
+
+
+def _block(seed: int, shape=(60, 110, 110), level: float = 100.0, noise_sd: float = 20.0):
+    """A liver block: parenchyma at `level` HU with correlated noise of `noise_sd` (what a scanner's kernel gives),
+    as a (values, liver mask, grid coordinates in mm) triple; the liver is the whole block but a 3-voxel rim."""
+    rng = np.random.default_rng(seed)
+    noise = ndimage.gaussian_filter(rng.normal(0.0, 1.0, shape), (0.3, 0.7, 0.7))
+    values = (level + noise * (noise_sd / noise.std())).astype(np.float32)
+    liver = np.zeros(shape, bool)
+    liver[3:-3, 3:-3, 3:-3] = True
+    zz, yy, xx = np.indices(shape, dtype=np.float32)
+    return values, liver, (zz * SPACING[0], yy * SPACING[1], xx * SPACING[2])
+
+
+def _ball(coords, centre_mm, radius_mm) -> np.ndarray:
+    zz, yy, xx = coords
+    return (zz - centre_mm[0]) ** 2 + (yy - centre_mm[1]) ** 2 + (xx - centre_mm[2]) ** 2 <= radius_mm ** 2
+
+
+def _blurred(values, mask, contrast):
+    """values darker by `contrast` HU inside mask, with a partial-volume edge (Gaussian of about one voxel)."""
+    return values - contrast * ndimage.gaussian_filter(mask.astype(np.float32), (0.6, 0.9, 0.9))
+
+
+CENTRE = (45.0, 55.0, 55.0)
+
+
+def test_a_large_region_three_quarters_of_a_noise_sd_darker_is_found_and_a_small_one_is_not():
+    """Evidence grows with size: a 40 mm ball 0.75 voxel noise sd darker is found, whole and as one lesion; an 8 mm
+    ball of the same contrast is no evidence (the parenchyma's own noise makes such dips)."""
+    values, liver, coords = _block(0)
+    large = _ball(coords, CENTRE, 20.0)
+    found = lesions.detect_lesions(_blurred(values, large, 15.0), liver, SPACING)
+    assert found.labels.max() == 1
+    assert metrics.dice(found.labels > 0, large) > 0.85
+    assert found.evidence[0]["contrast_hu"] == pytest.approx(15.0, abs=3.0)
+    small = _ball(coords, CENTRE, 4.0)
+    assert lesions.detect_lesions(_blurred(values, small, 15.0), liver, SPACING).labels.max() == 0
+
+
+def test_a_small_region_four_noise_sds_darker_is_found():
+    values, liver, coords = _block(1)
+    small = _ball(coords, CENTRE, 5.0)
+    found = lesions.detect_lesions(_blurred(values, small, 80.0), liver, SPACING)
+    assert found.labels.max() == 1
+    assert metrics.dice(found.labels > 0, small) > 0.7
+
+
+@pytest.mark.parametrize("seed", [2, 3, 4])
+def test_noise_alone_gives_no_lesion(seed):
+    values, liver, _ = _block(seed, noise_sd=30.0)
+    assert lesions.detect_lesions(values, liver, SPACING).labels.max() == 0
+
+
+def test_the_null_comes_from_the_liver_itself_and_the_bound_from_the_number_of_boxes():
+    """The null sd of a scale shrinks with the box (noise averages out) down to the structure floor, for any
+    enhancement level; the bound is stricter for small boxes, which are more numerous."""
+    values, liver, _ = _block(5, level=60.0, noise_sd=25.0)
+    found = lesions.detect_lesions(values, liver, SPACING)
+    sds = [s.measured_sd_hu for s in found.scales]
+    bounds = [s.bound_z for s in found.scales]
+    assert sds[0] > 2.0 * sds[-1]
+    assert all(s.sd_hu >= lesions.LesionParameters().structure_floor_hu for s in found.scales)
+    assert bounds == sorted(bounds, reverse=True)
+    assert found.parenchyma_hu == pytest.approx(60.0, abs=2.0)
+    assert abs(found.scales[0].mode_hu) < 2.0
+
+
+def test_more_false_alarms_allowed_finds_a_fainter_lesion():
+    values, liver, coords = _block(11)
+    ball = _ball(coords, CENTRE, 9.0)
+    faint = _blurred(values, ball, 10.0)
+    assert lesions.detect_lesions(faint, liver, SPACING).labels.max() == 0
+    sensitive = lesions.detect_lesions(faint, liver, SPACING, lesions.LesionParameters(false_alarms=5.0))
+    assert metrics.dice(sensitive.labels > 0, ball) > 0.7
+    none = lesions.detect_lesions(faint, liver, SPACING, lesions.LesionParameters(false_alarms=0.0))
+    assert none.labels.max() == 0 and len(none.scales) == len(lesions.LesionParameters().radii_mm)
+
+
+def test_a_heterogeneous_mass_with_a_necrotic_core_and_deposits_at_its_edge_is_one_lesion():
+    values, liver, coords = _block(7)
+    mass = _ball(coords, CENTRE, 18.0)
+    core = _ball(coords, CENTRE, 9.0)
+    hu = _blurred(values, mass, 30.0)
+    hu = _blurred(hu, core, 60.0)  # necrosis near water
+    deposits = np.zeros(mass.shape, bool)
+    for offset in ((0.0, 16.0, 0.0), (0.0, -12.0, 11.0), (9.0, 0.0, -15.0)):
+        deposits |= _ball(coords, np.add(CENTRE, offset), 2.5)
+    hu = np.where(deposits, 450.0, hu).astype(np.float32)
+    found = lesions.detect_lesions(hu, liver, SPACING)
+    assert found.labels.max() == 1
+    assert (found.labels[deposits] > 0).mean() > 0.9
+    assert metrics.dice(found.labels > 0, mass | deposits) > 0.85
+
+
+def test_an_enhancing_rim_is_the_lesions_and_a_vessel_beside_it_is_not():
+    values, liver, coords = _block(8)
+    core = _ball(coords, CENTRE, 10.0)
+    rim = _ball(coords, CENTRE, 13.0) & ~core
+    hu = _blurred(values, core, 50.0)
+    hu = _blurred(hu, rim, -35.0)  # brighter than the parenchyma all round
+    zz, yy, xx = coords
+    vessel = (yy - CENTRE[1]) ** 2 + (xx - CENTRE[2] - 17.0) ** 2 <= 3.0 ** 2  # a tube along z, 4 mm beyond the rim
+    hu = np.where(vessel, 160.0, hu).astype(np.float32)
+    found = lesions.detect_lesions(hu, liver, SPACING)
+    assert found.labels.max() == 1
+    assert (found.labels[rim] > 0).mean() > 0.7
+    assert (found.labels[vessel] > 0).mean() < 0.05
+
+
+def test_a_tumour_bulging_from_the_liver_surface_is_kept_whole():
+    """The partial-volume band along the border gives no evidence, but a tumour cut by the border is found and
+    reaches the border."""
+    values, liver, coords = _block(9)
+    liver[:, :, 70:] = False  # the liver ends at x = 70 mm
+    tumour = _ball(coords, (45.0, 55.0, 62.0), 14.0) & liver
+    hu = np.where(liver, _blurred(values, tumour, 35.0), -100.0).astype(np.float32)
+    found = lesions.detect_lesions(hu, liver, SPACING)
+    assert found.labels.max() == 1
+    assert metrics.dice(found.labels > 0, tumour) > 0.8
+    assert (found.labels[:, :, 69] > 0).any()
+
+
+def test_fat_in_the_liver_mask_and_its_partial_volume_seam_are_no_lesion():
+    values, liver, coords = _block(10)
+    zz, yy, xx = coords
+    fissure = (np.abs(yy - 55.0) < 2.5) & (xx > 30) & (xx < 80)  # a fat-filled fissure through the block
+    hu = np.where(fissure, -90.0, values)
+    hu = ndimage.gaussian_filter(hu, (0.6, 0.9, 0.9)).astype(np.float32)
+    assert lesions.detect_lesions(hu, liver, SPACING).labels.max() == 0
+
+
+def test_a_click_inside_a_lesion_too_faint_to_detect_segments_it():
+    values, liver, coords = _block(11)
+    ball = _ball(coords, CENTRE, 9.0)
+    hu = _blurred(values, ball, 10.0)
+    found = lesions.detect_lesions(hu, liver, SPACING)
+    assert found.labels.max() == 0
+    point = tuple(c / s for c, s in zip(CENTRE, SPACING))
+    clicked = lesions.lesion_at_point(hu, liver, SPACING, point, scales=found.scales)
+    assert clicked is not None and metrics.dice(clicked, ball) > 0.75
+    away = tuple(c / s for c, s in zip((45.0, 20.0, 20.0), SPACING))
+    assert lesions.lesion_at_point(hu, liver, SPACING, away, scales=found.scales) is None
+    assert lesions.lesion_at_point(hu, liver, SPACING, (1, 1, 1), scales=found.scales) is None  # outside the liver
+
+
+def test_bad_parameters_and_an_empty_liver_are_input_errors():
+    values, liver, _ = _block(12, shape=(20, 30, 30))
+    with pytest.raises(InputError, match="empty"):
+        lesions.detect_lesions(values, np.zeros(liver.shape, bool), SPACING)
+    with pytest.raises(InputError, match="false alarms"):
+        lesions.detect_lesions(values, liver, SPACING, lesions.LesionParameters(false_alarms=-1.0))
+    with pytest.raises(InputError, match="smallest lesion"):
+        lesions.LesionParameters(min_volume_mm3=float("nan")).validate()
+
+
+def test_the_chance_maxima_of_random_field_theory_set_the_bound():
+    """More resels (a larger liver, a finer scale) need a higher bound for the same false alarms; the bound gives
+    the alarms asked for."""
+    fine = lesions.detection_bound(0.1, 1.5e6, 5.0)
+    coarse = lesions.detection_bound(0.1, 1.5e6, 30.0)
+    assert fine > coarse > 2.0
+    assert lesions.expected_chance_maxima(fine, 1.5e6, 5.0) == pytest.approx(0.1, rel=1e-3)
+    assert lesions.detection_bound(0.0, 1.5e6, 5.0) == float("inf")
+
+
+def test_peak_statistics_ignores_tails_on_either_side():
+    rng = np.random.default_rng(13)
+    values = np.concatenate([rng.normal(100.0, 10.0, 20000), rng.normal(50.0, 15.0, 5000),
+                             rng.normal(170.0, 10.0, 3000)])
+    mode, sd = lesions.peak_statistics(values)
+    assert mode == pytest.approx(100.0, abs=1.5)
+    assert sd == pytest.approx(10.0, rel=0.12)
+
+
+def test_block_means_and_centre_surround_contrast():
+    values = np.full((10, 20, 20), 100.0, np.float32)
+    values[4:6, 8:12, 8:12] = 40.0
+    weight = np.ones(values.shape, bool)
+    means, fraction = lesions.block_means(values, weight, (1, 2, 2))
+    assert means.shape == (10, 10, 10) and np.allclose(fraction, 1.0)
+    assert means[5, 5, 5] == pytest.approx(40.0)
+    contrast, valid, relative = lesions.centre_surround_contrast(values, weight, (1.0, 1.0, 1.0), 1.5, 1.0, 2.0)
+    assert valid[5, 10, 10] and contrast[5, 10, 10] == pytest.approx(40.0)  # 18 of the 27 box voxels are dark
+    assert abs(contrast[5, 2, 2]) < 1e-3
+    assert relative[5, 10, 10] == pytest.approx(1.0) and relative[0, 0, 0] > 2.0  # fewer voxels at the border

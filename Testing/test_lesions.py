@@ -196,3 +196,38 @@ def test_block_means_and_centre_surround_contrast():
     assert valid[5, 10, 10] and contrast[5, 10, 10] == pytest.approx(40.0)  # 18 of the 27 box voxels are dark
     assert abs(contrast[5, 2, 2]) < 1e-3
     assert relative[5, 10, 10] == pytest.approx(1.0) and relative[0, 0, 0] > 2.0  # fewer voxels at the border
+
+
+def test_a_tumour_cut_by_an_extracted_livers_border_is_continued_beyond_it_and_muscle_is_not():
+    """A tumour bulging from the surface: the extracted liver followed the parenchyma and left a bite where the
+    tumour's outer part lies; the part beyond the border joins the lesion (and so the liver). The muscle of the
+    body wall beyond the convex surface, as dark as the tumour, does not: it lies in no bite."""
+    shape = (50, 90, 90)
+    zz, yy, xx = np.indices(shape)
+    values = np.full(shape, -100.0, np.float32)  # fat
+    liver_true = xx < 60
+    values[liver_true] = 110.0
+    values[(xx >= 70) & (xx < 80)] = 55.0  # body-wall muscle beyond a fat plane
+    tumour = (zz - 25) ** 2 + (yy - 45) ** 2 + (xx - 58) ** 2 <= 14 ** 2
+    values[tumour] = 60.0
+    extracted = liver_true & ~(tumour & (xx >= 50))  # the extraction kept the tumour's deep part, left a bite
+    labels = (tumour & extracted).astype(np.uint16)  # the lesion found inside it
+    grown = lesions.extend_beyond_liver(values, extracted, labels, (1.0, 1.0, 1.0))
+    assert (grown[tumour] == 1).mean() > 0.95
+    assert not (grown[(xx >= 70) & ~tumour] > 0).any()  # the muscle the tumour touches
+    assert (grown[~tumour] == 0).all()
+
+
+def test_measure_lesions_gives_the_maximum_axial_and_equivalent_diameters():
+    import SimpleITK as sitk
+
+    shape = (40, 60, 60)
+    zz, yy, xx = np.indices(shape)
+    ellipsoid = ((zz - 20) / 15.0) ** 2 + ((yy - 30) / 10.0) ** 2 + ((xx - 30) / 5.0) ** 2 <= 1.0  # 30 x 20 x 10 mm
+    lab = sitk.GetImageFromArray(ellipsoid.astype(np.uint16))
+    ct = sitk.GetImageFromArray(np.where(ellipsoid, 50.0, 100.0).astype(np.float32))
+    (row,) = lesions.measure_lesions(lab, ct)
+    assert row["max_diameter_mm"] == pytest.approx(31.0, abs=1.0)  # along z, the long axis
+    assert row["axial_diameter_mm"] == pytest.approx(21.0, abs=1.0)  # the longest in one z slice
+    assert row["equivalent_diameter_mm"] == pytest.approx((30 * 20 * 10) ** (1 / 3), abs=1.0)
+    assert row["mean_hu"] == pytest.approx(50.0)

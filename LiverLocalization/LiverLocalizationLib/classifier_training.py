@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 
 from . import classifier, labels
 from . import metrics as M
@@ -119,7 +120,12 @@ def case_patches(seed: int, size: str = "small", use_detected: bool = True, incl
     used_truth: set[int] = set()
     stats = {"truth": len(truth_rows), "detected": 0, "matched": 0, "false_positives": 0}
     if use_detected:
-        detected = detect_lesions(ph.ct, ph.landmarks, detector)
+        try:
+            detected = detect_lesions(ph.ct, ph.landmarks, detector)
+        except InputError:  # the liver was not found (a weakly enhanced, noisy case): every lesion counts as missed
+            detected = sitk.Image(ph.truth_lesions.GetSize(), sitk.sitkUInt16)
+            detected.CopyInformation(ph.truth_lesions)
+            stats["detector_failed"] = 1
         match = M.match_instances(detected, ph.truth_lesions)
         stats.update(detected=len(match["pairs"]) + len(match["false_positives"]), matched=len(match["pairs"]),
                      false_positives=len(match["false_positives"]))

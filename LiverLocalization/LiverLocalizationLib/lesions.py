@@ -74,9 +74,12 @@ class LesionParameters:
     close_max_mm: float = 4.0
     support_margin_mm: float = 2.0
     rim_mm: float = 6.0
+    rim_fraction: float = 0.6
+    rim_max_mm: float = 15.0
     rim_z: float = 3.0
     rim_closure: float = 0.7
     click_min_z: float = 2.0
+    max_fat_wrap: float = 0.4
 
     def validate(self) -> None:
         if not 0 <= self.false_alarms <= 10:
@@ -200,10 +203,13 @@ def reference_parenchyma(values: np.ndarray, liver: np.ndarray, spacing_zyx, p: 
     interior = geometry.depth_mm(solid, sp / band) > 1.0
     usable = liver & ~bright & ~fat_seam
     reference = usable & interior
-    if p.sheath_mm > 0:
-        vessel_core = geometry.depth_mm(bright_all, sp) >= p.large_vessel_mm / 2.0
+    if p.sheath_mm > 0:  # on a grid of about 1.5 mm: the sheath's width needs no finer one
+        f = working_factors(sp, 1.5)
+        coarse = block_means(bright_all.astype(np.float32), np.ones(bright_all.shape, bool), f)[0] >= 0.5
+        vessel_core = geometry.depth_mm(coarse, sp * f) >= p.large_vessel_mm / 2.0
         if vessel_core.any():
-            reference &= geometry.depth_mm(~vessel_core, sp) > p.large_vessel_mm / 2.0 + p.sheath_mm
+            sheath = geometry.depth_mm(~vessel_core, sp * f) <= p.large_vessel_mm / 2.0 + p.sheath_mm
+            reference &= ~_upsample(sheath, f, values.shape)
     return Reference(solid, usable, reference, interior, liver & bright_all, fat, band, level, sd)
 
 
@@ -352,21 +358,26 @@ def _two_classes(values, seed, ring, fit, usable):
 
 def add_rim(lesion: np.ndarray, values: np.ndarray, usable: np.ndarray, free: np.ndarray, spacing_zyx, null_sd,
             p: LesionParameters) -> np.ndarray:
-    """The lesion extended out through an enhancing rim or capsule (module docstring, step 4).
+    """The lesion extended out through an enhancing rim, capsule or nodular periphery (module docstring, step 4).
 
-    The 1 mm shells of `free` voxels round it (up to `p.rim_mm`; bright nodules included) whose voxels average more than the
-    parenchyma 8-14 mm out by `p.rim_z` times `null_sd` of a region of the shell's size, and that are brighter
-    than it in at least `p.rim_closure` of the 26 directions (a ring, not a vessel passing on one side), join it
-    as far as they stay so; the first shell may be the partial-volume step between a dark core and its rim."""
+    The 1 mm shells of `free` voxels round it (bright nodules included) out to `rim_fraction` of its equivalent
+    radius (at least `rim_mm`, at most `rim_max_mm`: a haemangioma's peripheral band widens with it) whose voxels
+    average more than the parenchyma beyond (from 2 to 8 mm past that reach) by `p.rim_z` times `null_sd` of a
+    region of the shell's size, and that are brighter than it in at least `p.rim_closure` of the 26 directions (a
+    ring, not a vessel passing on one side), join it as far as they stay so; the first shell may be the
+    partial-volume step between a dark core and its rim."""
     sp = np.asarray(spacing_zyx, float)
+    if p.rim_mm <= 0:
+        return lesion
+    voxel_mm3 = float(np.prod(sp))
+    reach = float(np.clip(p.rim_fraction * equivalent_radius_mm(int(lesion.sum()), voxel_mm3), p.rim_mm, p.rim_max_mm))
     d = geometry.depth_mm(~lesion, sp)
-    ring = usable & free & (d > 8.0) & (d <= 14.0)
-    if ring.sum() < 20 or p.rim_mm <= 0:
+    ring = usable & free & (d > reach + 2.0) & (d <= reach + 8.0)
+    if ring.sum() < 20:
         return lesion
     level = float(np.median(values[ring]))
-    voxel_mm3 = float(np.prod(sp))
     last = -1
-    for k in range(int(p.rim_mm)):
+    for k in range(int(reach)):
         shell = free & (d > k) & (d <= k + 1)
         n = int(shell.sum())
         if n < 10:
@@ -499,6 +510,14 @@ def _grow_seed(seed_box, seed: np.ndarray, values: np.ndarray, liver: np.ndarray
     return out
 
 
+def _wrapped_in_fat(piece: np.ndarray, values: np.ndarray, spacing_zyx, width_mm: float = 2.5) -> float:
+    """Share of the shell `width_mm` round a region that is fat (below FAT_HU): a lesion lies against parenchyma,
+    the gallbladder and bowel that a liver mask took in lie in their own fat."""
+    d = geometry.depth_mm(~piece, spacing_zyx)
+    shell = (d > 0) & (d <= width_mm)
+    return float((values[shell] < FAT_HU).mean()) if shell.any() else 0.0
+
+
 def _contrast_hu(piece: np.ndarray, values: np.ndarray, usable: np.ndarray, free: np.ndarray, spacing_zyx) -> float:
     """Median of the usable free liver 2-8 mm round a lesion minus the mean of its usable voxels (HU; NaN when
     either is nearly empty)."""
@@ -549,7 +568,7 @@ def detect_lesions(values: np.ndarray, liver: np.ndarray, spacing_zyx, p: Lesion
         if (labels[sl][seed] > 0).mean() > 0.5:
             continue  # inside a lesion grown from a stronger seed
         radius = p.radii_mm[scale]
-        pad = np.ceil((0.8 * radius + 2.0 + p.context_mm + p.rim_mm + 2.0) / sp).astype(int)
+        pad = np.ceil((0.8 * radius + 2.0 + p.context_mm + max(p.rim_mm, p.rim_max_mm) + 10.0) / sp).astype(int)
         box = geometry.widen(sl, pad, liver.shape)
         taken = labels[box] > 0
         for piece in _grow_seed(box, seeds[box] == i, values, liver, ref, labels, sig.support, radius, sp, p,
@@ -563,6 +582,8 @@ def detect_lesions(values: np.ndarray, liver: np.ndarray, spacing_zyx, p: Lesion
             contrast = _contrast_hu(piece, values[box], ref.usable[box], liver[box] & ~taken, sp)
             if piece.sum() * voxel_mm3 < p.min_volume_mm3 or not contrast > 0:
                 continue
+            if _wrapped_in_fat(piece, values[box], sp) > p.max_fat_wrap:
+                continue  # the gallbladder or bowel in its fat, taken in by the liver mask: no liver lesion
             new_id = len(evidence) + 1
             target[piece & (target == 0)] = new_id
             evidence[new_id] = {"contrast_hu": contrast, "evidence_z": excess + scales[scale].bound_z,
@@ -575,6 +596,94 @@ def detect_lesions(values: np.ndarray, liver: np.ndarray, spacing_zyx, p: Lesion
         if new_ids.size and new_ids[0] > 0:
             rows.append({"id": int(new_ids[0]), **row})
     return LesionDetection(order, sorted(rows, key=lambda r: r["id"]), scales, ref.level_hu, ref.sd_hu)
+
+
+def extend_beyond_liver(values: np.ndarray, liver: np.ndarray, labels: np.ndarray, spacing_zyx,
+                        reach_mm: tuple[float, float] = (10.0, 40.0)) -> np.ndarray:
+    """Lesions cut by the border of an extracted liver, continued beyond it: a tumour at the surface is the liver's.
+
+    An extracted liver follows the parenchyma, so a tumour at or bulging from the surface is left partly outside
+    it. For each lesion with voxels on the liver's border, the ball it is part of is fitted to its interface with
+    the parenchyma (`_interface_ball`; a tumour is round where it meets the liver): the voxels beyond the liver
+    inside that ball (2 mm more), or in the bite the lesion makes in the liver's outline (the outline closed by a
+    ball of the lesion's equivalent radius within `reach_mm`, continued beyond the image's faces where the liver
+    reaches them, `_closed_beyond_faces`), with the lesion's own intensities (from 2.5 of its robust sds below
+    its median up to the middle between its median and the parenchyma round it: fat, a darker neighbour's fluid
+    and vessels are out), that connect to the lesion, join it. values: HU [z, y, x]; liver: bool; labels:
+    lesion instances (uint16). Returns new instance labels (the liver is the input liver plus every lesion
+    voxel)."""
+    sp = np.asarray(spacing_zyx, float)
+    out = labels.copy()
+    six = ndimage.generate_binary_structure(3, 1)
+    border = liver & ~ndimage.binary_erosion(liver, structure=six, border_value=1)
+    voxel_mm3 = float(np.prod(sp))
+    for i, sl in enumerate(ndimage.find_objects(labels), start=1):
+        if sl is None or not (border[sl] & (labels[sl] == i)).any():
+            continue
+        r_eq = equivalent_radius_mm(int((labels[sl] == i).sum()), voxel_mm3)
+        radius = float(np.clip(r_eq, *reach_mm))
+        box = geometry.widen(sl, np.ceil((2.5 * radius + 3.0) / sp).astype(int), labels.shape)
+        lesion = out[box] == i
+        vals, inside = values[box], liver[box]
+        ring = inside & (out[box] == 0) & (geometry.depth_mm(~lesion, sp) <= 8.0)
+        if ring.sum() < 20:
+            continue
+        level = float(np.median(vals[lesion]))
+        spread = 1.4826 * float(np.median(np.abs(vals[lesion] - level))) + 1.0
+        parenchyma = float(np.median(vals[ring]))
+        if not level < parenchyma:
+            continue
+        region = _closed_beyond_faces(inside | lesion, box, labels.shape, radius, sp)
+        ball = _interface_ball(lesion, ring, sp, r_eq)
+        if ball is not None:
+            region |= ball
+        candidate = region & ~inside & (out[box] == 0)
+        candidate &= (vals >= max(level - 2.5 * spread, FAT_HU)) & (vals <= 0.5 * (level + parenchyma))
+        pieces, n = ndimage.label(candidate | lesion)
+        keep = np.unique(pieces[lesion])
+        out[box][candidate & np.isin(pieces, keep[keep > 0])] = i
+    return out
+
+
+def _interface_ball(lesion: np.ndarray, parenchyma: np.ndarray, spacing_zyx, r_eq: float,
+                    margin_mm: float = 2.0) -> np.ndarray | None:
+    """The ball (bool mask, widened by `margin_mm`) fitted by least squares to the voxels of the lesion that touch
+    the parenchyma round it; None when fewer than 20 touch or the fit is not a ball of 0.7-2.5 times the lesion's
+    equivalent radius `r_eq` whose centre lies within its radius of the lesion's voxels."""
+    sp = np.asarray(spacing_zyx, float)
+    touching = lesion & ndimage.binary_dilation(parenchyma, structure=ndimage.generate_binary_structure(3, 1))
+    points = np.argwhere(touching) * sp
+    if len(points) < 20:
+        return None
+    design = np.column_stack([2.0 * points, np.ones(len(points))])
+    solution, *_ = np.linalg.lstsq(design, (points ** 2).sum(axis=1), rcond=None)
+    centre = solution[:3]
+    radius_sq = float(solution[3] + centre @ centre)
+    if radius_sq <= 0:
+        return None
+    radius = float(np.sqrt(radius_sq))
+    if not 0.7 * r_eq <= radius <= 2.5 * r_eq:
+        return None
+    grid = np.indices(lesion.shape, sparse=True)
+    dist_sq = sum(((g * s) - c) ** 2 for g, s, c in zip(grid, sp, centre))
+    if np.sqrt(float(dist_sq[lesion].min())) > radius:
+        return None
+    return dist_sq <= (radius + margin_mm) ** 2
+
+
+def _closed_beyond_faces(mask: np.ndarray, box, shape, radius_mm: float, spacing_zyx) -> np.ndarray:
+    """`geometry.close_mm` of a box's mask, where the mask reaches a face of the whole image (the field of view cut
+    the liver there) continued beyond that face: a bite open to the image's edge closes like any other."""
+    sp = np.asarray(spacing_zyx, float)
+    n = np.ceil(radius_mm / sp).astype(int) + 1
+    pads = []
+    for axis, (s, size) in enumerate(zip(box, shape)):
+        low = n[axis] if s.start == 0 and np.take(mask, 0, axis=axis).any() else 0
+        high = n[axis] if s.stop == size and np.take(mask, -1, axis=axis).any() else 0
+        pads.append((low, high))
+    padded = np.pad(mask, pads, mode="edge") if any(p != (0, 0) for p in pads) else mask
+    closed = geometry.close_mm(padded, radius_mm, sp)
+    return closed[tuple(slice(lo, closed.shape[a] - hi) for a, (lo, hi) in enumerate(pads))]
 
 
 def lesion_at_point(values: np.ndarray, liver: np.ndarray, spacing_zyx, point_zyx, p: LesionParameters | None = None,
@@ -598,7 +707,7 @@ def lesion_at_point(values: np.ndarray, liver: np.ndarray, spacing_zyx, point_zy
     if any(not 0 <= c < n for c, n in zip(point, liver.shape)) or not liver[point]:
         return None
     taken = np.zeros(liver.shape, bool) if taken is None else taken
-    reach = max(p.radii_mm) * 1.6 + p.gap_mm + p.ring_mm + p.context_mm + p.rim_mm
+    reach = max(p.radii_mm) * 1.6 + p.gap_mm + p.ring_mm + p.context_mm + max(p.rim_mm, p.rim_max_mm) + 8.0
     half = np.ceil(reach / sp).astype(int)
     box = tuple(slice(max(0, c - h), min(n, c + h + 1)) for c, h, n in zip(point, half, liver.shape))
     local = tuple(c - s.start for c, s in zip(point, box))

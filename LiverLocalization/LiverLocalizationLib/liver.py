@@ -291,9 +291,10 @@ def extract_liver(ct: sitk.Image, landmarks: dict[str, np.ndarray] | None = None
             Dice from the raw CT was 0.812 on average (two cases failed, three below 0.05), 0.961 with the
             filter (min 0.932; a one-off comparison, script not kept); `liverloc run` had stopped on two of
             them (`liverloc evaluate-classifier` with its pipeline detector). Grids of the real case are unaffected.
-        min_separation, max_smoothing_mm: the working grid is smoothed (up to `max_smoothing_mm`) until the
-            parenchyma stands `min_separation` of its sds from the darker soft tissue of the region
-            (`_separating_smoothing`): a liver of 60-80 HU is otherwise not told from muscle and bowel in noise.
+        min_separation, max_smoothing_mm: with landmarks, the working grid is smoothed (up to `max_smoothing_mm`)
+            until the parenchyma near them stands `min_separation` of its sds from the darker soft tissue of the
+            region (`_separating_smoothing`): a liver of 60-80 HU is otherwise not told from muscle and bowel in
+            noise.
     Raises InputError when no liver-like tissue is found near the seeds.
     """
     from .tissue_model import fit_anchored_mixture, mrf_regularise
@@ -335,15 +336,12 @@ def extract_liver(ct: sitk.Image, landmarks: dict[str, np.ndarray] | None = None
         if (seed_mask & (arr > -50) & (arr < 300)).sum() < 20:
             raise InputError("No soft tissue around the landmarks: they should lie on the liver's vessels "
                              "(check that they belong to this CT and their coordinate system).")
-        arr, smoothing_mm = _separating_smoothing(arr, seed_mask & (arr > -50) & (arr < 300), sp_zyx,
-                                                  min_separation, max_smoothing_mm)
+        arr, _ = _separating_smoothing(arr, seed_mask & (arr > -50) & (arr < 300), sp_zyx, min_separation,
+                                       max_smoothing_mm)
         par_mu, par_sd = parenchyma_statistics(arr[seed_mask & (arr > -50) & (arr < 300)])
     else:
         body = arr > -300
         par_mu = _histogram_mode(arr[body], 60.0, 200.0)
-        arr, smoothing_mm = _separating_smoothing(arr, body & (np.abs(arr - par_mu) < 60), sp_zyx, min_separation,
-                                                  max_smoothing_mm)
-        body = arr > -300
         near = arr[body & (np.abs(arr - par_mu) < 60)]
         par_mu, par_sd = parenchyma_statistics(near)
         par_sd = min(par_sd, 30.0)

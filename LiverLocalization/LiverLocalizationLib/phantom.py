@@ -790,7 +790,9 @@ def _lesion_spec(kind: str, centre, radii, rng, bulge: bool = False) -> dict:
         # hypovascular: darker than the parenchyma by 12-30 HU and by up to 30 HU more where the liver enhances
         # well; large ones are often faint
         spec["contrast"], spec["uptake_gap"] = u(12.0, 30.0), u(0.0, 30.0)
-        spec["rim"] = u(-15.0, 20.0)  # the viable rim's enhancement relative to the parenchyma (x enhancement)
+        # the viable rim: darker or brighter than the parenchyma (x enhancement), never the same (a rim as bright
+        # as the liver would be invisible, and no reader would draw the tumour's border out to it)
+        spec["rim"] = float(rng.choice([-1.0, 1.0])) * u(8.0, 25.0)
         spec["necrosis"] = u(0.0, 0.6)
         spec["septa"] = bool(rng.random() < SEPTA_CHANCE)
     else:  # hcc: washout in the portal phase, an enhancing capsule, a mosaic interior
@@ -831,6 +833,8 @@ def _place_lesions(anat, coarse, tubes, rng, n, kinds, scale):
 
     specs: list[dict] = []
     for _ in range(n):
+        if len(specs) >= n:
+            break
         kind = str(rng.choice(kinds))
         lo, hi = KIND_DIAMETER_MM[kind]
         diameter = math.exp(rng.uniform(math.log(lo), math.log(hi)))
@@ -854,7 +858,7 @@ def _place_lesions(anat, coarse, tubes, rng, n, kinds, scale):
             continue
         specs.append(_lesion_spec(kind, c, radii, rng, bulge))
         if kind == "metastasis" and rng.random() < CLUSTER_CHANCE:
-            specs += _satellites(specs[-1], specs[:-1], rng, scale, tree, edt, clear_of_vessels)
+            specs += _satellites(specs[-1], specs[:-1], rng, scale, tree, edt, clear_of_vessels)[:n - len(specs)]
     return specs
 
 

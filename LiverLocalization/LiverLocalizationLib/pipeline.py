@@ -256,7 +256,8 @@ def _tissue_stage_canonical(ct: sitk.Image, landmarks: dict[str, np.ndarray] | N
     t0 = time.perf_counter()
     tissues = tissue_model.segment_tissues(
         denoised, landmarks, mask, n_classes=options.n_classes, lesion_parameters=options.lesion_parameters(),
-        lesion_points=options.lesion_points, progress=_stage_progress(progress, 0.45, 1.0))
+        lesion_points=options.lesion_points, liver_extracted=liver_mask is None,
+        progress=_stage_progress(progress, 0.45, 1.0))
     timings["tissue_s"] = time.perf_counter() - t0 + (extract_s or 0.0)
     timings.update({f"tissue_{key}": value for key, value in tissues.timings.items()})
     if extract_s is not None:  # segment_tissues only copied the mask found above

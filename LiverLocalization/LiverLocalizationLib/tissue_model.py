@@ -472,7 +472,8 @@ def contrast_phase_warnings(model: MixtureModel) -> list[str]:
 def segment_tissues(denoised_ct: sitk.Image, landmarks: dict[str, np.ndarray] | None = None,
                     liver_mask: sitk.Image | None = None, *, n_classes: int | None = None,
                     lesion_parameters=None, lesion_points: dict[str, np.ndarray] | None = None,
-                    mrf_beta: float = 1.0, mrf_iterations: int = 5, progress: Progress | None = None) -> TissueResult:
+                    liver_extracted: bool | None = None, mrf_beta: float = 1.0, mrf_iterations: int = 5,
+                    progress: Progress | None = None) -> TissueResult:
     """Liver, lesions and vessels of a (denoised) CT in HU.
 
     Args:
@@ -483,6 +484,9 @@ def segment_tissues(denoised_ct: sitk.Image, landmarks: dict[str, np.ndarray] | 
         lesion_parameters: `lesions.LesionParameters` (None: the defaults).
         lesion_points: name → LPS point (mm) the user marked inside a lesion the detection may have missed; a
             point inside a detected lesion leaves it as it is (`lesions.lesion_at_point`).
+        liver_extracted: the liver mask was extracted from the CT, not drawn by a user (default: when none is
+            given): lesions cut by its border are then continued beyond it, and the liver with them
+            (`lesions.extend_beyond_liver`); a user's mask is kept as it is.
         mrf_beta, mrf_iterations: mean-field MRF strength and number of sweeps of the tissue classes.
         progress: callback (fraction 0..1, message).
     Without landmarks and mask, the liver is the largest parenchyma-like component in the right upper
@@ -571,9 +575,24 @@ def segment_tissues(denoised_ct: sitk.Image, landmarks: dict[str, np.ndarray] | 
         piece.CopyInformation(ct_crop)
         return sitk.Paste(full, sitk.Cast(piece, pixel_id), box[1], (0, 0, 0), box[0])
 
+    tissue_img, lesion_img = paste(tissue, sitk.sitkUInt8), paste(lesion_crop.astype(np.uint16), sitk.sitkUInt16)
+    extracted = liver_mask is None if liver_extracted is None else liver_extracted
+    if extracted and lesion_crop.any():  # an extracted liver keeps the tumours at its surface whole
+        t0 = time.perf_counter()
+        liver_arr = sitk.GetArrayFromImage(mask_img) > 0
+        grown = lesions.extend_beyond_liver(sitk.GetArrayViewFromImage(ct), liver_arr,
+                                            sitk.GetArrayFromImage(lesion_img), spacing_zyx)
+        added = (grown > 0) & ~liver_arr
+        if added.any():
+            tissue_arr = sitk.GetArrayFromImage(tissue_img)
+            tissue_arr[added] = 2
+            mask_img = geometry.copy_geometry((liver_arr | added).astype(np.uint8), ct)
+            tissue_img = geometry.copy_geometry(tissue_arr, ct)
+            lesion_img = geometry.copy_geometry(grown, ct)
+        timings["lesions_beyond_liver_s"] = time.perf_counter() - t0
+
     result = TissueResult(
-        liver_mask=mask_img, tissue=paste(tissue, sitk.sitkUInt8),
-        lesion_labels=paste(lesion_crop.astype(np.uint16), sitk.sitkUInt16),
+        liver_mask=mask_img, tissue=tissue_img, lesion_labels=lesion_img,
         vessel_mask=paste(vessel_crop.astype(np.uint8), sitk.sitkUInt8), model=model, lesion_rows=rows,
         lesion_scales=found.scales, warnings=warnings, timings=timings)
     report(1.0, "tissues done")

@@ -1,0 +1,84 @@
+"""Real tumours: lits117 (LiTS case 117, 22 tumours of 10 mm or more) with its liver mask, end to end and from clicks.
+
+The figures are those of `benchmarks/eval_real_tumours.py` (the same functions); the bounds are the issue's
+targets where the code meets them and the measured level (so that a regression fails) where it does not yet.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from LiverLocalizationLib import io, metrics, pipeline
+
+CASE = Path(__file__).resolve().parents[2] / "shared" / "data" / "lits117"
+pytestmark = pytest.mark.skipif(not (CASE / "ct.nii.gz").exists(),
+                                reason=f"{CASE} is absent (the shared real data; present in CI)")
+
+
+@pytest.fixture(scope="module")
+def case():
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import eval_real_tumours as evaluation
+
+    ct = io.read_image(CASE / "ct.nii.gz")
+    liver = io.read_image(CASE / "mask_liver.nii.gz")
+    tumours = io.read_image(CASE / "mask_tumor_instances.nii.gz")
+    landmarks = io.read_markups(CASE / "landmarks.mrk.json")
+    big = evaluation.big_tumours(sitk.GetArrayFromImage(tumours), float(np.prod(ct.GetSpacing())))
+    return evaluation, ct, liver, tumours, landmarks, big
+
+
+def test_with_its_liver_mask_every_tumour_is_found_with_few_false_ones(case):
+    """Targets: tumour Dice >= 0.80 pooled, recall >= 0.95 for tumours >= 10 mm, at most 1 false positive."""
+    evaluation, ct, liver, tumours, landmarks, big = case
+    assert len(big) == 22
+    r = evaluation.run_with_mask(ct, liver, tumours, landmarks, big, float(np.prod(ct.GetSpacing())))
+    assert r["dice"] >= 0.80
+    assert r["found"] >= 21, f"missed tumours {r['missed']}"
+    assert r["false_positives"] <= 1
+
+
+def test_one_click_inside_each_tumour_segments_it(case):
+    """Detection off, one click at each tumour's deepest voxel: every tumour gets its lesion (target: median
+    per-tumour Dice 0.80; measured 0.77)."""
+    evaluation, ct, liver, tumours, landmarks, big = case
+    r = evaluation.run_clicks(ct, liver, tumours, landmarks, big, float(np.prod(ct.GetSpacing())))
+    assert r["segmented"] == len(big) and r["from_clicks"] == len(big)
+    assert r["median_dice"] >= 0.75
+    assert r["min_dice"] >= 0.3
+
+
+def test_end_to_end_the_extracted_liver_keeps_most_tumour_voxels(case):
+    """From the CT and its landmarks (the field of view is the liver's box, so the large tumours at its faces are
+    the hardest; target: 95 % of tumour voxels in the liver; measured 63 %, 52 % before lesions were continued
+    beyond the extracted liver's border)."""
+    evaluation, ct, liver, tumours, landmarks, big = case
+    r = evaluation.run_end_to_end(ct, liver, tumours, landmarks, big, float(np.prod(ct.GetSpacing())))
+    assert r["tumour_in_liver"] >= 0.6
+    assert r["liver_dice"] >= 0.9
+    assert r["dice"] >= 0.55
+
+
+def test_the_lesion_report_names_its_source_evidence_and_sizes(case):
+    evaluation, ct, liver, tumours, landmarks, big = case
+    result = pipeline.run_pipeline(ct, landmarks, liver_mask=liver, options=pipeline.PipelineOptions(classify=False))
+    assert len(result.lesions) >= 20
+    for row in result.lesions:
+        assert row["source"] == "detected" and row["contrast_hu"] > 0 and row["evidence_z"] > 3
+        assert row["axial_diameter_mm"] <= row["max_diameter_mm"] + 1e-6
+        assert row["equivalent_diameter_mm"] <= row["max_diameter_mm"] + 1e-6
+        assert row["main_segment"] in {"I", "II", "III", "IV", "V", "VI", "VII", "VIII"}
+    largest = max(result.lesions, key=lambda row: row["volume_ml"])
+    found = sitk.GetArrayFromImage(result.lesion_labels) == largest["id"]
+    truth = sitk.GetArrayFromImage(tumours)
+    ids, counts = np.unique(truth[found & (truth > 0)], return_counts=True)
+    assert len(ids), "the largest lesion should lie on a tumour"
+    tumour = truth == ids[np.argmax(counts)]
+    assert metrics.dice(found, tumour) > 0.7
+    assert largest["volume_ml"] == pytest.approx(tumour.sum() * float(np.prod(ct.GetSpacing())) / 1000.0, rel=0.3)

@@ -204,3 +204,27 @@ def test_canonical_storage_keeps_every_voxel_in_place_and_maps_back_exactly(tria
     np.testing.assert_array_equal(sitk.GetArrayViewFromImage(back), arr)
     assert (back.GetOrigin(), back.GetSpacing(), back.GetDirection()) == (image.GetOrigin(), image.GetSpacing(),
                                                                           image.GetDirection())
+
+
+def test_lesion_points_any_labels_in_lps_or_ras_none_lost(tmp_path):
+    """Lesion clicks keep every defined point: empty labels become 'point N', repeats get ' (N)'; RAS files are
+    read back in LPS; a file with no defined point is refused."""
+    pts = {"tumour": np.array([10.0, -20.5, 30.25]), "": np.array([-40.0, 5.0, 60.0])}
+    for system in ("LPS", "RAS"):
+        path = io.write_markups(tmp_path / f"p_{system}.mrk.json", pts, coordinate_system=system)
+        doc = json.loads(path.read_text())
+        doc["markups"][0]["controlPoints"].append(dict(doc["markups"][0]["controlPoints"][0]))
+        undefined = dict(doc["markups"][0]["controlPoints"][0], positionStatus="undefined", label="ghost")
+        doc["markups"][0]["controlPoints"].append(undefined)
+        path.write_text(json.dumps(doc))
+        back = io.read_lesion_points(path)
+        assert list(back) == ["tumour", "point 2", "tumour (3)"]
+        np.testing.assert_allclose(back["tumour"], pts["tumour"], atol=1e-4)
+        np.testing.assert_allclose(back["point 2"], pts[""], atol=1e-4)
+        np.testing.assert_allclose(back["tumour (3)"], pts["tumour"], atol=1e-4)
+    empty = tmp_path / "empty.mrk.json"
+    doc = json.loads(io.write_markups(empty, {"a": np.zeros(3)}).read_text())
+    doc["markups"][0]["controlPoints"] = []
+    empty.write_text(json.dumps(doc))
+    with pytest.raises(InputError, match="no defined point; click at least one point inside a lesion"):
+        io.read_lesion_points(empty)

@@ -530,3 +530,26 @@ def test_run_with_classifier_fills_gradcam_volume_and_kinds(tmp_path, slicer_sce
         assert table.GetColumnByName("malignant_probability").GetValue(i) == pytest.approx(row["malignant_probability"])
         name = out["segmentation"].GetSegmentation().GetSegment(f"lesion_{row['id']}").GetName()
         assert row["kind"] in name
+
+
+def test_lesion_clicks_are_read_with_any_label_and_placed_by_click(slicer_scene):
+    """Lesion points keep every placed point (empty or repeated labels named so that none is lost, in LPS) and
+    skip unplaced ones; `start_point_placement` adds a point and puts the scene in place mode for it."""
+    node = slicer_scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "lesion clicks")
+    assert mrml.markups_to_points(None) == {}
+    node.AddControlPoint(1.0, 2.0, 3.0, "")
+    node.SetNthControlPointLabel(0, " ")  # Slicer names a new point itself; a user may clear the name
+    node.AddControlPoint(4.0, 5.0, 6.0, "a")
+    node.AddControlPoint(7.0, 8.0, 9.0, "a")
+    index = mrml.start_point_placement(node, "lesion 4")
+    interaction = slicer_scene.GetNodeByID("vtkMRMLInteractionNodeSingleton")
+    selection = slicer_scene.GetNodeByID("vtkMRMLSelectionNodeSingleton")
+    assert index == 3 and node.GetNthControlPointLabel(index) == "lesion 4"
+    assert interaction.GetCurrentInteractionMode() == interaction.Place
+    assert selection.GetActivePlaceNodeID() == node.GetID()
+    points = mrml.markups_to_points(node)
+    assert list(points) == ["point 1", "a", "a (3)"]  # the point being placed is not yet defined
+    np.testing.assert_allclose(points["point 1"], [-1.0, -2.0, 3.0])
+    np.testing.assert_allclose(points["a (3)"], [-7.0, -8.0, 9.0])
+    node.SetNthControlPointPositionWorld(index, 10.0, 11.0, 12.0)
+    np.testing.assert_allclose(mrml.markups_to_points(node)["lesion 4"], [-10.0, -11.0, 12.0])

@@ -268,3 +268,33 @@ def test_each_command_help_renders_cleanly(command, capsys):
     text = capsys.readouterr().out
     assert f"liverloc {command}" in text
     assert "%%" not in text and "%(" not in text
+
+
+def test_lesion_seeds_give_the_clicked_lesion_with_detection_off(phantom_case, tmp_path):
+    """`liverloc run --lesion-seeds` with the detection off (`--lesion-false-alarms 0`): the one lesion reported is
+    the clicked one, segmented against its truth, named as clicked in the report; a bad seeds file is refused."""
+    ph, folder = phantom_case
+    truth = sitk.GetArrayFromImage(ph.truth_lesions)
+    largest = max(ph.lesions, key=lambda row: row["volume_ml"])
+    inside = truth == largest["id"]
+    from scipy import ndimage
+
+    deepest = np.unravel_index(np.argmax(ndimage.distance_transform_edt(inside)), inside.shape)
+    point = np.asarray(ph.ct.TransformIndexToPhysicalPoint([int(i) for i in deepest[::-1]]))
+    seeds = io.write_markups(tmp_path / "seeds.mrk.json", {"my tumour": point}, coordinate_system="RAS")
+    out = tmp_path / "out"
+    code = cli.main(["-q", "run", str(folder / "ct.nii.gz"), "--landmarks", str(folder / "landmarks.mrk.json"),
+                     "--lesion-false-alarms", "0", "--lesion-seeds", str(seeds), "--no-classify", "--no-figures",
+                     "--out", str(out)])
+    assert code == 0
+    import csv
+
+    rows = list(csv.DictReader((out / "report.csv").open()))
+    assert len(rows) == 1 and rows[0]["source"] == "clicked"
+    found = sitk.GetArrayFromImage(io.read_image(out / "lesions.nii.gz")) > 0
+    assert metrics.dice(found, inside) > 0.6
+    bad = tmp_path / "bad.mrk.json"
+    bad.write_text("{not json")
+    assert cli.main(["-q", "run", str(folder / "ct.nii.gz"), "--landmarks", str(folder / "landmarks.mrk.json"),
+                     "--lesion-seeds", str(bad), "--out", str(tmp_path / "out2")]) != 0
+    assert not (tmp_path / "out2").exists() or not any((tmp_path / "out2").iterdir())

@@ -51,7 +51,9 @@ class LiverLocalization(ScriptedLoadableModule):
         self.parent.helpText = _(
             "Finds liver tumours on a portal-venous CT and tells in which Couinaud segment(s) they lie: "
             "denoising, EM tissue segmentation (parenchyma, lesions, vessels), Couinaud segments I-VIII from "
-            "vessel landmarks you place, and a CNN lesion classification with a Grad-CAM map. "
+            "vessel landmarks you place, and a CNN lesion classification with a Grad-CAM map. Lesions are found by "
+            "their contrast with the liver round them, judged against the liver's own variation at their size; "
+            "a point you click inside a lesion the detection missed (Mark lesion) gives that lesion too. "
             f'See the <a href="{README_URL}">documentation and tutorial</a>.')
         self.parent.acknowledgementText = _(
             "Developed as open source (MIT licence). Real test data: 3D-IRCADb-01 (IRCAD, France); Couinaud "

@@ -160,6 +160,33 @@ def test_dilate_mm_and_close_mm_equal_scipys_ball_morphology_on_anisotropic_grid
         assert (closed & ~mask).any()
 
 
+def test_distances_on_the_box_round_a_small_region_equal_those_on_the_whole_array():
+    """`depth_mm` of a region far smaller than its array, `distance_to_mm` and `dilate_mm` work on the box round
+    it: the same values as scipy's transform of the whole array (a region against one face included)."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(9)
+    spacing = (2.5, 0.7, 0.9)
+    for centre in ((20, 30, 40), (20, 30, 2), (1, 60, 75)):
+        region = np.zeros((40, 64, 80), bool)
+        z, y, x = np.indices(region.shape)
+        region[((z - centre[0]) * 2.5) ** 2 + ((y - centre[1]) * 0.7) ** 2 + ((x - centre[2]) * 0.9) ** 2 < 36] = True
+        region &= rng.random(region.shape) < 0.9
+        assert geometry.bounding_box(region) is not None
+        np.testing.assert_allclose(geometry.depth_mm(region, spacing),
+                                   ndimage.distance_transform_edt(region, sampling=spacing), atol=1e-4)
+        full = ndimage.distance_transform_edt(~region, sampling=spacing)
+        near = geometry.distance_to_mm(region, spacing, 7.0)
+        np.testing.assert_allclose(near[full <= 7.0], full[full <= 7.0], atol=1e-4)
+        assert np.isinf(near[full > 7.0 + 1e-4]).all()
+        np.testing.assert_array_equal(geometry.dilate_mm(region, 4.0, spacing),
+                                      ndimage.binary_dilation(region, structure=geometry.ball_structure(4.0, spacing)))
+    assert geometry.bounding_box(np.zeros((3, 3, 3), bool)) is None
+    assert geometry.bounding_box(np.pad(np.ones((2, 2, 2), bool), 3), (1, 2, 9)) == (
+        slice(2, 6), slice(1, 7), slice(0, 8))
+    assert np.isinf(geometry.distance_to_mm(np.zeros((3, 3, 3), bool), spacing, 5.0)).all()
+
+
 def test_widen_pads_slices_and_clips_them_to_the_array():
     sl = (slice(0, 3), slice(5, 8), slice(2, 4))
     assert geometry.widen(sl, 2, (10, 9, 5)) == (slice(0, 5), slice(3, 9), slice(0, 5))

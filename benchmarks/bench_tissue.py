@@ -29,7 +29,7 @@ import SimpleITK as sitk
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "LiverLocalization"))
 
-from LiverLocalizationLib import denoise, io, lesions, pipeline, tissue_model  # noqa: E402
+from LiverLocalizationLib import denoise, io, pipeline, tissue_model  # noqa: E402
 
 REAL = ROOT.parent / "shared" / "data" / "ircadb1_1"
 
@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     values = sitk.GetArrayViewFromImage(den)[liver].astype(np.float64)
     k = res.model.n_classes
     t0 = time.perf_counter()
-    model_ours, _ = lesions.liver_mixture(values, k)
+    model_ours, _ = tissue_model.liver_mixture(values, k)
     t_em = time.perf_counter() - t0
     t0 = time.perf_counter()
     model_plain = tissue_model.fit_gaussian_mixture(values, k)

@@ -89,6 +89,16 @@ def depth_mm(region: np.ndarray, spacing_zyx) -> np.ndarray:
     region = np.asarray(region, dtype=bool)
     if region.all():
         return np.full(region.shape, np.inf, np.float32)
+    box = bounding_box(region, 1)
+    if box is None:
+        return np.zeros(region.shape, np.float32)
+    if any(s.stop - s.start < n for s, n in zip(box, region.shape)):
+        # the box round the region, one voxel wider, is outside it on every face: the nearest outside voxel of
+        # every region voxel lies in it (clamping an outside voxel to the box brings it no farther), so the
+        # distances computed on the box are exact
+        out = np.zeros(region.shape, np.float32)
+        out[box] = depth_mm(region[box], spacing_zyx)
+        return out
     outside = sitk.GetImageFromArray((~region).view(np.uint8))
     outside.SetSpacing(tuple(float(v) for v in np.asarray(spacing_zyx, dtype=float)[::-1]))
     dist = sitk.SignedMaurerDistanceMap(outside, insideIsPositive=False, squaredDistance=False, useImageSpacing=True,
@@ -96,11 +106,42 @@ def depth_mm(region: np.ndarray, spacing_zyx) -> np.ndarray:
     return np.maximum(sitk.GetArrayFromImage(dist), np.float32(0))
 
 
+def bounding_box(mask: np.ndarray, margin_voxels=0) -> tuple[slice, ...] | None:
+    """The slices of the smallest box holding every True voxel of `mask`, widened by `margin_voxels` (one number
+    or one per axis) and clipped to the array; None when `mask` is empty."""
+    mask = np.asarray(mask, dtype=bool)
+    margins = np.broadcast_to(np.asarray(margin_voxels, dtype=int), (mask.ndim,))
+    box = []
+    for axis in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if hit.size == 0:
+            return None
+        box.append(slice(max(0, int(hit[0]) - int(margins[axis])),
+                         min(mask.shape[axis], int(hit[-1]) + 1 + int(margins[axis]))))
+    return tuple(box)
+
+
+def distance_to_mm(mask: np.ndarray, spacing_zyx, limit_mm: float) -> np.ndarray:
+    """Euclidean distance (mm, float32) from each voxel to the nearest True voxel of `mask` where it is at most
+    `limit_mm`, +inf where it is more: `depth_mm(~mask)` on the box round `mask` widened by the limit (the nearest
+    mask voxel of any voxel lies in the mask's own box), so the cost follows the mask's size, not the array's."""
+    mask = np.asarray(mask, dtype=bool)
+    out = np.full(mask.shape, np.inf, np.float32)
+    sp = np.asarray(spacing_zyx, dtype=float)
+    box = bounding_box(mask, np.ceil(limit_mm / sp).astype(int) + 1)
+    if box is None:
+        return out
+    near = depth_mm(~mask[box], sp)
+    out[box] = np.where(near <= limit_mm, near, np.float32(np.inf))
+    return out
+
+
 def dilate_mm(mask: np.ndarray, radius_mm: float, spacing_zyx) -> np.ndarray:
     """Dilation of the bool array `mask` by a ball of `radius_mm` (mm, per-axis spacing honoured): the same voxels
-    as scipy's `binary_dilation` with `ball_structure(radius_mm, spacing_zyx)`, by one distance transform
-    (`depth_mm`), whose cost does not grow with the ball (15 mm on a 2.3 mm grid: 0.06 vs 0.49 s)."""
-    return depth_mm(~np.asarray(mask, dtype=bool), spacing_zyx) <= radius_mm + _BALL_TOLERANCE_MM
+    as scipy's `binary_dilation` with `ball_structure(radius_mm, spacing_zyx)`, by one distance transform on the
+    box round the mask (`distance_to_mm`), whose cost does not grow with the ball (15 mm on a 2.3 mm grid: 0.06
+    vs 0.49 s)."""
+    return distance_to_mm(mask, spacing_zyx, radius_mm + _BALL_TOLERANCE_MM) <= radius_mm + _BALL_TOLERANCE_MM
 
 
 def close_mm(mask: np.ndarray, radius_mm: float, spacing_zyx) -> np.ndarray:

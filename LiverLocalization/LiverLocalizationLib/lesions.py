@@ -308,10 +308,27 @@ def lesion_extent(seed: np.ndarray, values: np.ndarray, liver: np.ndarray, usabl
     first (Gaussian of 1, 2, 3 ... mm up to `max_smoothing_mm`, over usable voxels), until they do. Returns the
     MRF's lesion components touching the seed, enclosed holes filled, within `solid`; None when the seed is not
     darker than the ring, or EM puts the lesion class above the parenchyma."""
+    sp = np.asarray(spacing_zyx, float)
+    # what decides the lesion lies within the fit's reach of the seed (smoothing reads 3 sigmas further): the
+    # box round that gives the same lesion as the whole array, at the cost of the box
+    reach = ring_start_mm + p.context_mm + 3.0 * max_smoothing_mm + 1.0
+    box = geometry.bounding_box(seed, np.ceil(reach / sp).astype(int) + 1)
+    if box is None:
+        return None
+    found = _lesion_extent_in_box(seed[box], values[box], liver[box], usable[box], solid[box], sp, p,
+                                  ring_start_mm, max_smoothing_mm)
+    if found is None:
+        return None
+    out = np.zeros(seed.shape, bool)
+    out[box] = found
+    return out
+
+
+def _lesion_extent_in_box(seed, values, liver, usable, solid, sp, p, ring_start_mm, max_smoothing_mm):
+    """`lesion_extent` on the box round its seed."""
     from .tissue_model import MixtureModel, mrf_regularise, posteriors
 
-    sp = np.asarray(spacing_zyx, float)
-    d = geometry.depth_mm(~seed, sp)
+    d = geometry.distance_to_mm(seed, sp, ring_start_mm + p.context_mm)
     ring = usable & (d > ring_start_mm) & (d <= ring_start_mm + p.context_mm)
     if ring.sum() < 20:
         return None
@@ -371,7 +388,7 @@ def add_rim(lesion: np.ndarray, values: np.ndarray, usable: np.ndarray, free: np
         return lesion
     voxel_mm3 = float(np.prod(sp))
     reach = float(np.clip(p.rim_fraction * equivalent_radius_mm(int(lesion.sum()), voxel_mm3), p.rim_mm, p.rim_max_mm))
-    d = geometry.depth_mm(~lesion, sp)
+    d = geometry.distance_to_mm(lesion, sp, reach + 8.0)
     ring = usable & free & (d > reach + 2.0) & (d <= reach + 8.0)
     if ring.sum() < 20:
         return lesion
@@ -401,7 +418,7 @@ def add_attached_bright(lesion: np.ndarray, bright: np.ndarray, free: np.ndarray
     lesion's equivalent radius (at least `rim_mm`, at most 15 mm) from it: a vessel passing by runs on beyond."""
     sp = np.asarray(spacing_zyx, float)
     reach = float(np.clip(equivalent_radius_mm(int(lesion.sum()), float(np.prod(sp))), p.rim_mm, 15.0))
-    d = geometry.depth_mm(~lesion, sp)
+    d = geometry.distance_to_mm(lesion, sp, reach + 1.0)  # +inf farther: a blob reaching there is not kept
     blobs, n = ndimage.label(bright & free & ~lesion)
     if n == 0:
         return lesion
@@ -434,10 +451,11 @@ def working_factors(spacing_zyx, working_mm: float) -> np.ndarray:
 
 @dataclass
 class _Significance:
-    """Per-scale z minus its bound (upsampled to the full grid), the voxels significant at some scale and the
-    support (the significant boxes, widened by `support_margin_mm`), all on the full grid."""
+    """Per-scale z minus its bound on the working grid (blocks of `factors` voxels), the voxels significant at
+    some scale and the support (the significant boxes, widened by `support_margin_mm`) on the full grid."""
 
     excess: list[np.ndarray]
+    factors: np.ndarray
     significant: np.ndarray
     support: np.ndarray
 
@@ -462,15 +480,17 @@ def _significance(values: np.ndarray, liver: np.ndarray, ref: Reference, spacing
             box = centre_box_voxels(scale.radius_mm, work_sp)
             support |= ndimage.uniform_filter(sig.astype(np.float32), size=tuple(int(v) for v in box)) > 1e-3
     shape = values.shape
-    excess = [_upsample(zs - scale.bound_z, f, shape) for zs, scale in zip(z, scales)]
+    excess = [zs - scale.bound_z for zs, scale in zip(z, scales)]
     significant = _upsample(significant, f, shape) & ref.reference
     support = geometry.depth_mm(~_upsample(support, f, shape), sp) <= p.support_margin_mm
-    return _Significance(excess, significant, support), scales
+    return _Significance(excess, f, significant, support), scales
 
 
-def _best_scale(excess: list[np.ndarray], box, seed: np.ndarray) -> tuple[int, float]:
-    """The scale at which a seed is most significant, and its z minus the bound there."""
-    best = [float(e[box][seed].max()) for e in excess]
+def _best_scale(sig: _Significance, box, seed: np.ndarray) -> tuple[int, float]:
+    """The scale at which a seed (bool array of the full grid's `box`) is most significant, and its z minus the
+    bound there."""
+    blocks = tuple((idx + s.start) // int(k) for idx, s, k in zip(np.nonzero(seed), box, sig.factors))
+    best = [float(e[blocks].max()) for e in sig.excess]
     k = int(np.argmax(best))
     return k, best[k]
 
@@ -495,7 +515,7 @@ def _grow_seed(seed_box, seed: np.ndarray, values: np.ndarray, liver: np.ndarray
     inside = extent & ref.interior[b]
     if not inside.any():
         return []
-    extent &= geometry.depth_mm(~inside, sp / ref.band_mm) <= 1.0
+    extent &= geometry.distance_to_mm(inside, sp / ref.band_mm, 1.0) <= 1.0
     pieces, n = ndimage.label(extent)
     free = liver[b] & ~taken_box
     out = []
@@ -513,7 +533,7 @@ def _grow_seed(seed_box, seed: np.ndarray, values: np.ndarray, liver: np.ndarray
 def _wrapped_in_fat(piece: np.ndarray, values: np.ndarray, spacing_zyx, width_mm: float = 2.5) -> float:
     """Share of the shell `width_mm` round a region that is fat (below FAT_HU): a lesion lies against parenchyma,
     the gallbladder and bowel that a liver mask took in lie in their own fat."""
-    d = geometry.depth_mm(~piece, spacing_zyx)
+    d = geometry.distance_to_mm(piece, spacing_zyx, width_mm)
     shell = (d > 0) & (d <= width_mm)
     return float((values[shell] < FAT_HU).mean()) if shell.any() else 0.0
 
@@ -521,7 +541,7 @@ def _wrapped_in_fat(piece: np.ndarray, values: np.ndarray, spacing_zyx, width_mm
 def _contrast_hu(piece: np.ndarray, values: np.ndarray, usable: np.ndarray, free: np.ndarray, spacing_zyx) -> float:
     """Median of the usable free liver 2-8 mm round a lesion minus the mean of its usable voxels (HU; NaN when
     either is nearly empty)."""
-    d = geometry.depth_mm(~piece, spacing_zyx)
+    d = geometry.distance_to_mm(piece, spacing_zyx, 8.0)
     ring = usable & free & (d > 2.0) & (d <= 8.0)
     inside = piece & usable
     if ring.sum() < 10 or not inside.any():
@@ -556,7 +576,7 @@ def detect_lesions(values: np.ndarray, liver: np.ndarray, spacing_zyx, p: Lesion
     ranked = []  # seeds by decreasing significance: a lesion grows from its strongest seed first
     for i, sl in enumerate(objects, start=1):
         if sl is not None:
-            scale, excess = _best_scale(sig.excess, sl, seeds[sl] == i)
+            scale, excess = _best_scale(sig, sl, seeds[sl] == i)
             ranked.append((excess, i, sl, scale))
     ranked.sort(key=lambda item: -item[0])
     labels = np.zeros(liver.shape, np.int32)
@@ -613,6 +633,19 @@ def extend_beyond_liver(values: np.ndarray, liver: np.ndarray, labels: np.ndarra
     lesion instances (uint16). Returns new instance labels (the liver is the input liver plus every lesion
     voxel)."""
     sp = np.asarray(spacing_zyx, float)
+    # every lesion's box lies within the box round all lesions widened by the largest box margin: work there
+    outer = geometry.bounding_box(labels > 0, np.ceil((2.5 * reach_mm[1] + 3.0) / sp).astype(int) + 1)
+    if outer is None:
+        return labels.copy()
+    if any(s.stop - s.start < n for s, n in zip(outer, labels.shape)):
+        out = labels.copy()
+        out[outer] = _extend_in_box(values[outer], liver[outer], labels[outer], sp, reach_mm, outer, labels.shape)
+        return out
+    return _extend_in_box(values, liver, labels, sp, reach_mm, None, labels.shape)
+
+
+def _extend_in_box(values, liver, labels, sp, reach_mm, outer, image_shape) -> np.ndarray:
+    """`extend_beyond_liver` on the box `outer` of an image of `image_shape` (None: the whole image)."""
     out = labels.copy()
     six = ndimage.generate_binary_structure(3, 1)
     border = liver & ~ndimage.binary_erosion(liver, structure=six, border_value=1)
@@ -625,7 +658,7 @@ def extend_beyond_liver(values: np.ndarray, liver: np.ndarray, labels: np.ndarra
         box = geometry.widen(sl, np.ceil((2.5 * radius + 3.0) / sp).astype(int), labels.shape)
         lesion = out[box] == i
         vals, inside = values[box], liver[box]
-        ring = inside & (out[box] == 0) & (geometry.depth_mm(~lesion, sp) <= 8.0)
+        ring = inside & (out[box] == 0) & (geometry.distance_to_mm(lesion, sp, 8.0) <= 8.0)
         if ring.sum() < 20:
             continue
         level = float(np.median(vals[lesion]))
@@ -633,7 +666,8 @@ def extend_beyond_liver(values: np.ndarray, liver: np.ndarray, labels: np.ndarra
         parenchyma = float(np.median(vals[ring]))
         if not level < parenchyma:
             continue
-        region = _closed_beyond_faces(inside | lesion, box, labels.shape, radius, sp)
+        faces = box if outer is None else tuple(slice(b.start + o.start, b.stop + o.start) for b, o in zip(box, outer))
+        region = _closed_beyond_faces(inside | lesion, faces, image_shape, radius, sp)
         ball = _interface_ball(lesion, ring, sp, r_eq)
         if ball is not None:
             region |= ball

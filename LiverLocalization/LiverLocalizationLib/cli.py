@@ -1,12 +1,16 @@
 """The ``liverloc`` command: phantom generation, the pipeline, classifier training and evaluation.
 
-Errors in the user's input are printed as one clear line (no traceback) with exit status 2.
+Errors in the user's input are printed as one clear line (no traceback) with exit status 2: option values at
+parse time (finite numbers in range), paths before any work (inputs exist, --out is a writable folder holding
+no input, `phantom --out` replaces only the phantom's own files, --truth is a phantom folder).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import math
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,6 +37,78 @@ examples:
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (the problem, then where the options are described), exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}. See '{self.prog} --help'.\n")
+
+
+def bounded(kind: type, low: float | None = None, high: float | None = None, low_open: bool = False):
+    """An argparse type: a finite int or float within [low, high] (low excluded when low_open), so that a bad
+    value (nan, inf, a negative count) stops the command at parse time, before any work, with exit status 2."""
+    noun = "an integer" if kind is int else "a finite number"
+    if low is not None and high is not None:
+        where = f"{noun} from {low:g}{' (excluded)' if low_open else ''} to {high:g}"
+    elif low is not None:
+        where = f"{noun} {'>' if low_open else '>='} {low:g}"
+    else:
+        where = noun
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {noun}; use {where}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not finite; use {where}")
+        if (low is not None and (value <= low if low_open else value < low)) or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{text!r} is out of range; use {where}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def out_folder_problem(out: Path) -> str | None:
+    """Why results cannot be written into the folder `out` (None when they can), found before any work: it is a
+    file, lies under a file, or the folder (or its nearest existing parent, where it would be created) is not
+    writable. Nothing is created."""
+    if out.exists():
+        if not out.is_dir():
+            return f"--out {out} is a file; name a folder (it is created when missing)"
+        existing = out
+    else:
+        existing = next(p for p in out.absolute().parents if p.exists())
+        if not existing.is_dir():
+            return f"--out {out} lies under {existing}, which is a file; name a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"--out {out}: {existing} is not writable; choose a folder you can write to"
+    return None
+
+
+def input_in_out_problem(out: Path, inputs: dict[str, Path | None]) -> str | None:
+    """Why an input (option → path) may not be used with this --out folder (None when all may): it is the folder or
+    lies in it, where results could replace it or be mixed with it."""
+    target = out.resolve()
+    for option, path in inputs.items():
+        if path is not None and (path.resolve() == target or target in path.resolve().parents):
+            return (f"{option} {path} lies in the --out folder {out}: results written there could replace it. "
+                    "Choose another --out folder")
+    return None
+
+
+def _check_paths(out: Path, inputs: dict[str, Path | None]) -> None:
+    """Raise InputError, before any work, for an input that does not exist or lies in --out, or an --out folder
+    results cannot be written into."""
+    for option, path in inputs.items():
+        if path is not None and not path.exists():
+            raise InputError(f"{option} {path}: no such file or folder. Check the path.")
+    problem = out_folder_problem(out) or input_in_out_problem(out, inputs)
+    if problem:
+        raise InputError(problem + ".")
+
+
 @contextlib.contextmanager
 def progress_bar(description: str, enabled: bool = True) -> Iterator[Callable[[float, str], None]]:
     """A progress callback (fraction 0..1, message) drawn as a tqdm bar on stderr."""
@@ -57,19 +133,29 @@ def _add_phantom(sub) -> None:
     p = sub.add_parser("phantom", help="generate a synthetic liver CT phantom with ground truth",
                        description="Generate a synthetic portal-venous liver CT with ground truth (tissues, "
                                    "Couinaud segments, lesions, landmarks). Deterministic by seed.")
-    p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--out", required=True, type=Path,
+                   help="output folder (created). The phantom's files (ct.nii.gz, truth_*.nii.gz, truth.json, "
+                        "landmarks.mrk.json) replace files of those names only when they are an earlier phantom's "
+                        "own, unchanged: truth.json records each file's SHA-256. Any other such file (e.g. your own "
+                        "ct.nii.gz) stops the command before any work; other files are never touched")
+    p.add_argument("--seed", type=bounded(int, 0), default=0, help="random seed, an integer >= 0 (default 0)")
     p.add_argument("--size", choices=("small", "full"), default="small",
                    help="small: ~2 mm voxels (fast); full: 512x512 in-plane, ~0.7 mm x 1.5-2.5 mm slices")
     p.add_argument("--oblique", action="store_true", help="store the volume with a rotated direction matrix")
     p.add_argument("--flip", action="store_true", help="store the volume with flipped axes (e.g. RAS-ordered NIfTI)")
-    p.add_argument("--lesions", type=int, default=None, help="number of lesions (default: 0-6 by seed)")
+    p.add_argument("--lesions", type=bounded(int, 0, 12), default=None,
+                   help="number of lesions, 0-12 (default: 0-6 by seed)")
     p.set_defaults(func=_cmd_phantom)
 
 
 def _cmd_phantom(args) -> int:
-    from .phantom import generate_phantom, write_phantom
+    from .phantom import files_not_written_by_phantom, generate_phantom, write_phantom
 
+    _check_paths(args.out, {})
+    foreign = files_not_written_by_phantom(args.out)
+    if foreign:
+        raise InputError(f"{args.out} holds {', '.join(foreign)}, not written by liverloc phantom (or changed since); "
+                         "they are not replaced. Choose another --out folder, or move those files away.")
     with progress_bar("phantom", not args.quiet) as progress:
         phantom = generate_phantom(seed=args.seed, size=args.size, oblique=args.oblique, flip=args.flip,
                                    n_lesions=args.lesions, progress=progress)
@@ -95,23 +181,26 @@ def _add_run(sub) -> None:
                                                    "LHV, RPV, LPV, UP; LPS or RAS as the file states")
     p.add_argument("--liver-mask", type=Path, help="a liver mask on the CT's grid (e.g. from TotalSegmentator); "
                                                    "nonzero = liver. Replaces the EM liver extraction")
-    p.add_argument("--liver-label", type=float, default=None,
+    p.add_argument("--liver-label", type=bounded(float), default=None,
                    help="with a multi-label --liver-mask: the liver's label (5 in TotalSegmentator's multi-label "
                         "output); without it the mask must hold one nonzero value")
-    p.add_argument("--out", required=True, type=Path, help="output folder (created; existing result files are replaced)")
+    p.add_argument("--out", required=True, type=Path,
+                   help="output folder (created; existing result files are replaced). Checked before any work: it "
+                        "must be a folder you can write to and hold none of the inputs")
     p.add_argument("--denoise", choices=("median", "curvature", "bilateral", "none"), default=defaults.denoise_method,
                    help=f"denoising method (default {defaults.denoise_method})")
     p.add_argument("--denoise-whole-volume", action="store_true",
                    help="denoise the whole body, then find the liver on the denoised CT (slower). By default the "
                         "liver is found first and only its bounding box (+10 mm) is denoised; denoised.nii.gz is "
                         "the input outside that box")
-    p.add_argument("--median-radius-mm", type=float, default=defaults.median_radius_mm,
-                   help=f"median filter radius in mm (default {defaults.median_radius_mm})")
-    p.add_argument("--classes", type=int, default=None, help="number of EM intensity classes (default: chosen by BIC)")
-    p.add_argument("--min-lesion-mm3", type=float, default=defaults.min_lesion_volume_mm3,
-                   help=f"smallest lesion kept, mm³ (default {defaults.min_lesion_volume_mm3:g})")
-    p.add_argument("--lesion-false-alarms", type=float, default=defaults.lesion_false_alarms,
-                   help="lesion sensitivity: the number of chance detections expected in a liver from its noise and "
+    p.add_argument("--median-radius-mm", type=bounded(float, 0, 10, low_open=True), default=defaults.median_radius_mm,
+                   help=f"median filter radius in mm, over 0 and up to 10 (default {defaults.median_radius_mm})")
+    p.add_argument("--classes", type=bounded(int, 2, 8), default=None,
+                   help="number of EM intensity classes, 2-8 (default: chosen by BIC)")
+    p.add_argument("--min-lesion-mm3", type=bounded(float, 0), default=defaults.min_lesion_volume_mm3,
+                   help=f"smallest lesion kept, mm³, >= 0 (default {defaults.min_lesion_volume_mm3:g})")
+    p.add_argument("--lesion-false-alarms", type=bounded(float, 0, 10), default=defaults.lesion_false_alarms,
+                   help="lesion sensitivity, 0-10: the number of chance detections expected in a liver from its noise and "
                         "regional variation (each size's contrast is judged against the liver's own; default "
                         f"{defaults.lesion_false_alarms:g}); raise it to find fainter lesions, lower it for fewer false ones")
     p.add_argument("--lesion-seeds", type=Path, default=None,
@@ -125,14 +214,25 @@ def _add_run(sub) -> None:
                         "three hepatic veins and the portal branches of every sector, else planes)")
     p.add_argument("--no-classify", action="store_true", help="skip the CNN lesion classification")
     p.add_argument("--weights", type=Path, default=None, help="classifier weights (.safetensors); default: the shipped model")
-    p.add_argument("--truth", type=Path, default=None, help="a phantom folder: also score the result against its ground truth")
+    p.add_argument("--truth", type=Path, default=None,
+                   help="a phantom folder written by liverloc phantom: also score the result against its ground "
+                        "truth. Checked before any work (truth.json, truth_*.nii.gz, the CT's geometry)")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     p.set_defaults(func=_cmd_run)
 
 
 def _cmd_run(args) -> int:
-    from . import io, pipeline
+    from . import geometry, io, pipeline
+    from .phantom import phantom_folder_problem
 
+    _check_paths(args.out, {"CT": args.ct, "--landmarks": args.landmarks, "--liver-mask": args.liver_mask,
+                            "--lesion-seeds": args.lesion_seeds, "--weights": args.weights, "--truth": args.truth})
+    truth_problem = phantom_folder_problem(args.truth) if args.truth else None
+    if truth_problem:
+        raise InputError(f"--truth: {truth_problem}. Give the folder written by liverloc phantom for this CT, or "
+                         "leave --truth out.")
+    if args.liver_label is not None and args.liver_mask is None:
+        raise InputError("--liver-label names a label of --liver-mask: give the mask too.")
     options = pipeline.PipelineOptions(
         denoise_method=args.denoise, median_radius_mm=args.median_radius_mm, n_classes=args.classes,
         min_lesion_volume_mm3=args.min_lesion_mm3, lesion_false_alarms=args.lesion_false_alarms,
@@ -145,9 +245,10 @@ def _cmd_run(args) -> int:
     landmarks = io.read_markups(args.landmarks) if args.landmarks else None
     liver_mask = io.read_image(args.liver_mask) if args.liver_mask else None
     if args.liver_label is not None:
-        if liver_mask is None:
-            raise InputError("--liver-label names a label of --liver-mask: give the mask too.")
         liver_mask = pipeline.select_liver_label(liver_mask, args.liver_label)
+    if args.truth:
+        geometry.require_same_geometry(io.read_image(Path(args.truth) / "truth_couinaud.nii.gz"), ct,
+                                       f"The phantom's truth in {args.truth}")
     with progress_bar("liverloc run", not args.quiet) as progress:
         result = pipeline.run_pipeline(ct, landmarks, liver_mask, options, progress=progress)
         paths = pipeline.write_outputs(result, args.out, figures=not args.no_figures, progress=progress)
@@ -167,9 +268,11 @@ def _add_train(sub) -> None:
                        description="Generate phantom cases, extract detected lesions, split by case, train the CNN with "
                                    "augmentation; write safetensors weights, a JSON model card and figures.")
     p.add_argument("--out", required=True, type=Path, help="output folder for weights, model card and figures")
-    p.add_argument("--cases", type=int, default=150, help="number of phantom cases (default 150, as the shipped model)")
-    p.add_argument("--epochs", type=int, default=40, help="training epochs (default 40, as the shipped model)")
-    p.add_argument("--seed", type=int, default=0, help="random seed of cases, split and initialisation (default 0)")
+    p.add_argument("--cases", type=bounded(int, 3), default=150,
+                   help="number of phantom cases, >= 3 (default 150, as the shipped model)")
+    p.add_argument("--epochs", type=bounded(int, 1), default=40, help="training epochs, >= 1 (default 40, as the shipped model)")
+    p.add_argument("--seed", type=bounded(int, 0), default=0,
+                   help="random seed of cases, split and initialisation, >= 0 (default 0)")
     p.add_argument("--detector", choices=["training", "pipeline"], default="training",
                    help="lesion detector whose masks the patches are cut with: 'training' (default: median denoising of "
                         "the whole CT, as the shipped model) or 'pipeline' (liverloc run's tissue stage)")
@@ -179,6 +282,7 @@ def _add_train(sub) -> None:
 def _cmd_train(args) -> int:
     from .classifier_training import train
 
+    _check_paths(args.out, {})
     with progress_bar("train", not args.quiet) as progress:
         card = train(args.out, n_cases=args.cases, epochs=args.epochs, seed=args.seed, progress=progress,
                      detector=args.detector)
@@ -197,8 +301,8 @@ def _add_evaluate(sub) -> None:
                                    "95 % bootstrap confidence intervals (resampled by case), per kind and malignant vs benign.")
     p.add_argument("--weights", type=Path, default=None, help="weights (.safetensors); default: the shipped model")
     p.add_argument("--out", required=True, type=Path, help="output folder (evaluation.json, confusion_matrix.png)")
-    p.add_argument("--cases", type=int, default=40, help="number of evaluation cases (default 40)")
-    p.add_argument("--first-seed", type=int, default=None,
+    p.add_argument("--cases", type=bounded(int, 1), default=40, help="number of evaluation cases, >= 1 (default 40)")
+    p.add_argument("--first-seed", type=bounded(int, 0), default=None,
                    help="first phantom seed (default: the first seed after the model card's training and test seeds)")
     p.add_argument("--detector", choices=["pipeline", "training"], default="pipeline",
                    help="lesion detector whose lesions are classified: 'pipeline' (default: liverloc run's tissue stage, "
@@ -210,6 +314,7 @@ def _add_evaluate(sub) -> None:
 def _cmd_evaluate(args) -> int:
     from .classifier_training import evaluate, evaluation_seeds
 
+    _check_paths(args.out, {"--weights": args.weights})
     seeds = evaluation_seeds(args.weights, args.cases, args.first_seed)
     with progress_bar("evaluate", not args.quiet) as progress:
         report = evaluate(args.weights, seeds, args.out, progress=progress, detector=args.detector)
@@ -219,7 +324,7 @@ def _cmd_evaluate(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="liverloc", description=DESCRIPTION, epilog=EPILOG,
+    parser = _Parser(prog="liverloc", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

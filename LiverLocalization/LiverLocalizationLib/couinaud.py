@@ -178,7 +178,8 @@ def check_landmarks(landmarks: dict[str, np.ndarray], reference: sitk.Image | No
     if missing:
         raise InputError(
             "Couinaud mapping needs the landmarks " + ", ".join(labels.REQUIRED_LANDMARKS) + "; missing: "
-            + ", ".join(missing) + ". Place " + _missing_message(missing) + "."
+            + ", ".join(missing) + " (labels found: " + (", ".join(repr(n) for n in pts) or "none")
+            + "). Place " + _missing_message(missing) + "."
         )
     unknown = sorted(n for n in pts if n not in labels.LANDMARK_NAMES)
     if unknown:

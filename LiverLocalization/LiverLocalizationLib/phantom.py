@@ -1377,8 +1377,67 @@ def _lesion_rows(lesion_ids, couinaud, specs, grid, vox_ml):
     return rows
 
 
+PHANTOM_GENERATOR = "LiverLocalizationLib.phantom"
+PHANTOM_FILES = ("ct.nii.gz", "truth_tissue.nii.gz", "truth_couinaud.nii.gz", "truth_lesions.nii.gz",
+                 "landmarks.mrk.json", "truth.json")
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _phantom_truth(folder: Path) -> dict | None:
+    """The folder's truth.json when `write_phantom` wrote it (it names the generator), else None."""
+    try:
+        doc = json.loads((folder / "truth.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) and doc.get("generator") == PHANTOM_GENERATOR else None
+
+
+def files_not_written_by_phantom(folder) -> list[str]:
+    """Names of the files `write_phantom` would replace in `folder` that it did not write itself.
+
+    A file is the phantom's own when the folder's truth.json, written by `write_phantom`, records its SHA-256
+    (truth.json itself when it names the generator): a user's ct.nii.gz, or a phantom file edited since, is
+    never replaced. Files of other names are never touched."""
+    folder = Path(folder)
+    present = [name for name in PHANTOM_FILES if (folder / name).exists()]
+    if not present:
+        return []
+    truth = _phantom_truth(folder)
+    recorded = truth.get("files", {}) if truth is not None else {}
+    recorded = recorded if isinstance(recorded, dict) else {}
+    return [name for name in present if not (
+        (name == "truth.json" and truth is not None)
+        or ((folder / name).is_file() and recorded.get(name) == _sha256(folder / name)))]
+
+
+def phantom_folder_problem(folder) -> str | None:
+    """Why `folder` cannot be scored against as a phantom's ground truth (None when it can): it must hold the
+    truth.json, truth_couinaud.nii.gz and truth_lesions.nii.gz that `write_phantom` writes."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return f"{folder} is not a folder" if folder.exists() else f"{folder}: no such folder"
+    missing = [n for n in ("truth.json", "truth_couinaud.nii.gz", "truth_lesions.nii.gz") if not (folder / n).is_file()]
+    if missing:
+        return f"{folder} is not a phantom folder (no {', '.join(missing)})"
+    if _phantom_truth(folder) is None:
+        return f"{folder}/truth.json was not written by `liverloc phantom` (no generator {PHANTOM_GENERATOR!r})"
+    return None
+
+
 def write_phantom(phantom: Phantom, out_dir) -> dict[str, Path]:
-    """Write a phantom to a folder: ct.nii.gz (int16 HU), truth_*.nii.gz, truth.json, landmarks.mrk.json (LPS)."""
+    """Write a phantom to a folder: ct.nii.gz (int16 HU), truth_*.nii.gz, truth.json, landmarks.mrk.json (LPS).
+
+    truth.json, written last, records the SHA-256 of every other file, so that a later `liverloc phantom` into
+    the folder can tell its own files from a user's (`files_not_written_by_phantom`)."""
     from . import io
 
     out = Path(out_dir)
@@ -1393,7 +1452,7 @@ def write_phantom(phantom: Phantom, out_dir) -> dict[str, Path]:
     cou = sitk.GetArrayViewFromImage(phantom.truth_couinaud)
     counts = np.bincount(cou.ravel(), minlength=9)[1:9].astype(float)
     doc = {
-        "generator": "LiverLocalizationLib.phantom",
+        "generator": PHANTOM_GENERATOR,
         "seed": phantom.seed, "size": phantom.size,
         "spacing": list(phantom.ct.GetSpacing()), "size_voxels": list(phantom.ct.GetSize()),
         "origin": list(phantom.ct.GetOrigin()), "direction": list(phantom.ct.GetDirection()),
@@ -1406,6 +1465,7 @@ def write_phantom(phantom: Phantom, out_dir) -> dict[str, Path]:
                           str(labels.TRUTH_LESION): "lesion", str(labels.TRUTH_HEPATIC_VEIN): "hepatic vein",
                           str(labels.TRUTH_PORTAL_VEIN): "portal vein", str(labels.TRUTH_IVC): "inferior vena cava"},
         "oblique": phantom.info.get("oblique", False), "flip": phantom.info.get("flip", False),
+        "files": {p.name: _sha256(p) for p in paths.values()},
     }
     paths["truth"] = out / "truth.json"
     paths["truth"].write_text(json.dumps(doc, indent=2))

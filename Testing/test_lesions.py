@@ -231,3 +231,16 @@ def test_measure_lesions_gives_the_maximum_axial_and_equivalent_diameters():
     assert row["axial_diameter_mm"] == pytest.approx(21.0, abs=1.0)  # the longest in one z slice
     assert row["equivalent_diameter_mm"] == pytest.approx((30 * 20 * 10) ** (1 / 3), abs=1.0)
     assert row["mean_hu"] == pytest.approx(50.0)
+
+
+def test_a_click_inside_a_lesion_larger_than_the_largest_box_segments_it_whole():
+    """An 80 mm tumour: the extent read round the click's seed ends inside it, so the lesion found is read again
+    from itself until it stops growing."""
+    values, liver, coords = _block(14, shape=(80, 130, 130))
+    centre = (60.0, 65.0, 65.0)
+    ball = _ball(coords, centre, 40.0)
+    hu = _blurred(values, ball, 30.0)
+    point = tuple(c / s for c, s in zip(centre, SPACING))
+    clicked = lesions.lesion_at_point(hu, liver, SPACING, point)
+    assert clicked is not None
+    assert metrics.dice(clicked, ball & liver) > 0.9

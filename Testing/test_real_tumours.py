@@ -45,13 +45,13 @@ def test_with_its_liver_mask_every_tumour_is_found_with_few_false_ones(case):
 
 
 def test_one_click_inside_each_tumour_segments_it(case):
-    """Detection off, one click at each tumour's deepest voxel: every tumour gets its lesion (target: median
-    per-tumour Dice 0.80; measured 0.77)."""
+    """Detection off, one click at each tumour's deepest voxel: every tumour gets its lesion, the largest (155 ml,
+    lobulated) too (target: median per-tumour Dice 0.80; measured 0.79, lowest 0.62)."""
     evaluation, ct, liver, tumours, landmarks, big = case
     r = evaluation.run_clicks(ct, liver, tumours, landmarks, big, float(np.prod(ct.GetSpacing())))
     assert r["segmented"] == len(big) and r["from_clicks"] == len(big)
-    assert r["median_dice"] >= 0.75
-    assert r["min_dice"] >= 0.3
+    assert r["median_dice"] >= 0.77
+    assert r["min_dice"] >= 0.5
 
 
 def test_end_to_end_the_extracted_liver_keeps_most_tumour_voxels(case):

@@ -720,16 +720,57 @@ def _closed_beyond_faces(mask: np.ndarray, box, shape, radius_mm: float, spacing
     return closed[tuple(slice(lo, closed.shape[a] - hi) for a, (lo, hi) in enumerate(pads))]
 
 
+def _cut_by_context(lesion: np.ndarray, seed: np.ndarray, radius_mm: float, spacing_zyx, p: LesionParameters) -> bool:
+    """Whether more than `CLICK_CUT_SHARE` of a lesion's surface lies at the edge of the context that
+    `_grow_seed` reads round its seed (`lesion_extent`'s ring start plus `p.context_mm`): the lesion goes on beyond
+    what its extent was read from."""
+    sp = np.asarray(spacing_zyx, float)
+    if not lesion.any():
+        return False
+    r_seed = equivalent_radius_mm(int(seed.sum()), float(np.prod(sp)))
+    edge_mm = max(3.0, 0.8 * radius_mm + 2.0 - r_seed) + p.context_mm
+    surface = lesion & ~ndimage.binary_erosion(lesion, structure=ndimage.generate_binary_structure(3, 1))
+    near_edge = geometry.distance_to_mm(seed, sp, edge_mm + 1.0) >= edge_mm - 1.5 * float(sp.max())
+    return float((surface & near_edge).sum()) > CLICK_CUT_SHARE * float(surface.sum())
+
+
+def _border_inside_lesion(lesion: np.ndarray, values: np.ndarray, ref: Reference, spacing_zyx) -> bool:
+    """Whether a lesion's border lies inside a larger dark region: the lesion's median is a parenchyma sd or more
+    below the parenchyma's level (`ref.level_hu`, `ref.sd_hu`; nearer, the two levels are not told apart), and
+    the usable voxels 2-5 mm outside it are nearer that median than the parenchyma's level. `lesion_extent` reads
+    the parenchyma from a ring round its seed; a seed much smaller than its lesion puts that ring inside the
+    lesion, and the border then falls inside it too."""
+    if not lesion.any():
+        return False
+    d = geometry.distance_to_mm(lesion, spacing_zyx, 5.0)
+    band = ref.usable & (d > 2.0) & (d <= 5.0)
+    if band.sum() < 20:
+        return False
+    level = float(np.median(values[lesion]))
+    if ref.level_hu - level < ref.sd_hu:
+        return False
+    return float(np.median(values[band])) < 0.5 * (level + ref.level_hu)
+
+
+CLICK_CUT_SHARE = 0.1  # share of a clicked lesion's surface at the edge of its context that makes it grow on
+CLICK_ROUNDS = 6  # a clicked lesion's extent is re-read from the lesion found up to this many times
+CLICK_GROWTH = 1.1  # ... while it grows by more than this factor
+CLICK_REACH_FACTOR = 2.5  # and reaches at most this many times the largest box radius from the click
+
+
 def lesion_at_point(values: np.ndarray, liver: np.ndarray, spacing_zyx, point_zyx, p: LesionParameters | None = None,
                     taken: np.ndarray | None = None, scales: list[ScaleStatistics] | None = None) -> np.ndarray | None:
     """The lesion round a voxel that the user marked as inside a tumour, with the extent model of `detect_lesions`.
 
     The lesion's size is the radius at which the box centred on the point is darker than its ring by the most
     null sds (`scales`: the null statistics of the liver's detection; computed when not given); the seed is the
-    usable voxels within 0.4 of that radius of the point, the lesion kept within 1.5 times it. Nothing is
-    required to be significant: the click says a lesion is there, so a faint one is smoothed up to half its
-    scale before its extent is found. values: HU [z, y, x]; liver: bool; point_zyx: voxel index; taken: voxels of lesions
-    already found (left out). Returns a bool mask of the input's shape, or None when the point lies outside the
+    usable voxels within 0.4 of that radius of the point, the lesion kept within 1.5 times it. A lesion larger
+    than that reading allows (its surface at the edge of the context its extent was read from, or its border
+    inside a larger dark region: `_cut_by_context`, `_border_inside_lesion`) is read again from itself as the
+    seed, up to `CLICK_ROUNDS` times and `CLICK_REACH_FACTOR` times the largest box radius from the click, while
+    it grows by more than `CLICK_GROWTH`. Nothing is required to be significant: the click says a lesion is
+    there, so a faint one is smoothed up to half its scale before its extent is found. values: HU [z, y, x];
+    liver: bool; point_zyx: voxel index; taken: voxels of lesions already found (left out). Returns a bool mask of the input's shape, or None when the point lies outside the
     liver or is not darker than the liver round it at any size (by `click_min_z` null sds: a dip of noise is no
     lesion).
     """
@@ -767,11 +808,25 @@ def lesion_at_point(values: np.ndarray, liver: np.ndarray, spacing_zyx, point_zy
     mask = np.zeros(liver.shape, bool)
     # the click asserts a lesion, however faint: its values may be smoothed up to half its scale
     clicked = replace(p, smooth_fraction=max(p.smooth_fraction, 0.5), smooth_max_mm=max(p.smooth_max_mm, 6.0))
-    pieces = _grow_seed(tuple(slice(0, n) for n in seed.shape), seed, values[box], liver[box], ref_box, taken[box],
-                        support, best, sp, clicked, _null_sd_at(scales))
-    for piece in pieces:
-        if piece[local] or (piece & (dist <= 0.4 * best)).any():
-            mask[box] |= piece
+    whole = tuple(slice(0, n) for n in seed.shape)
+    lesion = np.zeros(seed.shape, bool)
+    for _ in range(CLICK_ROUNDS):
+        pieces = _grow_seed(whole, seed, values[box], liver[box], ref_box, taken[box], support, best, sp, clicked,
+                            _null_sd_at(scales))
+        grown = np.zeros(seed.shape, bool)
+        for piece in pieces:
+            if piece[local] or (piece & (dist <= 0.4 * best)).any():
+                grown |= piece
+        cut_short = _cut_by_context(grown, seed, best, sp, p) or _border_inside_lesion(grown, values[box], ref_box, sp)
+        if grown.sum() <= CLICK_GROWTH * max(1, lesion.sum()) or not cut_short:
+            lesion = grown if grown.sum() > lesion.sum() else lesion
+            break
+        # the extent is read against the parenchyma round its seed: a seed much smaller than its lesion puts that
+        # ring inside the lesion, so the lesion found is the next round's seed
+        lesion = grown
+        seed = lesion & ref_box.usable
+        support = dist <= CLICK_REACH_FACTOR * max(p.radii_mm)
+    mask[box] = lesion
     return mask if mask.any() else None
 
 

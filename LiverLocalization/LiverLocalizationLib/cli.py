@@ -2,7 +2,8 @@
 
 Errors in the user's input are printed as one clear line (no traceback) with exit status 2: option values at
 parse time (finite numbers in range), paths before any work (inputs exist, --out is a writable folder holding
-no input, `phantom --out` replaces only the phantom's own files, --truth is a phantom folder).
+no input, `phantom --out` replaces only the phantom's own files, --truth is a phantom folder). `run` and
+`evaluate-classifier` write their results whole or not at all, with a manifest and a lock (see outputs.py).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from . import __version__
+from . import __version__, outputs
 from .errors import InputError
 
 DESCRIPTION = """\
@@ -96,6 +97,36 @@ def input_in_out_problem(out: Path, inputs: dict[str, Path | None]) -> str | Non
             return (f"{option} {path} lies in the --out folder {out}: results written there could replace it. "
                     "Choose another --out folder")
     return None
+
+
+def options_record(args) -> dict:
+    """The command's options as run.json records them: every parsed option, paths as text."""
+    skip = {"func", "command", "quiet"}
+    return {key: str(value) if isinstance(value, Path) else value
+            for key, value in sorted(vars(args).items()) if key not in skip}
+
+
+def weights_used(weights: Path | None) -> Path | None:
+    """The classifier weights a command reads: those given, else the shipped model (recorded in run.json as an
+    input like any other, so that a result names the model it came from)."""
+    from .classifier import DEFAULT_WEIGHTS
+
+    return weights if weights is not None else (DEFAULT_WEIGHTS if DEFAULT_WEIGHTS.is_file() else None)
+
+
+def _add_out(p, what: str) -> None:
+    """--out and --overwrite of the commands whose results are written whole (run, evaluate-classifier)."""
+    p.add_argument("--out", required=True, type=Path,
+                   help=f"output folder ({what}). Results are written into a hidden folder beside it and moved into "
+                        "place only when complete, with run.json: the inputs with their SHA-256, the options, the "
+                        "version, the dates and every file written with its size and SHA-256; a failed or "
+                        "interrupted command leaves --out as it was. A folder holding an earlier command's results "
+                        "is refused unless --overwrite; one holding files liverloc did not write is never replaced. "
+                        "One command at a time per folder (lock file .NAME.lock beside it). Checked before any "
+                        "work: it must be a folder you can write to and hold none of the inputs")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the results of an earlier liverloc command in --out as a whole (none of its files "
+                        "remain); only once the new set is complete")
 
 
 def _check_paths(out: Path, inputs: dict[str, Path | None]) -> None:
@@ -184,9 +215,7 @@ def _add_run(sub) -> None:
     p.add_argument("--liver-label", type=bounded(float), default=None,
                    help="with a multi-label --liver-mask: the liver's label (5 in TotalSegmentator's multi-label "
                         "output); without it the mask must hold one nonzero value")
-    p.add_argument("--out", required=True, type=Path,
-                   help="output folder (created; existing result files are replaced). Checked before any work: it "
-                        "must be a folder you can write to and hold none of the inputs")
+    _add_out(p, "created when missing")
     p.add_argument("--denoise", choices=("median", "curvature", "bilateral", "none"), default=defaults.denoise_method,
                    help=f"denoising method (default {defaults.denoise_method})")
     p.add_argument("--denoise-whole-volume", action="store_true",
@@ -222,17 +251,32 @@ def _add_run(sub) -> None:
 
 
 def _cmd_run(args) -> int:
-    from . import geometry, io, pipeline
     from .phantom import phantom_folder_problem
 
-    _check_paths(args.out, {"CT": args.ct, "--landmarks": args.landmarks, "--liver-mask": args.liver_mask,
-                            "--lesion-seeds": args.lesion_seeds, "--weights": args.weights, "--truth": args.truth})
+    inputs = {"CT": args.ct, "--landmarks": args.landmarks, "--liver-mask": args.liver_mask,
+              "--lesion-seeds": args.lesion_seeds, "--weights": args.weights, "--truth": args.truth}
+    _check_paths(args.out, inputs)
     truth_problem = phantom_folder_problem(args.truth) if args.truth else None
     if truth_problem:
         raise InputError(f"--truth: {truth_problem}. Give the folder written by liverloc phantom for this CT, or "
                          "leave --truth out.")
     if args.liver_label is not None and args.liver_mask is None:
         raise InputError("--liver-label names a label of --liver-mask: give the mask too.")
+    read = {**inputs, "--weights": None if args.no_classify else weights_used(args.weights)}
+    with outputs.atomic_results(args.out, "liverloc run", read, options_record(args), args.overwrite) as results:
+        lines = _run_into(args, results.folder)
+    print("\n".join(lines))
+    print(f"Outputs in {results.target}:")
+    for name in sorted([*results.files, outputs.MANIFEST]):
+        print(f"  {name}")
+    return 0
+
+
+def _run_into(args, folder: Path) -> list[str]:
+    """Read the inputs, run the pipeline and write its results (and --truth's scores) into `folder`; returns the
+    summary lines, printed once the results are in place."""
+    from . import geometry, io, pipeline
+
     options = pipeline.PipelineOptions(
         denoise_method=args.denoise, median_radius_mm=args.median_radius_mm, n_classes=args.classes,
         min_lesion_volume_mm3=args.min_lesion_mm3, lesion_false_alarms=args.lesion_false_alarms,
@@ -251,16 +295,13 @@ def _cmd_run(args) -> int:
                                        f"The phantom's truth in {args.truth}")
     with progress_bar("liverloc run", not args.quiet) as progress:
         result = pipeline.run_pipeline(ct, landmarks, liver_mask, options, progress=progress)
-        paths = pipeline.write_outputs(result, args.out, figures=not args.no_figures, progress=progress)
-    print(pipeline.summary_text(result))
+        pipeline.write_outputs(result, folder, figures=not args.no_figures, progress=progress)
+    lines = [pipeline.summary_text(result)]
     if args.truth:
         scores = pipeline.score_against_phantom(result, args.truth)
-        paths["evaluation"] = pipeline.write_json(scores, Path(args.out) / "evaluation.json")
-        print(pipeline.scores_text(scores))
-    print(f"Outputs in {Path(args.out).resolve()}:")
-    for name in sorted(p.name for p in paths.values()):
-        print(f"  {name}")
-    return 0
+        pipeline.write_json(scores, folder / "evaluation.json")
+        lines.append(pipeline.scores_text(scores))
+    return lines
 
 
 def _add_train(sub) -> None:
@@ -300,7 +341,7 @@ def _add_evaluate(sub) -> None:
                        description="Confusion matrix, accuracy, sensitivity, specificity, precision, F1 and ROC AUC with "
                                    "95 % bootstrap confidence intervals (resampled by case), per kind and malignant vs benign.")
     p.add_argument("--weights", type=Path, default=None, help="weights (.safetensors); default: the shipped model")
-    p.add_argument("--out", required=True, type=Path, help="output folder (evaluation.json, confusion_matrix.png)")
+    _add_out(p, "evaluation.json, confusion_matrix.png")
     p.add_argument("--cases", type=bounded(int, 1), default=40, help="number of evaluation cases, >= 1 (default 40)")
     p.add_argument("--first-seed", type=bounded(int, 0), default=None,
                    help="first phantom seed (default: the first seed after the model card's training and test seeds)")
@@ -316,10 +357,12 @@ def _cmd_evaluate(args) -> int:
 
     _check_paths(args.out, {"--weights": args.weights})
     seeds = evaluation_seeds(args.weights, args.cases, args.first_seed)
-    with progress_bar("evaluate", not args.quiet) as progress:
-        report = evaluate(args.weights, seeds, args.out, progress=progress, detector=args.detector)
+    with outputs.atomic_results(args.out, "liverloc evaluate-classifier", {"--weights": weights_used(args.weights)},
+                                options_record(args), args.overwrite) as results:
+        with progress_bar("evaluate", not args.quiet) as progress:
+            report = evaluate(args.weights, seeds, results.folder, progress=progress, detector=args.detector)
     print(report.get("summary", ""))
-    print(f"Evaluation in {Path(args.out).resolve()}")
+    print(f"Evaluation in {results.target}")
     return 0
 
 

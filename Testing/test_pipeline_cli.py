@@ -298,3 +298,19 @@ def test_lesion_seeds_give_the_clicked_lesion_with_detection_off(phantom_case, t
     assert cli.main(["-q", "run", str(folder / "ct.nii.gz"), "--landmarks", str(folder / "landmarks.mrk.json"),
                      "--lesion-seeds", str(bad), "--out", str(tmp_path / "out2")]) != 0
     assert not (tmp_path / "out2").exists() or not any((tmp_path / "out2").iterdir())
+
+
+def test_progress_without_a_terminal_is_one_line_per_stage():
+    """Where stderr is no terminal (make, logs, CI) progress is one plain line per message, no carriage returns."""
+    import io as _io
+
+    from LiverLocalizationLib import cli
+
+    stream = _io.StringIO()
+    update = cli._progress_lines("liverloc run", stream)
+    for fraction, message in ((0.0, "reading"), (0.1, "reading"), (0.5, "lesions"), (1.0, "done")):
+        update(fraction, message)
+    lines = stream.getvalue().splitlines()
+    assert [line.split("%")[0] for line in lines] == ["liverloc run:   0", "liverloc run:  50", "liverloc run: 100"]
+    assert [line.split("% ")[1].split(" (")[0] for line in lines] == ["reading", "lesions", "done"]
+    assert "\r" not in stream.getvalue()

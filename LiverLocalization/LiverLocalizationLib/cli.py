@@ -13,6 +13,7 @@ import contextlib
 import math
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -142,9 +143,13 @@ def _check_paths(out: Path, inputs: dict[str, Path | None]) -> None:
 
 @contextlib.contextmanager
 def progress_bar(description: str, enabled: bool = True) -> Iterator[Callable[[float, str], None]]:
-    """A progress callback (fraction 0..1, message) drawn as a tqdm bar on stderr."""
+    """A progress callback (fraction 0..1, message): a tqdm bar on stderr when it is a terminal; otherwise (make,
+    logs, CI, where a redrawn bar is carriage-return noise) one line each time the message changes."""
     if not enabled:
         yield lambda fraction, message: None
+        return
+    if not sys.stderr.isatty():
+        yield _progress_lines(description, sys.stderr)
         return
     from tqdm import tqdm
 
@@ -158,6 +163,22 @@ def progress_bar(description: str, enabled: bool = True) -> Iterator[Callable[[f
             bar.set_postfix_str(message, refresh=True)
 
         yield update
+
+
+def _progress_lines(description: str, stream) -> Callable[[float, str], None]:
+    """A progress callback writing `description: NN% message (elapsed s)` to `stream` when the message changes."""
+    start = time.perf_counter()
+    last = [None]
+
+    def update(fraction: float, message: str) -> None:
+        if message == last[0]:
+            return
+        last[0] = message
+        percent = round(max(0.0, min(1.0, fraction)) * 100)
+        stream.write(f"{description}: {percent:3d}% {message} ({time.perf_counter() - start:.1f} s)\n")
+        stream.flush()
+
+    return update
 
 
 def _add_phantom(sub) -> None:

@@ -50,8 +50,8 @@ class LiverLocalization(ScriptedLoadableModule):
         self.parent.contributors = ["LiverLocalization contributors"]
         self.parent.helpText = _(
             "Finds liver tumours on a portal-venous CT and tells in which Couinaud segment(s) they lie: "
-            "denoising, EM tissue segmentation (parenchyma, lesions, vessels), Couinaud segments I-VIII from "
-            "vessel landmarks you place, and a CNN lesion classification with a Grad-CAM map. Lesions are found by "
+            "denoising, EM tissue segmentation (parenchyma, lesions, vessels), Couinaud segments I-VIII (or nine, "
+            "with IVa above and IVb below the left portal plane) from vessel landmarks you place, and a CNN lesion classification with a Grad-CAM map. Lesions are found by "
             "their contrast with the liver round them, judged against the liver's own variation at their size; "
             "a point you click inside a lesion the detection missed (Mark lesion) gives that lesion too. "
             f'See the <a href="{README_URL}">documentation and tutorial</a>.')
@@ -99,7 +99,8 @@ class LiverLocalizationParameterNode:
     minLesionVolumeMm3 (mm^3) - smaller lesions are dropped. lesionFalseAlarms - lesion sensitivity: chance detections
     expected in a liver (more finds fainter lesions and more false ones; 0: clicked lesions only).
     couinaudMethod - planes, portal territories, vessel-guided borders (hepatic veins and portal branches) or auto
-    (vessel-guided when the vessel tree is complete, else planes).
+    (vessel-guided when the vessel tree is complete, else planes). couinaudNineSegments - split IV into IVa (above)
+    and IVb (below the left portal plane): segments I, II, III, IVa, IVb, V-VIII instead of I-VIII.
     classify - run the lesion classifier. Outputs: segmentation, lesion table, denoised and Grad-CAM volumes.
     """
 
@@ -113,6 +114,7 @@ class LiverLocalizationParameterNode:
     minLesionVolumeMm3: Annotated[float, WithinRange(0.0, 10000.0)] = 100.0
     lesionFalseAlarms: Annotated[float, WithinRange(0.0, 10.0)] = 0.1
     couinaudMethod: Annotated[str, Choice(["auto", "planes", "territories", "vessels"])] = "auto"
+    couinaudNineSegments: bool = False
     classify: bool = True
     outputSegmentation: vtkMRMLSegmentationNode
     outputTable: vtkMRMLTableNode
@@ -313,7 +315,7 @@ class LiverLocalizationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             denoise_method=p.denoiseMethod, median_radius_mm=float(p.medianRadiusMm),
             n_classes=int(p.nClasses) or None, min_lesion_volume_mm3=float(p.minLesionVolumeMm3),
             lesion_false_alarms=float(p.lesionFalseAlarms),
-            couinaud_method=p.couinaudMethod, classify=bool(p.classify), weights_path=weights or None)
+            couinaud_method=p.couinaudMethod, couinaud_segments=9 if p.couinaudNineSegments else 8, classify=bool(p.classify), weights_path=weights or None)
 
     def onApplyButton(self) -> None:
         """Run the pipeline on the selected nodes, with progress and cancel; results go to the output nodes."""

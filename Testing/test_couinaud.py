@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from LiverLocalizationLib import couinaud, geometry, io
+from LiverLocalizationLib import couinaud, geometry, io, labels, segfile
 from LiverLocalizationLib.errors import InputError
 
 C = np.array([0.0, 30.0, 40.0])  # IVC at the confluence (LPS mm)
@@ -531,3 +531,113 @@ def test_result_reports_what_the_vessel_mask_showed():
     import json
     json.dumps(info)  # goes into report.json as it is
     assert couinaud.map_couinaud(liver, marks, method="planes").vessel_guidance is None
+
+
+# ------------------------------------------------------------------------------ nine segments (IVa / IVb)
+
+NINE = ["I", "II", "III", "IVa", "IVb", "V", "VI", "VII", "VIII"]
+
+
+def _heights(image: sitk.Image, mask: np.ndarray) -> np.ndarray:
+    """Height (mm) above the box's IVC landmark of the voxel centres of a mask (the box has no rotation)."""
+    return geometry.voxel_centers_lps(image, np.argwhere(mask))[:, 2] - C[2]
+
+
+def _left_tree(marks, left_drop_mm: float):
+    """The complete box tree with its left lateral portal branch `left_drop_mm` below the LPV height."""
+    veins, portal = complete_box_tree(marks)
+    lpv = marks["LPV"]
+    h = lpv[2] - marks["IVC"][2] - left_drop_mm
+    low = lpv + [0.0, 0.0, -left_drop_mm]
+    return veins, portal[:-1] + [(lpv, low), (low, _point(marks, 140.0, 70.0, h))]
+
+
+@pytest.mark.parametrize("method", ["planes", "vessels"])
+def test_nine_segments_split_iv_at_the_left_portal_height_and_change_nothing_else(method):
+    """IV of the eight-segment map is exactly IVa ∪ IVb; IVa lies at or above and IVb below the height that splits
+    II from III (the LPV plane; with vessel-guided borders the left lateral branch's height, here 10 mm lower);
+    every other voxel keeps its label; volumes add up."""
+    marks, liver = box_landmarks(), box_liver()
+    vessels = tube_mask(liver, sum(_left_tree(marks, 10.0), []), radius_mm=3.5) if method == "vessels" else None
+    eight = couinaud.map_couinaud(liver, marks, vessels, method=method)
+    nine = couinaud.map_couinaud(liver, marks, vessels, method=method, segments=9)
+    assert nine.method == eight.method == method and nine.segments == 9 and eight.segments == 8
+    a8, a9 = sitk.GetArrayFromImage(eight.labels), sitk.GetArrayFromImage(nine.labels)
+    iv = a8 == 4
+    np.testing.assert_array_equal(a9[~iv], a8[~iv])  # every other segment voxel-identical
+    assert set(np.unique(a9[iv])) == {labels.COUINAUD_IVA, labels.COUINAUD_IVB}  # IV = IVa ∪ IVb, both present
+    split = couinaud.landmark_frame(marks).height["LPV"] - (10.0 if method == "vessels" else 0.0)
+    tol = 3.0 if method == "vessels" else 1e-3  # the vessel-guided height is the median of the branch's voxels
+    h_iva, h_ivb = _heights(liver, a9 == 4), _heights(liver, a9 == 9)
+    assert h_iva.min() >= split - tol and h_ivb.max() < split + tol
+    # the same height as II | III: IVa starts where II starts, IVb ends where III ends
+    assert h_iva.min() == pytest.approx(_heights(liver, a9 == 2).min())
+    assert h_ivb.max() == pytest.approx(_heights(liver, a9 == 3).max())
+    assert list(nine.volumes_ml) == NINE and list(eight.volumes_ml) == NINE[:3] + ["IV"] + NINE[5:]
+    assert nine.volumes_ml["IVa"] + nine.volumes_ml["IVb"] == pytest.approx(eight.volumes_ml["IV"])
+    assert {k: nine.volumes_ml[k] for k in NINE if not k.startswith("IV")} == \
+        {k: eight.volumes_ml[k] for k in NINE if not k.startswith("IV")}
+    assert sum(nine.fractions.values()) == pytest.approx(1.0)
+
+
+def test_eight_segments_stay_the_default():
+    marks, liver = box_landmarks(), box_liver()
+    default = couinaud.map_couinaud(liver, marks, method="planes")
+    eight = couinaud.map_couinaud(liver, marks, method="planes", segments=8)
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(default.labels), sitk.GetArrayViewFromImage(eight.labels))
+    assert default.segments == 8 and int(sitk.GetArrayViewFromImage(default.labels).max()) == 8
+    for offset, expected in KNOWN_POINTS:
+        assert label_at(default.labels, C + offset) == expected
+    assert labels.couinaud_names() == labels.COUINAUD_ROMAN and labels.couinaud_styles() == labels.COUINAUD_STYLES
+
+
+@pytest.mark.parametrize("segments", [7, 10, 0, True, "9"])
+def test_other_segment_counts_are_refused(segments):
+    with pytest.raises(InputError, match="choose 8 .* or 9"):
+        couinaud.map_couinaud(box_liver(), box_landmarks(), method="planes", segments=segments)
+
+
+def test_report_names_iva_and_ivb_for_lesions_in_each():
+    """A 10 mm cube in IV 20 mm above the LPV plane is IVa, one 20 mm below it IVb (IV with eight segments)."""
+    marks, liver = box_landmarks(), box_liver()
+    h_lpv = couinaud.landmark_frame(marks).height["LPV"]
+    les = np.zeros(sitk.GetArrayViewFromImage(liver).shape, np.uint16)
+    for lesion_id, dh in ((1, 20.0), (2, -20.0)):
+        i, j, k = np.round(geometry.lps_to_index(liver, C + [-30.0, -60.0, h_lpv + dh])).astype(int)
+        les[k - 2:k + 3, j - 2:j + 3, i - 2:i + 3] = lesion_id
+    lesion = geometry.copy_geometry(les, liver)
+    nine = couinaud.map_couinaud(liver, marks, method="planes", segments=9)
+    rows = couinaud.localize_lesions(lesion, nine.labels, marks, segments=9)
+    assert [(r["main_segment"], r["segments"]) for r in rows] == [("IVa", ["IVa"]), ("IVb", ["IVb"])]
+    assert list(rows[0]["segment_fractions"]) == NINE and rows[1]["segment_fractions"]["IVb"] == 1.0
+    eight = couinaud.map_couinaud(liver, marks, method="planes")
+    assert [r["main_segment"] for r in couinaud.localize_lesions(lesion, eight.labels, marks)] == ["IV", "IV"]
+    # a nine-segment map read as eight segments would lose IVb: refused
+    with pytest.raises(InputError, match="labels \\[9\\]"):
+        couinaud.localize_lesions(lesion, nine.labels, marks)
+
+
+def test_iva_and_ivb_styles_carry_names_colours_and_terminology():
+    styles = labels.couinaud_styles(9)
+    assert [s.name for s in styles.values()] == [f"Couinaud {n}" for n in NINE]
+    assert list(styles) == [1, 2, 3, 4, 9, 5, 6, 7, 8]
+    iva, ivb = styles[labels.COUINAUD_IVA], styles[labels.COUINAUD_IVB]
+    colours = [s.color for s in styles.values()]
+    assert len(set(colours)) == 9  # IVa and IVb distinct from each other and from every other segment
+    for style, modifier in ((iva, ("264217000", "Superior")), (ivb, ("261089000", "Inferior"))):
+        entry = segfile.parse_terminology_entry(segfile.terminology_entry(style))
+        assert entry["category"] == labels.ANATOMICAL_STRUCTURE
+        assert entry["type"] == labels.Code("SCT", "277958008", "Hepatic segment IV")
+        assert entry["modifier"] == labels.Code("SCT", *modifier)
+    # segments without a modifier still write an empty one
+    assert segfile.parse_terminology_entry(segfile.terminology_entry(labels.COUINAUD_STYLES[4]))["modifier"] is None
+
+
+def test_nine_segment_figure_is_written(tmp_path):
+    from LiverLocalizationLib.figures import couinaud as figures
+
+    liver = box_liver()
+    res = couinaud.map_couinaud(liver, box_landmarks(), method="planes", segments=9)
+    path = figures.plot_couinaud(sitk.Cast(liver, sitk.sitkInt16) * 100, res.labels, box_landmarks(), None,
+                                 tmp_path / "cou9.png")
+    assert path.stat().st_size > 20_000

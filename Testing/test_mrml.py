@@ -553,3 +553,40 @@ def test_lesion_clicks_are_read_with_any_label_and_placed_by_click(slicer_scene)
     np.testing.assert_allclose(points["a (3)"], [-7.0, -8.0, 9.0])
     node.SetNthControlPointPositionWorld(index, 10.0, 11.0, 12.0)
     np.testing.assert_allclose(mrml.markups_to_points(node)["lesion 4"], [-10.0, -11.0, 12.0])
+
+
+def test_rerun_with_nine_segments_replaces_iv_by_iva_and_ivb_with_their_terminology(slicer_scene):
+    """The result's Couinaud segments (`pipeline.result_segments`) written into Slicer: eight, then a rerun with
+    nine puts Couinaud IVa and IVb (IV with the modifier Superior / Inferior) in place of the unedited IV."""
+    from types import SimpleNamespace
+
+    from LiverLocalizationLib import geometry, pipeline
+
+    ct = _oblique_ct()
+    volume = mrml.image_to_volume_node(ct, "CT")
+    shape = tuple(reversed(ct.GetSize()))
+    liver = _ball(shape, (10, 15, 18), 9)
+    z, _, x = np.indices(shape)
+    eight = np.where(liver, np.where(x >= 18, 4, 7), 0).astype(np.uint8)
+    nine = np.where(eight == 4, np.where(z >= 10, 4, 9), eight).astype(np.uint8)
+
+    def result(array, segments):
+        return SimpleNamespace(liver_mask=geometry.copy_geometry(liver.astype(np.uint8), ct), lesions=[],
+                               lesion_labels=geometry.copy_geometry(np.zeros(shape, np.uint16), ct),
+                               vessel_mask=geometry.copy_geometry(np.zeros(shape, np.uint8), ct),
+                               couinaud=geometry.copy_geometry(array, ct), couinaud_segments=segments)
+
+    node = mrml.write_segments(None, volume, pipeline.result_segments(result(eight, 8)))
+    assert "couinaud_IV" in _ids(node) and "couinaud_IVa" not in _ids(node)
+    user_id = node.GetSegmentation().AddEmptySegment("mine", "Mine", [0.0, 1.0, 0.0])
+    node = mrml.write_segments(node, volume, pipeline.result_segments(result(nine, 9)))
+    ids = _ids(node)
+    assert "couinaud_IV" not in ids and ids[-1] == user_id  # the user's segment stays after the generated ones
+    assert [i for i in ids if i.startswith("couinaud_")] == [f"couinaud_{n}" for n in labels.couinaud_names(9).values()]
+    for segment_id, value, modifier in (("couinaud_IVa", 4, "Superior"), ("couinaud_IVb", 9, "Inferior")):
+        segment = node.GetSegmentation().GetSegment(segment_id)
+        assert segment.GetName() == f"Couinaud {segment_id.split('_')[1]}"
+        np.testing.assert_allclose(segment.GetColor(), labels.couinaud_styles(9)[value].color, atol=1e-6)
+        entry = segfile.parse_terminology_entry(mrml.segment_tag(segment, "TerminologyEntry"))
+        assert entry["type"].meaning == "Hepatic segment IV" and entry["modifier"].meaning == modifier
+        np.testing.assert_array_equal(mrml.segment_to_array(node, segment_id, volume), nine == value)

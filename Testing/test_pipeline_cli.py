@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from LiverLocalizationLib import cli, geometry, io, metrics, pipeline, segfile
+from LiverLocalizationLib import cli, geometry, io, labels, metrics, pipeline, segfile
 from LiverLocalizationLib.errors import InputError
 from LiverLocalizationLib.phantom import generate_phantom, write_phantom
 
@@ -76,6 +76,63 @@ def test_segmentation_file_holds_every_structure(cli_run):
     # the first lesion segment holds exactly the voxels of lesion 1
     first = next(s for s in segments if s["name"].startswith("Lesion 1"))
     assert int(first["mask"].sum()) == int((sitk.GetArrayViewFromImage(lesions) == 1).sum())
+
+
+def test_run_with_nine_segments_names_iva_and_ivb_and_changes_nothing_else(phantom_case, cli_run, tmp_path):
+    """`liverloc run --segments 9`: the segmentation holds Couinaud IVa and IVb (with their terminology) in place of
+    IV, couinaud.nii.gz is the eight-segment map with IV split (IVa 4, IVb 9), the report names IVa/IVb, and the
+    phantom's eight-segment truth scores it as the eight-segment run."""
+    _, folder = phantom_case
+    _, out8 = cli_run
+    out = tmp_path / "nine"
+    code = cli.main(["-q", "run", str(folder / "ct.nii.gz"), "--landmarks", str(folder / "landmarks.mrk.json"),
+                     "--segments", "9", "--no-classify", "--no-figures", "--truth", str(folder), "--out", str(out)])
+    assert code == 0
+    _, segments = segfile.read_seg_nrrd(out / "segmentation.seg.nrrd")
+    couinaud_segments = [s for s in segments if s["name"].startswith("Couinaud")]
+    nine = ["I", "II", "III", "IVa", "IVb", "V", "VI", "VII", "VIII"]
+    assert [s["name"] for s in couinaud_segments] == [f"Couinaud {r}" for r in nine]
+    by_name = {s["name"]: s for s in couinaud_segments}
+    for name, modifier in (("Couinaud IVa", "Superior"), ("Couinaud IVb", "Inferior")):
+        assert by_name[name]["terminology"]["type"].value == "277958008"
+        assert by_name[name]["terminology"]["modifier"].meaning == modifier
+        assert by_name[name]["mask"].any()
+    a8 = sitk.GetArrayFromImage(io.read_image(out8 / "couinaud.nii.gz"))
+    a9 = sitk.GetArrayFromImage(io.read_image(out / "couinaud.nii.gz"))
+    np.testing.assert_array_equal(np.where(a9 == 9, 4, a9), a8)
+    assert set(np.unique(a9[a8 == 4])) == {4, 9}
+    np.testing.assert_array_equal(by_name["Couinaud IVb"]["mask"], a9 == 9)
+    report = json.loads((out / "report.json").read_text())
+    assert report["couinaud_segments"] == 9 and report["options"]["couinaud_segments"] == 9
+    assert list(report["couinaud_volumes_ml"]) == nine
+    report8 = json.loads((out8 / "report.json").read_text())
+    assert report8["couinaud_segments"] == 8 and "IV" in report8["couinaud_volumes_ml"]
+    assert report["couinaud_volumes_ml"]["IVa"] + report["couinaud_volumes_ml"]["IVb"] == \
+        pytest.approx(report8["couinaud_volumes_ml"]["IV"], abs=1e-3)
+    rows8 = {row["id"]: row for row in report8["lesions"]}
+    for row in report["lesions"]:
+        assert list(row["segment_fractions"]) == nine and row["main_segment"] in nine
+        assert labels.eight_segment_name(row["main_segment"]) == rows8[row["id"]]["main_segment"]
+    scores, scores8 = (json.loads((o / "evaluation.json").read_text()) for o in (out, out8))
+    assert scores["couinaud_mean_dice"] == pytest.approx(scores8["couinaud_mean_dice"])
+    assert scores["main_segment_correct"] == scores8["main_segment_correct"]
+
+
+def test_segment_counts_other_than_8_or_9_are_refused_at_parse_time(phantom_case, tmp_path, capsys):
+    _, folder = phantom_case
+    out = tmp_path / "never"
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["-q", "run", str(folder / "ct.nii.gz"), "--landmarks", str(folder / "landmarks.mrk.json"),
+                  "--segments", "7", "--out", str(out)])
+    assert exit_info.value.code == 2
+    assert "--segments: invalid choice: 7 (choose from 8, 9)" in capsys.readouterr().err
+    assert not out.exists()
+    with pytest.raises(InputError, match="7 Couinaud segments: choose 8"):
+        pipeline.PipelineOptions(couinaud_segments=7).validate()
+    assert cli.build_parser().parse_args(["run", "ct.nii.gz", "--out", "x"]).segments == 8  # the default
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--help"])
+    assert "--segments {8,9}" in capsys.readouterr().out
 
 
 def test_run_pipeline_in_memory_keeps_inputs_and_oblique_geometry():

@@ -24,7 +24,8 @@ DESCRIPTION = """\
 LiverLocalization: find liver tumours on CT and tell in which Couinaud segment(s) they lie.
 
 Stages of `liverloc run`: denoising (median or edge-preserving), EM tissue segmentation
-(liver parenchyma, lesions, vessels), Couinaud segments I-VIII from vessel landmarks, CNN
+(liver parenchyma, lesions, vessels), Couinaud segments I-VIII (or nine, with IVa/IVb) from
+vessel landmarks, CNN
 classification of each lesion with Grad-CAM. Results keep the CT's geometry exactly.
 """
 
@@ -34,6 +35,7 @@ examples:
   liverloc run case/ct.nii.gz --landmarks case/landmarks.mrk.json --out result
   liverloc run ct_dicom_folder/ --landmarks clicks.mrk.json --liver-mask liver.nii.gz --out result
   liverloc run ct.nii.gz --landmarks clicks.mrk.json --liver-mask total.nii.gz --liver-label 5 --out result
+  liverloc run ct.nii.gz --landmarks clicks.mrk.json --segments 9 --out result
   liverloc train --out model --cases 150 --epochs 40 --seed 0
   liverloc evaluate-classifier --weights model/lesion_classifier.safetensors --out evaluation
 """
@@ -222,6 +224,7 @@ def _cmd_phantom(args) -> int:
 
 
 def _add_run(sub) -> None:
+    from .labels import SEGMENT_COUNTS
     from .pipeline import COUINAUD_METHODS, PipelineOptions
 
     defaults = PipelineOptions()
@@ -262,6 +265,11 @@ def _add_run(sub) -> None:
                         "borders); vessels (sector borders bent along the segmented hepatic veins, superior/inferior "
                         "heights from the portal branches); auto (default: vessels when the vessel mask shows all "
                         "three hepatic veins and the portal branches of every sector, else planes)")
+    p.add_argument("--segments", type=int, choices=SEGMENT_COUNTS, default=defaults.couinaud_segments,
+                   help="Couinaud segments: 8 (I-VIII, default) or 9 (I, II, III, IVa, IVb, V-VIII, as hepatic "
+                        "surgery plans them: IV split at the left portal plane, the height that splits II from III, "
+                        "into IVa above and IVb below; couinaud.nii.gz then holds IVa as 4 and IVb as 9, and the report and the "
+                        "segmentation name IVa/IVb)")
     p.add_argument("--no-classify", action="store_true", help="skip the CNN lesion classification")
     p.add_argument("--weights", type=Path, default=None, help="classifier weights (.safetensors); default: the shipped model")
     p.add_argument("--truth", type=Path, default=None,
@@ -301,7 +309,7 @@ def _run_into(args, folder: Path) -> list[str]:
     options = pipeline.PipelineOptions(
         denoise_method=args.denoise, median_radius_mm=args.median_radius_mm, n_classes=args.classes,
         min_lesion_volume_mm3=args.min_lesion_mm3, lesion_false_alarms=args.lesion_false_alarms,
-        couinaud_method=args.couinaud_method,
+        couinaud_method=args.couinaud_method, couinaud_segments=args.segments,
         lesion_points=io.read_lesion_points(args.lesion_seeds) if args.lesion_seeds else None,
         classify=not args.no_classify, weights_path=str(args.weights) if args.weights else None,
         denoise_whole_volume=args.denoise_whole_volume,

@@ -1,4 +1,4 @@
-"""Couinaud segments I–VIII from vessel landmarks (planes, portal territories).
+"""Couinaud segments I–VIII (or nine, IV split into IVa/IVb) from vessel landmarks (planes, portal territories).
 
 Everything is computed in physical LPS millimetres, from the voxel centres of the liver mask
 (``geometry``), so the result does not depend on the image's spacing, orientation or storage order.
@@ -19,7 +19,10 @@ Geometry (domain.md §1, docs/couinaud_geometry.md):
   portion; falciform ligament), blended linearly in height between the two landmarks.
 * **Portal planes.** Horizontal (perpendicular to the IVC axis) per side: through ``RPV`` for the right
   liver (VII/VIII above, VI/V below) and through ``LPV`` for the left lateral section (II above, III
-  below), as the reference annotations (3D-IRCADb / GLC-UNet) draw them. IVa/IVb are not split (label 4).
+  below), as the reference annotations (3D-IRCADb / GLC-UNet) draw them. IVa/IVb are not split (label 4) unless
+  nine segments are asked for (``segments=9``): then IV is split at the left side's superior/inferior height (the LPV
+  plane, or the left lateral sector's portal height with vessel-guided borders; `split_heights`) into IVa above
+  (label 4) and IVb below (label 9, `labels.COUINAUD_IVB`), after whichever method labelled IV (`split_segment_iv`).
 * **Segment I.** The dorsal region between the IVC axis and the portal bifurcation ``B`` (mid-point of
   RPV and LPV): an elliptic cylinder in the horizontal plane centred on the line from the axis to B,
   spanning ``CAUDATE_ALONG`` × D along it and ``CAUDATE_ACROSS`` × D across it (D = horizontal distance
@@ -63,12 +66,15 @@ SEGMENT_MIN_FRACTION = 0.05  # lesion share of a segment for it to be listed in 
 class CouinaudResult:
     """Couinaud label map and its summary.
 
-    labels: uint8 0 outside the liver, 1..8 = segments I..VIII, the liver mask's geometry.
+    labels: uint8 0 outside the liver, 1..8 = segments I..VIII, the liver mask's geometry; with nine segments 4 is
+        IVa and 9 is IVb (`labels.couinaud_names`).
     method: 'planes', 'territories' or 'vessels' (what was actually used).
     warnings: messages for the user (missing optional landmarks, what the result falls back to).
     missing_landmarks: optional landmarks that were absent.
-    volumes_ml: segment name "I".."VIII" → volume in ml; fractions: → share of the labelled liver.
+    volumes_ml: segment name "I".."VIII" (with "IVa", "IVb" for nine) → volume in ml; fractions: → share of the
+        labelled liver.
     vessel_guidance: what the vessel mask showed, when it was traced (see `VesselGuidance.summary`), else None.
+    segments: 8 or 9, the segments of `labels`.
     """
 
     labels: sitk.Image
@@ -78,6 +84,7 @@ class CouinaudResult:
     volumes_ml: dict[str, float] = field(default_factory=dict)
     fractions: dict[str, float] = field(default_factory=dict)
     vessel_guidance: dict | None = None
+    segments: int = 8
 
 
 @dataclass
@@ -294,6 +301,30 @@ def _caudate_axes(frame: LandmarkFrame):
     return f, g, dist_b, float(h_bottom)
 
 
+def superior_inferior_heights(frame: LandmarkFrame, split_heights: dict[str, float] | None = None) -> dict[str, float]:
+    """Height (mm along the axis from IVC) of the superior/inferior border of each sector: 'right_posterior'
+    (VII | VI), 'right_anterior' (VIII | V), 'left_lateral' (II | III, and IVa | IVb for nine segments); the
+    landmark's height (RPV for the right sectors, LPV for the left) unless `split_heights` gives one."""
+    hh = frame.height
+    split = {"right_posterior": hh["RPV"], "right_anterior": hh["RPV"], "left_lateral": hh["LPV"]}
+    split.update(split_heights or {})
+    return split
+
+
+def split_segment_iv(values: np.ndarray, points_lps: np.ndarray, frame: LandmarkFrame,
+                     split_heights: dict[str, float] | None = None) -> np.ndarray:
+    """Nine-segment labels from eight-segment ones: the points of IV (label 4) below the left side's superior/inferior
+    height (`superior_inferior_heights`' 'left_lateral': the LPV plane, the same that splits II from III) become IVb
+    (label 9); those at or above it stay 4 (IVa). Every other label is unchanged. Returns a new array."""
+    out = np.array(values, dtype=np.uint8, copy=True)
+    iv = np.flatnonzero(out == labels.COUINAUD_IVA)
+    if iv.size:
+        h, _, _ = cylindrical_coordinates(np.asarray(points_lps, dtype=np.float32)[iv], frame)
+        height = np.float32(superior_inferior_heights(frame, split_heights)["left_lateral"])
+        out[iv[h < height]] = labels.COUINAUD_IVB
+    return out
+
+
 def plane_labels(points_lps: np.ndarray, frame: LandmarkFrame, border_shift=None,
                  split_heights: dict[str, float] | None = None) -> np.ndarray:
     """Couinaud label (uint8 1..8) of each point (n, 3) in LPS mm by the landmark planes (module docstring).
@@ -332,8 +363,7 @@ def plane_labels(points_lps: np.ndarray, frame: LandmarkFrame, border_shift=None
         x, y = project(frame.e1), project(frame.e2)
         d_r, d_m, d_l = border_shift(h, np.hypot(x, y))
         right_border, mid_border, left_border = right_border + d_r, mid_border + d_m, left_border + d_l
-    split = {"right_posterior": hh["RPV"], "right_anterior": hh["RPV"], "left_lateral": hh["LPV"]}
-    split.update(split_heights or {})
+    split = superior_inferior_heights(frame, split_heights)
     out = np.where(h >= np.float32(split["left_lateral"]), np.uint8(2), np.uint8(3))
     out[phi < left_border] = 4
     ant = phi < mid_border
@@ -348,17 +378,19 @@ def plane_labels(points_lps: np.ndarray, frame: LandmarkFrame, border_shift=None
     return out
 
 
-def _summary(values: np.ndarray, voxel_ml: float) -> tuple[dict[str, float], dict[str, float]]:
-    counts = np.bincount(values, minlength=9)[1:9].astype(float)
-    total = max(counts.sum(), 1.0)
-    volumes = {labels.COUINAUD_ROMAN[k]: float(counts[k - 1] * voxel_ml) for k in labels.COUINAUD_LABELS}
-    fractions = {labels.COUINAUD_ROMAN[k]: float(counts[k - 1] / total) for k in labels.COUINAUD_LABELS}
+def _summary(values: np.ndarray, voxel_ml: float, segments: int = 8) -> tuple[dict[str, float], dict[str, float]]:
+    names = labels.couinaud_names(segments)
+    counts = np.bincount(values, minlength=max(names) + 1).astype(float)
+    total = max(float(sum(counts[k] for k in names)), 1.0)
+    volumes = {name: float(counts[k] * voxel_ml) for k, name in names.items()}
+    fractions = {name: float(counts[k] / total) for k, name in names.items()}
     return volumes, fractions
 
 
 def map_couinaud(liver_mask: sitk.Image, landmarks: dict[str, np.ndarray], vessel_mask: sitk.Image | None = None,
-                 method: str = "auto", progress: Progress | None = None, axis: str = "patient") -> CouinaudResult:
-    """Label every voxel of the liver mask (lesions and vessels inside it included) with Couinaud 1..8.
+                 method: str = "auto", progress: Progress | None = None, axis: str = "patient",
+                 segments: int = 8) -> CouinaudResult:
+    """Label every voxel of the liver mask (lesions and vessels inside it included) with Couinaud 1..8 (or 1..9).
 
     Args:
         liver_mask: liver (nonzero) on any grid; the result has exactly its geometry.
@@ -374,7 +406,10 @@ def map_couinaud(liver_mask: sitk.Image, landmarks: dict[str, np.ndarray], vesse
         progress: callback(fraction 0..1, message).
         axis: 'patient' (default: vertical = the patient's S–I axis through IVC) or 'ivc' (the line
             IVC_inferior → IVC; follows a tilted anatomy, but 5 mm of click error tilts it by about 5°).
+        segments: 8 (I–VIII) or 9: IV split into IVa (label 4) above and IVb (label 9) below the left side's
+            superior/inferior height (`split_segment_iv`); every other voxel keeps its eight-segment label.
     """
+    segments = labels.check_segment_count(segments)
     if axis not in AXES:
         raise InputError(f"Unknown axis {axis!r}; choose one of {', '.join(AXES)}.")
     if method not in METHODS:
@@ -396,6 +431,7 @@ def map_couinaud(liver_mask: sitk.Image, landmarks: dict[str, np.ndarray], vesse
     values = plane_labels(pts, frame)
     used = "planes"
     guidance = None
+    split_heights = None  # the superior/inferior heights the labels used (None: the landmarks')
     if method in ("auto", "vessels") and vessel_mask is not None:
         if progress is not None:
             progress(0.5, "Couinaud: tracing hepatic and portal veins")
@@ -417,20 +453,22 @@ def map_couinaud(liver_mask: sitk.Image, landmarks: dict[str, np.ndarray], vesse
             progress(0.7, "Couinaud: vessel-guided borders")
         guided, _guidance, note = vessel_guided_labels(liver_mask, pts, vessel_mask, frame, landmarks, guidance)
         if guided is not None:
-            values, used = guided, "vessels"
+            values, used, split_heights = guided, "vessels", guidance.split_heights
         if note:
             warnings.append(note)
+    if segments == 9:
+        values = split_segment_iv(values, pts, frame, split_heights)
     out = np.zeros(sitk.GetArrayViewFromImage(liver_mask).shape, dtype=np.uint8)
     out[zyx] = values
     image = geometry.copy_geometry(out, liver_mask)
-    volumes, fractions = _summary(values, geometry.voxel_volume_ml(liver_mask))
+    volumes, fractions = _summary(values, geometry.voxel_volume_ml(liver_mask), segments)
     for name, frac in fractions.items():
         if frac < 0.005:
             warnings.append(f"Couinaud segment {name} holds only {100 * frac:.1f} % of the liver: check the landmarks.")
     if progress is not None:
         progress(1.0, "Couinaud: done")
     return CouinaudResult(image, used, warnings, missing, volumes, fractions,
-                          guidance.summary(frame) if guidance is not None else None)
+                          guidance.summary(frame) if guidance is not None else None, segments)
 
 
 def choose_method(method: str, guidance: VesselGuidance | None = None) -> str:
@@ -583,17 +621,19 @@ def portal_territories(liver_mask: sitk.Image, liver_pts: np.ndarray, plane_valu
 # ------------------------------------------------------------------------------------ localization
 
 def localize_lesions(lesion_labels: sitk.Image, couinaud_labels: sitk.Image,
-                     landmarks: dict[str, np.ndarray]) -> list[dict]:
+                     landmarks: dict[str, np.ndarray], segments: int = 8) -> list[dict]:
     """Where each lesion lies: Couinaud segment shares and distances to the vessel landmarks.
 
     Args:
         lesion_labels: lesion instances (0 background, 1..n), the Couinaud map's geometry.
-        couinaud_labels: 0 outside the liver, 1..8 = I..VIII.
+        couinaud_labels: 0 outside the liver, 1..8 = I..VIII; with segments=9 also 9 (4 = IVa, 9 = IVb).
         landmarks: label → LPS mm.
+        segments: 8 or 9, the segments of `couinaud_labels` (`CouinaudResult.segments`); a nine-segment map
+            (label 9 present) read as eight segments raises InputError.
 
     Returns one dict per lesion id, ascending:
-        id; segment_fractions: "I".."VIII" → share of the lesion's voxels inside the liver (all eight keys,
-        summing to 1; all 0 when no voxel lies in the liver); main_segment: the largest share (None if none);
+        id; segment_fractions: "I".."VIII" (I, II, III, IVa, IVb, V..VIII for nine) → share of the lesion's voxels
+        inside the liver (a key for every segment, summing to 1; all 0 when no voxel lies in the liver); main_segment: the largest share (None if none);
         segments: segments with a share ≥ 5 % (`SEGMENT_MIN_FRACTION`), largest first;
         distance_hepatic_vein_landmark_mm / nearest_hepatic_vein_landmark: the smallest distance from the
         lesion's surface (its nearest voxel centre; 0 when the landmark lies inside it) to RHV, MHV or LHV;
@@ -601,6 +641,7 @@ def localize_lesions(lesion_labels: sitk.Image, couinaud_labels: sitk.Image,
         voxels_outside_liver: lesion voxels with no Couinaud label.
     """
     geometry.require_same_geometry(lesion_labels, couinaud_labels, "The lesion label map")
+    seg_names = labels.couinaud_names(segments)
     les = sitk.GetArrayViewFromImage(lesion_labels)
     cou = sitk.GetArrayViewFromImage(couinaud_labels)
     zyx = np.nonzero(les)
@@ -608,6 +649,10 @@ def localize_lesions(lesion_labels: sitk.Image, couinaud_labels: sitk.Image,
     segs = cou[zyx].astype(np.int64)
     if ids.size == 0:
         return []
+    unknown = sorted(set(np.unique(segs).tolist()) - set(seg_names) - {0})
+    if unknown:
+        raise InputError(f"The Couinaud map holds labels {unknown} that are not {segments} segments' labels "
+                         f"({sorted(seg_names)}): localize with the segment count it was made with.")
     order = np.argsort(ids, kind="stable")
     ids, segs = ids[order], segs[order]
     zyx_sorted = np.stack([a[order] for a in zyx], axis=1)
@@ -619,10 +664,9 @@ def localize_lesions(lesion_labels: sitk.Image, couinaud_labels: sitk.Image,
     rows = []
     for s, e in zip(starts, stops):
         lesion_id = int(ids[s])
-        counts = np.bincount(segs[s:e], minlength=9)[1:9].astype(float)
-        total = counts.sum()
-        fractions = {labels.COUINAUD_ROMAN[k]: (float(counts[k - 1] / total) if total else 0.0)
-                     for k in labels.COUINAUD_LABELS}
+        counts = np.bincount(segs[s:e], minlength=max(seg_names) + 1).astype(float)
+        total = float(sum(counts[k] for k in seg_names))
+        fractions = {name: (float(counts[k] / total) if total else 0.0) for k, name in seg_names.items()}
         listed = sorted((n for n, f in fractions.items() if f >= SEGMENT_MIN_FRACTION), key=lambda n: -fractions[n])
         row = {
             "id": lesion_id,

@@ -28,6 +28,34 @@ TRUTH_INTRAHEPATIC_VESSELS = (TRUTH_HEPATIC_VEIN, TRUTH_PORTAL_VEIN)
 # Couinaud segments: label value k (1..8) is segment ROMAN[k]
 COUINAUD_ROMAN = {1: "I", 2: "II", 3: "III", 4: "IV", 5: "V", 6: "VI", 7: "VII", 8: "VIII"}
 COUINAUD_LABELS = tuple(COUINAUD_ROMAN)
+# The nine-segment output (`--segments 9`, what surgical planning asks for): IV split at the left portal plane into
+# IVa (superior) and IVb (inferior). IVa keeps IV's label 4 and IVb takes label 9, so every other label means the
+# same in both outputs and mapping 9 to 4 gives the eight-segment map back (the references, 3D-IRCADb and LiTS,
+# merge IVa/IVb into 4). Keys in anatomical order: I, II, III, IVa, IVb, V..VIII.
+SEGMENT_COUNTS = (8, 9)
+COUINAUD_IVA = 4
+COUINAUD_IVB = 9
+COUINAUD9_ROMAN = {1: "I", 2: "II", 3: "III", COUINAUD_IVA: "IVa", COUINAUD_IVB: "IVb", 5: "V", 6: "VI", 7: "VII",
+                   8: "VIII"}
+
+
+def check_segment_count(segments) -> int:
+    """The number of Couinaud segments asked for (8 or 9) as an int; InputError naming the choices otherwise."""
+    if isinstance(segments, bool) or segments not in SEGMENT_COUNTS:
+        from .errors import InputError  # here: the Slicer module imports this file at load, standard library only
+
+        raise InputError(f"{segments!r} Couinaud segments: choose 8 (I-VIII) or 9 (IV split into IVa and IVb).")
+    return int(segments)
+
+
+def couinaud_names(segments: int = 8) -> dict[int, str]:
+    """Label value → segment name ("I".."VIII", or with IVa/IVb for 9 segments), in anatomical order."""
+    return dict(COUINAUD9_ROMAN if check_segment_count(segments) == 9 else COUINAUD_ROMAN)
+
+
+def eight_segment_name(name: str) -> str:
+    """The eight-segment name of a segment name: IVa and IVb are IV, the others unchanged."""
+    return "IV" if name in ("IVa", "IVb") else name
 
 # Landmark names (Slicer markups control-point labels), domain.md §1
 LANDMARK_NAMES = ("IVC", "IVC_inferior", "RHV", "MHV", "LHV", "RPV", "LPV", "UP")
@@ -84,12 +112,16 @@ MORPHOLOGICALLY_ALTERED_STRUCTURE = Code("SCT", "49755003", "Morphologically Alt
 
 @dataclass(frozen=True)
 class SegmentStyle:
-    """How a structure appears as a Slicer segment: name, colour (0..1 RGB) and terminology."""
+    """How a structure appears as a Slicer segment: name, colour (0..1 RGB) and terminology.
+
+    modifier: the terminology's type modifier (e.g. Superior for IVa), None when the type needs none.
+    """
 
     name: str
     color: tuple[float, float, float]
     category: Code
     type: Code
+    modifier: Code | None = None
 
 
 def _sct(value: str, meaning: str) -> Code:
@@ -117,6 +149,23 @@ COUINAUD_STYLES = {
     7: SegmentStyle("Couinaud VII", (1.00, 1.00, 0.20), ANATOMICAL_STRUCTURE, _sct("277961009", "Hepatic segment VII")),
     8: SegmentStyle("Couinaud VIII", (0.97, 0.51, 0.75), ANATOMICAL_STRUCTURE, _sct("277962002", "Hepatic segment VIII")),
 }
+# IVa and IVb have no SNOMED CT code of their own in domain.md §3: they are coded as Hepatic segment IV with the type
+# modifier Superior / Inferior (SNOMED CT qualifier values, DICOM CID 2 anatomic modifiers), as Slicer's
+# terminologies code left/right structures. IVa keeps IV's green, IVb a light green (outside the other colours).
+SUPERIOR = _sct("264217000", "Superior")
+INFERIOR = _sct("261089000", "Inferior")
+COUINAUD_IVA_STYLE = SegmentStyle("Couinaud IVa", COUINAUD_STYLES[4].color, ANATOMICAL_STRUCTURE, COUINAUD_STYLES[4].type,
+                                  SUPERIOR)
+COUINAUD_IVB_STYLE = SegmentStyle("Couinaud IVb", (0.70, 0.87, 0.54), ANATOMICAL_STRUCTURE, COUINAUD_STYLES[4].type,
+                                  INFERIOR)
+
+
+def couinaud_styles(segments: int = 8) -> dict[int, SegmentStyle]:
+    """Label value → segment style of the eight- or nine-segment output, in anatomical order (`couinaud_names`)."""
+    if check_segment_count(segments) == 8:
+        return dict(COUINAUD_STYLES)
+    nine = {COUINAUD_IVA: COUINAUD_IVA_STYLE, COUINAUD_IVB: COUINAUD_IVB_STYLE}
+    return {k: nine.get(k, COUINAUD_STYLES.get(k)) for k in couinaud_names(9)}
 
 
 def lesion_style(kind: str | None) -> SegmentStyle:

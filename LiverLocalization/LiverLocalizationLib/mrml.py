@@ -429,7 +429,8 @@ def write_segments(segmentation_node, reference_volume_node, specs: list[segfile
     a generated segment that is unchanged since is updated in place (same ID, display settings kept);
     one the user edited is left alone and the new result goes to a new segment ID (a warning says so);
     generated segments absent from `specs` are removed only when unedited; segments the user added are
-    never touched. Warnings are appended to `warnings` when a list is given.
+    never touched. A new segment is listed right after the segment of the spec before it (a rerun with nine
+    Couinaud segments lists IVa and IVb between III and V, not after everything). Warnings are appended to `warnings` when a list is given.
     """
     scene = _scene(scene)
     warnings = warnings if warnings is not None else []
@@ -468,6 +469,7 @@ def write_segments(segmentation_node, reference_volume_node, specs: list[segfile
                                 "it was kept although this run did not produce it.")
             else:
                 segmentation.RemoveSegment(segment_id)
+        previous = None  # the segment ID of the spec before
         for spec in specs:
             mask = np.asarray(spec.mask, dtype=bool)
             segment_id = generated.get(spec.segment_id)
@@ -477,9 +479,15 @@ def write_segments(segmentation_node, reference_volume_node, specs: list[segfile
                 segment_id = None
                 warnings.append(f"Segment '{spec.name}' was edited since the last run; your edit is kept as "
                                 f"'{existing.GetName()}' and the new result is in a new segment.")
-            if segment_id is None:
+            new = segment_id is None
+            if new:
                 segment_id = _unique_segment_id(segmentation, spec.segment_id)
             _set_segment(segmentation_node, segment_id, spec, mask, ijk_to_ras)
+            if new and previous is not None:
+                after = segmentation.GetSegmentIndex(previous) + 1
+                if segmentation.GetSegmentIndex(segment_id) != after:
+                    segmentation.SetSegmentIndex(segment_id, after)
+            previous = segment_id
         segmentation.CollapseBinaryLabelmaps(False)
     return segmentation_node
 

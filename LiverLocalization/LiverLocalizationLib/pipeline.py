@@ -43,6 +43,7 @@ class PipelineOptions:
     lesion_false_alarms: float = 0.1
     lesion_points: dict[str, np.ndarray] | None = None
     couinaud_method: str = "auto"
+    couinaud_segments: int = 8  # 8 (I-VIII) or 9 (IV split into IVa and IVb at the left portal plane)
     classify: bool = True
     weights_path: str | None = None
     denoise_whole_volume: bool = False
@@ -52,6 +53,7 @@ class PipelineOptions:
             raise InputError(f"Unknown denoising method {self.denoise_method!r}; choose one of {', '.join(DENOISE_METHODS)}.")
         if self.couinaud_method not in COUINAUD_METHODS:
             raise InputError(f"Unknown Couinaud method {self.couinaud_method!r}; choose one of {', '.join(COUINAUD_METHODS)}.")
+        labels.check_segment_count(self.couinaud_segments)
         if not 0 < self.median_radius_mm <= 10:
             raise InputError(f"Median radius {self.median_radius_mm} mm is out of range; use 0.5-10 mm (1 mm is typical).")
         if self.n_classes is not None and not 2 <= self.n_classes <= 8:
@@ -90,6 +92,7 @@ class PipelineResult:
     couinaud_method: str | None = None
     couinaud_volumes_ml: dict[str, float] | None = None
     couinaud_vessel_guidance: dict | None = None
+    couinaud_segments: int = 8  # the segments of `couinaud` (8, or 9: 4 = IVa, 9 = IVb)
 
 
 def _stage_progress(progress: Progress | None, start: float, stop: float) -> Progress:
@@ -341,10 +344,11 @@ def run_pipeline(
         _stage_progress(progress, 0.6, 0.75)(0.0, "Couinaud segments")
         t0 = time.perf_counter()
         couinaud_result = couinaud.map_couinaud(tissues.liver_mask, landmarks, tissues.vessel_mask,
-                                                method=options.couinaud_method)
+                                                method=options.couinaud_method, segments=options.couinaud_segments)
         couinaud_labels = couinaud_result.labels
         warnings += [w for w in couinaud_result.warnings if w not in warnings]
-        for loc in couinaud.localize_lesions(tissues.lesion_labels, couinaud_labels, landmarks):
+        for loc in couinaud.localize_lesions(tissues.lesion_labels, couinaud_labels, landmarks,
+                                             segments=couinaud_result.segments):
             rows.setdefault(loc["id"], {"id": loc["id"]}).update(loc)
         timings["couinaud_s"] = time.perf_counter() - t0
 
@@ -368,6 +372,7 @@ def run_pipeline(
         couinaud_method=couinaud_result.method if couinaud_result else None,
         couinaud_volumes_ml=couinaud_result.volumes_ml if couinaud_result else None,
         couinaud_vessel_guidance=couinaud_result.vessel_guidance if couinaud_result else None,
+        couinaud_segments=options.couinaud_segments,
     )
 
 
@@ -384,7 +389,8 @@ def lesion_segment_name(row: dict) -> str:
 
 
 def result_segments(result: PipelineResult):
-    """The result as Slicer segments: liver, each lesion, vessels, Couinaud I–VIII (names, colours, SNOMED codes)."""
+    """The result as Slicer segments: liver, each lesion, vessels, Couinaud I–VIII or I, II, III, IVa, IVb, V–VIII
+    (names, colours, SNOMED codes; IVa/IVb as segment IV with the type modifier Superior/Inferior)."""
     from .segfile import SegmentSpec
 
     liver = sitk.GetArrayViewFromImage(result.liver_mask) > 0
@@ -396,8 +402,9 @@ def result_segments(result: PipelineResult):
     specs.append(SegmentSpec("vessels", labels.VESSELS.name, sitk.GetArrayViewFromImage(result.vessel_mask) > 0, labels.VESSELS))
     if result.couinaud is not None:
         seg_arr = sitk.GetArrayViewFromImage(result.couinaud)
-        for value, style in labels.COUINAUD_STYLES.items():
-            specs.append(SegmentSpec(f"couinaud_{labels.COUINAUD_ROMAN[value]}", style.name, seg_arr == value, style))
+        names = labels.couinaud_names(result.couinaud_segments)
+        for value, style in labels.couinaud_styles(result.couinaud_segments).items():
+            specs.append(SegmentSpec(f"couinaud_{names[value]}", style.name, seg_arr == value, style))
     return specs
 
 
@@ -448,6 +455,7 @@ def report_dict(result: PipelineResult) -> dict:
         "options": result.options.__dict__,
         "liver_volume_ml": float(sitk.GetArrayViewFromImage(result.liver_mask).sum()) * voxel_ml,
         "couinaud_method": result.couinaud_method,
+        "couinaud_segments": result.couinaud_segments if result.couinaud is not None else None,
         "couinaud_volumes_ml": result.couinaud_volumes_ml,
         "couinaud_vessel_guidance": result.couinaud_vessel_guidance,
         "landmarks_ras_mm": {k: geometry.lps_to_ras(v) for k, v in (result.landmarks or {}).items()},
@@ -562,8 +570,10 @@ def score_against_phantom(result: PipelineResult, truth_dir) -> dict:
     scores["lesions_truth"] = len(truth_rows)
     scores["detection_recall_ge10mm"] = (sum(i in found for i in big) / len(big)) if big else None
     scores["false_positives"] = len(match["false_positives"])
-    if result.couinaud is not None:
-        rows = metrics.per_class_table(result.couinaud, truth_couinaud, labels.COUINAUD_ROMAN)
+    if result.couinaud is not None:  # the phantom's truth has eight segments: IVa and IVb are scored as IV
+        test_arr = sitk.GetArrayViewFromImage(result.couinaud)
+        test_arr = np.where(test_arr == labels.COUINAUD_IVB, np.uint8(labels.COUINAUD_IVA), test_arr)
+        rows = metrics.per_class_table(test_arr, truth_couinaud, labels.COUINAUD_ROMAN)
         scores["couinaud_dice"] = {row["name"]: row["dice"] for row in rows}
         scores["couinaud_mean_dice"] = float(np.mean([row["dice"] for row in rows]))
     by_id = {row["id"]: row for row in result.lesions}
@@ -571,7 +581,7 @@ def score_against_phantom(result: PipelineResult, truth_dir) -> dict:
     for test_id, truth_id, _ in match["pairs"]:
         mine, true = by_id.get(test_id, {}), truth_rows.get(truth_id, {})
         if "main_segment" in mine and "main_segment" in true:
-            located.append(mine["main_segment"] == true["main_segment"])
+            located.append(labels.eight_segment_name(mine["main_segment"]) == true["main_segment"])
         if "kind" in mine and "kind" in true:
             classified.append((mine["kind"] == true["kind"],
                                (mine.get("malignant_probability", 0) >= 0.5) == bool(true.get("malignant"))))

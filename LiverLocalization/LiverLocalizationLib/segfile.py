@@ -77,11 +77,12 @@ def terminology_entry(style: labels.SegmentStyle, region: labels.Code | None = N
     """Slicer's serialized terminology entry for a style.
 
     Seven '~'-separated fields (category/type context, category, type, type modifier, anatomic context,
-    anatomic region, region modifier), each code as 'scheme^value^meaning', the way
+    anatomic region, region modifier), each code as 'scheme^value^meaning' ('^^' when absent; the type modifier is
+    the style's, e.g. Superior for segment IVa), the way
     vtkSlicerTerminologiesModuleLogic::SerializeTerminologyEntry writes them.
     """
     return "~".join([
-        CATEGORY_TYPE_CONTEXT, _code_text(style.category), _code_text(style.type), "^^",
+        CATEGORY_TYPE_CONTEXT, _code_text(style.category), _code_text(style.type), _code_text(style.modifier),
         ANATOMIC_CONTEXT, _code_text(region), "^^",
     ])
 

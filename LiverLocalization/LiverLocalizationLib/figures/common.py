@@ -64,7 +64,8 @@ def label_colors(mapping: dict[int, tuple[float, float, float]]):
     return ListedColormap(colours), BoundaryNorm(np.arange(-0.5, top + 1.5), top + 1)
 
 
-COUINAUD_COLORS = {k: style.color for k, style in labels.COUINAUD_STYLES.items()}
+# label → colour of both Couinaud outputs: 1..8, and 9 = IVb of the nine-segment one (4 = IV or IVa: one colour)
+COUINAUD_COLORS = {k: style.color for k, style in {**labels.COUINAUD_STYLES, **labels.couinaud_styles(9)}.items()}
 TISSUE_COLORS = {labels.PARENCHYMA: labels.LIVER.color, labels.LESION: labels.LESION_STYLE.color,
                  labels.VESSEL: labels.VESSELS.color}
 

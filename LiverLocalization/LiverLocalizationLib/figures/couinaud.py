@@ -39,7 +39,7 @@ def _overlay(ax, view, ct, lab, les, index: int, aspect: float) -> None:
               interpolation="nearest")
     if les is not None and (view(les, index) > 0).any():
         ax.contour(view(les, index) > 0, levels=[0.5], colors="red", linewidths=1.2)
-    _label_names(ax, view(lab, index))
+    _label_names(ax, view(lab, index), _segment_names(lab))
 
 
 def _axial_panel(ax, ct, lab, les, z: int, spacing, landmarks, image, title: str, box=None) -> None:
@@ -104,11 +104,16 @@ def _zoom_coronal(ax, box, nz: int) -> None:
     ax.set_ylim(nz - 1 - box[0] + 0.5, nz - 1 - box[1] - 0.5)
 
 
-def _label_names(ax, slice_labels: np.ndarray) -> None:
-    for k in labels.COUINAUD_LABELS:
+def _segment_names(label_array: np.ndarray) -> dict[int, str]:
+    """Label → name of the map's output: nine segments (IVa, IVb) when it holds label 9, else eight."""
+    return labels.couinaud_names(9 if (np.asarray(label_array) == labels.COUINAUD_IVB).any() else 8)
+
+
+def _label_names(ax, slice_labels: np.ndarray, names: dict[int, str]) -> None:
+    for k, name in names.items():
         yy, xx = np.nonzero(slice_labels == k)
         if yy.size > 30:
-            ax.text(np.median(xx), np.median(yy), labels.COUINAUD_ROMAN[k], color="black", fontsize=8,
+            ax.text(np.median(xx), np.median(yy), name, color="black", fontsize=8,
                     ha="center", va="center", weight="bold")
 
 
@@ -117,7 +122,7 @@ def plot_couinaud(ct: sitk.Image, couinaud_labels: sitk.Image, landmarks: dict[s
     """Axial slices at the hepatic-vein, segment I and portal levels, a coronal slice through the IVC, and a
     3-D scatter of the segments (subsampled liver voxels, LPS mm) with the landmarks and lesions; PNG at path.
 
-    ct: HU; couinaud_labels: 0/1..8 on the CT's grid; landmarks: label → LPS mm; lesion_labels: instances
+    ct: HU; couinaud_labels: 0/1..8 (or 1..9: 4 = IVa, 9 = IVb) on the CT's grid; landmarks: label → LPS mm; lesion_labels: instances
     (outlined in red) or None.
     """
     ct_a, lab_a, les_a = _aligned(ct, couinaud_labels, lesion_labels)
@@ -193,12 +198,12 @@ def _legend(ax, couinaud_labels) -> None:
     from matplotlib.patches import Patch
 
     values = sitk.GetArrayViewFromImage(couinaud_labels)
-    counts = np.bincount(values[values > 0].ravel(), minlength=9)
+    counts = np.bincount(values[values > 0].ravel(), minlength=labels.COUINAUD_IVB + 1)
     total = max(int(counts[1:].sum()), 1)
     vox_ml = geometry.voxel_volume_ml(couinaud_labels)
     handles = [Patch(color=common.COUINAUD_COLORS[k],
-                     label=f"{labels.COUINAUD_ROMAN[k]:>4s}  {counts[k] * vox_ml:7.0f} ml  {100 * counts[k] / total:4.1f} %")
-               for k in labels.COUINAUD_LABELS]
+                     label=f"{name:>4s}  {counts[k] * vox_ml:7.0f} ml  {100 * counts[k] / total:4.1f} %")
+               for k, name in _segment_names(values).items()]
     ax.legend(handles=handles, loc="center", fontsize=8, frameon=False, title="segment, volume, share")
     ax.axis("off")
 

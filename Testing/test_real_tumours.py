@@ -82,3 +82,22 @@ def test_the_lesion_report_names_its_source_evidence_and_sizes(case):
     tumour = truth == ids[np.argmax(counts)]
     assert metrics.dice(found, tumour) > 0.7
     assert largest["volume_ml"] == pytest.approx(tumour.sum() * float(np.prod(ct.GetSpacing())) / 1000.0, rel=0.3)
+
+
+def test_the_shipped_classifier_calls_most_real_tumours_malignant(case):
+    """LiTS tumours are all malignant: on their reference masks the shipped network calls at least 80 % of the 22
+    malignant (target 90 %, measured 86 %: `benchmarks/eval_real_classifier.py`)."""
+    pytest.importorskip("torch", reason="torch is not installed (pip install -e '.[ml]')")
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import eval_real_classifier as real_classifier
+
+    from LiverLocalizationLib import classifier
+
+    _, ct, _, tumours, _, big = case
+    ct = io.validate_ct(ct)
+    arr = sitk.GetArrayFromImage(tumours)
+    rows = real_classifier.classify(ct, np.where(np.isin(arr, big), arr, 0), classifier.load_model())
+    assert sorted(row["id"] for row in rows) == sorted(big)
+    assert np.mean([row["malignant_probability"] >= 0.5 for row in rows]) >= 0.8

@@ -371,3 +371,22 @@ def test_progress_without_a_terminal_is_one_line_per_stage():
     assert [line.split("%")[0] for line in lines] == ["liverloc run:   0", "liverloc run:  50", "liverloc run: 100"]
     assert [line.split("% ")[1].split(" (")[0] for line in lines] == ["reading", "lesions", "done"]
     assert "\r" not in stream.getvalue()
+
+
+def test_scores_name_each_missed_and_each_false_lesion(phantom_case, cli_run):
+    """With --truth, evaluation.json and the printed scores name every truth lesion not found (its equivalent-sphere
+    diameter, kind and segment) and every false one (its maximum diameter), the measure named."""
+    ph, folder = phantom_case
+    _, out = cli_run
+    scores = json.loads((out / "evaluation.json").read_text())
+    match = metrics.match_instances(io.read_image(out / "lesions.nii.gz"), ph.truth_lesions)
+    assert [m["truth_id"] for m in scores["missed_lesions"]] == sorted(match["missed"])
+    assert [f["id"] for f in scores["false_lesions"]] == sorted(match["false_positives"])
+    truth_rows = {row["id"]: row for row in ph.lesions}
+    for miss in scores["missed_lesions"]:
+        assert miss["kind"] == truth_rows[miss["truth_id"]]["kind"]
+    text = pipeline.scores_text({**scores, "missed_lesions": [
+        {"truth_id": 7, "equivalent_diameter_mm": 11.2, "kind": "metastasis", "main_segment": "VI"}],
+        "false_lesions": [{"id": 3, "max_diameter_mm": 14.6, "volume_ml": 0.8, "main_segment": None}]})
+    assert "missed: truth lesion 7, metastasis, 11 mm (equivalent-sphere diameter), segment VI" in text
+    assert "false: lesion 3, 15 mm (maximum diameter), 0.8 ml, segment -" in text

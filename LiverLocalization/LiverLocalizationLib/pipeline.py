@@ -488,7 +488,8 @@ def summary_text(result: PipelineResult) -> str:
     report = report_dict(result)
     lines = [f"Liver: {report['liver_volume_ml']:.0f} ml; {len(result.lesions)} lesion(s) found."]
     for row in result.lesions:
-        text = f"  Lesion {row['id']}: {row.get('max_diameter_mm', float('nan')):.0f} mm, {row.get('volume_ml', 0):.1f} ml"
+        text = (f"  Lesion {row['id']}: maximum diameter {row.get('max_diameter_mm', float('nan')):.0f} mm "
+                f"(longest axial {row.get('axial_diameter_mm', float('nan')):.0f} mm), {row.get('volume_ml', 0):.1f} ml")
         if row.get("main_segment"):
             others = [s for s in row.get("segments", []) if s != row["main_segment"]]
             text += f", segment {row['main_segment']}" + (f" (also {', '.join(others)})" if others else "")
@@ -570,13 +571,20 @@ def score_against_phantom(result: PipelineResult, truth_dir) -> dict:
     scores["lesions_truth"] = len(truth_rows)
     scores["detection_recall_ge10mm"] = (sum(i in found for i in big) / len(big)) if big else None
     scores["false_positives"] = len(match["false_positives"])
+    scores["missed_lesions"] = [
+        {"truth_id": i, "equivalent_diameter_mm": truth_rows.get(i, {}).get("diameter_mm"),
+         "kind": truth_rows.get(i, {}).get("kind"), "main_segment": truth_rows.get(i, {}).get("main_segment")}
+        for i in sorted(match["missed"])]
+    by_id = {row["id"]: row for row in result.lesions}
+    scores["false_lesions"] = [
+        {"id": i, **{k: by_id.get(i, {}).get(k) for k in ("volume_ml", "max_diameter_mm", "main_segment")}}
+        for i in sorted(match["false_positives"])]
     if result.couinaud is not None:  # the phantom's truth has eight segments: IVa and IVb are scored as IV
         test_arr = sitk.GetArrayViewFromImage(result.couinaud)
         test_arr = np.where(test_arr == labels.COUINAUD_IVB, np.uint8(labels.COUINAUD_IVA), test_arr)
         rows = metrics.per_class_table(test_arr, truth_couinaud, labels.COUINAUD_ROMAN)
         scores["couinaud_dice"] = {row["name"]: row["dice"] for row in rows}
         scores["couinaud_mean_dice"] = float(np.mean([row["dice"] for row in rows]))
-    by_id = {row["id"]: row for row in result.lesions}
     located, classified = [], []
     for test_id, truth_id, _ in match["pairs"]:
         mine, true = by_id.get(test_id, {}), truth_rows.get(truth_id, {})
@@ -592,6 +600,14 @@ def score_against_phantom(result: PipelineResult, truth_dir) -> dict:
     return scores
 
 
+def _mm(value) -> str:
+    return f"{value:.0f} mm" if isinstance(value, (int, float)) else "? mm"
+
+
+def _ml(value) -> str:
+    return f"{value:.1f} ml" if isinstance(value, (int, float)) else "? ml"
+
+
 def scores_text(scores: dict) -> str:
     """Readable lines of score_against_phantom's result."""
     lines = [f"Against the phantom's truth: liver Dice {scores['liver_dice']:.3f}, lesion Dice {scores['lesion_dice']:.3f}, "
@@ -601,6 +617,12 @@ def scores_text(scores: dict) -> str:
     if "couinaud_mean_dice" in scores:
         per = ", ".join(f"{k} {v:.2f}" for k, v in scores["couinaud_dice"].items())
         lines.append(f"  Couinaud mean Dice {scores['couinaud_mean_dice']:.3f} ({per})")
+    for miss in scores.get("missed_lesions", []):
+        lines.append(f"  missed: truth lesion {miss['truth_id']}, {miss['kind']}, {_mm(miss['equivalent_diameter_mm'])} "
+                     f"(equivalent-sphere diameter), segment {miss['main_segment']}")
+    for false in scores.get("false_lesions", []):
+        lines.append(f"  false: lesion {false['id']}, {_mm(false['max_diameter_mm'])} (maximum diameter), "
+                     f"{_ml(false['volume_ml'])}, segment {false['main_segment'] or '-'}")
     lines.append(f"  main segment correct: {scores['main_segment_correct']}")
     if "kind_correct" in scores:
         lines.append(f"  kind correct: {scores['kind_correct']}, malignant/benign correct: {scores['malignancy_correct']}")

@@ -34,6 +34,7 @@ examples:
   liverloc phantom --out case --seed 7 --size full
   liverloc run case/ct.nii.gz --landmarks case/landmarks.mrk.json --out result
   liverloc run ct_dicom_folder/ --landmarks clicks.mrk.json --liver-mask liver.nii.gz --out result
+  liverloc run two_series_folder/ --series 1.2.840.113619.2.55.3.1234 --landmarks clicks.mrk.json --out result
   liverloc run ct.nii.gz --landmarks clicks.mrk.json --liver-mask total.nii.gz --liver-label 5 --out result
   liverloc run ct.nii.gz --landmarks clicks.mrk.json --segments 9 --out result
   liverloc train --out model --cases 150 --epochs 40 --seed 0
@@ -231,7 +232,12 @@ def _add_run(sub) -> None:
     p = sub.add_parser("run", help="run the pipeline on a CT",
                        description="Denoise, segment liver/lesions/vessels by EM, map Couinaud segments from the "
                                    "landmarks, classify each lesion; write images, a Slicer .seg.nrrd, reports and figures.")
-    p.add_argument("ct", type=Path, help="CT volume: .nii/.nii.gz/.nrrd/.mha file or a DICOM series folder (HU)")
+    p.add_argument("ct", type=Path, help="CT volume: .nii/.nii.gz/.nrrd/.mha file or a DICOM series folder (HU). A "
+                                         "folder's slices are checked from their headers before reading: one "
+                                         "orientation, no slice twice, an even step (no slice missing), no gantry tilt")
+    p.add_argument("--series", metavar="UID", default=None,
+                   help="with a DICOM folder holding several series: the SeriesInstanceUID of the one to read (without "
+                        "it such a folder is refused with a list of its series: UID, slices, modality, description)")
     p.add_argument("--landmarks", type=Path, help="Slicer markups .mrk.json (or .fcsv) with IVC, IVC_inferior, RHV, MHV, "
                                                    "LHV, RPV, LPV, UP; LPS or RAS as the file states")
     p.add_argument("--liver-mask", type=Path, help="a liver mask on the CT's grid (e.g. from TotalSegmentator); "
@@ -291,6 +297,9 @@ def _cmd_run(args) -> int:
                          "leave --truth out.")
     if args.liver_label is not None and args.liver_mask is None:
         raise InputError("--liver-label names a label of --liver-mask: give the mask too.")
+    if args.series is not None and not args.ct.is_dir():
+        raise InputError(f"--series picks a series in a DICOM folder; {args.ct} is a file. Leave --series out, or "
+                         "give the folder.")
     read = {**inputs, "--weights": None if args.no_classify else weights_used(args.weights)}
     with outputs.atomic_results(args.out, "liverloc run", read, options_record(args), args.overwrite) as results:
         lines = _run_into(args, results.folder)
@@ -314,7 +323,7 @@ def _run_into(args, folder: Path) -> list[str]:
         classify=not args.no_classify, weights_path=str(args.weights) if args.weights else None,
         denoise_whole_volume=args.denoise_whole_volume,
     )
-    ct = io.read_image(args.ct)
+    ct = io.read_image(args.ct, series_uid=args.series)
     landmarks = io.read_markups(args.landmarks) if args.landmarks else None
     liver_mask = io.read_image(args.liver_mask) if args.liver_mask else None
     if args.liver_label is not None:

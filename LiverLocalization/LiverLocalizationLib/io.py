@@ -14,6 +14,7 @@ import re
 import struct
 import zlib
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +30,12 @@ MARKUPS_SCHEMA = (
 )
 
 
-def read_image(path: str | os.PathLike) -> sitk.Image:
+def read_image(path: str | os.PathLike, series_uid: str | None = None) -> sitk.Image:
     """Read a 3-D image file or a DICOM series folder; the geometry is kept as stored.
 
-    A folder is read as the DICOM series it holds (the one with most slices when there are several).
+    A folder is read as the DICOM series it holds; when it holds several, `series_uid` (a SeriesInstanceUID)
+    names the one to read and InputError lists them without it. The series' slices are checked from their headers
+    before ITK reads them (see `_read_dicom_folder`): one orientation, no duplicate, an even step, no tilt.
     Raises InputError when the path is missing or unreadable, when a file is cut short or corrupt (checked on the
     file's own bytes: ITK reads a short NIfTI with the missing voxels as 0), when voxels are NaN or infinite
     (counted on the file's bytes for NIfTI, whose reader turns them into 0), and when the grid is sheared (a
@@ -42,7 +45,10 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
     if not path.exists():
         raise InputError(f"{path}: no such file or folder. Check the path.")
     if path.is_dir():
-        image = _read_dicom_folder(path)
+        image = _read_dicom_folder(path, series_uid)
+    elif series_uid is not None:
+        raise InputError(f"{path}: a file, not a DICOM folder; a series UID picks a series in a folder of DICOM "
+                         "files. Leave the series out, or give the folder.")
     else:
         check_file_integrity(path)
         try:
@@ -334,17 +340,277 @@ def _check_orthonormal(direction: np.ndarray, path: Path, what: str = "the direc
         "Resample Scalar/Vector/DWI Volume) and save it again.")
 
 
-def _read_dicom_folder(folder: Path) -> sitk.Image:
+# ------------------------------------------------------------------------ DICOM series
+
+DICOM_STEP_TOLERANCE_MM = 0.01  # steps differ when by more than this or DICOM_STEP_TOLERANCE_FRACTION of the step
+DICOM_STEP_TOLERANCE_FRACTION = 0.01
+DICOM_ORIENTATION_TOLERANCE = 1e-3  # largest difference of ImageOrientationPatient cosines within one series
+DICOM_LATERAL_TOLERANCE = 0.1  # sideways offset a slice may have from the stack's normal line, in pixels
+DICOM_CONVERT = ("Convert the series with a tool that checks its geometry (dcm2niix, or Slicer's DICOM module) and "
+                 "run on the NIfTI")
+_POSITION, _ORIENTATION = "0020|0032", "0020|0037"
+
+
+@dataclass(frozen=True)
+class DicomSlice:
+    """What the geometry checks need of one DICOM file, read from its header alone."""
+
+    file: Path
+    position: np.ndarray  # ImagePositionPatient: the first voxel's centre, LPS mm
+    orientation: np.ndarray  # ImageOrientationPatient: row then column direction cosines
+    size: tuple[int, ...]  # columns, rows (and frames, for a multi-frame file)
+    spacing: tuple[float, float]  # in-plane pixel spacing, mm
+
+
+def _read_dicom_folder(folder: Path, series_uid: str | None = None) -> sitk.Image:
+    """Read one DICOM series of a folder once its slices' geometry has been checked from their headers.
+
+    ITK alone reads the largest series without a word and spreads the slices evenly between the first and the
+    last, so a duplicated or missing slice gives a wrong spacing and origin; here the series is named or the
+    only one, the slices are sorted along their normal and checked (one orientation, no duplicates, an even step,
+    no tilt), and the image ITK makes of them must carry the measured step, origin and normal.
+    """
+    series = _dicom_series(folder)
+    uid = _pick_series(folder, series, series_uid)
+    slices = [_dicom_slice_header(file) for file in series[uid]]
+    ordered, step, normal = _check_slice_geometry(folder, slices)
+    image = _read_dicom_files(folder, [s.file for s in ordered])
+    _check_read_geometry(folder, image, ordered, step, normal)
+    return image
+
+
+def _dicom_series(folder: Path) -> dict[str, tuple[str, ...]]:
+    """The DICOM series of a folder (not its subfolders), as GDCM groups the files: SeriesInstanceUID → files.
+    Raises InputError when there is none."""
     reader = sitk.ImageSeriesReader()
-    series_ids = reader.GetGDCMSeriesIDs(str(folder)) or ()
-    if not series_ids:
-        raise InputError(f"{folder}: a folder with no DICOM series in it. Point to a folder of DICOM slices or an image file.")
-    files = max((reader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids), key=len)
-    reader.SetFileNames(files)
+    uids = reader.GetGDCMSeriesIDs(str(folder)) or ()
+    if not uids:
+        raise InputError(f"{folder}: a folder with no DICOM series in it. Point to a folder of DICOM slices or an "
+                         "image file.")
+    return {uid: tuple(reader.GetGDCMSeriesFileNames(str(folder), uid)) for uid in uids}
+
+
+def _series_summary(uid: str, files: tuple[str, ...]) -> str:
+    """One series as a message lists it: its UID, its number of files, its modality and description when the first
+    file's header holds them, so that a user can tell the CT from a scout or a dose report."""
+    details = [f"{len(files)} slice{'s' if len(files) != 1 else ''}"]
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(files[0])
+    try:
+        reader.ReadImageInformation()
+        for key, quoted in (("0008|0060", False), ("0008|103e", True)):
+            value = reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else ""
+            if value:
+                details.append(repr(value) if quoted else value)
+    except RuntimeError:
+        pass  # the description is a courtesy; an unreadable file is reported when its series is read
+    return f"{uid} ({', '.join(details)})"
+
+
+def _pick_series(folder: Path, series: dict[str, tuple[str, ...]], series_uid: str | None) -> str:
+    """The UID of the series to read: `series_uid` when the folder holds it, else the folder's only series.
+    Raises InputError listing every series (UID, slices, modality, description) when the choice is not given or
+    not there, rather than taking the largest silently."""
+    if series_uid is not None and series_uid.strip() in series:
+        return series_uid.strip()
+    if series_uid is None and len(series) == 1:
+        return next(iter(series))
+    listing = "; ".join(_series_summary(uid, files) for uid, files in series.items())
+    if series_uid is not None:
+        raise InputError(f"{folder}: no DICOM series with SeriesInstanceUID {series_uid!r}; the folder holds "
+                         f"{listing}. Give one of these UIDs.")
+    raise InputError(f"{folder}: {len(series)} DICOM series in one folder: {listing}. Pick one with --series UID "
+                     "(liverloc run) or series_uid= (io.read_image), or put each series in its own folder.")
+
+
+def _dicom_numbers(reader: sitk.ImageFileReader, key: str, count: int, file: Path, name: str) -> np.ndarray:
+    """The `count` numbers of a DICOM header field (backslash-separated decimal strings); InputError naming the
+    file and the tag when the field is missing or not numbers, since the slice's place is then unknown."""
+    text = reader.GetMetaData(key) if reader.HasMetaDataKey(key) else ""
+    try:
+        values = np.array([float(v) for v in text.strip().split("\\")])
+    except ValueError:
+        values = np.array([])
+    if values.size != count or not np.isfinite(values).all():
+        found = f"{text.strip()!r}" if text.strip() else "missing"
+        raise InputError(f"{file}: the DICOM field {name} ({key.replace('|', ',')}) is {found}, not {count} numbers, "
+                         f"so the slice's place in the volume is unknown. {DICOM_CONVERT}, or export the series "
+                         "again from the scanner or PACS.")
+    return values
+
+
+def _dicom_slice_header(file: str | Path) -> DicomSlice:
+    """Read one DICOM file's header (not its pixels): position, orientation, size and pixel spacing."""
+    file = Path(file)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(file))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
+        raise InputError(f"{file}: cannot be read as DICOM ({first}). {COPY_AGAIN}") from None
+    position = _dicom_numbers(reader, _POSITION, 3, file, "ImagePositionPatient")
+    orientation = _dicom_numbers(reader, _ORIENTATION, 6, file, "ImageOrientationPatient")
+    return DicomSlice(file, position, orientation, tuple(reader.GetSize()), tuple(reader.GetSpacing()[:2]))
+
+
+def _check_slice_geometry(folder: Path, slices: list[DicomSlice]) -> tuple[list[DicomSlice], float, np.ndarray]:
+    """Check that a series' slices make one regular 3-D grid; returns them sorted along the slice normal, the
+    step between them (mm) and the normal.
+
+    Raises InputError for a single slice, mixed orientations, sizes or pixel spacings, two slices at the same
+    place, an uneven step (a missing slice) and slices that are not stacked along their normal (gantry tilt):
+    ITK reads each of these without complaint into a grid that is not the patient's.
+    """
+    _check_not_single(folder, slices)
+    normal = _common_normal(folder, slices)
+    heights = np.array([s.position @ normal for s in slices])
+    order = np.argsort(heights, kind="stable")
+    ordered, heights = [slices[i] for i in order], heights[order]
+    steps = np.diff(heights)
+    _check_no_duplicates(folder, ordered, steps, normal)
+    step = _check_even_steps(folder, ordered, steps, normal)
+    _check_stacked_along_normal(folder, ordered, normal)
+    return ordered, step, normal
+
+
+def _check_not_single(folder: Path, slices: list[DicomSlice]) -> None:
+    """Refuse a series of one file: one slice is a 2-D image, and a multi-frame file's frame geometry lies in
+    sequences that the checks here do not read."""
+    if len(slices) > 1:
+        return
+    frames = slices[0].size[2] if len(slices[0].size) > 2 else 1
+    if frames > 1:
+        raise InputError(f"{folder}: the series is one multi-frame file ({slices[0].file.name}, {frames} frames), "
+                         f"whose slice geometry is not checked here. {DICOM_CONVERT}.")
+    raise InputError(f"{folder}: the series has one slice ({slices[0].file.name}): a 2-D image, and a 3-D CT is "
+                     "needed. Copy the whole series into the folder.")
+
+
+def _common_normal(folder: Path, slices: list[DicomSlice]) -> np.ndarray:
+    """The unit normal of a series' slices (row × column cosines); InputError when the slices differ in
+    orientation, size or pixel spacing (two stacks in one series), or the row and column are not orthonormal."""
+    first = slices[0]
+    for s in slices[1:]:
+        if np.abs(s.orientation - first.orientation).max() > DICOM_ORIENTATION_TOLERANCE:
+            raise InputError(
+                f"{folder}: the slices have different orientations (ImageOrientationPatient "
+                f"{_cosines(first.orientation)} in {first.file.name}, {_cosines(s.orientation)} in {s.file.name}): "
+                "two stacks in one series, e.g. axial and reformatted. Keep the slices of one orientation only.")
+        if s.size != first.size or not np.allclose(s.spacing, first.spacing, rtol=1e-4, atol=1e-6):
+            raise InputError(
+                f"{folder}: the slices differ in size or pixel spacing ({first.file.name}: {first.size[:2]} pixels "
+                f"of {_mm(first.spacing)} mm; {s.file.name}: {s.size[:2]} of {_mm(s.spacing)} mm): two stacks in one "
+                "series. Keep only the slices of one stack in the folder.")
+    row, column = first.orientation[:3], first.orientation[3:]
+    if abs(np.linalg.norm(row) - 1) > DICOM_ORIENTATION_TOLERANCE or abs(np.linalg.norm(column) - 1) > \
+            DICOM_ORIENTATION_TOLERANCE or abs(row @ column) > DICOM_ORIENTATION_TOLERANCE:
+        raise InputError(f"{folder}: the ImageOrientationPatient {_cosines(first.orientation)} of "
+                         f"{first.file.name} is not two perpendicular unit vectors. {DICOM_CONVERT}.")
+    normal = np.cross(row, column)
+    return normal / np.linalg.norm(normal)
+
+
+def _cosines(values: np.ndarray) -> str:
+    """Direction cosines as a message writes them."""
+    return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
+
+
+def _mm(values) -> str:
+    """Lengths in mm as a message writes them."""
+    return "×".join(f"{v:g}" for v in values)
+
+
+def _height_text(s: DicomSlice, normal: np.ndarray) -> str:
+    """Where a slice lies along the stack, as a message writes it: the patient coordinate the normal follows
+    (z for axial slices), else the distance along the normal."""
+    axis = int(np.argmax(np.abs(normal)))
+    if abs(normal[axis]) > 0.99:
+        return f"{'xyz'[axis]}={s.position[axis]:.6g}"
+    return f"{s.position @ normal:.6g} along the slice normal"
+
+
+def _step_tolerance(step: float) -> float:
+    """How much two slice steps may differ and still be one (the header's decimal rounding), mm."""
+    return max(DICOM_STEP_TOLERANCE_MM, DICOM_STEP_TOLERANCE_FRACTION * abs(step))
+
+
+def _check_no_duplicates(folder: Path, ordered: list[DicomSlice], steps: np.ndarray, normal: np.ndarray) -> None:
+    """Refuse two slices at the same place (a file copied twice, or two acquisitions in one series), naming them."""
+    same = np.flatnonzero(steps <= _step_tolerance(float(np.median(steps))))
+    if not same.size:
+        return
+    pairs = [f"{ordered[i].file.name} and {ordered[i + 1].file.name} at {_height_text(ordered[i], normal)} mm"
+             for i in same[:3]]
+    more = f" (and {same.size - 3} more pairs)" if same.size > 3 else ""
+    raise InputError(f"{folder}: {same.size} pair{'s' if same.size > 1 else ''} of slices at the same place: "
+                     f"{'; '.join(pairs)}{more}: a file copied twice, or two acquisitions in one series. Remove the "
+                     "extra files or export the series again.")
+
+
+def _check_even_steps(folder: Path, ordered: list[DicomSlice], steps: np.ndarray, normal: np.ndarray) -> float:
+    """The step between slices (mm); InputError naming where it differs from the median step (a missing slice
+    shows as a step twice the others), since ITK spreads the slices evenly and the grid would be wrong."""
+    step = float(np.median(steps))
+    uneven = np.flatnonzero(np.abs(steps - step) > _step_tolerance(step))
+    if not uneven.size:
+        return step
+    places = []
+    for i in uneven[:3]:
+        missing = round(steps[i] / step) - 1
+        guess = f" ({missing} slice{'s' if missing > 1 else ''} missing?)" if missing >= 1 and abs(
+            steps[i] - (missing + 1) * step) <= _step_tolerance(step) else ""
+        places.append(f"between {_height_text(ordered[i], normal)} and {_height_text(ordered[i + 1], normal)} mm "
+                      f"({ordered[i].file.name}, {ordered[i + 1].file.name}) the step is {steps[i]:.4g} mm{guess}")
+    more = f" (and {uneven.size - 3} more places)" if uneven.size > 3 else ""
+    raise InputError(f"{folder}: the slices are not evenly spaced: {'; '.join(places)}{more}; elsewhere "
+                     f"{step:.4g} mm. Copy the whole series again (a file may be missing), or, if the scan has "
+                     f"uneven spacing, resample it to an even one (e.g. in Slicer) and run on the result.")
+
+
+def _check_stacked_along_normal(folder: Path, ordered: list[DicomSlice], normal: np.ndarray) -> None:
+    """Refuse slices whose positions drift sideways along the stack (gantry tilt, a sheared stack): ITK puts each
+    slice straight above the first, so every voxel but the first slice's would be misplaced."""
+    offsets = np.array([s.position for s in ordered]) - ordered[0].position
+    sideways = offsets - np.outer(offsets @ normal, normal)
+    drift = np.linalg.norm(sideways, axis=1)
+    worst = int(np.argmax(drift))
+    if drift[worst] <= max(DICOM_STEP_TOLERANCE_MM, DICOM_LATERAL_TOLERANCE * min(ordered[0].spacing)):
+        return
+    angle = float(np.degrees(np.arctan2(drift[-1], offsets[-1] @ normal)))
+    raise InputError(
+        f"{folder}: the slices are not stacked along their normal (at {angle:.2f}° to it: gantry tilt or a sheared "
+        f"stack); {ordered[worst].file.name} lies {drift[worst]:.3g} mm sideways of where a regular grid puts it. "
+        "Convert the series with a tool that corrects gantry tilt (dcm2niix, or Slicer's DICOM module with "
+        "acquisition geometry regularization) and run on the result.")
+
+
+def _read_dicom_files(folder: Path, files: list[Path]) -> sitk.Image:
+    """Read DICOM files as one volume, in the order given (first slice = origin)."""
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames([str(f) for f in files])
     try:
         return reader.Execute()
     except RuntimeError as exc:
-        raise InputError(f"{folder}: the DICOM series cannot be read ({str(exc).strip().splitlines()[-1]}).") from None
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
+        raise InputError(f"{folder}: the DICOM series cannot be read ({first}). {COPY_AGAIN}") from None
+
+
+def _check_read_geometry(folder: Path, image: sitk.Image, ordered: list[DicomSlice], step: float,
+                         normal: np.ndarray) -> None:
+    """Check that ITK's volume has the slices' measured geometry: as many slices, the step as z spacing, the first
+    slice's position as origin, the normal as third axis (ITK derives these itself, e.g. spacing from the first
+    and last slice)."""
+    direction = np.reshape(image.GetDirection(), (3, 3))
+    found = (image.GetSize()[2], image.GetSpacing()[2], np.asarray(image.GetOrigin()), direction[:, 2])
+    if found[0] == len(ordered) and abs(found[1] - step) <= _step_tolerance(step) and np.abs(
+            found[2] - ordered[0].position).max() <= DICOM_STEP_TOLERANCE_MM and np.abs(
+            found[3] - normal).max() <= DICOM_ORIENTATION_TOLERANCE:
+        return
+    raise InputError(
+        f"{folder}: the volume read has {found[0]} slices {found[1]:.6g} mm apart from origin {_mm(found[2])} along "
+        f"{_cosines(found[3])}, where the headers give {len(ordered)} slices {step:.6g} mm apart from "
+        f"{_mm(ordered[0].position)} along {_cosines(normal)}. {DICOM_CONVERT}.")
 
 
 def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> Path:

@@ -111,14 +111,14 @@ def test_corrupt_file_is_refused(tmp_path):
     data = bytearray(path.read_bytes())
     truncated = tmp_path / "cut.safetensors"
     truncated.write_bytes(bytes(data[: len(data) // 2]))
-    card = json.loads(path.with_suffix(".json").read_text())
+    card = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
     card.pop("weights_sha256")
-    truncated.with_suffix(".json").write_text(json.dumps(card))
+    truncated.with_suffix(".json").write_text(json.dumps(card), encoding="utf-8")
     with pytest.raises(InputError, match="corrupt|not a safetensors"):
         classifier.load_model(truncated)
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(np.random.default_rng(0).bytes(4000))
-    garbage.with_suffix(".json").write_text(json.dumps(card))
+    garbage.with_suffix(".json").write_text(json.dumps(card), encoding="utf-8")
     with pytest.raises(InputError, match="not a safetensors"):
         classifier.load_model(garbage)
     # bytes changed after the card was written: the checksum catches it
@@ -133,16 +133,16 @@ def test_wrong_shapes_and_missing_keys_are_refused(tmp_path):
 
     small = classifier.build_model(widths=(8, 16, 32))
     path = _save_pair(small, tmp_path, "small")      # card says the default widths, tensors are smaller
-    card = json.loads(path.with_suffix(".json").read_text())
+    card = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
     card["architecture"] = dict(classifier.ARCHITECTURE_DEFAULTS)
     card.pop("weights_sha256")
-    path.with_suffix(".json").write_text(json.dumps(card))
+    path.with_suffix(".json").write_text(json.dumps(card), encoding="utf-8")
     with pytest.raises(InputError, match="wrong shapes"):
         classifier.load_model(path)
     state = {k: v for k, v in classifier.build_model().state_dict().items() if not k.startswith("head.fc")}
     partial = tmp_path / "partial.safetensors"
     save_file(state, str(partial))
-    partial.with_suffix(".json").write_text(json.dumps(card))
+    partial.with_suffix(".json").write_text(json.dumps(card), encoding="utf-8")
     with pytest.raises(InputError, match="missing tensors"):
         classifier.load_model(partial)
 
@@ -259,7 +259,7 @@ def test_tiny_training_run_on_phantoms_learns(tmp_path):
 def _shipped_card() -> dict:
     if not classifier.DEFAULT_WEIGHTS.is_file():
         pytest.fail(f"the shipped weights {classifier.DEFAULT_WEIGHTS} are missing")
-    return json.loads(classifier.model_card_path(classifier.DEFAULT_WEIGHTS).read_text())
+    return json.loads(classifier.model_card_path(classifier.DEFAULT_WEIGHTS).read_text(encoding="utf-8"))
 
 
 def test_shipped_model_gradcam_lies_in_and_around_the_lesion():

@@ -224,7 +224,7 @@ def fcsv(path: Path, rows: list[tuple[str, list]], system: str = "LPS") -> Path:
              "# columns = id,x,y,z,ow,ox,oy,oz,vis,sel,lock,label,desc,associatedNodeID"]
     for i, (label, p) in enumerate(rows, start=1):
         lines.append(f"{i},{p[0]},{p[1]},{p[2]},0,0,0,1,1,1,0,{label},,")
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
 
@@ -273,7 +273,7 @@ BAD_MARKUPS = {
 def test_wrong_json_types_in_a_markups_file_give_a_clear_input_error(tmp_path, case):
     doc, message = BAD_MARKUPS[case]
     path = tmp_path / "bad.mrk.json"
-    path.write_text(json.dumps(doc))
+    path.write_text(json.dumps(doc), encoding="utf-8")
     with pytest.raises(InputError, match=message) as info:
         io.read_markups(path)
     assert str(path) in str(info.value)
@@ -341,7 +341,7 @@ def test_numeric_options_are_refused_at_parse_time_with_exit_2(tmp_path, argv, m
 def test_an_out_that_is_a_file_or_lies_under_a_file_is_refused_before_any_work(tmp_path, capsys):
     ct = write(ct_array(), tmp_path / "ct.nii.gz")
     a_file = tmp_path / "notes.txt"
-    a_file.write_text("mine")
+    a_file.write_text("mine", encoding="utf-8")
     before = snapshot(ct, a_file)
     for out, message in ((a_file, "is a file; name a folder"), (a_file / "sub", "which is a file")):
         for argv in (["run", str(ct)], ["phantom"], ["train"], ["evaluate-classifier"]):
@@ -408,7 +408,7 @@ def test_truth_that_is_not_a_phantom_folder_is_refused_before_any_work(tmp_path,
     other.mkdir()
     for name in ("truth_couinaud.nii.gz", "truth_lesions.nii.gz"):
         write(np.zeros((16, 32, 32), np.uint8), other / name)
-    (other / "truth.json").write_text(json.dumps({"patient": "someone"}))
+    (other / "truth.json").write_text(json.dumps({"patient": "someone"}), encoding="utf-8")
     out = tmp_path / "out"
     for folder, message in ((empty, "is not a phantom folder (no truth.json"),
                             (other, "was not written by `liverloc phantom`"),
@@ -435,11 +435,11 @@ def test_phantom_replaces_only_its_own_files(tmp_path, capsys):
     case = tmp_path / "case"
     assert run_cli(["-q", "phantom", "--seed", "1", "--lesions", "0", "--out", str(case)], capsys)[0] == 0
     assert files_not_written_by_phantom(case) == []  # a rerun into it may replace every file
-    (case / "notes.txt").write_text("kept")
+    (case / "notes.txt").write_text("kept", encoding="utf-8")
     assert files_not_written_by_phantom(case) == []
     write(ct_array(), case / "truth_lesions.nii.gz")  # edited by the user since
     assert files_not_written_by_phantom(case) == ["truth_lesions.nii.gz"]
-    (case / "truth.json").write_text("{}")
+    (case / "truth.json").write_text("{}", encoding="utf-8")
     assert set(files_not_written_by_phantom(case)) == {"ct.nii.gz", "truth_tissue.nii.gz", "truth_couinaud.nii.gz",
                                                         "truth_lesions.nii.gz", "landmarks.mrk.json", "truth.json"}
 

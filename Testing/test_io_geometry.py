@@ -52,7 +52,7 @@ def test_markups_round_trip_lps_and_ras(tmp_path):
     pts = {"IVC": np.array([10.0, -20.5, 30.25]), "RHV": np.array([-40.0, 5.0, 60.0])}
     for system in ("LPS", "RAS"):
         path = io.write_markups(tmp_path / f"l_{system}.mrk.json", pts, coordinate_system=system)
-        doc = json.loads(path.read_text())
+        doc = json.loads(path.read_text(encoding="utf-8"))
         assert doc["markups"][0]["coordinateSystem"] == system
         stored = doc["markups"][0]["controlPoints"][0]["position"]
         expected = pts["IVC"] * (np.array([-1, -1, 1]) if system == "RAS" else 1)
@@ -65,14 +65,14 @@ def test_markups_round_trip_lps_and_ras(tmp_path):
 
 def test_markups_errors(tmp_path):
     bad = tmp_path / "bad.mrk.json"
-    bad.write_text("{not json")
+    bad.write_text("{not json", encoding="utf-8")
     with pytest.raises(InputError, match="not a Slicer markups JSON"):
         io.read_markups(bad)
     dup = tmp_path / "dup.mrk.json"
     io.write_markups(dup, {"IVC": np.zeros(3)})
-    doc = json.loads(dup.read_text())
+    doc = json.loads(dup.read_text(encoding="utf-8"))
     doc["markups"][0]["controlPoints"].append(dict(doc["markups"][0]["controlPoints"][0]))
-    dup.write_text(json.dumps(doc))
+    dup.write_text(json.dumps(doc), encoding="utf-8")
     with pytest.raises(InputError, match="'IVC' appears twice"):
         io.read_markups(dup)
     with pytest.raises(InputError, match="no such markups file"):
@@ -239,19 +239,19 @@ def test_lesion_points_any_labels_in_lps_or_ras_none_lost(tmp_path):
     pts = {"tumour": np.array([10.0, -20.5, 30.25]), "": np.array([-40.0, 5.0, 60.0])}
     for system in ("LPS", "RAS"):
         path = io.write_markups(tmp_path / f"p_{system}.mrk.json", pts, coordinate_system=system)
-        doc = json.loads(path.read_text())
+        doc = json.loads(path.read_text(encoding="utf-8"))
         doc["markups"][0]["controlPoints"].append(dict(doc["markups"][0]["controlPoints"][0]))
         undefined = dict(doc["markups"][0]["controlPoints"][0], positionStatus="undefined", label="ghost")
         doc["markups"][0]["controlPoints"].append(undefined)
-        path.write_text(json.dumps(doc))
+        path.write_text(json.dumps(doc), encoding="utf-8")
         back = io.read_lesion_points(path)
         assert list(back) == ["tumour", "point 2", "tumour (3)"]
         np.testing.assert_allclose(back["tumour"], pts["tumour"], atol=1e-4)
         np.testing.assert_allclose(back["point 2"], pts[""], atol=1e-4)
         np.testing.assert_allclose(back["tumour (3)"], pts["tumour"], atol=1e-4)
     empty = tmp_path / "empty.mrk.json"
-    doc = json.loads(io.write_markups(empty, {"a": np.zeros(3)}).read_text())
+    doc = json.loads(io.write_markups(empty, {"a": np.zeros(3)}).read_text(encoding="utf-8"))
     doc["markups"][0]["controlPoints"] = []
-    empty.write_text(json.dumps(doc))
+    empty.write_text(json.dumps(doc), encoding="utf-8")
     with pytest.raises(InputError, match="no defined point; click at least one point inside a lesion"):
         io.read_lesion_points(empty)

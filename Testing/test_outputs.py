@@ -50,7 +50,7 @@ def snapshot(folder: Path) -> dict:
 
 def assert_manifest_matches(folder: Path) -> dict:
     """run.json lists exactly the other files in the folder, each with its true size and SHA-256."""
-    manifest = json.loads((folder / "run.json").read_text())
+    manifest = json.loads((folder / "run.json").read_text(encoding="utf-8"))
     present = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()} - {"run.json"}
     assert set(manifest["files"]) == present
     for name, record in manifest["files"].items():
@@ -63,7 +63,7 @@ def write_set(folder: Path, names: list[str]) -> None:
     """A fake writer: one small file per name."""
     for name in names:
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        (folder / name).write_text(f"{name} of this run\n")
+        (folder / name).write_text(f"{name} of this run\n", encoding="utf-8")
 
 
 def fake_run(out: Path, names: list[str], overwrite: bool = False, inputs: dict | None = None) -> outputs.Results:
@@ -173,7 +173,7 @@ FOREIGN = {
     "a plain folder": lambda out: write_set(out, ["notes.txt", "scan.nii.gz", "a/b.txt", "c", "d", "e"]),
     "earlier results and a file added since": lambda out: (fake_run(out, ["report.json"]),
                                                            write_set(out, ["notes.txt"])),
-    "another tool's run.json": lambda out: (out.mkdir(), (out / "run.json").write_text('{"generator": "other"}')),
+    "another tool's run.json": lambda out: (out.mkdir(), (out / "run.json").write_text('{"generator": "other"}', encoding="utf-8")),
 }
 
 
@@ -311,11 +311,11 @@ def test_cli_failure_mid_write_leaves_no_partial_results_and_no_temporary_folder
 def test_cli_held_lock_refuses_a_second_run(tmp_path, run_argv, capsys):
     out = tmp_path / "result"
     lock = tmp_path / ".result.lock"
-    lock.write_text(json.dumps({"pid": 4242, "host": "elsewhere", "started": "2025-01-01T00:00:00+00:00"}))
+    lock.write_text(json.dumps({"pid": 4242, "host": "elsewhere", "started": "2025-01-01T00:00:00+00:00"}), encoding="utf-8")
     code, err = run_cli(run_argv(out, "--overwrite"), capsys)
     assert code == 2
     assert_one_clear_line(err, f"lock {lock}: process 4242 on elsewhere", f"delete {lock}")
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".result.lock"] and lock.read_text().startswith('{"pid": 4242')
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".result.lock"] and lock.read_text(encoding="utf-8").startswith('{"pid": 4242')
 
 
 def test_cli_never_deletes_a_folder_of_foreign_files(tmp_path, run_argv, capsys):

@@ -373,7 +373,7 @@ def test_write_phantom_round_trip(tmp_path):
     assert set(marks) == set(ph.landmarks)
     for k, p in ph.landmarks.items():
         np.testing.assert_allclose(marks[k], p, atol=1e-3)
-    doc = json.loads(paths["truth"].read_text())
+    doc = json.loads(paths["truth"].read_text(encoding="utf-8"))
     assert doc["seed"] == 0 and doc["size"] == "small"
     assert doc["spacing"] == pytest.approx(list(ph.ct.GetSpacing()))
     assert doc["liver_volume_ml"] == pytest.approx(ph.liver_volume_ml, rel=1e-4)

@@ -45,12 +45,12 @@ def test_run_writes_every_output_with_the_ct_geometry(phantom_case, cli_run):
 
 def test_run_result_matches_truth(phantom_case, cli_run):
     _, out = cli_run
-    scores = json.loads((out / "evaluation.json").read_text())
+    scores = json.loads((out / "evaluation.json").read_text(encoding="utf-8"))
     assert scores["liver_dice"] >= 0.9
     # integration floor on one case; the Couinaud targets are measured over unseen seeds by
     # benchmarks/eval_couinaud.py (the phantom's curved borders keep landmark planes near 0.76 on average)
     assert scores["couinaud_mean_dice"] >= 0.65
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert report["couinaud_method"] in ("planes", "vessels")
     guidance = report["couinaud_vessel_guidance"]  # what the detected vessels showed, and so why that method
     assert guidance["complete"] == (report["couinaud_method"] == "vessels")
@@ -65,7 +65,7 @@ def test_run_result_matches_truth(phantom_case, cli_run):
 
 def test_segmentation_file_holds_every_structure(cli_run):
     _, out = cli_run
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     lesions = io.read_image(out / "lesions.nii.gz")
     _, segments = segfile.read_seg_nrrd(out / "segmentation.seg.nrrd")
     names = [s["name"] for s in segments]
@@ -102,10 +102,10 @@ def test_run_with_nine_segments_names_iva_and_ivb_and_changes_nothing_else(phant
     np.testing.assert_array_equal(np.where(a9 == 9, 4, a9), a8)
     assert set(np.unique(a9[a8 == 4])) == {4, 9}
     np.testing.assert_array_equal(by_name["Couinaud IVb"]["mask"], a9 == 9)
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert report["couinaud_segments"] == 9 and report["options"]["couinaud_segments"] == 9
     assert list(report["couinaud_volumes_ml"]) == nine
-    report8 = json.loads((out8 / "report.json").read_text())
+    report8 = json.loads((out8 / "report.json").read_text(encoding="utf-8"))
     assert report8["couinaud_segments"] == 8 and "IV" in report8["couinaud_volumes_ml"]
     assert report["couinaud_volumes_ml"]["IVa"] + report["couinaud_volumes_ml"]["IVb"] == \
         pytest.approx(report8["couinaud_volumes_ml"]["IV"], abs=1e-3)
@@ -113,7 +113,7 @@ def test_run_with_nine_segments_names_iva_and_ivb_and_changes_nothing_else(phant
     for row in report["lesions"]:
         assert list(row["segment_fractions"]) == nine and row["main_segment"] in nine
         assert labels.eight_segment_name(row["main_segment"]) == rows8[row["id"]]["main_segment"]
-    scores, scores8 = (json.loads((o / "evaluation.json").read_text()) for o in (out, out8))
+    scores, scores8 = (json.loads((o / "evaluation.json").read_text(encoding="utf-8")) for o in (out, out8))
     assert scores["couinaud_mean_dice"] == pytest.approx(scores8["couinaud_mean_dice"])
     assert scores["main_segment_correct"] == scores8["main_segment_correct"]
 
@@ -351,7 +351,7 @@ def test_lesion_seeds_give_the_clicked_lesion_with_detection_off(phantom_case, t
     found = sitk.GetArrayFromImage(io.read_image(out / "lesions.nii.gz")) > 0
     assert metrics.dice(found, inside) > 0.6
     bad = tmp_path / "bad.mrk.json"
-    bad.write_text("{not json")
+    bad.write_text("{not json", encoding="utf-8")
     assert cli.main(["-q", "run", str(folder / "ct.nii.gz"), "--landmarks", str(folder / "landmarks.mrk.json"),
                      "--lesion-seeds", str(bad), "--out", str(tmp_path / "out2")]) != 0
     assert not (tmp_path / "out2").exists() or not any((tmp_path / "out2").iterdir())
@@ -378,7 +378,7 @@ def test_scores_name_each_missed_and_each_false_lesion(phantom_case, cli_run):
     diameter, kind and segment) and every false one (its maximum diameter), the measure named."""
     ph, folder = phantom_case
     _, out = cli_run
-    scores = json.loads((out / "evaluation.json").read_text())
+    scores = json.loads((out / "evaluation.json").read_text(encoding="utf-8"))
     match = metrics.match_instances(io.read_image(out / "lesions.nii.gz"), ph.truth_lesions)
     assert [m["truth_id"] for m in scores["missed_lesions"]] == sorted(match["missed"])
     assert [f["id"] for f in scores["false_lesions"]] == sorted(match["false_positives"])

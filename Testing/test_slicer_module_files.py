@@ -84,14 +84,14 @@ def _ui_widgets() -> dict[str, ET.Element]:
 
 
 def _ui_names_used_by_module() -> set[str]:
-    source = MODULE_FILE.read_text()
+    source = MODULE_FILE.read_text(encoding="utf-8")
     return set(re.findall(r"self\.ui\.(\w+)", source))
 
 
 # ------------------------------------------------------------------------ CMake
 
 def test_module_cmake_lists_every_python_file_and_resource():
-    text = (MODULE_DIR / "CMakeLists.txt").read_text()
+    text = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
     scripts = {s.replace("${MODULE_NAME}", "LiverLocalization") for s in _cmake_list(text, "MODULE_PYTHON_SCRIPTS")}
     on_disk = {"LiverLocalization.py"} | {
         p.relative_to(MODULE_DIR).as_posix() for p in (MODULE_DIR / "LiverLocalizationLib").rglob("*.py")
@@ -105,13 +105,13 @@ def test_module_cmake_lists_every_python_file_and_resource():
     assert sorted(resources_on_disk - resources) == [], "resources missing from MODULE_PYTHON_RESOURCES"
     assert sorted(resources - resources_on_disk) == [], "MODULE_PYTHON_RESOURCES lists files that do not exist"
     assert "WITH_GENERIC_TESTS" in text and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
-    testing = (MODULE_DIR / "Testing" / "Python" / "CMakeLists.txt").read_text()
+    testing = (MODULE_DIR / "Testing" / "Python" / "CMakeLists.txt").read_text(encoding="utf-8")
     for script in re.findall(r"SCRIPT\s+(\S+?\.py)", testing):
         assert (MODULE_DIR / "Testing" / "Python" / script).exists(), script
 
 
 def test_extension_cmake_meta_information():
-    text = (ROOT / "CMakeLists.txt").read_text()
+    text = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
     assert re.search(r"^project\(LiverLocalization\)", text, re.M)
     for key in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS", "DEPENDS"):
         assert _cmake_value(text, f"EXTENSION_{key}").strip(), key
@@ -125,13 +125,13 @@ def test_extension_cmake_meta_information():
 
 
 def test_extensions_index_description_file():
-    doc = json.loads((ROOT / "LiverLocalization.json").read_text())
+    doc = json.loads((ROOT / "LiverLocalization.json").read_text(encoding="utf-8"))
     allowed = {"$schema", "category", "scm_url", "scm_revision", "scm_type", "build_dependencies", "dicom_support_rule",
                "build_subdirectory", "enabled", "tier"}
     assert set(doc) <= allowed
     assert {"$schema", "category", "scm_url"} <= set(doc)
     assert "slicer-extension-catalog-entry-schema" in doc["$schema"]
-    cmake = (ROOT / "CMakeLists.txt").read_text()
+    cmake = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
     assert doc["category"] == _cmake_value(cmake, "EXTENSION_CATEGORY")
     assert doc["build_dependencies"] == _cmake_value(cmake, "EXTENSION_DEPENDS").split()
     assert 1 <= doc.get("tier", 1) <= 5
@@ -153,7 +153,7 @@ def test_ui_has_every_widget_the_module_uses_with_the_right_class():
 
 
 def test_ui_parameter_bindings_match_the_parameter_node():
-    tree = ast.parse(MODULE_FILE.read_text())
+    tree = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
     cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "LiverLocalizationParameterNode")
     fields = {}
     for stmt in cls.body:
@@ -196,7 +196,7 @@ def test_icons_are_128_png(path):
 
 
 def test_module_file_imports_only_slicer_bundled_packages_at_load():
-    tree = ast.parse(MODULE_FILE.read_text())
+    tree = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
     stdlib = set(sys.stdlib_module_names)
     for node in tree.body:
         if isinstance(node, ast.Import):
@@ -212,7 +212,7 @@ def test_module_file_imports_only_slicer_bundled_packages_at_load():
     for node in tree.body:
         if isinstance(node, ast.ImportFrom) and node.module == "LiverLocalizationLib":
             for alias in node.names:
-                lib = ast.parse((MODULE_DIR / "LiverLocalizationLib" / f"{alias.name}.py").read_text())
+                lib = ast.parse((MODULE_DIR / "LiverLocalizationLib" / f"{alias.name}.py").read_text(encoding="utf-8"))
                 for inner in lib.body:
                     if isinstance(inner, (ast.Import, ast.ImportFrom)):
                         mods = [a.name for a in inner.names] if isinstance(inner, ast.Import) else [inner.module or ""]
@@ -220,13 +220,13 @@ def test_module_file_imports_only_slicer_bundled_packages_at_load():
 
 
 def test_module_has_the_four_template_classes_and_sample_registration():
-    tree = ast.parse(MODULE_FILE.read_text())
+    tree = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
     classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
     assert {"LiverLocalization", "LiverLocalizationWidget", "LiverLocalizationLogic", "LiverLocalizationTest"} <= set(classes)
     assert [ast.unparse(b) for b in classes["LiverLocalizationTest"].bases] == ["ScriptedLoadableModuleTest"]
     functions = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
     assert "registerSampleData" in functions
-    source = MODULE_FILE.read_text()
+    source = MODULE_FILE.read_text(encoding="utf-8")
     assert 'slicer.app.connect("startupCompleted()", registerSampleData)' in source
     assert "tryWithErrorDisplay" in source and "parameterNodeWrapper" in source
     assert "pip_install(\"torch" not in source and "PyTorchUtils" in source

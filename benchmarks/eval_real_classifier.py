@@ -141,7 +141,7 @@ def main(argv=None) -> int:
           f"{np.nanmedian(shares):.2f}, mean {np.nanmean(shares):.2f}, lowest {np.nanmin(shares):.2f} "
           f"(a uniform map: median {np.median(uniform):.2f}); {time.perf_counter() - t0:.0f} s")
     if args.json:
-        args.json.write_text(json.dumps(results, indent=1, default=float))
+        args.json.write_text(json.dumps(results, indent=1, default=float), encoding="utf-8")
     return 0
 
 

@@ -208,7 +208,7 @@ def main(argv=None) -> int:
             print(f"| {name} | {label} | {r['dice']:.3f} | {r['found']}/{r['big']} | {r['false_positives']} | {other} | "
                   f"{r['seconds']:.1f} |", flush=True)
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        args.json.write_text(json.dumps(results, indent=2), encoding="utf-8")
     return 0
 
 

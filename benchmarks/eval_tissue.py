@@ -170,7 +170,7 @@ def main(argv=None) -> int:
     if ph:
         summary(ph, "phantom mean")
     if args.json is not None:
-        args.json.write_text(json.dumps(rows, indent=1))
+        args.json.write_text(json.dumps(rows, indent=1), encoding="utf-8")
     return 0
 
 

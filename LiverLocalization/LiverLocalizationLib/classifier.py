@@ -216,7 +216,7 @@ def save_model(net, card: dict, weights_path) -> Path:
     card["weights_file"] = weights_path.name
     card["weights_sha256"] = file_sha256(weights_path)
     card["weights_bytes"] = weights_path.stat().st_size
-    model_card_path(weights_path).write_text(json.dumps(card, indent=2))
+    model_card_path(weights_path).write_text(json.dumps(card, indent=2), encoding="utf-8")
     return weights_path
 
 
@@ -271,7 +271,7 @@ def load_model(path=None) -> LesionClassifier:
         raise InputError(f"Model card {card_path} is missing: the weights need their JSON model card (architecture, "
                          "patch geometry, kinds, temperature) beside them, as `liverloc train` writes it.")
     try:
-        card = json.loads(card_path.read_text())
+        card = json.loads(card_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise InputError(f"Model card {card_path} is not valid JSON ({err}); restore it or retrain.") from err
     if not isinstance(card, dict) or card.get("format") != MODEL_CARD_FORMAT:

@@ -540,7 +540,7 @@ def train(out_dir, n_cases: int = 120, epochs: int = 30, seed: int = 0, progress
         KINDS, out / "confusion_matrix.png")
     if progress is not None:
         progress(1.0, "done")
-    return json.loads(classifier.model_card_path(weights).read_text())
+    return json.loads(classifier.model_card_path(weights).read_text(encoding="utf-8"))
 
 
 def _detection_totals(stats: dict) -> dict:
@@ -561,7 +561,7 @@ def evaluation_seeds(weights_path=None, n_cases: int = 40, first_seed: int | Non
     if first_seed is None:
         card_path = classifier.model_card_path(weights_path or classifier.DEFAULT_WEIGHTS)
         try:
-            used = [s for v in json.loads(card_path.read_text())["data"]["case_seeds"].values() for s in v]
+            used = [s for v in json.loads(card_path.read_text(encoding="utf-8"))["data"]["case_seeds"].values() for s in v]
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise InputError(f"Cannot read the training seeds from {card_path} ({err}); give --first-seed.") from err
         first_seed = max(used) + 1

@@ -731,7 +731,7 @@ def _markup_points(path: Path) -> list[tuple[str, np.ndarray]]:
     if path.suffix.lower() == ".fcsv":
         return _read_fcsv(path)
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"{path}: not a Slicer markups JSON file ({exc}).") from None
     markups = doc.get("markups") if isinstance(doc, dict) else None
@@ -771,7 +771,7 @@ def _markup_points(path: Path) -> list[tuple[str, np.ndarray]]:
 def _read_fcsv(path: Path) -> list[tuple[str, np.ndarray]]:
     """(label, LPS point) of the rows of a Slicer/ITK .fcsv file (RAS unless its header says LPS)."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise InputError(f"{path}: not a text .fcsv file ({exc}).") from None
     system = "RAS"
@@ -823,5 +823,5 @@ def write_markups(path: str | os.PathLike, landmarks_lps: dict[str, np.ndarray],
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=2))
+    path.write_text(json.dumps(doc, indent=2), encoding="utf-8")
     return path

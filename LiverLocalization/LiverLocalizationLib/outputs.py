@@ -98,7 +98,7 @@ def file_records(folder: Path) -> dict[str, dict]:
 def read_manifest(folder: Path) -> dict | None:
     """The run.json in `folder` when a liverloc command wrote it (None otherwise: absent, unreadable or foreign)."""
     try:
-        doc = json.loads((folder / MANIFEST).read_text())
+        doc = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     ok = isinstance(doc, dict) and str(doc.get("generator", "")).startswith(GENERATOR_PREFIX)
@@ -157,7 +157,7 @@ def folder_lock(out: Path, target: Path) -> Iterator[Path]:
     except FileExistsError:
         raise OutputError(lock_held_message(out, lock)) from None
     try:
-        with os.fdopen(fd, "w") as handle:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump({"pid": os.getpid(), "host": socket.gethostname(), "started": now()}, handle)
         yield lock
     finally:
@@ -168,7 +168,7 @@ def folder_lock(out: Path, target: Path) -> Iterator[Path]:
 def lock_held_message(out: Path, lock: Path) -> str:
     """The refusal for a folder in use: who holds the lock (as far as its file says) and how to clear a stale one."""
     try:
-        holder = json.loads(lock.read_text())
+        holder = json.loads(lock.read_text(encoding="utf-8"))
         who = f"process {holder['pid']} on {holder['host']} since {holder['started']}"
     except (OSError, ValueError, TypeError, KeyError):
         who = "holder unknown"
@@ -222,7 +222,7 @@ def write_manifest(results: Results, command: str, inputs: dict, options: dict, 
     doc = {"generator": command, "version": __version__, "started": started, "finished": now(),
            "inputs": inputs, "options": options, "files": results.files}
     path = results.folder / MANIFEST
-    with open(path, "w") as handle:
+    with open(path, "w", encoding="utf-8") as handle:
         json.dump(doc, handle, indent=2)
         handle.flush()
         os.fsync(handle.fileno())

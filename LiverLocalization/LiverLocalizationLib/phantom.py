@@ -1395,7 +1395,7 @@ def _sha256(path: Path) -> str:
 def _phantom_truth(folder: Path) -> dict | None:
     """The folder's truth.json when `write_phantom` wrote it (it names the generator), else None."""
     try:
-        doc = json.loads((folder / "truth.json").read_text())
+        doc = json.loads((folder / "truth.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return doc if isinstance(doc, dict) and doc.get("generator") == PHANTOM_GENERATOR else None
@@ -1468,5 +1468,5 @@ def write_phantom(phantom: Phantom, out_dir) -> dict[str, Path]:
         "files": {p.name: _sha256(p) for p in paths.values()},
     }
     paths["truth"] = out / "truth.json"
-    paths["truth"].write_text(json.dumps(doc, indent=2))
+    paths["truth"].write_text(json.dumps(doc, indent=2), encoding="utf-8")
     return paths

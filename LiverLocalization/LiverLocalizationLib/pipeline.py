@@ -438,7 +438,7 @@ def write_json(data, path) -> Path:
     """Write data as indented JSON (numpy values converted, floats rounded to 4 decimals)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_jsonable(data), indent=2))
+    path.write_text(json.dumps(_jsonable(data), indent=2), encoding="utf-8")
     return path
 
 
@@ -471,7 +471,7 @@ def write_report_csv(rows: list[dict], path) -> Path:
     path = Path(path)
     extra = sorted({k for row in rows for k in row} - set(REPORT_COLUMNS))
     columns = list(REPORT_COLUMNS) + extra
-    with path.open("w", newline="") as handle:
+    with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(columns)
         for row in rows:
@@ -556,7 +556,7 @@ def score_against_phantom(result: PipelineResult, truth_dir) -> dict:
     from . import metrics
 
     truth_dir = Path(truth_dir)
-    truth = json.loads((truth_dir / "truth.json").read_text())
+    truth = json.loads((truth_dir / "truth.json").read_text(encoding="utf-8"))
     truth_couinaud = io.read_image(truth_dir / "truth_couinaud.nii.gz")
     truth_lesions = io.read_image(truth_dir / "truth_lesions.nii.gz")
     geometry.require_same_geometry(truth_couinaud, result.ct, "The phantom's truth")

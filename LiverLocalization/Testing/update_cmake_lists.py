@@ -64,5 +64,5 @@ def cmake_text(scripts: list[str], resources: list[str]) -> str:
 
 if __name__ == "__main__":
     path = MODULE_DIR / "CMakeLists.txt"
-    path.write_text(cmake_text(*module_files()))
+    path.write_text(cmake_text(*module_files()), encoding="utf-8")
     print(f"{path}: {len(module_files()[0]) + 1} scripts, {len(module_files()[1])} resources")

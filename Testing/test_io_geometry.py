@@ -153,7 +153,7 @@ def test_dilate_mm_and_close_mm_equal_scipys_ball_morphology_on_anisotropic_grid
                                       ndimage.binary_dilation(mask, structure=ball))
         pad = [(int(np.ceil(radius / s)) + 1,) * 2 for s in spacing]
         expected = ndimage.binary_closing(np.pad(mask, pad), structure=ball)
-        expected = expected[tuple(slice(p[0], p[0] + n) for p, n in zip(pad, mask.shape, strict=True))]
+        expected = expected[tuple(slice(p[0], p[0] + n) for p, n in geometry.zip_equal(pad, mask.shape))]
         closed = geometry.close_mm(mask, radius, spacing)
         np.testing.assert_array_equal(closed, expected)
         assert closed[mask].all()  # extensive, also where the mask meets the array's faces
@@ -255,3 +255,15 @@ def test_lesion_points_any_labels_in_lps_or_ras_none_lost(tmp_path):
     empty.write_text(json.dumps(doc), encoding="utf-8")
     with pytest.raises(InputError, match="no defined point; click at least one point inside a lesion"):
         io.read_lesion_points(empty)
+
+
+def test_zip_equal_is_zip_strict():
+    """geometry.zip_equal stands in for zip(..., strict=True), which Python 3.9 (Slicer 5.6-5.8) lacks."""
+    assert list(geometry.zip_equal((1, 2), "ab", np.array([3.0, 4.0]))) == [(1, "a", 3.0), (2, "b", 4.0)]
+    assert list(geometry.zip_equal()) == []
+    for short_first in (True, False):
+        a, b = ([1], [1, 2]) if short_first else ([1, 2], [1])
+        pairs = geometry.zip_equal(a, b)
+        assert next(pairs) == (1, 1)
+        with pytest.raises(ValueError, match="different lengths"):
+            next(pairs)

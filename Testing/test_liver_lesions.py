@@ -371,7 +371,7 @@ def test_border_refinement_on_the_box_round_the_mask_equals_the_whole_region(pha
     whole = sitk.GetArrayFromImage(liver.extract_liver(ph.ct, ph.landmarks))
     np.testing.assert_array_equal(boxed, whole)
     box_size, roi_size = boxes[0]
-    assert max(r - b for r, b in zip(roi_size, box_size, strict=True)) >= 4  # a real crop, not the whole region
+    assert max(r - b for r, b in geometry.zip_equal(roi_size, box_size)) >= 4  # a real crop, not the whole region
 
 
 def test_fill_holes_equals_scipy_in_3d_then_per_slice():
@@ -513,7 +513,7 @@ def _ct_and_landmarks(arr: np.ndarray, spacing_xyz, points_lps):
     img = sitk.GetImageFromArray(arr)
     img.SetSpacing(spacing_xyz)
     names = ("IVC", "RHV", "MHV", "LHV", "RPV", "LPV")
-    return img, {k: np.array(p, float) for k, p in zip(names, points_lps, strict=True)}
+    return img, {k: np.array(p, float) for k, p in geometry.zip_equal(names, points_lps)}
 
 
 @pytest.mark.parametrize("seed", [0, 1])

@@ -350,7 +350,7 @@ def test_oblique_and_flipped_storage_keep_the_same_physical_anatomy(variant):
     agree = cou_o[tuple(idx[ok].T)] == cou_p[tuple(zyx[ok].T)]
     assert agree.mean() > 0.85
     # lesions at the same physical place
-    for a, b in zip(plain.lesions, other.lesions, strict=True):
+    for a, b in geometry.zip_equal(plain.lesions, other.lesions):
         assert np.linalg.norm(np.subtract(a["centroid_ras"], b["centroid_ras"])) < 2.0
         assert a["main_segment"] == b["main_segment"] or max(a["couinaud_fractions"].values()) < 0.8
 

@@ -73,12 +73,22 @@ def ball_structure(radius_mm: float, spacing_zyx) -> np.ndarray:
     return (zz * sz) ** 2 + (yy * sy) ** 2 + (xx * sx) ** 2 <= radius_mm ** 2 + 1e-6
 
 
+def zip_equal(*iterables):
+    """`zip(*iterables, strict=True)` on Python 3.9 too (Slicer 5.6-5.8): the same tuples, and a ValueError when one
+    iterable ends before the others."""
+    missing = object()
+    for values in itertools.zip_longest(*iterables, fillvalue=missing):
+        if any(v is missing for v in values):
+            raise ValueError("zip_equal: the iterables have different lengths")
+        yield values
+
+
 def widen(sl: tuple[slice, ...], margin, shape) -> tuple[slice, ...]:
     """Index slices `sl` (e.g. from `ndimage.find_objects`) widened by `margin` voxels (one int, or one per axis),
     clipped to an array of `shape`."""
     margins = np.broadcast_to(np.asarray(margin, dtype=int), (len(sl),))
     return tuple(slice(max(0, s.start - int(m)), min(int(n), s.stop + int(m)))
-                 for s, m, n in zip(sl, margins, shape, strict=True))
+                 for s, m, n in zip_equal(sl, margins, shape))
 
 
 def depth_mm(region: np.ndarray, spacing_zyx) -> np.ndarray:

@@ -41,7 +41,7 @@ import SimpleITK as sitk
 
 from . import labels
 from .errors import InputError
-from .geometry import lps_to_ras
+from .geometry import lps_to_ras, zip_equal
 
 Progress = Callable[[float, str], None]
 
@@ -339,7 +339,7 @@ class _Anatomy:
         x0, y0 = self.portal_bifurcation_xy()
         gx, gy = np.meshgrid(np.arange(-12.0, 12.1, 2.0), np.arange(-12.0, 8.1, 2.0))
         xs, ys = (x0 + gx).ravel(), (y0 + gy).ravel()
-        zs = np.array([z_of_xy(x, y) for x, y in zip(xs, ys, strict=True)])
+        zs = np.array([z_of_xy(x, y) for x, y in zip(xs, ys)])  # one grid: equal lengths
         sd = self.liver_sd(xs, ys, zs)
         caud = _ellipsoid_k(xs, ys, zs, self.caud_c, self.caud_r) < self.caud_k + 0.1
         cost = np.minimum(sd, -12.0) + 0.05 * np.hypot(gx.ravel(), gy.ravel()) + 100.0 * caud
@@ -395,7 +395,7 @@ class _Grid:
         """
         q0, a = self.q_affine()
         ax_idx = []
-        for s, st in zip(sl, step, strict=True):
+        for s, st in zip_equal(sl, step):
             n = -(-(s.stop - 1 - s.start) // st) + 1 if st > 1 else s.stop - s.start
             ax_idx.append(s.start + st * np.arange(n, dtype=np.float32))
         k = ax_idx[0][:, None, None]
@@ -435,7 +435,7 @@ def _full(a, shape):
 
 def _upsample(a, shape, step):
     """Linear interpolation of samples taken every step voxels (from index 0) back to the full box shape."""
-    for axis, (n, st) in enumerate(zip(shape, step, strict=True)):
+    for axis, (n, st) in enumerate(zip_equal(shape, step)):
         if st == 1 or a.shape[axis] == n:
             continue
         pos = np.arange(n, dtype=np.float32) / st
@@ -629,14 +629,14 @@ def _build_vessels(anat: _Anatomy, coarse: _Coarse, labels_coarse: np.ndarray, s
     # hepatic veins: from the confluence outward and downward along their border surfaces
     for vein, r0 in (("RHV", 6.5), ("MHV", 6.0), ("LHV", 5.5)):
         desc = anat.vein_descent[vein]
-        rr = np.arange(0.0, 160.0, 2.5)
+        rr = np.arange(0.0, 160.0, 2.5)  # z below is computed from rr: zip(rr, z) pairs equal lengths
         z = anat.z_conf + 4.0 - 0.3 * rr
         for _ in range(3):  # follow the diaphragmatic surface at a depth growing outward
-            pts = np.array([_vein_point(anat, vein, r, zz) for r, zz in zip(rr, z, strict=True)])
+            pts = np.array([_vein_point(anat, vein, r, zz) for r, zz in zip(rr, z)])
             z_top = anat.z_dia(pts[:, 0], pts[:, 1]) - 5.0
             z = np.minimum(z_top - (anat.z_dia(*anat.ivc_xy) - 5.0 - anat.z_conf) - desc * 0.5 * rr,
                            anat.z_conf + 4.0 - 0.1 * rr)
-        pts = np.array([_vein_point(anat, vein, r, zz) for r, zz in zip(rr, z, strict=True)])
+        pts = np.array([_vein_point(anat, vein, r, zz) for r, zz in zip(rr, z)])
         pts[0] = [anat.ivc_xy[0], anat.ivc_xy[1], anat.z_conf + 4.0]
         radii = np.maximum(r0 * (1 - rr / 180.0), 1.6)
         inside = anat.liver_sd(pts[:, 0], pts[:, 1], pts[:, 2]) < -(radii + 1.0)
@@ -1100,7 +1100,7 @@ def _paint_ellipsoid_organs(grid, anat, hu, prm):
         h[(k < 1.0) & above] = prm["myocardium"]
         h[(k < 0.8) & above] = prm["heart"]
     for path, radius, value in ((anat.panc_path, 12.0, prm["pancreas"]), (anat.colon_path, 22.0, None)):
-        for a, b in zip(path[:-1], path[1:], strict=True):
+        for a, b in zip(path[:-1], path[1:]):
             for s, (X, Y, Z) in each(0.5 * (a + b), np.abs(b - a) / 2 + radius):
                 d = _segment_distance(X, Y, Z, a, b)
                 h = hu[s]
@@ -1136,7 +1136,7 @@ def _render_liver(grid, anat, coarse, hu, tissue, couinaud, prm, liver_waves):
     if sl is None:
         return
     step = _field_step(grid, 2.5)
-    margin = 2.0 * max(grid.spacing[ax] * st for ax, st in zip((2, 1, 0), step, strict=True)) / grid.scale + 1.0
+    margin = 2.0 * max(grid.spacing[ax] * st for ax, st in zip_equal((2, 1, 0), step)) / grid.scale + 1.0
     for s in grid.chunks(sl, 2_000_000):
         shape = tuple(v.stop - v.start for v in s)
         sd = _smooth_field(grid, s, anat.liver_sd, 2.5)
@@ -1186,7 +1186,7 @@ def _render_vessels(grid, tubes, vessel):
     rmin = 0.5 * max(grid.spacing) / grid.scale
     for tube in tubes:
         pts, radii = tube.points, np.maximum(tube.radii, rmin)
-        for a, b, ra, rb in zip(pts[:-1], pts[1:], radii[:-1], radii[1:], strict=True):
+        for a, b, ra, rb in zip_equal(pts[:-1], pts[1:], radii[:-1], radii[1:]):
             rm = max(ra, rb) + 0.5
             sl = grid.box(np.minimum(a, b) - rm, np.maximum(a, b) + rm)
             if sl is None:
@@ -1358,7 +1358,7 @@ def _lesion_rows(lesion_ids, couinaud, specs, grid, vox_ml):
     idx = np.arange(1, n + 1)
     objs = ndimage.find_objects(lesion_ids, max_label=n)
     m = grid.direction * np.asarray(grid.spacing)[None]
-    for i, spec in zip(idx, specs, strict=True):
+    for i, spec in zip(idx, specs):  # idx is 1..len(specs)
         sl = objs[i - 1]
         sub = lesion_ids[sl] == i
         zyx = np.argwhere(sub) + np.array([s.start for s in sl])

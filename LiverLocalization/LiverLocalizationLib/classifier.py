@@ -30,7 +30,18 @@ from . import geometry, labels
 from .errors import InputError
 
 KINDS = labels.LESION_KINDS
-MODELS_DIR = Path(__file__).resolve().parents[1] / "Resources" / "Models"
+
+
+def _shipped_models_dir() -> Path:
+    """Where the shipped weights lie: the module's Resources/Models beside this package (source tree, editable
+    install, Slicer extension), else the package's own ``models`` folder (a wheel: pyproject.toml maps
+    Resources/Models there)."""
+    package = Path(__file__).resolve().parent
+    candidates = (package.parent / "Resources" / "Models", package / "models")
+    return next((d for d in candidates if (d / "lesion_classifier.safetensors").is_file()), candidates[0])
+
+
+MODELS_DIR = _shipped_models_dir()
 DEFAULT_WEIGHTS = MODELS_DIR / "lesion_classifier.safetensors"
 MODEL_CARD_FORMAT = "liverloc-lesion-classifier/1"
 
@@ -230,7 +241,7 @@ def _read_safetensors(path: Path) -> dict:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    fix = ("Use the weights shipped in LiverLocalization/Resources/Models, or retrain with "
+    fix = (f"Use the shipped weights ({DEFAULT_WEIGHTS}), or retrain with "
            "`liverloc train --out DIR` and pass DIR/lesion_classifier.safetensors.")
     with open(path, "rb") as handle:
         head = handle.read(16)

@@ -31,9 +31,6 @@ README_URL = "https://github.com/LiverLocalization/LiverLocalization#readme"
 SAMPLE_CATEGORY = "Liver Localization"
 SAMPLE_NAME = "Liver phantom"
 # Python packages the classification stage needs beyond what Slicer bundles (torch comes from the PyTorch extension)
-CLASSIFIER_PACKAGES = {"safetensors": "safetensors>=0.4"}
-
-
 #
 # LiverLocalization
 #
@@ -321,12 +318,13 @@ class LiverLocalizationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         """Run the pipeline on the selected nodes, with progress and cancel; results go to the output nodes."""
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Liver localization failed."), waitCursor=True):
-            if p.classify and not self.logic.ensureClassifierDependencies(askConfirmation=True):
-                self.ui.statusLabel.text = _("Classification needs packages that are not installed; run without it "
-                                             "(untick Classify) or install them.")
-                return
             combo = self.ui.liverSegmentComboBox
             liverSegmentId = combo.itemData(combo.currentIndex) if p.liverSegmentation and combo.count else None
+            if not self.logic.ensureDependencies(liverMaskGiven=liverSegmentId is not None, classify=bool(p.classify),
+                                                 askConfirmation=True):
+                self.ui.statusLabel.text = _("This run needs Python packages that are not installed: install them, or "
+                                             "give a liver segmentation / untick Classify.")
+                return
             from LiverLocalizationLib.pipeline import Cancelled
 
             self._setRunning(True)
@@ -414,7 +412,7 @@ class LiverLocalizationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def onInstallDependencies(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Installing packages failed."), waitCursor=True):
-            ok = self.logic.ensureClassifierDependencies(askConfirmation=True)
+            ok = self.logic.ensureDependencies(liverMaskGiven=False, classify=True, askConfirmation=True)
             self.ui.dependenciesStatusLabel.text = _("All packages are installed.") if ok else _("Some packages are missing.")
 
 
@@ -521,30 +519,38 @@ class LiverLocalizationLogic(ScriptedLoadableModuleLogic):
         return True
 
     @staticmethod
-    def missingClassifierPackages() -> list[str]:
-        """Pip requirements of the classifier that are not importable (torch is handled by the PyTorch extension)."""
-        import importlib.util
+    def missingPackages(liverMaskGiven: bool, classify: bool) -> list:
+        """The optional packages (`dependencies.OptionalPackage`) a run with these settings needs and lacks: the
+        liver extraction's scikit-image (not when a liver mask is given), the classifier's safetensors and torch."""
+        from LiverLocalizationLib import dependencies
 
-        return [req for module, req in CLASSIFIER_PACKAGES.items() if importlib.util.find_spec(module) is None]
+        return dependencies.missing(dependencies.packages_for_run(liverMaskGiven, classify))
 
-    def ensureClassifierDependencies(self, askConfirmation: bool = True) -> bool:
-        """Install the classifier's packages after the user agrees; torch through PyTorchUtils. True when all present."""
-        missing = self.missingClassifierPackages()
-        if missing:
+    def ensureDependencies(self, liverMaskGiven: bool, classify: bool, askConfirmation: bool = True) -> bool:
+        """Install what a run needs after the user agrees (pip for the packages, the PyTorch extension for torch).
+
+        :return: True when every package the run needs is importable afterwards.
+        """
+        from LiverLocalizationLib import dependencies
+
+        absent = self.missingPackages(liverMaskGiven, classify)
+        pipPackages = [p for p in absent if p is not dependencies.TORCH]
+        if pipPackages:
             if askConfirmation and not slicer.util.confirmOkCancelDisplay(
-                    _("Lesion classification needs these Python packages: {names}. Install them now?").format(
-                        names=", ".join(missing))):
+                    _("This run needs these Python packages: {names}. Install them now?").format(
+                        names=", ".join(f"{p.module} ({p.purpose})" for p in pipPackages))):
                 return False
-            slicer.util.pip_install(missing)
-        try:
-            import PyTorchUtils
-        except ImportError:
-            logging.warning("The PyTorch extension is not installed; install it from the Extensions Manager.")
-            return False
-        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-        if not torchLogic.torchInstalled():
-            return torchLogic.installTorch(askConfirmation=askConfirmation) is not None
-        return True
+            slicer.util.pip_install([p.requirement for p in pipPackages])
+        if dependencies.TORCH in absent:
+            try:
+                import PyTorchUtils
+            except ImportError:
+                logging.warning("The PyTorch extension is not installed; install it from the Extensions Manager.")
+                return False
+            torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+            if not torchLogic.torchInstalled() and torchLogic.installTorch(askConfirmation=askConfirmation) is None:
+                return False
+        return not self.missingPackages(liverMaskGiven, classify)
 
     def loadPhantomSample(self, seed: int = 7, size: str = "small"):
         """Generate the synthetic phantom (a few seconds, nothing downloaded) and load it.
@@ -588,6 +594,8 @@ class LiverLocalizationTest(ScriptedLoadableModuleTest):
 
         self.delayDisplay("Generating the phantom sample")
         logic = LiverLocalizationLogic()
+        if not logic.ensureDependencies(liverMaskGiven=False, classify=False, askConfirmation=True):
+            self.skipTest("the liver extraction needs scikit-image, which is not installed")
         volume, landmarks, phantom = logic.loadPhantomSample(seed=7)
         self.assertEqual(set(logic.landmarkStatus(landmarks).values()), {True})
 

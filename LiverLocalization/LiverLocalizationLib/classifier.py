@@ -238,8 +238,11 @@ def _looks_like_pickle(head: bytes) -> bool:
 
 def _read_safetensors(path: Path) -> dict:
     """Tensors of a safetensors file, with clear errors for anything else (never unpickles)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from .dependencies import SAFETENSORS, TORCH, import_required
+
+    import_required(TORCH)
+    SafetensorError = import_required(SAFETENSORS).SafetensorError
+    load_file = import_required(SAFETENSORS, "torch").load_file
 
     fix = (f"Use the shipped weights ({DEFAULT_WEIGHTS}), or retrain with "
            "`liverloc train --out DIR` and pass DIR/lesion_classifier.safetensors.")

@@ -583,8 +583,9 @@ def separate_at_necks(candidate: np.ndarray, liver_seeds: np.ndarray, spacing_zy
     negated distance to the candidate's border floods from all markers, so the borders between them fall at
     the necks where organs touch. Returns the liver's basins (bool).
     """
-    from skimage.segmentation import watershed
+    from .dependencies import SCIKIT_IMAGE, import_required
 
+    watershed = import_required(SCIKIT_IMAGE, "segmentation").watershed
     eroded = ndimage.binary_erosion(candidate, structure=geometry.ball_structure(separation_mm, spacing_zyx))
     lab, n = ndimage.label(eroded)
     if n <= 1:

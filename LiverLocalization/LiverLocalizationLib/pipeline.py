@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from . import geometry, io, labels
+from . import dependencies, geometry, io, labels
 from .couinaud import METHODS as COUINAUD_METHODS
 from .errors import InputError
 
@@ -312,6 +312,9 @@ def run_pipeline(
 
     options = options or PipelineOptions()
     options.validate()
+    absent = dependencies.missing(dependencies.packages_for_run(liver_mask is not None, options.classify))
+    if absent:  # before any work: a missing package found after a minute of processing loses that minute
+        raise dependencies.MissingPackage(absent[0])
     check_memory(ct)  # before the float copy that validate_ct makes
     ct_float = io.validate_ct(ct)
     mask = _binary_liver_mask(liver_mask, ct_float) if liver_mask is not None else None

@@ -1,6 +1,7 @@
 """Optional Python packages: which step needs which, whether they are importable, and a clear error when not.
 
-Slicer bundles numpy, scipy, SimpleITK and VTK, not scikit-image, safetensors, matplotlib or torch. The
+Slicer bundles numpy, scipy, SimpleITK and VTK (its SuperBuild's External_python-numpy, -scipy and
+-SimpleITK), not scikit-image, safetensors, matplotlib or torch. The
 library imports those inside the functions that need them; `import_required` turns a missing one into a
 `MissingPackage` error that names the package, the step that needs it and the pip requirement, and the Slicer
 module asks `missing_requirements` before Apply so that it can offer to install them (torch comes through the

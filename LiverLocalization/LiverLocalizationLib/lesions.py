@@ -844,15 +844,17 @@ def relabel_by_volume(labels_arr: np.ndarray, min_voxels: int = 1) -> np.ndarray
 
 
 def _max_diameter_mm(points_mm: np.ndarray) -> float:
-    """Largest distance between two of the points (mm): over their convex hull's vertices, at most 3000 of them."""
+    """Largest distance between two of the points (mm; 2-D or 3-D coordinates): over their convex hull's
+    vertices, at most 3000 of them. Give the points of one plane in that plane's 2-D coordinates: a flat set has
+    no 3-D hull, and all its points would be compared."""
     if len(points_mm) < 2:
         return 0.0
-    if len(points_mm) > 3:
+    if len(points_mm) > points_mm.shape[1]:
         try:
             from scipy.spatial import ConvexHull
 
             points_mm = points_mm[ConvexHull(points_mm).vertices]
-        except Exception:  # flat or degenerate sets: use all points  # noqa: BLE001
+        except Exception:  # collinear or degenerate sets: use all points  # noqa: BLE001
             pass
     if len(points_mm) > 3000:
         points_mm = points_mm[:: len(points_mm) // 3000 + 1]
@@ -876,6 +878,7 @@ def measure_lesions(lesion_labels: sitk.Image, ct: sitk.Image) -> list[dict]:
     arr = sitk.GetArrayViewFromImage(ct)
     voxel_ml = geometry.voxel_volume_ml(ct)
     pixel = float(np.mean(ct.GetSpacing()))
+    spacing_zyx = np.asarray(ct.GetSpacing(), float)[::-1]
     axis = _axial_axis(ct)
     rows = []
     objects = ndimage.find_objects(lab.astype(np.int64)) if lab.any() else []
@@ -885,7 +888,9 @@ def measure_lesions(lesion_labels: sitk.Image, ct: sitk.Image) -> list[dict]:
         comp = lab[sl] == i
         idx = np.argwhere(comp) + np.array([s.start for s in sl])
         pts = geometry.voxel_centers_lps(ct, idx)
-        axial = max(_max_diameter_mm(pts[idx[:, axis] == k]) for k in np.unique(idx[:, axis]))
+        # within one slice, index offsets times the spacing are distances (the direction matrix is orthonormal)
+        plane_mm = (idx * spacing_zyx)[:, [a for a in range(3) if a != axis]]
+        axial = max(_max_diameter_mm(plane_mm[idx[:, axis] == k]) for k in np.unique(idx[:, axis]))
         rows.append({
             "id": int(i),
             "volume_ml": float(comp.sum() * voxel_ml),

@@ -41,6 +41,9 @@ def test_run_writes_every_output_with_the_ct_geometry(phantom_case, cli_run):
         assert geometry.same_geometry(image, ct), name
     for name in ("report.json", "report.csv", "segmentation.seg.nrrd", "overview.png", "couinaud.png", "evaluation.json"):
         assert (out / name).stat().st_size > 0, name
+    denoised = io.read_image(out / "denoised.nii.gz")  # whole HU, int16, as CTs are stored
+    assert denoised.GetPixelID() == sitk.sitkInt16
+    assert sitk.GetArrayViewFromImage(denoised).min() >= sitk.GetArrayViewFromImage(ct).min() - 1
 
 
 def test_run_result_matches_truth(phantom_case, cli_run):

@@ -509,6 +509,16 @@ def summary_text(result: PipelineResult) -> str:
 
 # ------------------------------------------------------------------------ outputs
 
+def _whole_hu(image: sitk.Image | None) -> sitk.Image | None:
+    """A HU image rounded to whole HU as int16, the way CTs are stored: a quarter of the float file's size and
+    written in less than half the time (512x512x129: 25 MB, 1.5 s against 97 MB, 3.5 s), and a difference below
+    half a HU is far under any CT's noise."""
+    if image is None:
+        return None
+    arr = np.clip(np.rint(sitk.GetArrayViewFromImage(image)), -32768, 32767).astype(np.int16)
+    return geometry.copy_geometry(arr, image)
+
+
 def write_outputs(result: PipelineResult, out_dir, figures: bool = True, progress: Progress | None = None) -> dict[str, Path]:
     """Write images (.nii.gz), the Slicer segmentation (.seg.nrrd), report.json/.csv and figures to out_dir."""
     from . import segfile
@@ -516,7 +526,7 @@ def write_outputs(result: PipelineResult, out_dir, figures: bool = True, progres
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
-    images = {"denoised": result.denoised, "tissue": result.tissue, "lesions": result.lesion_labels,
+    images = {"denoised": _whole_hu(result.denoised), "tissue": result.tissue, "lesions": result.lesion_labels,
               "couinaud": result.couinaud, "gradcam": result.gradcam}
     for name, image in images.items():
         if image is not None:

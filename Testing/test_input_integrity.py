@@ -20,6 +20,7 @@ import SimpleITK as sitk
 from LiverLocalizationLib import cli, couinaud, io, pipeline
 from LiverLocalizationLib.errors import InputError
 from LiverLocalizationLib.phantom import files_not_written_by_phantom, phantom_folder_problem
+from cli_checks import assert_one_clear_line, run_cli
 
 LANDMARKS = {"IVC": [0.0, 40.0, 10.0], "RHV": [-60.0, 30.0, 20.0], "MHV": [-20.0, 10.0, 20.0],
              "LHV": [30.0, 20.0, 20.0], "RPV": [-40.0, 20.0, -20.0], "LPV": [10.0, 10.0, -20.0]}
@@ -45,23 +46,6 @@ def write(arr: np.ndarray, path: Path, compress: bool = True, spacing=(1.0, 1.0,
 def snapshot(*paths: Path) -> dict:
     """Bytes and modification time of files, to show that a refused command left its inputs as they were."""
     return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in paths}
-
-
-def run_cli(argv: list[str], capsys) -> tuple[int, str]:
-    """liverloc's exit status (argparse's SystemExit included) and its stderr."""
-    try:
-        code = cli.main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    return code, capsys.readouterr().err
-
-
-def assert_one_clear_line(err: str, *words: str) -> None:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    for word in words:
-        assert word in lines[0], (word, lines[0])
 
 
 # ----------------------------------------------------------------------------- cut short and corrupt files

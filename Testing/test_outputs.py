@@ -21,26 +21,10 @@ import pytest
 
 from LiverLocalizationLib import cli, outputs, pipeline
 from LiverLocalizationLib.errors import InputError
+from cli_checks import assert_one_clear_line, run_cli
 
 
 # ----------------------------------------------------------------------------- helpers
-
-def run_cli(argv: list[str], capsys) -> tuple[int, str]:
-    """liverloc's exit status (argparse's SystemExit included) and its stderr."""
-    try:
-        code = cli.main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    return code, capsys.readouterr().err
-
-
-def assert_one_clear_line(err: str, *words: str) -> None:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    for word in words:
-        assert word in lines[0], (word, lines[0])
-
 
 def snapshot(folder: Path) -> dict:
     """Every file under a folder (hidden ones included) with its bytes and modification time."""

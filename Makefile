@@ -26,6 +26,7 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/liverloc phantom --out $(DEMO_DIR)/phantom --seed $(DEMO_SEED) --size $(DEMO_SIZE)
+	rm -rf $(DEMO_DIR)/result  # the demo's own results: liverloc run refuses to replace a folder it did not write
 	$(VENV)/bin/liverloc run $(DEMO_DIR)/phantom/ct.nii.gz --landmarks $(DEMO_DIR)/phantom/landmarks.mrk.json \
 		--truth $(DEMO_DIR)/phantom --out $(DEMO_DIR)/result
 	@echo "Results and pictures: $(DEMO_DIR)/result (overview.png, couinaud.png, report.csv, segmentation.seg.nrrd)"

@@ -187,3 +187,19 @@ def test_gradcam_figure_has_scale_letters_and_colour_bar(tmp_path):
     image_axes = [ax for ax in fig.axes if ax.images and _letters(ax)]
     assert len(image_axes) == 3 and all(_letters(ax)["left"] == "R" for ax in image_axes)
     assert "lesion centre" in image_axes[0].get_ylabel() and " mm" in image_axes[0].get_ylabel()
+
+
+def test_label_centres_are_each_labels_mean_voxel_largest_first():
+    import numpy as np
+
+    from LiverLocalizationLib.figures import common
+
+    lab = np.zeros((10, 12, 14), np.uint16)
+    lab[1:3, 2:4, 3:5] = 5  # 8 voxels, centre (1.5, 2.5, 3.5)
+    lab[4:8, 6:10, 8:12] = 2  # 64 voxels
+    lab[9, 0, 0] = 7  # 1 voxel
+    centres = common.label_centres_zyx(lab)
+    assert [v for v, _ in centres] == [2, 5, 7]
+    for value, centre in centres:
+        assert np.allclose(centre, np.argwhere(lab == value).mean(0))
+    assert common.label_centres_zyx(np.zeros((3, 3, 3), np.uint8)) == []

@@ -70,14 +70,26 @@ TISSUE_COLORS = {labels.PARENCHYMA: labels.LIVER.color, labels.LESION: labels.LE
                  labels.VESSEL: labels.VESSELS.color}
 
 
+def label_centres_zyx(label_array_zyx: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """(label, centre [z, y, x] index as floats) of every nonzero label, largest first (ties: lower label first);
+    one pass over the array, however many labels."""
+    from scipy import ndimage
+
+    ids, counts = np.unique(label_array_zyx[label_array_zyx > 0], return_counts=True)
+    if ids.size == 0:
+        return []
+    order = ids[np.argsort(-counts, kind="stable")]
+    centres = ndimage.center_of_mass(np.ones(label_array_zyx.shape, np.float32), label_array_zyx, order)
+    return [(int(v), np.asarray(c, float)) for v, c in zip(order, centres)]
+
+
 def slices_through_labels(label_array_zyx: np.ndarray, n: int = 3, fallback_mask: np.ndarray | None = None) -> list[int]:
     """Up to n axial indices through the largest labelled objects (centre slices), else through the fallback mask."""
-    values = [v for v in np.unique(label_array_zyx) if v != 0]
     picks: list[int] = []
-    if values:
-        counts = {v: int(np.sum(label_array_zyx == v)) for v in values}
-        for v in sorted(values, key=lambda v: -counts[v]):
-            z = int(np.round(np.argwhere(label_array_zyx == v)[:, 0].mean()))
+    centres = label_centres_zyx(label_array_zyx)
+    if centres:
+        for _, centre in centres:
+            z = int(np.round(centre[0]))
             if all(abs(z - p) > 2 for p in picks):
                 picks.append(z)
             if len(picks) == n:

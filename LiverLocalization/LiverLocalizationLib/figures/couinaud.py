@@ -177,8 +177,7 @@ def _lesion_centres(les: np.ndarray | None) -> list[tuple[int, np.ndarray]]:
     """(id, centre (x, y, z) index) of each lesion, largest first."""
     if les is None or not les.any():
         return []
-    ids, counts = np.unique(les[les > 0], return_counts=True)
-    return [(int(v), np.argwhere(les == v).mean(0)[::-1]) for v in ids[np.argsort(-counts, kind="stable")]]
+    return [(value, centre[::-1]) for value, centre in common.label_centres_zyx(les)]
 
 
 def plot_couinaud(ct: sitk.Image, couinaud_labels: sitk.Image, landmarks: dict[str, np.ndarray],

@@ -41,10 +41,9 @@ def lesion_centre_slices(lesion_zyx: np.ndarray, n: int, fallback_mask: np.ndarr
     """Up to n axial indices, each the slice through the centre (mean voxel) of one of the largest lesions, with
     the ids of the lesions centred on it (lesions whose centres round to one slice share it); slices through the
     fallback mask (no lesion ids) fill up when there are fewer lesions. Sorted from inferior to superior."""
-    ids, counts = np.unique(lesion_zyx[lesion_zyx > 0], return_counts=True)
     rows: dict[int, list[int]] = {}
-    for value in ids[np.argsort(-counts, kind="stable")]:
-        z = int(np.round(np.argwhere(lesion_zyx == value)[:, 0].mean()))
+    for value, centre in common.label_centres_zyx(lesion_zyx):
+        z = int(np.round(centre[0]))
         if z in rows or len(rows) < n:
             rows.setdefault(z, []).append(int(value))
     if len(rows) < n and fallback_mask is not None and fallback_mask.any():

@@ -71,16 +71,22 @@ TISSUE_COLORS = {labels.PARENCHYMA: labels.LIVER.color, labels.LESION: labels.LE
 
 
 def label_centres_zyx(label_array_zyx: np.ndarray) -> list[tuple[int, np.ndarray]]:
-    """(label, centre [z, y, x] index as floats) of every nonzero label, largest first (ties: lower label first);
-    one pass over the array, however many labels."""
+    """(label, centre [z, y, x] index as floats: the mean of its voxels) of every nonzero label, largest first
+    (ties: lower label first). Each label is read inside its own bounding box (one `find_objects` pass), so the
+    cost and memory do not grow with the number of labels times the volume."""
     from scipy import ndimage
 
-    ids, counts = np.unique(label_array_zyx[label_array_zyx > 0], return_counts=True)
-    if ids.size == 0:
-        return []
-    order = ids[np.argsort(-counts, kind="stable")]
-    centres = ndimage.center_of_mass(np.ones(label_array_zyx.shape, np.float32), label_array_zyx, order)
-    return [(int(v), np.asarray(c, float)) for v, c in zip(order, centres)]
+    labels_int = np.asarray(label_array_zyx)
+    if not np.issubdtype(labels_int.dtype, np.integer):
+        labels_int = labels_int.astype(np.int32)
+    centres, sizes = {}, {}
+    for value, box in enumerate(ndimage.find_objects(labels_int), start=1):
+        if box is None:
+            continue
+        voxels = np.argwhere(labels_int[box] == value)
+        centres[value] = voxels.mean(0) + np.array([s.start for s in box], float)
+        sizes[value] = len(voxels)
+    return [(v, centres[v]) for v in sorted(centres, key=lambda v: (-sizes[v], v))]
 
 
 def slices_through_labels(label_array_zyx: np.ndarray, n: int = 3, fallback_mask: np.ndarray | None = None) -> list[int]:

@@ -315,11 +315,11 @@ def test_help_lists_every_command(capsys):
         cli.main(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for command in ("phantom", "run", "train", "evaluate-classifier"):
+    for command in ("phantom", "run", "batch", "train", "evaluate-classifier"):
         assert command in text
 
 
-@pytest.mark.parametrize("command", ["phantom", "run", "train", "evaluate-classifier"])
+@pytest.mark.parametrize("command", ["phantom", "run", "batch", "train", "evaluate-classifier"])
 def test_each_command_help_renders_cleanly(command, capsys):
     """Every subcommand's --help exits 0 and shows no unrendered format escapes (a literal '%%')."""
     with pytest.raises(SystemExit) as exit_info:

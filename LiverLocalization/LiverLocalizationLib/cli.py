@@ -37,6 +37,7 @@ examples:
   liverloc run two_series_folder/ --series 1.2.840.113619.2.55.3.1234 --landmarks clicks.mrk.json --out result
   liverloc run ct.nii.gz --landmarks clicks.mrk.json --liver-mask total.nii.gz --liver-label 5 --out result
   liverloc run ct.nii.gz --landmarks clicks.mrk.json --segments 9 --out result
+  liverloc batch cases.csv --out cohort --workers 2
   liverloc train --out model --cases 150 --epochs 40 --seed 0
   liverloc evaluate-classifier --weights model/lesion_classifier.safetensors --out evaluation
 """
@@ -285,7 +286,18 @@ def _add_run(sub) -> None:
     p.set_defaults(func=_cmd_run)
 
 
-def _cmd_run(args) -> int:
+def run_inputs(args) -> dict[str, Path | None]:
+    """The inputs `liverloc run` reads with these options (option → path; None where not given), as run.json
+    records them: the classifier weights only when classifying, the shipped model when none are given."""
+    return {"CT": args.ct, "--landmarks": args.landmarks, "--liver-mask": args.liver_mask,
+            "--lesion-seeds": args.lesion_seeds, "--weights": None if args.no_classify else weights_used(args.weights),
+            "--truth": args.truth}
+
+
+def run_command(args) -> tuple[list[str], outputs.Results]:
+    """`liverloc run`'s work without its printing, shared with `liverloc batch` (one call per case): check the
+    options and paths before any work (InputError), run the pipeline and write the results whole into args.out
+    with run.json. Returns the summary lines and where the results are."""
     from .phantom import phantom_folder_problem
 
     inputs = {"CT": args.ct, "--landmarks": args.landmarks, "--liver-mask": args.liver_mask,
@@ -300,9 +312,14 @@ def _cmd_run(args) -> int:
     if args.series is not None and not args.ct.is_dir():
         raise InputError(f"--series picks a series in a DICOM folder; {args.ct} is a file. Leave --series out, or "
                          "give the folder.")
-    read = {**inputs, "--weights": None if args.no_classify else weights_used(args.weights)}
-    with outputs.atomic_results(args.out, "liverloc run", read, options_record(args), args.overwrite) as results:
+    with outputs.atomic_results(args.out, "liverloc run", run_inputs(args), options_record(args),
+                                args.overwrite) as results:
         lines = _run_into(args, results.folder)
+    return lines, results
+
+
+def _cmd_run(args) -> int:
+    lines, results = run_command(args)
     print("\n".join(lines))
     print(f"Outputs in {results.target}:")
     for name in sorted([*results.files, outputs.MANIFEST]):
@@ -340,6 +357,69 @@ def _run_into(args, folder: Path) -> list[str]:
         pipeline.write_json(scores, folder / "evaluation.json")
         lines.append(pipeline.scores_text(scores))
     return lines
+
+
+def _add_batch(sub) -> None:
+    p = sub.add_parser(
+        "batch", help="run the pipeline on a cohort of CTs listed in a CSV, on a Dask cluster",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Run `liverloc run` on every case of a CSV, each in a Dask worker process, into OUT/<case>/.
+
+cases.csv: a header naming the columns `case` (an id, also the folder name under --out: letters, digits, '.',
+'_', '-'), `ct` (a .nii/.nii.gz/.nrrd/.mha file or a DICOM series folder) and optionally `landmarks` (.mrk.json or
+.fcsv) and `liver_mask`; an empty cell leaves that input out. Relative paths are taken from the CSV's folder.
+The CSV is checked before any work: a missing column, an unusable or repeated case id, a missing file or an input
+inside --out stops the command with one line per problem naming its row (exit status 2).
+
+Each case is written as `liverloc run` writes it (whole or not at all, with run.json: the inputs' SHA-256, the
+options, every file). A failed case is recorded with its one-line error and never stops the others. Run the same
+command again to resume: a case whose run.json exists with the same input checksums and options is skipped; the
+others (failed, interrupted, or whose inputs changed) are run again and replace what was there.
+
+Progress: one line per finished case (a bar over the cases on a terminal). At the end, OUT/cases.csv (case,
+status ok/failed/skipped, error, liver_ml, segment_<name>_ml per Couinaud segment, n_lesions, seconds) and
+OUT/lesions.csv (case, lesion, volume_ml, max_diameter_mm, axial_diameter_mm, equivalent_diameter_mm,
+main_segment, segments, kind, malignant_probability), read from each case's report.json.
+Exit status: 0 when every case is ok or skipped, 1 when any failed, 2 for a bad CSV or option.
+
+Needs Dask: pip install 'liverlocalization[batch]'.""",
+        epilog="""\
+examples:
+  liverloc batch cases.csv --out cohort --workers 4 --memory-limit 6
+  liverloc batch cases.csv --out cohort --scheduler tcp://10.0.0.5:8786""")
+    p.add_argument("cases", type=Path, help="the CSV of cases (columns case, ct[, landmarks, liver_mask])")
+    p.add_argument("--out", required=True, type=Path,
+                   help="output folder (created when missing): OUT/<case>/ per case, OUT/cases.csv, OUT/lesions.csv. "
+                        "One batch at a time per folder (lock file .NAME.lock beside it)")
+    p.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                   help="run on an existing Dask distributed cluster (e.g. tcp://host:8786) instead of a local one; "
+                        "its workers need liverlocalization installed and the same paths to the inputs and --out")
+    p.add_argument("--workers", type=bounded(int, 1), default=2,
+                   help="local cluster: worker processes, one case each at a time (one thread each; default 2)")
+    p.add_argument("--memory-limit", metavar="GB", type=bounded(float, 0, low_open=True), default=None,
+                   help="local cluster: memory limit of each worker in GB (10^9 bytes); a worker over it is restarted "
+                        "and its case recorded as failed (default: Dask's share of the machine's memory)")
+    p.add_argument("--no-classify", action="store_true", help="skip the CNN lesion classification")
+    p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+    p.set_defaults(func=_cmd_batch)
+
+
+def _cmd_batch(args) -> int:
+    from .batch import run_batch
+
+    with progress_bar("liverloc batch", not args.quiet) as progress:
+        outcomes = run_batch(args.cases, args.out, scheduler=args.scheduler, workers=args.workers,
+                             memory_limit_gb=args.memory_limit, classify=not args.no_classify,
+                             figures=not args.no_figures, progress=progress)
+    counts = {status: sum(o["status"] == status for o in outcomes.values()) for status in ("ok", "skipped", "failed")}
+    print(f"{len(outcomes)} case(s): {counts['ok']} ok, {counts['skipped']} skipped (up to date), "
+          f"{counts['failed']} failed")
+    for case, outcome in outcomes.items():
+        if outcome["status"] == "failed":
+            print(f"  {case}: {outcome['error']}")
+    print(f"Tables: {(args.out / 'cases.csv').resolve()}, {(args.out / 'lesions.csv').resolve()}")
+    return 1 if counts["failed"] else 0
 
 
 def _add_train(sub) -> None:
@@ -412,6 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_phantom(sub)
     _add_run(sub)
+    _add_batch(sub)
     _add_train(sub)
     _add_evaluate(sub)
     return parser

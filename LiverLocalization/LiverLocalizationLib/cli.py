@@ -25,8 +25,8 @@ LiverLocalization: find liver tumours on CT and tell in which Couinaud segment(s
 
 Stages of `liverloc run`: denoising (median or edge-preserving), EM tissue segmentation
 (liver parenchyma, lesions, vessels), Couinaud segments I-VIII (or nine, with IVa/IVb) from
-vessel landmarks, CNN
-classification of each lesion with Grad-CAM. Results keep the CT's geometry exactly.
+vessel landmarks, CNN classification of each lesion with Grad-CAM. Results keep the CT's geometry
+exactly.
 """
 
 EPILOG = """\
@@ -251,7 +251,7 @@ def _add_run(sub) -> None:
                    help=f"denoising method (default {defaults.denoise_method})")
     p.add_argument("--denoise-whole-volume", action="store_true",
                    help="denoise the whole body, then find the liver on the denoised CT (slower). By default the "
-                        "liver is found first and only its bounding box (+10 mm) is denoised; denoised.nii.gz is "
+                        "liver is found first and only its bounding box (+10 mm) is denoised; denoised.nii.gz (whole HU) is "
                         "the input outside that box")
     p.add_argument("--median-radius-mm", type=bounded(float, 0, 10, low_open=True), default=defaults.median_radius_mm,
                    help=f"median filter radius in mm, over 0 and up to 10 (default {defaults.median_radius_mm})")

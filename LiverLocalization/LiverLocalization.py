@@ -89,7 +89,8 @@ class LiverLocalizationParameterNode:
     """The module's settings, saved with the scene.
 
     inputVolume - CT in Hounsfield units. landmarks - point list with the vessel landmarks (labels IVC, RHV, ...).
-    liverSegmentation - optional segmentation holding a liver mask (segment chosen in the GUI).
+    liverSegmentation - optional segmentation holding a liver mask; liverSegmentId - the ID of its liver segment
+    (the segment chosen in the GUI, kept with the scene).
     denoiseMethod, medianRadiusMm (mm) - denoising (of the liver's bounding box + 10 mm; the input elsewhere). nClasses - EM classes (0: chosen by BIC).
     lesionPoints - optional point list of clicks inside lesions the detection may miss (each gives that lesion's
     segmentation and segment; a click inside a detected lesion keeps it).
@@ -98,12 +99,13 @@ class LiverLocalizationParameterNode:
     couinaudMethod - planes, portal territories, vessel-guided borders (hepatic veins and portal branches) or auto
     (vessel-guided when the vessel tree is complete, else planes). couinaudNineSegments - split IV into IVa (above)
     and IVb (below the left portal plane): segments I, II, III, IVa, IVb, V-VIII instead of I-VIII.
-    classify - run the lesion classifier. Outputs: segmentation, lesion table, denoised and Grad-CAM volumes.
+    classify - run the lesion classifier; weightsPath - its weights (.safetensors; empty: the shipped ones). Outputs: segmentation, lesion table, denoised and Grad-CAM volumes.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
     landmarks: vtkMRMLMarkupsFiducialNode
     liverSegmentation: vtkMRMLSegmentationNode
+    liverSegmentId: str = ""
     lesionPoints: vtkMRMLMarkupsFiducialNode
     denoiseMethod: Annotated[str, Choice(["curvature", "median", "bilateral", "none"])] = "curvature"
     medianRadiusMm: Annotated[float, WithinRange(0.5, 10.0)] = 1.0
@@ -113,6 +115,7 @@ class LiverLocalizationParameterNode:
     couinaudMethod: Annotated[str, Choice(["auto", "planes", "territories", "vessels"])] = "auto"
     couinaudNineSegments: bool = False
     classify: bool = True
+    weightsPath: str = ""
     outputSegmentation: vtkMRMLSegmentationNode
     outputTable: vtkMRMLTableNode
     denoisedVolume: vtkMRMLScalarVolumeNode
@@ -134,6 +137,7 @@ class LiverLocalizationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._observedMarkups = None
+        self._observedSegmentation = None
         self._landmarkButtons = {}
         self._landmarkStatusLabels = {}
         self._cancelRequested = False
@@ -154,7 +158,9 @@ class LiverLocalizationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
-        self.ui.liverSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self._updateLiverSegmentList)
+        self.ui.liverSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self._observeLiverSegmentation)
+        self.ui.liverSegmentComboBox.connect("currentIndexChanged(int)", self._onLiverSegmentChosen)
+        self.ui.weightsPathLineEdit.connect("currentPathChanged(QString)", self._onWeightsPathChanged)
         self.ui.landmarksSelector.connect("currentNodeChanged(vtkMRMLNode*)", self._observeLandmarks)
         self.ui.compareDenoisedButton.connect("toggled(bool)", self.onCompareDenoised)
         self.ui.showCouinaudButton.connect("toggled(bool)", self.onShowCouinaud)
@@ -221,11 +227,14 @@ class LiverLocalizationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
         self._parameterNode = inputParameterNode
+        if not self._parameterNode:
+            self._observeLiverSegmentation(None)
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
             self._observeLandmarks(self._parameterNode.landmarks)
-            self._updateLiverSegmentList(self._parameterNode.liverSegmentation)
+            self._observeLiverSegmentation(self._parameterNode.liverSegmentation)
+            self.ui.weightsPathLineEdit.currentPath = self._parameterNode.weightsPath
             self._checkCanApply()
 
     # ---------------------------------------------------------------- inputs and landmarks
@@ -281,18 +290,53 @@ class LiverLocalizationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                 self._parameterNode.lesionPoints = node
             self.logic.startLesionPointPlacement(self._parameterNode.lesionPoints)
 
-    def _updateLiverSegmentList(self, node=None) -> None:
-        self.ui.liverSegmentComboBox.clear()
-        if node is None:
-            self.ui.liverSegmentComboBox.enabled = False
-            return
-        segmentation = node.GetSegmentation()
-        for index in range(segmentation.GetNumberOfSegments()):
-            self.ui.liverSegmentComboBox.addItem(segmentation.GetNthSegment(index).GetName(), segmentation.GetNthSegmentID(index))
-        self.ui.liverSegmentComboBox.enabled = True
-        liverIndex = self.ui.liverSegmentComboBox.findText("Liver")
-        if liverIndex >= 0:
-            self.ui.liverSegmentComboBox.currentIndex = liverIndex
+    @staticmethod
+    def _segmentEvents() -> tuple[int, ...]:
+        segmentation = slicer.vtkSegmentation
+        return (segmentation.SegmentAdded, segmentation.SegmentRemoved, segmentation.SegmentModified)
+
+    def _observeLiverSegmentation(self, node=None) -> None:
+        """Follow the segments of the chosen liver segmentation: the list stays current when segments are added,
+        removed or renamed after it was chosen."""
+        if self._observedSegmentation is not None:
+            for event in self._segmentEvents():
+                self.removeObserver(self._observedSegmentation, event, self._updateLiverSegmentList)
+        self._observedSegmentation = node.GetSegmentation() if node is not None else None
+        if self._observedSegmentation is not None:
+            for event in self._segmentEvents():
+                self.addObserver(self._observedSegmentation, event, self._updateLiverSegmentList)
+        self._updateLiverSegmentList()
+
+    def _updateLiverSegmentList(self, caller=None, event=None) -> None:
+        """Fill the segment list; select the segment kept in the parameter node, else one named 'Liver'."""
+        combo = self.ui.liverSegmentComboBox
+        segmentation = self._observedSegmentation
+        wasBlocked = combo.blockSignals(True)
+        try:
+            combo.clear()
+            combo.enabled = segmentation is not None
+            if segmentation is None:
+                return
+            for index in range(segmentation.GetNumberOfSegments()):
+                combo.addItem(segmentation.GetNthSegment(index).GetName(), segmentation.GetNthSegmentID(index))
+            chosen = self._parameterNode.liverSegmentId if self._parameterNode else ""
+            index = combo.findData(chosen) if chosen else -1
+            combo.currentIndex = index if index >= 0 else max(combo.findText("Liver"), 0)
+        finally:
+            combo.blockSignals(wasBlocked)
+        self._onLiverSegmentChosen(combo.currentIndex)
+
+    def _onLiverSegmentChosen(self, index: int) -> None:
+        """Keep the chosen segment's ID in the parameter node (saved with the scene)."""
+        if self._parameterNode is not None:
+            combo = self.ui.liverSegmentComboBox
+            segmentId = combo.itemData(index) if 0 <= index < combo.count else None
+            self._parameterNode.liverSegmentId = segmentId or ""
+
+    def _onWeightsPathChanged(self, path: str) -> None:
+        """Keep the classifier weights path in the parameter node (saved with the scene)."""
+        if self._parameterNode is not None:
+            self._parameterNode.weightsPath = path.strip()
 
     def _checkCanApply(self, caller=None, event=None) -> None:
         p = self._parameterNode
@@ -307,7 +351,7 @@ class LiverLocalizationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         from LiverLocalizationLib.pipeline import PipelineOptions
 
         p = self._parameterNode
-        weights = self.ui.weightsPathLineEdit.currentPath.strip()
+        weights = p.weightsPath.strip()
         return PipelineOptions(
             denoise_method=p.denoiseMethod, median_radius_mm=float(p.medianRadiusMm),
             n_classes=int(p.nClasses) or None, min_lesion_volume_mm3=float(p.minLesionVolumeMm3),
@@ -318,8 +362,7 @@ class LiverLocalizationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         """Run the pipeline on the selected nodes, with progress and cancel; results go to the output nodes."""
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Liver localization failed."), waitCursor=True):
-            combo = self.ui.liverSegmentComboBox
-            liverSegmentId = combo.itemData(combo.currentIndex) if p.liverSegmentation and combo.count else None
+            liverSegmentId = (p.liverSegmentId or None) if p.liverSegmentation else None
             if not self.logic.ensureDependencies(liverMaskGiven=liverSegmentId is not None, classify=bool(p.classify),
                                                  askConfirmation=True):
                 self.ui.statusLabel.text = _("This run needs Python packages that are not installed: install them, or "

@@ -326,3 +326,18 @@ def test_module_self_test_and_logic_run_on_real_mrml(module_file, slicer_scene):
     assert not outputs.segmentation.GetDisplayNode().GetSegmentVisibility("couinaud_VIII")
     assert logic.startLandmarkPlacement(landmarks, "UP") >= 0
     assert not logic.landmarkStatus(landmarks)["UP"]
+
+
+def test_liver_segment_and_weights_path_are_kept_in_the_parameter_node():
+    """Saved with the scene: the chosen liver segment's ID and the weights path are parameter-node strings, Apply
+    reads them from there (not from the widgets), and the segment list follows segments added later."""
+    tree = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
+    classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
+    fields = {s.target.id: ast.unparse(s.annotation) for s in classes["LiverLocalizationParameterNode"].body
+              if isinstance(s, ast.AnnAssign)}
+    assert fields.get("liverSegmentId") == "str" and fields.get("weightsPath") == "str"
+    methods = {n.name: n for n in classes["LiverLocalizationWidget"].body if isinstance(n, ast.FunctionDef)}
+    for name in ("_options", "onApplyButton"):
+        source = ast.unparse(methods[name])
+        assert "weightsPathLineEdit" not in source and "liverSegmentComboBox" not in source, name
+    assert "SegmentAdded" in ast.unparse(methods["_segmentEvents"])

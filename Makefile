@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[ml,batch,test]"
+	$(PY) -m pip install --quiet -e ".[ml,batch,dicom,test]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -232,7 +232,8 @@ def _add_run(sub) -> None:
     defaults = PipelineOptions()
     p = sub.add_parser("run", help="run the pipeline on a CT",
                        description="Denoise, segment liver/lesions/vessels by EM, map Couinaud segments from the "
-                                   "landmarks, classify each lesion; write images, a Slicer .seg.nrrd, reports and figures.")
+                                   "landmarks, classify each lesion; write images, a Slicer .seg.nrrd, reports and figures "
+                                   "(and, for a DICOM folder, a DICOM SEG, segmentation.dcm, that references its series).")
     p.add_argument("ct", type=Path, help="CT volume: .nii/.nii.gz/.nrrd/.mha file or a DICOM series folder (HU). A "
                                          "folder's slices are checked from their headers before reading: one "
                                          "orientation, no slice twice, an even step (no slice missing), no gantry tilt")
@@ -350,6 +351,10 @@ def _run_into(args, folder: Path) -> list[str]:
                                        f"The phantom's truth in {args.truth}")
     with progress_bar("liverloc run", not args.quiet) as progress:
         result = pipeline.run_pipeline(ct, landmarks, liver_mask, options, progress=progress)
+        if args.ct.is_dir():  # a DICOM series: the segmentation also as a DICOM SEG referencing it
+            from . import dicomseg
+
+            dicomseg.write_run_seg(folder, result, args.ct, args.series)
         pipeline.write_outputs(result, folder, figures=not args.no_figures, progress=progress)
     lines = [pipeline.summary_text(result)]
     if args.truth:

@@ -31,6 +31,8 @@ SCIKIT_IMAGE = OptionalPackage("skimage", "scikit-image>=0.22",
 SAFETENSORS = OptionalPackage("safetensors", "safetensors>=0.4", "loading the lesion classifier's weights")
 TORCH = OptionalPackage("torch", "torch", "the lesion classifier")
 MATPLOTLIB = OptionalPackage("matplotlib", "matplotlib>=3.7", "the PNG figures")
+HIGHDICOM = OptionalPackage("highdicom", "highdicom>=0.22",
+                            "the DICOM SEG output (segmentation.dcm) of a CT read from DICOM")
 
 
 class MissingPackage(InputError):

@@ -370,13 +370,27 @@ def _read_dicom_folder(folder: Path, series_uid: str | None = None) -> sitk.Imag
     only one, the slices are sorted along their normal and checked (one orientation, no duplicates, an even step,
     no tilt), and the image ITK makes of them must carry the measured step, origin and normal.
     """
-    series = _dicom_series(folder)
-    uid = _pick_series(folder, series, series_uid)
-    slices = [_dicom_slice_header(file) for file in series[uid]]
-    ordered, step, normal = _check_slice_geometry(folder, slices)
+    ordered, step, normal = _checked_dicom_slices(folder, series_uid)
     image = _read_dicom_files(folder, [s.file for s in ordered])
     _check_read_geometry(folder, image, ordered, step, normal)
     return image
+
+
+def dicom_series_files(folder: str | os.PathLike, series_uid: str | None = None) -> list[Path]:
+    """The files of the DICOM series that `read_image(folder, series_uid)` reads, in its slice order: slice k of
+    the image (index [k] of its array) is file k, whatever the files' names or header order. Raises InputError as
+    read_image does (no series, several without a UID, a slice geometry that is not one regular grid)."""
+    ordered, _, _ = _checked_dicom_slices(Path(folder), series_uid)
+    return [s.file for s in ordered]
+
+
+def _checked_dicom_slices(folder: Path, series_uid: str | None) -> tuple[list[DicomSlice], float, np.ndarray]:
+    """The slices of the folder's chosen series sorted along their normal, with their step and normal, once
+    checked (see `_check_slice_geometry`)."""
+    series = _dicom_series(folder)
+    uid = _pick_series(folder, series, series_uid)
+    slices = [_dicom_slice_header(file) for file in series[uid]]
+    return _check_slice_geometry(folder, slices)
 
 
 def _dicom_series(folder: Path) -> dict[str, tuple[str, ...]]:

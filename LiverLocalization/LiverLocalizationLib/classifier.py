@@ -18,7 +18,6 @@ torch is imported inside functions only (the Slicer extension installs it on dem
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import geometry, labels
+from .checksums import file_sha256
 from .errors import InputError
 
 KINDS = labels.LESION_KINDS
@@ -204,14 +204,6 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def model_card_path(weights_path) -> Path:
     """The model card beside a weights file: same name with ``.json`` instead of ``.safetensors``."""
     return Path(weights_path).with_suffix(".json")
-
-
-def file_sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save_model(net, card: dict, weights_path) -> Path:

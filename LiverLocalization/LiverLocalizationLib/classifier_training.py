@@ -27,6 +27,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import classifier, labels
+from .checksums import file_sha256
 from . import metrics as M
 from .errors import InputError
 
@@ -605,7 +606,7 @@ def evaluate(weights_path, seeds: Sequence[int], out_dir, progress: Progress | N
     detail_truth = classification_metrics(probs[truth], data.labels[truth], data.case_ids[truth], n_bootstrap)
     report = {
         "weights": str(Path(weights_path or classifier.DEFAULT_WEIGHTS)),
-        "weights_sha256": classifier.file_sha256(model.path),
+        "weights_sha256": file_sha256(model.path),
         "seeds": seeds, "size": size, "lesions_per_case": n_lesions,
         "masks": "detected lesions matched to truth" if use_detected else "true lesion masks",
         "detector": detector if use_detected else None,

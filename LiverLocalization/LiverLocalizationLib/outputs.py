@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
+from .checksums import file_sha256
 from .errors import InputError
 
 MANIFEST = "run.json"
@@ -58,26 +59,14 @@ def now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def sha256(path: Path, sync: bool = False) -> str:
-    """The SHA-256 of a file's bytes; with sync, the file is also flushed to the disk (fsync), so that results
-    recorded as complete survive a crash of the machine."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-        if sync:
-            os.fsync(handle.fileno())
-    return digest.hexdigest()
-
-
 def input_record(path: Path) -> dict:
     """What run.json records of an input: its absolute path, size and SHA-256; for a folder (a DICOM series, a
     phantom's truth) its file count, total size and the SHA-256 of its files' sorted names and checksums."""
     path = Path(path)
     if path.is_file():
-        return {"path": str(path.absolute()), "bytes": path.stat().st_size, "sha256": sha256(path)}
+        return {"path": str(path.absolute()), "bytes": path.stat().st_size, "sha256": file_sha256(path)}
     files = sorted(p for p in path.rglob("*") if p.is_file())
-    lines = "".join(f"{p.relative_to(path).as_posix()}\t{sha256(p)}\n" for p in files)
+    lines = "".join(f"{p.relative_to(path).as_posix()}\t{file_sha256(p)}\n" for p in files)
     return {"path": str(path.absolute()), "files": len(files), "bytes": sum(p.stat().st_size for p in files),
             "sha256": hashlib.sha256(lines.encode()).hexdigest()}
 
@@ -91,7 +80,7 @@ def file_records(folder: Path) -> dict[str, dict]:
         size = path.stat().st_size
         if size == 0:
             raise OSError(errno.EIO, "a result file was written empty (is the disk full?)", name)
-        records[name] = {"bytes": size, "sha256": sha256(path, sync=True)}
+        records[name] = {"bytes": size, "sha256": file_sha256(path, sync=True)}
     return records
 
 

@@ -40,6 +40,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import labels
+from .checksums import file_sha256
 from .errors import InputError
 from .geometry import lps_to_ras, zip_equal
 
@@ -1382,16 +1383,6 @@ PHANTOM_FILES = ("ct.nii.gz", "truth_tissue.nii.gz", "truth_couinaud.nii.gz", "t
                  "landmarks.mrk.json", "truth.json")
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _phantom_truth(folder: Path) -> dict | None:
     """The folder's truth.json when `write_phantom` wrote it (it names the generator), else None."""
     try:
@@ -1416,7 +1407,7 @@ def files_not_written_by_phantom(folder) -> list[str]:
     recorded = recorded if isinstance(recorded, dict) else {}
     return [name for name in present if not (
         (name == "truth.json" and truth is not None)
-        or ((folder / name).is_file() and recorded.get(name) == _sha256(folder / name)))]
+        or ((folder / name).is_file() and recorded.get(name) == file_sha256(folder / name)))]
 
 
 def phantom_folder_problem(folder) -> str | None:
@@ -1465,7 +1456,7 @@ def write_phantom(phantom: Phantom, out_dir) -> dict[str, Path]:
                           str(labels.TRUTH_LESION): "lesion", str(labels.TRUTH_HEPATIC_VEIN): "hepatic vein",
                           str(labels.TRUTH_PORTAL_VEIN): "portal vein", str(labels.TRUTH_IVC): "inferior vena cava"},
         "oblique": phantom.info.get("oblique", False), "flip": phantom.info.get("flip", False),
-        "files": {p.name: _sha256(p) for p in paths.values()},
+        "files": {p.name: file_sha256(p) for p in paths.values()},
     }
     paths["truth"] = out / "truth.json"
     paths["truth"].write_text(json.dumps(doc, indent=2), encoding="utf-8")

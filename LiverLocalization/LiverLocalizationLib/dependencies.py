@@ -4,7 +4,7 @@ Slicer bundles numpy, scipy, SimpleITK and VTK (its SuperBuild's External_python
 -SimpleITK), not scikit-image, safetensors, matplotlib or torch. The
 library imports those inside the functions that need them; `import_required` turns a missing one into a
 `MissingPackage` error that names the package, the step that needs it and the pip requirement, and the Slicer
-module asks `missing_requirements` before Apply so that it can offer to install them (torch comes through the
+module asks `missing(packages_for_run(...))` before Apply so that it can offer to install them (torch comes through the
 PyTorch extension there). Standard library only: the module loads this at Slicer's start-up.
 """
 

@@ -140,11 +140,10 @@ def _binary_liver_mask(liver_mask: sitk.Image, ct: sitk.Image) -> sitk.Image:
             f"The liver mask holds {len(present)} different nonzero values ({_label_list(present)}): it is a "
             "multi-label segmentation or not a mask. Give the liver alone, or name the liver's label (command line: "
             f"--liver-label N; {TOTALSEGMENTATOR_LIVER_LABEL} in TotalSegmentator's multi-label output).")
-    mask = sitk.Cast(sitk.NotEqual(liver_mask, 0), sitk.sitkUInt8)
-    if not sitk.GetArrayViewFromImage(mask).any():
+    if not nonzero.size:
         raise InputError("The liver mask is empty; give a mask with the liver set to nonzero, or run without it.")
-    check_liver_mask_extent(int(np.count_nonzero(arr)), arr.size, float(np.prod(ct.GetSpacing())))
-    return mask
+    check_liver_mask_extent(int(nonzero.size), arr.size, float(np.prod(ct.GetSpacing())))
+    return sitk.Cast(sitk.NotEqual(liver_mask, 0), sitk.sitkUInt8)
 
 
 # A liver fills well under half of even its own bounding box (an ellipsoid fills 52 %; the ircadb and LiTS crops

@@ -495,6 +495,13 @@ def _best_scale(sig: _Significance, box, seed: np.ndarray) -> tuple[int, float]:
     return k, best[k]
 
 
+def _ring_start_mm(seed: np.ndarray, radius_mm: float, spacing_zyx) -> float:
+    """Where the parenchyma ring of a seed's extent starts (mm from the seed): beyond the seed's scale `radius_mm`,
+    less what the seed itself already covers, and at least 3 mm."""
+    r_seed = equivalent_radius_mm(int(seed.sum()), float(np.prod(np.asarray(spacing_zyx, float))))
+    return max(3.0, 0.8 * radius_mm + 2.0 - r_seed)
+
+
 def _grow_seed(seed_box, seed: np.ndarray, values: np.ndarray, liver: np.ndarray, ref: Reference, taken: np.ndarray,
                support: np.ndarray, radius_mm: float, spacing_zyx, p: LesionParameters, null_sd) -> list[np.ndarray]:
     """The lesions round one seed (arrays of its box): the extent (values smoothed, where the lesion is faint, by up
@@ -505,9 +512,7 @@ def _grow_seed(seed_box, seed: np.ndarray, values: np.ndarray, liver: np.ndarray
     b = seed_box
     taken_box = taken[b] != 0
     vals = values[b]
-    r_seed = equivalent_radius_mm(int(seed.sum()), float(np.prod(sp)))
-    ring_start = max(3.0, 0.8 * radius_mm + 2.0 - r_seed)
-    extent = lesion_extent(seed, vals, liver[b], ref.usable[b], ref.solid[b], sp, p, ring_start,
+    extent = lesion_extent(seed, vals, liver[b], ref.usable[b], ref.solid[b], sp, p, _ring_start_mm(seed, radius_mm, sp),
                            max_smoothing_mm=min(p.smooth_fraction * radius_mm, p.smooth_max_mm))
     if extent is None:
         return []
@@ -727,8 +732,7 @@ def _cut_by_context(lesion: np.ndarray, seed: np.ndarray, radius_mm: float, spac
     sp = np.asarray(spacing_zyx, float)
     if not lesion.any():
         return False
-    r_seed = equivalent_radius_mm(int(seed.sum()), float(np.prod(sp)))
-    edge_mm = max(3.0, 0.8 * radius_mm + 2.0 - r_seed) + p.context_mm
+    edge_mm = _ring_start_mm(seed, radius_mm, sp) + p.context_mm
     surface = lesion & ~ndimage.binary_erosion(lesion, structure=ndimage.generate_binary_structure(3, 1))
     near_edge = geometry.distance_to_mm(seed, sp, edge_mm + 1.0) >= edge_mm - 1.5 * float(sp.max())
     return float((surface & near_edge).sum()) > CLICK_CUT_SHARE * float(surface.sum())
@@ -810,15 +814,17 @@ def lesion_at_point(values: np.ndarray, liver: np.ndarray, spacing_zyx, point_zy
     clicked = replace(p, smooth_fraction=max(p.smooth_fraction, 0.5), smooth_max_mm=max(p.smooth_max_mm, 6.0))
     whole = tuple(slice(0, n) for n in seed.shape)
     lesion = np.zeros(seed.shape, bool)
+    null_sd = _null_sd_at(scales)
     for _ in range(CLICK_ROUNDS):
         pieces = _grow_seed(whole, seed, values[box], liver[box], ref_box, taken[box], support, best, sp, clicked,
-                            _null_sd_at(scales))
+                            null_sd)
         grown = np.zeros(seed.shape, bool)
         for piece in pieces:
             if piece[local] or (piece & (dist <= 0.4 * best)).any():
                 grown |= piece
-        cut_short = _cut_by_context(grown, seed, best, sp, p) or _border_inside_lesion(grown, values[box], ref_box, sp)
-        if grown.sum() <= CLICK_GROWTH * max(1, lesion.sum()) or not cut_short:
+        grew = grown.sum() > CLICK_GROWTH * max(1, lesion.sum())
+        if not grew or not (_cut_by_context(grown, seed, best, sp, p)
+                            or _border_inside_lesion(grown, values[box], ref_box, sp)):
             lesion = grown if grown.sum() > lesion.sum() else lesion
             break
         # the extent is read against the parenchyma round its seed: a seed much smaller than its lesion puts that

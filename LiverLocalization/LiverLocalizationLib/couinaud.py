@@ -23,10 +23,11 @@ Geometry (domain.md §1, docs/couinaud_geometry.md):
   nine segments are asked for (``segments=9``): then IV is split at the left side's superior/inferior height (the LPV
   plane, or the left lateral sector's portal height with vessel-guided borders; `split_heights`) into IVa above
   (label 4) and IVb below (label 9, `labels.COUINAUD_IVB`), after whichever method labelled IV (`split_segment_iv`).
-* **Segment I.** The dorsal region between the IVC axis and the portal bifurcation ``B`` (mid-point of
-  RPV and LPV): an elliptic cylinder in the horizontal plane centred on the line from the axis to B,
-  spanning ``CAUDATE_ALONG`` × D along it and ``CAUDATE_ACROSS`` × D across it (D = horizontal distance
-  axis–B), from the height of ``IVC_inferior`` (lower end of segment I) to that of ``IVC``.
+* **Segment I.** The dorsal region in front of the IVC, behind the hilum: an elliptic cylinder in the
+  horizontal plane on the line from the IVC axis to the portal bifurcation ``B`` (mid-point of RPV and LPV),
+  from just behind the axis to two thirds of the way to B (``CAUDATE_*``, in units of D, the horizontal
+  distance axis–B), from the height of B (the caudate process ends at the hilum) up to that of ``IVC``
+  (where the hepatic veins join it).
 
 Portal territories (``method='territories'``) refine the planes with a vessel mask: see `portal_territories`.
 Vessel-guided borders (``method='vessels'``) bend the three hepatic sector borders along the hepatic veins
@@ -52,10 +53,10 @@ METHODS = ("auto", "planes", "territories", "vessels")
 AXES = ("patient", "ivc")
 
 # Segment I shape, as fractions of the horizontal distance D from the IVC axis to the portal bifurcation
-CAUDATE_CENTRE = 0.40  # centre of the ellipse along the axis→bifurcation line
+CAUDATE_CENTRE = 0.25  # centre of the ellipse along the axis→bifurcation line, in D (docs/couinaud_geometry.md)
 CAUDATE_ALONG = 0.40  # semi-axis along that line
 CAUDATE_ACROSS = 0.38  # semi-axis across it
-CAUDATE_LEFT = 0.10  # centre shifted to the patient's left of that line (segment I lies left of and in front of the IVC)
+CAUDATE_LEFT = -0.05  # centre's shift to the patient's left of that line (negative: to the right)
 MIN_VEIN_RADIUS_MM = 5.0  # a hepatic vein landmark closer than this to the IVC axis defines no plane
 MIN_SEPARATION_MM = 3.0  # two landmarks closer than this are taken as coincident
 MIN_SECTOR_DEG = 3.0  # hepatic veins closer than this in azimuth about the IVC axis are taken as collinear with it
@@ -215,9 +216,9 @@ def check_landmarks(landmarks: dict[str, np.ndarray], reference: sitk.Image | No
             raise InputError(f"The IVC axis (IVC_inferior → IVC) is tilted {tilt:.0f}° from the patient's "
                              "superior–inferior axis; both points must lie on the IVC, one above the other.")
     else:
-        warnings.append("No IVC_inferior landmark: segment I ends below at a height estimated from the portal "
-                        "bifurcation, and the axis is the patient's superior–inferior axis through IVC. "
-                        "Place IVC_inferior " + labels.LANDMARK_PLACES["IVC_inferior"] + " for a better segment I.")
+        warnings.append("No IVC_inferior landmark: the landmarks are not checked against the IVC's course, and the "
+                        "axis='ivc' option falls back to the patient's superior–inferior axis through IVC. Place "
+                        "IVC_inferior " + labels.LANDMARK_PLACES["IVC_inferior"] + " to have them checked.")
     if "UP" not in pts:
         warnings.append("No UP landmark: segment IV is separated from II/III by the LHV plane alone, also below "
                         "the LHV. Place UP " + labels.LANDMARK_PLACES["UP"] + " for a better IV | III border.")
@@ -290,15 +291,14 @@ def _lerp_clamped(h: np.ndarray, h0: float, v0: float, h1: float, v1: float) -> 
 
 
 def _caudate_axes(frame: LandmarkFrame):
-    """(f, g, D, h_bottom): unit vectors toward and across the bifurcation, their horizontal distance, lower end."""
+    """(f, g, D, h_bottom): unit vectors toward and across the bifurcation, their horizontal distance, and segment I's
+    lower end: the bifurcation's height."""
     b = frame.bifurcation - frame.origin
     bh = _horizontal(b, frame.axis)
     dist_b = float(np.linalg.norm(bh))
     f = bh / max(dist_b, 1e-6)
     g = np.cross(frame.axis, f)
-    hh = frame.height
-    h_bottom = hh["IVC_inferior"] if "IVC_inferior" in hh else 1.3 * float(b @ frame.axis)
-    return f, g, dist_b, float(h_bottom)
+    return f, g, dist_b, float(b @ frame.axis)
 
 
 def superior_inferior_heights(frame: LandmarkFrame, split_heights: dict[str, float] | None = None) -> dict[str, float]:

@@ -77,12 +77,12 @@ LANDMARK_PLACES = {
 # What each landmark decides ("it <this>")
 LANDMARK_ROLES = {
     "IVC": "sets the axis the hepatic-vein planes turn about",
-    "IVC_inferior": "sets the lower end of segment I",
+    "IVC_inferior": "checks that the landmarks follow the IVC (and tilts the axis with axis='ivc')",
     "RHV": "splits right posterior (VI, VII) from right anterior (V, VIII)",
     "MHV": "splits the right liver (V, VIII) from IV",
     "LHV": "splits IV from the left lateral segments II and III",
-    "RPV": "sets the height that splits VII, VIII from VI, V",
-    "LPV": "sets the height that splits II from III",
+    "RPV": "sets the height that splits VII, VIII from VI, V (with LPV: the bifurcation, where segment I ends)",
+    "LPV": "sets the height that splits II from III (with RPV: the bifurcation, where segment I ends)",
     "UP": "sets the lower border of IV with III",
 }
 # Shown next to each landmark's placement button in the Slicer module and stored in the markups

@@ -588,7 +588,8 @@ def segment_tissues(denoised_ct: sitk.Image, landmarks: dict[str, np.ndarray] | 
             tissue_arr[added] = 2
             mask_img = geometry.copy_geometry((liver_arr | added).astype(np.uint8), ct)
             tissue_img = geometry.copy_geometry(tissue_arr, ct)
-            lesion_img = geometry.copy_geometry(grown, ct)
+            grown, rows = _renumber_by_volume(grown, rows)  # a continued lesion may now outgrow a larger one
+            lesion_img = geometry.copy_geometry(grown.astype(np.uint16), ct)
         timings["lesions_beyond_liver_s"] = time.perf_counter() - t0
 
     result = TissueResult(

@@ -140,8 +140,9 @@ class LiverLocalizationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self._observedSegmentation = None
         self._landmarkButtons = {}
         self._landmarkStatusLabels = {}
-        self._cancelRequested = False
         self._running = False
+        self._run = None  # the BackgroundRun while one works
+        self._pollTimer = None
 
     def setup(self) -> None:
         """Build the panel from Resources/UI/LiverLocalization.ui and connect it."""
@@ -171,6 +172,11 @@ class LiverLocalizationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.lesionTableView.connect("doubleClicked(QModelIndex)", self.onLesionDoubleClicked)
         self.ui.cancelButton.enabled = False
         self.ui.progressBar.setVisible(False)
+        import qt
+
+        self._pollTimer = qt.QTimer()
+        self._pollTimer.setInterval(250)
+        self._pollTimer.connect("timeout()", self._onPollRun)
         self.initializeParameterNode()
 
     def _buildLandmarkButtons(self) -> None:
@@ -193,7 +199,12 @@ class LiverLocalizationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self._landmarkStatusLabels[name] = status
 
     def cleanup(self) -> None:
-        """Called when the application closes and the module widget is destroyed."""
+        """Called when the application closes and the module widget is destroyed: a run still working is ended."""
+        if self._pollTimer is not None:
+            self._pollTimer.stop()
+        if self._run is not None:
+            self._run.cancel()
+            self._run = None
         self.removeObservers()
 
     def enter(self) -> None:
@@ -208,6 +219,11 @@ class LiverLocalizationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
 
     def onSceneStartClose(self, caller, event) -> None:
+        if self._run is not None:  # its inputs and outputs leave with the scene
+            self._pollTimer.stop()
+            self._run.cancel()
+            self._run = None
+            self._setRunning(False)
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -359,7 +375,7 @@ class LiverLocalizationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             couinaud_method=p.couinaudMethod, couinaud_segments=9 if p.couinaudNineSegments else 8, classify=bool(p.classify), weights_path=weights or None)
 
     def onApplyButton(self) -> None:
-        """Run the pipeline on the selected nodes, with progress and cancel; results go to the output nodes."""
+        """Start the pipeline in a worker process on the selected nodes; a timer shows its progress, Cancel ends it."""
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Liver localization failed."), waitCursor=True):
             liverSegmentId = (p.liverSegmentId or None) if p.liverSegmentation else None
@@ -368,43 +384,68 @@ class LiverLocalizationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                 self.ui.statusLabel.text = _("This run needs Python packages that are not installed: install them, or "
                                              "give a liver segmentation / untick Classify.")
                 return
-            from LiverLocalizationLib.pipeline import Cancelled
-
+            self._run = self.logic.startProcessing(
+                p.inputVolume, p.landmarks, p.liverSegmentation, liverSegmentId, options=self._options(),
+                outputs=self._outputNodes(), lesionPoints=p.lesionPoints)
             self._setRunning(True)
-            try:
-                outputs = self.logic.process(
-                    p.inputVolume, p.landmarks, p.liverSegmentation, liverSegmentId, options=self._options(),
-                    outputs={"segmentation": p.outputSegmentation, "table": p.outputTable, "denoised": p.denoisedVolume,
-                             "gradcam": p.gradcamVolume},
-                    progress=self._onProgress, shouldCancel=lambda: self._cancelRequested, lesionPoints=p.lesionPoints)
-            except Cancelled:
-                self.ui.statusLabel.text = _("Cancelled; no results were written.")
-                return
-            finally:
-                self._setRunning(False)
-            p.outputSegmentation = outputs.segmentation
-            p.outputTable = outputs.table
-            p.denoisedVolume = outputs.denoised
-            if outputs.gradcam is not None:
-                p.gradcamVolume = outputs.gradcam
-            self._showResults(outputs)
+            self.ui.statusLabel.text = _("Starting...")
+            self._pollTimer.start()
+
+    def _outputNodes(self) -> dict:
+        p = self._parameterNode
+        return {"segmentation": p.outputSegmentation, "table": p.outputTable, "denoised": p.denoisedVolume,
+                "gradcam": p.gradcamVolume}
+
+    def _onPollRun(self) -> None:
+        """Timer tick while a run works: show its progress; when it has ended, bring its results into the scene."""
+        run = self._run
+        if run is None:
+            self._pollTimer.stop()
+            return
+        for fraction, message in run.poll():
+            self.ui.progressBar.value = int(round(100 * 0.95 * fraction))
+            self.ui.statusLabel.text = message
+        if run.running():
+            return
+        self._pollTimer.stop()
+        self._run = None
+        from LiverLocalizationLib.pipeline import Cancelled
+
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Liver localization failed."), waitCursor=True):
+                try:
+                    outputs = self.logic.finishProcessing(run, outputs=self._outputNodes())
+                except Cancelled:
+                    self.ui.statusLabel.text = _("Cancelled; no results were written.")
+                    return
+                p = self._parameterNode
+                p.outputSegmentation = outputs.segmentation
+                p.outputTable = outputs.table
+                p.denoisedVolume = outputs.denoised
+                if outputs.gradcam is not None:
+                    p.gradcamVolume = outputs.gradcam
+                self._showResults(outputs)
+        finally:
+            self._setRunning(False)
 
     def _setRunning(self, running: bool) -> None:
+        """While a run works the inputs, settings and Apply are disabled (the run reads copies of the inputs, and its
+        results go to the output nodes chosen at Apply); Cancel is enabled."""
         self._running = running
-        self._cancelRequested = False
         self.ui.cancelButton.enabled = running
         self.ui.progressBar.setVisible(running)
         self.ui.progressBar.value = 0
+        for section in ("inputsCollapsibleButton", "landmarksCollapsibleButton", "denoisingCollapsibleButton",
+                        "couinaudCollapsibleButton", "classificationCollapsibleButton", "advancedCollapsibleButton",
+                        "outputsCollapsibleButton"):
+            getattr(self.ui, section).enabled = not running
         self._checkCanApply()
 
-    def _onProgress(self, fraction: float, message: str) -> None:
-        self.ui.progressBar.value = int(round(100 * fraction))
-        self.ui.statusLabel.text = message
-        slicer.app.processEvents()
-
     def onCancelButton(self) -> None:
-        self._cancelRequested = True
-        self.ui.statusLabel.text = _("Cancelling after the current step...")
+        """End the worker process (within about a second); nothing is written to the scene."""
+        if self._run is not None:
+            self._run.cancel()
+            self.ui.statusLabel.text = _("Cancelling...")
 
     def _showResults(self, outputs) -> None:
         result = outputs.result
@@ -521,6 +562,60 @@ class LiverLocalizationLogic(ScriptedLoadableModuleLogic):
         return mrml.run_on_nodes(inputVolume, landmarks, liverSegmentation, liverSegmentId, options=options,
                                  outputs=outputs, progress=progress, should_cancel=shouldCancel,
                                  lesion_points_node=lesionPoints)
+
+    def startProcessing(self, inputVolume: vtkMRMLScalarVolumeNode, landmarks: vtkMRMLMarkupsFiducialNode | None = None,
+                        liverSegmentation: vtkMRMLSegmentationNode | None = None, liverSegmentId: str | None = None,
+                        options=None, outputs: dict | None = None,
+                        lesionPoints: vtkMRMLMarkupsFiducialNode | None = None):
+        """Start the pipeline in a worker process (Slicer's PythonSlicer) and return at once, so that the GUI stays
+        responsive: the inputs (the same as `process`'s) are read and copied to a job folder in Slicer's temporary
+        directory now, so changing or deleting the nodes afterwards does not change the run.
+
+        :return: LiverLocalizationLib.background.BackgroundRun: ``poll()`` gives (fraction, message) progress
+            reports, ``running()`` whether it works, ``cancel()`` ends it within about a second; pass it to
+            `finishProcessing` when it has ended.
+        :raises ValueError: (InputError) on bad input, before anything starts.
+        """
+        import shutil
+        import tempfile
+
+        from LiverLocalizationLib import background, mrml
+
+        problem = self.inputProblem(inputVolume, landmarks)
+        if problem:
+            raise ValueError(problem)
+        inputs = mrml.read_run_inputs(inputVolume, landmarks, liverSegmentation, liverSegmentId, options, outputs,
+                                      lesionPoints)
+        app = getattr(slicer, "app", None)  # None on a headless slicer-core scene (scripts, CI)
+        root = os.path.join(app.temporaryPath if app is not None else tempfile.gettempdir(), "LiverLocalization")
+        os.makedirs(root, exist_ok=True)
+        job = background.write_job(tempfile.mkdtemp(prefix="run-", dir=root), inputs.ct, inputs.landmarks,
+                                   inputs.liver_mask, inputs.options)
+        python = shutil.which("PythonSlicer")  # Slicer's Python interpreter, beside the application
+        if python is None and app is not None:
+            raise RuntimeError("PythonSlicer (Slicer's Python interpreter) was not found on the PATH; the run needs it "
+                               "to work in the background. Reinstall Slicer, or run logic.process(...) from the console.")
+        run = background.BackgroundRun.start(job, python=python)  # headless (no application): this interpreter
+        run.inputVolume, run.ct = inputVolume, inputs.ct
+        return run
+
+    def finishProcessing(self, run, outputs: dict | None = None):
+        """Bring an ended background run's results into the scene (see `process` for `outputs` and the return value)
+        and remove its job folder.
+
+        :raises LiverLocalizationLib.pipeline.Cancelled: the run was cancelled; nothing is written.
+        :raises ValueError: (InputError) bad input found by the run, or the input volume was deleted meanwhile.
+        :raises RuntimeError: the run failed otherwise; the message holds the end of its log.
+        """
+        import shutil
+
+        from LiverLocalizationLib import mrml
+
+        try:
+            result = run.result(run.ct)
+            return mrml.write_run_outputs(result, run.inputVolume, outputs)
+        finally:
+            shutil.rmtree(run.job_dir, ignore_errors=True)
 
     @staticmethod
     def landmarkStatus(markupsNode) -> dict[str, bool]:
@@ -642,8 +737,23 @@ class LiverLocalizationTest(ScriptedLoadableModuleTest):
         volume, landmarks, phantom = logic.loadPhantomSample(seed=7)
         self.assertEqual(set(logic.landmarkStatus(landmarks).values()), {True})
 
-        self.delayDisplay("Running the pipeline")
+        self.delayDisplay("Running the pipeline in a worker process, as Apply does")
+        import time
+
+        run = logic.startProcessing(volume, landmarks, options=PipelineOptions(classify=False))
+        reports = []
+        while run.running():
+            reports += run.poll()
+            time.sleep(0.2)
+        reports += run.poll()
+        self.assertGreater(len(reports), 3)
+        background = logic.finishProcessing(run)
+
+        self.delayDisplay("Running the pipeline in this process, as the Python console does")
         outputs = logic.process(volume, landmarks, options=PipelineOptions(classify=False))
+        self.assertEqual([row["id"] for row in background.result.lesions], [row["id"] for row in outputs.result.lesions])
+        self.assertEqual(mrml.segment_to_array(background.segmentation, "liver", volume).sum(),
+                         mrml.segment_to_array(outputs.segmentation, "liver", volume).sum())
         segmentation = outputs.segmentation
         liver = mrml.segment_to_array(segmentation, "liver", volume)
         truthCouinaud = sitk.GetArrayViewFromImage(phantom.truth_couinaud)

@@ -341,3 +341,32 @@ def test_liver_segment_and_weights_path_are_kept_in_the_parameter_node():
         source = ast.unparse(methods[name])
         assert "weightsPathLineEdit" not in source and "liverSegmentComboBox" not in source, name
     assert "SegmentAdded" in ast.unparse(methods["_segmentEvents"])
+
+
+def test_background_run_cancelled_or_its_input_deleted_writes_nothing(module_file, slicer_scene):
+    """Apply's worker process: Cancel ends it and writes nothing; an input volume deleted while the worker runs
+    (the run has its own copy) gets a clear message at the end instead of results beside a missing node; the job
+    folder is removed either way."""
+    import time
+
+    from LiverLocalizationLib.pipeline import Cancelled, PipelineOptions
+
+    logic = module_file.LiverLocalizationLogic()
+    volume, landmarks, _ = logic.loadPhantomSample(seed=7)
+    nodes_before = slicer_scene.GetNumberOfNodes()
+    run = logic.startProcessing(volume, landmarks, options=PipelineOptions(classify=False))
+    assert run.job_dir.is_dir()
+    while not run.poll():
+        time.sleep(0.1)
+    assert run.cancel() < 2.0
+    with pytest.raises(Cancelled):
+        logic.finishProcessing(run)
+    assert not run.job_dir.exists() and slicer_scene.GetNumberOfNodes() == nodes_before
+
+    run = logic.startProcessing(volume, landmarks, options=PipelineOptions(classify=False, denoise_method="median"))
+    slicer_scene.RemoveNode(volume)
+    run.wait(300)
+    with pytest.raises(ValueError, match="removed from the scene"):
+        logic.finishProcessing(run)
+    assert not run.job_dir.exists()
+    assert slicer_scene.GetFirstNodeByClass("vtkMRMLSegmentationNode") is None

@@ -678,29 +678,30 @@ class NodeOutputs:
         return {"segmentation": self.segmentation, "table": self.table, "denoised": self.denoised, "gradcam": self.gradcam}
 
 
-def run_on_nodes(volume_node, markups_node=None, liver_segmentation_node=None, liver_segment_id: str | None = None,
-                 options=None, outputs: dict | None = None, progress: Callable[[float, str], None] | None = None,
-                 should_cancel: Callable[[], bool] | None = None, lesion_points_node=None) -> NodeOutputs:
-    """Run the pipeline on scene nodes and put the results into output nodes; input nodes are never modified.
+@dataclass
+class RunInputs:
+    """What a run reads from the scene, as images and points (LPS mm): `read_run_inputs`."""
 
-    volume_node: the CT (HU). markups_node: point list with the landmarks (labels IVC, IVC_inferior, RHV,
-    MHV, LHV, RPV, LPV, UP; RAS world); None runs without Couinaud segments. liver_segmentation_node and
-    liver_segment_id: an optional liver mask replacing liver extraction. lesion_points_node: an optional point
-    list of clicks inside lesions the detection may miss (any labels; each gives its lesion, and a click inside a
-    detected lesion keeps it). options: pipeline.PipelineOptions.
-    outputs: existing output nodes to update, keys 'segmentation', 'table', 'denoised', 'gradcam' (missing
-    or None: created). Returns NodeOutputs: segmentation, table, denoised, gradcam (None when not computed),
-    result (pipeline.PipelineResult) and warnings (list of str).
-    """
+    ct: sitk.Image
+    landmarks: dict | None
+    liver_mask: sitk.Image | None
+    options: object  # pipeline.PipelineOptions, with the lesion points
+
+
+def read_run_inputs(volume_node, markups_node=None, liver_segmentation_node=None, liver_segment_id: str | None = None,
+                    options=None, outputs: dict | None = None, lesion_points_node=None) -> RunInputs:
+    """Check the nodes of a run and read them (see `run_on_nodes` for the arguments); nothing in the scene changes.
+
+    Raises InputError when no volume is selected, a liver segmentation has no segment chosen, or an output node is
+    one of the inputs."""
     from . import pipeline
 
     if volume_node is None:
         raise InputError("Select the CT volume to analyse.")
     if liver_segmentation_node is not None and not liver_segment_id:
         raise InputError("A liver segmentation was selected without choosing its liver segment.")
-    outputs = dict(outputs or {})
     inputs = {id(n) for n in (volume_node, markups_node, liver_segmentation_node, lesion_points_node) if n is not None}
-    for role, node in outputs.items():
+    for role, node in (outputs or {}).items():
         if node is not None and id(node) in inputs:
             raise InputError(f"The {role} output is one of the input nodes ('{node.GetName()}'); inputs are never "
                              "overwritten: choose another output node or create a new one.")
@@ -708,17 +709,27 @@ def run_on_nodes(volume_node, markups_node=None, liver_segmentation_node=None, l
     landmarks = markups_to_landmarks(markups_node) if markups_node is not None else None
     liver_mask = (segment_to_image(liver_segmentation_node, liver_segment_id, volume_node)
                   if liver_segmentation_node is not None else None)
+    options = options or pipeline.PipelineOptions()
     points = markups_to_points(lesion_points_node)
     if points:
-        options = dataclasses.replace(options or pipeline.PipelineOptions(), lesion_points=points)
-    scaled = None if progress is None else (lambda fraction, message: progress(0.95 * fraction, message))
-    result = pipeline.run_pipeline(ct, landmarks or None, liver_mask=liver_mask, options=options,
-                                   progress=scaled, should_cancel=should_cancel)
-    if progress is not None:
-        progress(0.96, "Writing results to the scene")
+        options = dataclasses.replace(options, lesion_points=points)
+    return RunInputs(ct, landmarks or None, liver_mask, options)
+
+
+def write_run_outputs(result, volume_node, outputs: dict | None = None) -> NodeOutputs:
+    """Put a pipeline result into output nodes beside `volume_node` (the run's input CT): the segmentation, the
+    lesion table, the denoised volume and the Grad-CAM map; `outputs` names existing nodes to update (keys
+    'segmentation', 'table', 'denoised', 'gradcam'; missing or None: created). Raises InputError when the input
+    volume has left the scene (deleted while a background run worked)."""
+    from . import pipeline
+
+    scene = volume_node.GetScene() if volume_node is not None else None
+    if scene is None or scene.GetNodeByID(volume_node.GetID()) is None:
+        raise InputError("The input volume was removed from the scene during the run; its results were not written. "
+                         "Load it again and apply.")
+    outputs = dict(outputs or {})
     warnings = list(result.warnings)
     base = volume_node.GetName()
-    scene = volume_node.GetScene()
     segmentation = write_segments(outputs.get("segmentation"), volume_node, pipeline.result_segments(result),
                                   name=f"{base} liver localization", scene=scene, warnings=warnings)
     table = write_table(lesion_table_rows(result.lesions), name=f"{base} lesions", node=outputs.get("table"), scene=scene)
@@ -732,9 +743,38 @@ def run_on_nodes(volume_node, markups_node=None, liver_segmentation_node=None, l
         if node is not None:
             node.SetAttribute(MODULE_ATTRIBUTE, role)
             place_next_to(node, volume_node)
+    return NodeOutputs(segmentation, table, denoised, gradcam, result, warnings)
+
+
+def run_on_nodes(volume_node, markups_node=None, liver_segmentation_node=None, liver_segment_id: str | None = None,
+                 options=None, outputs: dict | None = None, progress: Callable[[float, str], None] | None = None,
+                 should_cancel: Callable[[], bool] | None = None, lesion_points_node=None) -> NodeOutputs:
+    """Run the pipeline on scene nodes in this process and put the results into output nodes; input nodes are
+    never modified (`read_run_inputs`, `pipeline.run_pipeline`, `write_run_outputs`; the Slicer module runs the
+    middle step in a worker process instead, `background`).
+
+    volume_node: the CT (HU). markups_node: point list with the landmarks (labels IVC, IVC_inferior, RHV,
+    MHV, LHV, RPV, LPV, UP; RAS world); None runs without Couinaud segments. liver_segmentation_node and
+    liver_segment_id: an optional liver mask replacing liver extraction. lesion_points_node: an optional point
+    list of clicks inside lesions the detection may miss (any labels; each gives its lesion, and a click inside a
+    detected lesion keeps it). options: pipeline.PipelineOptions.
+    outputs: existing output nodes to update, keys 'segmentation', 'table', 'denoised', 'gradcam' (missing
+    or None: created). Returns NodeOutputs: segmentation, table, denoised, gradcam (None when not computed),
+    result (pipeline.PipelineResult) and warnings (list of str).
+    """
+    from . import pipeline
+
+    inputs = read_run_inputs(volume_node, markups_node, liver_segmentation_node, liver_segment_id, options, outputs,
+                             lesion_points_node)
+    scaled = None if progress is None else (lambda fraction, message: progress(0.95 * fraction, message))
+    result = pipeline.run_pipeline(inputs.ct, inputs.landmarks, liver_mask=inputs.liver_mask, options=inputs.options,
+                                   progress=scaled, should_cancel=should_cancel)
+    if progress is not None:
+        progress(0.96, "Writing results to the scene")
+    written = write_run_outputs(result, volume_node, outputs)
     if progress is not None:
         progress(1.0, "Done")
-    return NodeOutputs(segmentation, table, denoised, gradcam, result, warnings)
+    return written
 
 
 def _copy_window_level(source, target) -> None:

@@ -420,15 +420,19 @@ REPORT_COLUMNS = (
 )
 
 
-def _jsonable(value):
+def jsonable(value, digits: int | None = 4):
+    """`value` with numpy scalars and arrays turned into plain Python (dict keys as str, tuples as lists, NaN and
+    inf as None) and floats rounded to `digits` decimals (None: kept exactly), ready for `json.dumps`."""
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v, digits) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v, digits) for v in value]
     if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
+        return jsonable(value.tolist(), digits)
     if isinstance(value, (np.floating, float)):
-        return None if not np.isfinite(value) else round(float(value), 4)
+        if not np.isfinite(value):
+            return None
+        return float(value) if digits is None else round(float(value), digits)
     if isinstance(value, (np.integer,)):
         return int(value)
     if isinstance(value, np.bool_):
@@ -440,7 +444,7 @@ def write_json(data, path) -> Path:
     """Write data as indented JSON (numpy values converted, floats rounded to 4 decimals)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_jsonable(data), indent=2), encoding="utf-8")
+    path.write_text(json.dumps(jsonable(data), indent=2), encoding="utf-8")
     return path
 
 
@@ -479,7 +483,7 @@ def write_report_csv(rows: list[dict], path) -> Path:
         for row in rows:
             cells = []
             for col in columns:
-                value = _jsonable(row.get(col, ""))
+                value = jsonable(row.get(col, ""))
                 cells.append(json.dumps(value, separators=(",", ":")) if isinstance(value, (dict, list)) else value)
             writer.writerow(cells)
     return path

@@ -160,27 +160,6 @@ def test_dilate_mm_and_close_mm_equal_scipys_ball_morphology_on_anisotropic_grid
         assert (closed & ~mask).any()
 
 
-def test_close_mm_with_mirrored_faces_closes_a_bite_open_to_a_face_as_it_would_inside_the_array():
-    """A slab 30 voxels thick with a bite 30 wide and 8 deep open to the x = 0 face, closed by a ball of radius 10:
-    with "background" beyond the faces the ball fits into the bite through the face and leaves it open; with
-    "mirror" the slab goes on beyond the face as its mirror image, the bite becomes a slot 16 deep that the ball
-    does not fit, and it is filled: the same voxels as the closing of the slab continued explicitly. An unknown
-    `faces` is refused."""
-    spacing = (1.0, 1.0, 1.0)
-    slab = np.zeros((40, 70, 60), bool)
-    slab[5:35, 5:65, :] = True
-    slab[5:35, 20:50, 0:8] = False
-    middle = (slice(15, 25), slice(28, 42), slice(0, 8))
-    assert geometry.close_mm(slab, 10.0, spacing)[middle].mean() < 0.5
-    mirrored = geometry.close_mm(slab, 10.0, spacing, faces="mirror")
-    assert mirrored[middle].all()
-    assert mirrored[slab].all()
-    continued = np.concatenate([slab[:, :, ::-1], slab], axis=2)
-    np.testing.assert_array_equal(mirrored, geometry.close_mm(continued, 10.0, spacing, faces="mirror")[:, :, 60:])
-    with pytest.raises(ValueError, match="faces"):
-        geometry.close_mm(slab, 10.0, spacing, faces="wrap")
-
-
 def test_distances_on_the_box_round_a_small_region_equal_those_on_the_whole_array():
     """`depth_mm` of a region far smaller than its array, `distance_to_mm` and `dilate_mm` work on the box round
     it: the same values as scipy's transform of the whole array (a region against one face included)."""

@@ -154,23 +154,16 @@ def dilate_mm(mask: np.ndarray, radius_mm: float, spacing_zyx) -> np.ndarray:
     return distance_to_mm(mask, spacing_zyx, radius_mm + _BALL_TOLERANCE_MM) <= radius_mm + _BALL_TOLERANCE_MM
 
 
-def close_mm(mask: np.ndarray, radius_mm: float, spacing_zyx, faces: str = "background") -> np.ndarray:
-    """Closing of `mask` by a ball of `radius_mm`; the result holds every voxel of `mask`, also at the array's faces.
-
-    `faces` says what lies beyond the array: "background" (the same voxels as scipy's `binary_closing` with
-    `ball_structure` on the mask padded by the ball's radius with background), or "mirror" (the mask continues
-    beyond each face as its mirror image): where the array is cut from a larger image, an organ that meets a
-    face goes on beyond it, and a notch open to the face is then closed as it would be in the organ's middle.
-    Two distance transforms (`depth_mm`)."""
-    if faces not in ("background", "mirror"):
-        raise ValueError(f"faces must be 'background' or 'mirror', not {faces!r}")
+def close_mm(mask: np.ndarray, radius_mm: float, spacing_zyx) -> np.ndarray:
+    """Closing of `mask` by a ball of `radius_mm`, the array's outside counted as background of the mask (not as
+    background of the closing: the result holds every voxel of `mask`, also at the array's faces). The same
+    voxels as scipy's `binary_closing` with `ball_structure` on the mask padded by the ball's radius, by two
+    distance transforms (`depth_mm`)."""
     sp = np.asarray(spacing_zyx, dtype=float)
-    mask = np.asarray(mask, dtype=bool)
     pad = [(int(np.ceil(radius_mm / s)) + 1,) * 2 for s in sp]
-    padded = np.pad(mask, pad, mode="symmetric") if faces == "mirror" else np.pad(mask, pad)
-    grown = dilate_mm(padded, radius_mm, sp)
+    grown = dilate_mm(np.pad(np.asarray(mask, dtype=bool), pad), radius_mm, sp)
     closed = depth_mm(grown, sp) > radius_mm + _BALL_TOLERANCE_MM
-    return closed[tuple(slice(p[0], closed.shape[i] - p[1]) for i, p in enumerate(pad))] | mask
+    return closed[tuple(slice(p[0], closed.shape[i] - p[1]) for i, p in enumerate(pad))]
 
 
 def fill_enclosed(mask: np.ndarray, structure: np.ndarray | None = None, axes: tuple[int, ...] = (0, 1, 2)) -> np.ndarray:

@@ -191,6 +191,34 @@ def test_a_held_lock_refuses_a_second_command_naming_the_lock(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["report.json", "run.json"]
 
 
+def test_a_lock_left_by_a_killed_command_on_this_host_is_taken_over(tmp_path):
+    """A command killed by SIGKILL leaves its lock; its process no longer exists on this host, so the next command
+    takes the lock over instead of refusing until someone deletes it. A lock of a living process, or of another
+    host, still refuses."""
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock = tmp_path / ".result.lock"
+    lock.write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started": "2026-01-01T00:00:00+00:00"}),
+                    encoding="utf-8")
+    assert outputs.lock_is_stale(lock)
+    with outputs.folder_lock(tmp_path / "result", tmp_path / "result") as held:
+        assert json.loads(held.read_text(encoding="utf-8"))["pid"] == os.getpid()
+    assert not lock.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
+    for holder in ({"pid": os.getpid(), "host": socket.gethostname()}, {"pid": dead.pid, "host": "elsewhere"}):
+        lock.write_text(json.dumps({**holder, "started": "2026-01-01T00:00:00+00:00"}), encoding="utf-8")
+        assert not outputs.lock_is_stale(lock)
+        with pytest.raises(outputs.OutputError, match="in use by another liverloc command"):
+            with outputs.folder_lock(tmp_path / "result", tmp_path / "result"):
+                pass
+        assert lock.is_file()
+    lock.write_text("not json", encoding="utf-8")
+    assert not outputs.lock_is_stale(lock)
+
+
 def test_staging_folders_a_killed_command_left_are_removed_under_the_lock(tmp_path):
     stale = [tmp_path / ".result.partial-99999-abcdef", tmp_path / ".result.replaced-99999-abcdef"]
     for folder in stale:

@@ -144,7 +144,16 @@ def folder_lock(out: Path, target: Path) -> Iterator[Path]:
     try:
         fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
-        raise OutputError(lock_held_message(out, lock)) from None
+        if not lock_is_stale(lock):
+            raise OutputError(lock_held_message(out, lock)) from None
+        # its holder was killed (SIGKILL, power loss): set the stale lock aside (one command wins the rename) and retry
+        aside = sibling(target, "stale-lock")
+        try:
+            os.rename(lock, aside)
+            aside.unlink()
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except (FileNotFoundError, FileExistsError):
+            raise OutputError(lock_held_message(out, lock)) from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump({"pid": os.getpid(), "host": socket.gethostname(), "started": now()}, handle)
@@ -152,6 +161,27 @@ def folder_lock(out: Path, target: Path) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             lock.unlink()
+
+
+def lock_is_stale(lock: Path) -> bool:
+    """Whether the lock's holder is gone: its file names this host and a process that no longer exists (a command
+    killed by SIGKILL or a crash leaves its lock behind). A lock from another host, an unreadable one, one whose
+    process exists (also as another user's), and any lock on Windows (no harmless probe of a process there) is not
+    stale."""
+    try:
+        holder = json.loads(lock.read_text(encoding="utf-8"))
+        pid, host = int(holder["pid"]), str(holder["host"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return False
+    if host != socket.gethostname() or pid <= 0 or os.name == "nt":  # on Windows os.kill would end the process
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OSError):
+        return False
+    return False
 
 
 def lock_held_message(out: Path, lock: Path) -> str:
@@ -162,7 +192,7 @@ def lock_held_message(out: Path, lock: Path) -> str:
     except (OSError, ValueError, TypeError, KeyError):
         who = "holder unknown"
     return (f"--out {out} is in use by another liverloc command (lock {lock}: {who}). Wait for it to finish; if no "
-            f"such command is running (it was killed), delete {lock} and run again.")
+            f"such command is running (it was killed on another machine), delete {lock} and run again.")
 
 
 def remove_stale_siblings(target: Path) -> None:

@@ -244,3 +244,25 @@ def test_a_click_inside_a_lesion_larger_than_the_largest_box_segments_it_whole()
     clicked = lesions.lesion_at_point(hu, liver, SPACING, point)
     assert clicked is not None
     assert metrics.dice(clicked, ball & liver) > 0.9
+
+
+def test_the_bite_closing_on_a_coarser_grid_differs_from_the_fine_one_only_at_its_border(monkeypatch):
+    """`extend_beyond_liver` closes the liver's outline over a lesion's bite on voxels of about an eighth of the
+    ball's radius (twice as fast on ircadb1_1 and lits117, where the labels agreed to Dice 0.99 and tumour Dice
+    was unchanged): the closed region is the fine grid's except within about one coarse voxel of its border."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    spacing = np.array([1.6, 0.6, 0.6])
+    mask = ndimage.gaussian_filter(rng.random((40, 120, 120)), 4.0) > 0.5
+    box = tuple(slice(10, 10 + n) for n in mask.shape)
+    shape = tuple(n + 20 for n in mask.shape)
+    coarse = lesions._closed_beyond_faces(mask, box, shape, 15.0, spacing)
+    step_mm = 15.0 / lesions.CLOSING_STEPS_PER_RADIUS  # about the coarse grid's voxel (1.8 mm in-plane here)
+    monkeypatch.setattr(lesions, "CLOSING_STEPS_PER_RADIUS", 1e9)  # the CT's own voxels
+    fine = lesions._closed_beyond_faces(mask, box, shape, 15.0, spacing)
+    assert coarse[mask].all() and (fine & ~mask).sum() > 100_000
+    differ = fine ^ coarse
+    assert differ.sum() < 0.08 * (fine & ~mask).sum()
+    border = ndimage.distance_transform_edt(~(fine & ~ndimage.binary_erosion(fine)), sampling=spacing)
+    assert border[differ].max() <= 1.5 * step_mm  # measured 2.4 mm

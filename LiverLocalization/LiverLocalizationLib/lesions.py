@@ -47,6 +47,7 @@ from .errors import InputError
 from .tissue_model import peak_statistics
 
 FAT_HU = -30.0  # fat (and air) below this; a lesion holds none
+CLOSING_STEPS_PER_RADIUS = 8  # the bite's closing works on voxels of about 1/8 of its radius (or the CT's, if larger)
 
 
 @dataclass(frozen=True)
@@ -721,7 +722,12 @@ def _closed_beyond_faces(mask: np.ndarray, box, shape, radius_mm: float, spacing
         high = n[axis] if s.stop == size and np.take(mask, -1, axis=axis).any() else 0
         pads.append((low, high))
     padded = np.pad(mask, pads, mode="edge") if any(p != (0, 0) for p in pads) else mask
-    closed = geometry.close_mm(padded, radius_mm, sp)
+    factors = np.maximum(1, np.floor(radius_mm / CLOSING_STEPS_PER_RADIUS / sp)).astype(int)
+    if factors.max() > 1:  # a coarser grid: a ball of that radius does not see the fine voxels
+        share, _ = block_means(padded.astype(np.float32), np.ones(padded.shape, bool), factors)
+        closed = _upsample(geometry.close_mm(share >= 0.5, radius_mm, sp * factors), factors, padded.shape) | padded
+    else:
+        closed = geometry.close_mm(padded, radius_mm, sp)
     return closed[tuple(slice(lo, closed.shape[a] - hi) for a, (lo, hi) in enumerate(pads))]
 
 

@@ -123,3 +123,51 @@ def test_batch_on_two_workers_matches_single_runs_records_the_failure_and_resume
     assert rows["corrupt"]["status"] == "ok" and rows["corrupt"]["error"] == ""
     assert float(rows["corrupt"]["liver_ml"]) > 0 and (out / "corrupt" / "run.json").is_file()
     assert "3 skipped" in capsys.readouterr().out
+
+
+def test_a_batch_killed_mid_run_resumes_without_losing_or_duplicating_a_case(cohort, tmp_path):
+    """SIGKILL to the whole batch (its process and its Dask workers) once the first case is complete and others are
+    being written: the next run takes over the dead batch's lock, keeps the complete case as it is, removes the
+    killed cases' staging folders and locks, runs the rest, and lists every case and every lesion exactly once."""
+    pytest.importorskip("distributed", reason="dask[distributed] is not installed (pip install -e '.[batch]')")
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "results"
+    argv = ["batch", str(cohort / "cases.csv"), "--out", str(out), "--workers", "2", "--memory-limit", "2",
+            "--no-classify", "--no-figures"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(batch.__file__).resolve().parents[1]),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    first = subprocess.Popen([sys.executable, "-m", "LiverLocalizationLib.cli", "-q", *argv], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    start, done = time.perf_counter(), []
+    try:
+        while not done:
+            assert first.poll() is None, "the batch ended before it could be killed"
+            assert time.perf_counter() - start < 300, "no case finished"
+            done = [case for case in SEEDS if (out / case / "run.json").is_file()]
+            time.sleep(0.2)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    stamp = (out / done[0] / "run.json").stat().st_mtime_ns
+    assert any(p.name.endswith(".lock") for p in out.parent.iterdir())  # the dead batch's lock was left behind
+
+    assert cli.main(["-q", *argv]) == 1  # the corrupt case fails again; everything else completes
+    rows = read_rows(out / "cases.csv")
+    assert [row["case"] for row in rows] == [*SEEDS, "corrupt"]
+    statuses = {row["case"]: row["status"] for row in rows}
+    assert statuses[done[0]] == "skipped" and (out / done[0] / "run.json").stat().st_mtime_ns == stamp
+    assert all(statuses[case] in ("ok", "skipped") for case in SEEDS) and statuses["corrupt"] == "failed"
+    lesion_rows = read_rows(out / "lesions.csv")
+    for case in SEEDS:
+        report = json.loads((out / case / "report.json").read_text())
+        assert sum(row["case"] == case for row in lesion_rows) == len(report["lesions"])
+        listed = set(json.loads((out / case / "run.json").read_text())["files"]) | {"run.json"}
+        assert {p.name for p in (out / case).iterdir()} == listed  # nothing half-written beside the results
+    leftovers = [p.name for p in out.parent.iterdir() if p.name.startswith(".")]
+    leftovers += [p.name for p in out.iterdir() if p.name.startswith(".")]
+    assert leftovers == []

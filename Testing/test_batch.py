@@ -137,7 +137,13 @@ def test_a_batch_killed_mid_run_resumes_without_losing_or_duplicating_a_case(coh
     import time
 
     out = tmp_path / "results"
-    argv = ["batch", str(cohort / "cases.csv"), "--out", str(out), "--workers", "2", "--memory-limit", "2",
+    data = (cohort / "case_a" / "ct.nii.gz").read_bytes()  # the cohort's own corrupt file is fixed by another test
+    (tmp_path / "corrupt.nii.gz").write_bytes(data[: len(data) // 3])
+    lines = ["case,ct,landmarks,liver_mask"]
+    lines += [f"{case},{cohort / case / 'ct.nii.gz'},{cohort / case / 'landmarks.mrk.json'}," for case in SEEDS]
+    lines.append(f"corrupt,{tmp_path / 'corrupt.nii.gz'},,")
+    (tmp_path / "cases.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    argv = ["batch", str(tmp_path / "cases.csv"), "--out", str(out), "--workers", "2", "--memory-limit", "2",
             "--no-classify", "--no-figures"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(batch.__file__).resolve().parents[1]),
                                                          os.environ.get("PYTHONPATH", "")])}
@@ -154,7 +160,7 @@ def test_a_batch_killed_mid_run_resumes_without_losing_or_duplicating_a_case(coh
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
     stamp = (out / done[0] / "run.json").stat().st_mtime_ns
-    assert any(p.name.endswith(".lock") for p in out.parent.iterdir())  # the dead batch's lock was left behind
+    assert (tmp_path / ".results.lock").is_file()  # the dead batch's lock was left behind
 
     assert cli.main(["-q", *argv]) == 1  # the corrupt case fails again; everything else completes
     rows = read_rows(out / "cases.csv")
@@ -168,6 +174,6 @@ def test_a_batch_killed_mid_run_resumes_without_losing_or_duplicating_a_case(coh
         assert sum(row["case"] == case for row in lesion_rows) == len(report["lesions"])
         listed = set(json.loads((out / case / "run.json").read_text())["files"]) | {"run.json"}
         assert {p.name for p in (out / case).iterdir()} == listed  # nothing half-written beside the results
-    leftovers = [p.name for p in out.parent.iterdir() if p.name.startswith(".")]
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
     leftovers += [p.name for p in out.iterdir() if p.name.startswith(".")]
     assert leftovers == []

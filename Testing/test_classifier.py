@@ -76,6 +76,25 @@ def test_save_load_round_trip_gives_the_same_calibrated_probabilities(tmp_path):
     assert np.allclose(mal, expected[:, 2] + expected[:, 3], atol=1e-5)
 
 
+def test_a_failed_save_leaves_the_earlier_weights_and_card_whole(tmp_path, monkeypatch):
+    """`liverloc train` saves through `save_model`: a save that fails half-way (here the card cannot be written, as on
+    a full disk) leaves the earlier pair byte for byte, loadable, and no hidden partial file."""
+    torch.manual_seed(0)
+    path = _save_pair(classifier.build_model().eval(), tmp_path)
+    before = {f.name: f.read_bytes() for f in tmp_path.iterdir()}
+    torch.manual_seed(1)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(classifier.json, "dumps", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        _save_pair(classifier.build_model().eval(), tmp_path)
+    monkeypatch.undo()
+    assert {f.name: f.read_bytes() for f in tmp_path.iterdir()} == before
+    assert classifier.load_model(path).temperature == 1.5
+
+
 # ----------------------------------------------------------------------------- safe loading
 
 def test_pickle_file_is_refused_without_unpickling(tmp_path):

@@ -207,19 +207,34 @@ def model_card_path(weights_path) -> Path:
 
 
 def save_model(net, card: dict, weights_path) -> Path:
-    """Write the network's weights as safetensors and the model card (with the weights' SHA-256) beside them."""
+    """Write the network's weights as safetensors and the model card (with the weights' SHA-256) beside them.
+
+    Both are written to hidden files in the same folder first and renamed into place only when both are whole, the
+    weights before the card: an interrupted or failed save (Ctrl-C, a full disk) leaves the earlier pair as it was
+    and no half-written file (a card renamed a moment after its weights is caught by the SHA-256 check on load)."""
+    import os
+
     from safetensors.torch import save_file
 
     weights_path = Path(weights_path)
     weights_path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    save_file(state, str(weights_path), metadata={"format": MODEL_CARD_FORMAT})
-    card = dict(card)
-    card["format"] = MODEL_CARD_FORMAT
-    card["weights_file"] = weights_path.name
-    card["weights_sha256"] = file_sha256(weights_path)
-    card["weights_bytes"] = weights_path.stat().st_size
-    model_card_path(weights_path).write_text(json.dumps(card, indent=2), encoding="utf-8")
+    card_path = model_card_path(weights_path)
+    staged_weights = weights_path.with_name(f".{weights_path.name}.partial-{os.getpid()}")
+    staged_card = card_path.with_name(f".{card_path.name}.partial-{os.getpid()}")
+    try:
+        state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+        save_file(state, str(staged_weights), metadata={"format": MODEL_CARD_FORMAT})
+        card = dict(card)
+        card["format"] = MODEL_CARD_FORMAT
+        card["weights_file"] = weights_path.name
+        card["weights_sha256"] = file_sha256(staged_weights)
+        card["weights_bytes"] = staged_weights.stat().st_size
+        staged_card.write_text(json.dumps(card, indent=2), encoding="utf-8")
+        os.replace(staged_weights, weights_path)
+        os.replace(staged_card, card_path)
+    finally:
+        for staged in (staged_weights, staged_card):
+            staged.unlink(missing_ok=True)
     return weights_path
 
 

@@ -421,32 +421,43 @@ def extract_patch(ct: sitk.Image, lesion_mask, lesion_id: int, patch: dict | Non
 
 # ----------------------------------------------------------------------------- Grad-CAM
 
-def gradcam(model, patch: np.ndarray, target: int | None = None) -> np.ndarray:
+GRADCAM_LAYER = 3  # Grad-CAM on the output of features[:3]: the first Inception-ResNet block, at half the patch's grid
+
+
+def gradcam(model, patch: np.ndarray, target: int | None = None, layer: int = GRADCAM_LAYER) -> np.ndarray:
     """Grad-CAM of one patch: where the features that raised the target kind's logit lie.
 
     Args:
         model: a `LesionClassifier` or a network built by `build_model`.
         patch: (channels, n, n, n) array (as `extract_patch` returns).
         target: kind index; default the predicted kind.
+        layer: the map is computed on the activations after the first `layer` modules of ``net.features``.
+            The default, the first Inception-ResNet block (16³ for a 32³ patch), shows where in the patch the
+            decision's features lie; the last block (``len(net.features)``, 8³) is the classic choice but
+            too coarse here: its map, upsampled, spreads over the whole patch (on lits117's 22 tumours, the
+            median share of the map within the tumour + 5 mm was 0.15 on the last block and 0.63 on the first,
+            against 0.12 for a uniform map; `benchmarks/eval_real_classifier.py`).
 
-    Returns an (n, n, n) float32 map in [0, 1] on the patch grid: ReLU(Σ_k w_k A_k) over the last
-    Inception-ResNet block's activations A_k, weights w_k = mean gradient of the logit over A_k,
-    trilinearly upsampled and divided by its maximum (all zeros when nothing raises the logit).
+    Returns an (n, n, n) float32 map in [0, 1] on the patch grid: ReLU(Σ_k w_k A_k) over that layer's activations
+    A_k, weights w_k = mean gradient of the logit over A_k, trilinearly upsampled and divided by its maximum (all
+    zeros when nothing raises the logit).
     """
     import torch
     import torch.nn.functional as F
 
     net = model.net if isinstance(model, LesionClassifier) else model
+    if not 1 <= int(layer) <= len(net.features):
+        raise ValueError(f"Grad-CAM layer {layer}: choose 1-{len(net.features)}.")
     was_training = net.training
     net.eval()
     x = torch.as_tensor(np.asarray(patch, dtype=np.float32))[None]
     with torch.enable_grad():
-        feats = net.features(x).detach().requires_grad_(True)
-        logits = net.head(feats, x[:, -1:])
+        acts = net.features[:int(layer)](x).detach().requires_grad_(True)
+        logits = net.head(net.features[int(layer):](acts), x[:, -1:])
         k = int(logits.argmax(1).item()) if target is None else int(target)
-        (grad,) = torch.autograd.grad(logits[0, k], feats)
+        (grad,) = torch.autograd.grad(logits[0, k], acts)
     weights = grad.mean(dim=(2, 3, 4), keepdim=True)
-    cam = torch.relu((weights * feats.detach()).sum(1, keepdim=True))
+    cam = torch.relu((weights * acts.detach()).sum(1, keepdim=True))
     cam = F.interpolate(cam, size=tuple(x.shape[2:]), mode="trilinear", align_corners=False)[0, 0].numpy()
     net.train(was_training)
     top = float(cam.max())

@@ -56,13 +56,15 @@ def test_one_click_inside_each_tumour_segments_it(case):
 
 def test_end_to_end_the_extracted_liver_keeps_most_tumour_voxels(case):
     """From the CT and its landmarks (the field of view is the liver's box, so the large tumours at its faces are
-    the hardest; target: 95 % of tumour voxels in the liver; measured 63 %, 52 % before lesions were continued
-    beyond the extracted liver's border)."""
+    the hardest; target: 95 % of tumour voxels in the liver; measured 76.5 % with the 35 mm bites, 72.9 % with
+    25 mm, 52 % before lesions were continued beyond the extracted liver's border; tumour Dice 0.700, no false
+    positive)."""
     evaluation, ct, liver, tumours, landmarks, big = case
     r = evaluation.run_end_to_end(ct, liver, tumours, landmarks, big, float(np.prod(ct.GetSpacing())))
-    assert r["tumour_in_liver"] >= 0.6
-    assert r["liver_dice"] >= 0.9
-    assert r["dice"] >= 0.55
+    assert r["tumour_in_liver"] >= 0.74
+    assert r["liver_dice"] >= 0.92
+    assert r["dice"] >= 0.67
+    assert r["false_positives"] <= 1
 
 
 def test_the_lesion_report_names_its_source_evidence_and_sizes(case):
@@ -101,3 +103,22 @@ def test_the_shipped_classifier_calls_most_real_tumours_malignant(case):
     rows = real_classifier.classify(ct, np.where(np.isin(arr, big), arr, 0), classifier.load_model())
     assert sorted(row["id"] for row in rows) == sorted(big)
     assert np.mean([row["malignant_probability"] >= 0.5 for row in rows]) >= 0.8
+
+
+def test_the_shipped_classifiers_grad_cam_lies_on_the_real_tumours(case):
+    """Issue target: at least half of the Grad-CAM map within the tumour plus 5 mm (median over the 22 tumours;
+    measured 0.63, a uniform map 0.12: `benchmarks/eval_real_classifier.py`)."""
+    pytest.importorskip("torch", reason="torch is not installed (pip install -e '.[ml]')")
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import eval_real_classifier as real_classifier
+
+    from LiverLocalizationLib import classifier
+
+    _, ct, _, tumours, _, big = case
+    shares, uniform = real_classifier.gradcam_shares(io.validate_ct(ct), sitk.GetArrayFromImage(tumours), big,
+                                                     classifier.load_model())
+    assert len(shares) == 22
+    assert np.nanmedian(shares) >= 0.5
+    assert np.nanmedian(shares) > 3 * np.median(uniform)

@@ -435,3 +435,30 @@ def test_help_states_the_output_rules(capsys):
         text = " ".join(capsys.readouterr().out.split())
         for word in words:
             assert word in text
+
+
+def test_a_path_with_bytes_that_are_not_utf8_is_refused_before_the_image_library_aborts(tmp_path, capsys):
+    """SimpleITK aborts the whole process (std::logic_error, no Python exception) on a path holding bytes that are
+    not UTF-8 text, which Linux file names may hold: read_image and write_image refuse it, and liverloc run and
+    phantom stop before any work with one line naming it (\\xff shown), for the CT and for --out."""
+    good = write(ct_array(), tmp_path / "good.nii.gz")
+    odd = tmp_path / os.fsdecode(b"ct\xff.nii.gz")
+    try:
+        odd.write_bytes(good.read_bytes())
+    except (OSError, UnicodeEncodeError):
+        pytest.skip("this filesystem does not take names that are not UTF-8")
+    with pytest.raises(InputError, match=r"ct\\xff\.nii\.gz: the path holds bytes that are not UTF-8"):
+        io.read_image(odd)
+    with pytest.raises(InputError, match="not UTF-8"):
+        io.write_image(io.read_image(good), tmp_path / os.fsdecode(b"out\xfe") / "x.nii.gz")
+    code, err = run_cli(["-q", "run", str(odd), "--out", str(tmp_path / "out")], capsys)
+    assert code == 2
+    assert_one_clear_line(err, "ct\\xff.nii.gz", "not UTF-8", "rename")
+    odd_out = tmp_path / os.fsdecode(b"out\xfe")
+    code, err = run_cli(["-q", "run", str(good), "--out", str(odd_out)], capsys)
+    assert code == 2
+    assert_one_clear_line(err, "--out", "out\\xfe", "not UTF-8")
+    code, err = run_cli(["-q", "phantom", "--out", str(odd_out)], capsys)
+    assert code == 2
+    assert_one_clear_line(err, "--out", "not UTF-8")
+    assert not odd_out.exists() and not (tmp_path / "out").exists()

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import outputs
+from . import io, outputs
 from .errors import InputError
 
 COLUMNS = ("case", "ct", "landmarks", "liver_mask")  # case and ct required
@@ -270,7 +270,7 @@ def run_batch(csv_path: Path, out: Path, scheduler: str | None = None, workers: 
     from .cli import out_folder_problem
 
     out = Path(out)
-    problem = out_folder_problem(out)
+    problem = io.path_problem(out, "--out") or out_folder_problem(out)
     if problem:
         raise InputError(problem + ".")
     cases = read_cases(csv_path, out)

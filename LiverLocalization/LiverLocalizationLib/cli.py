@@ -135,8 +135,14 @@ def _add_out(p, what: str) -> None:
 
 
 def _check_paths(out: Path, inputs: dict[str, Path | None]) -> None:
-    """Raise InputError, before any work, for an input that does not exist or lies in --out, or an --out folder
-    results cannot be written into."""
+    """Raise InputError, before any work, for an input that does not exist or lies in --out, an --out folder
+    results cannot be written into, or a path the image library cannot use (`io.path_problem`)."""
+    from . import io
+
+    for option, path in {**inputs, "--out": out}.items():
+        problem = io.path_problem(path, option) if path is not None else None
+        if problem:
+            raise InputError(problem + ".")
     for option, path in inputs.items():
         if path is not None and not path.exists():
             raise InputError(f"{option} {path}: no such file or folder. Check the path.")

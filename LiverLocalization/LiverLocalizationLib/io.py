@@ -30,6 +30,25 @@ MARKUPS_SCHEMA = (
 )
 
 
+def path_problem(path: str | os.PathLike, what: str) -> str | None:
+    """Why the image library cannot use `path` (None when it can): a name with bytes that are not UTF-8 text (Linux
+    keeps them as they are; SimpleITK aborts the whole process on such a path instead of raising)."""
+    text = str(Path(path).absolute())
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        return (f"{what} {shown}: the path holds bytes that are not UTF-8 text, which the image library cannot "
+                "open; rename the file or folder (or the folder above it that holds them)")
+    return None
+
+
+def _require_usable_path(path: str | os.PathLike, what: str) -> None:
+    problem = path_problem(path, what)
+    if problem:
+        raise InputError(problem + ".")
+
+
 def read_image(path: str | os.PathLike, series_uid: str | None = None) -> sitk.Image:
     """Read a 3-D image file or a DICOM series folder; the geometry is kept as stored.
 
@@ -42,6 +61,7 @@ def read_image(path: str | os.PathLike, series_uid: str | None = None) -> sitk.I
     non-orthonormal direction matrix, which ITK keeps in NRRD/MetaImage and replaces by the qform in NIfTI).
     """
     path = Path(path)
+    _require_usable_path(path, "The image")
     if not path.exists():
         raise InputError(f"{path}: no such file or folder. Check the path.")
     if path.is_dir():
@@ -630,6 +650,7 @@ def _check_read_geometry(folder: Path, image: sitk.Image, ordered: list[DicomSli
 def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> Path:
     """Write an image (format from the suffix), creating the folder; returns the path."""
     path = Path(path)
+    _require_usable_path(path, "The output")
     path.parent.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(image, str(path), compress)
     return path

@@ -30,7 +30,8 @@ from LiverLocalizationLib import labels
 README_URL = "https://github.com/LiverLocalization/LiverLocalization#readme"
 SAMPLE_CATEGORY = "Liver Localization"
 SAMPLE_NAME = "Liver phantom"
-# Python packages the classification stage needs beyond what Slicer bundles (torch comes from the PyTorch extension)
+
+
 #
 # LiverLocalization
 #
@@ -587,15 +588,19 @@ class LiverLocalizationLogic(ScriptedLoadableModuleLogic):
         inputs = mrml.read_run_inputs(inputVolume, landmarks, liverSegmentation, liverSegmentId, options, outputs,
                                       lesionPoints)
         app = getattr(slicer, "app", None)  # None on a headless slicer-core scene (scripts, CI)
-        root = os.path.join(app.temporaryPath if app is not None else tempfile.gettempdir(), "LiverLocalization")
-        os.makedirs(root, exist_ok=True)
-        job = background.write_job(tempfile.mkdtemp(prefix="run-", dir=root), inputs.ct, inputs.landmarks,
-                                   inputs.liver_mask, inputs.options)
         python = shutil.which("PythonSlicer")  # Slicer's Python interpreter, beside the application
         if python is None and app is not None:
             raise RuntimeError("PythonSlicer (Slicer's Python interpreter) was not found on the PATH; the run needs it "
                                "to work in the background. Reinstall Slicer, or run logic.process(...) from the console.")
-        run = background.BackgroundRun.start(job, python=python)  # headless (no application): this interpreter
+        root = os.path.join(app.temporaryPath if app is not None else tempfile.gettempdir(), "LiverLocalization")
+        os.makedirs(root, exist_ok=True)
+        job = tempfile.mkdtemp(prefix="run-", dir=root)
+        try:
+            background.write_job(job, inputs.ct, inputs.landmarks, inputs.liver_mask, inputs.options)
+            run = background.BackgroundRun.start(job, python=python)  # headless (no application): this interpreter
+        except BaseException:
+            shutil.rmtree(job, ignore_errors=True)  # a copy of the CT is not left behind in the temporary folder
+            raise
         run.inputVolume, run.ct = inputVolume, inputs.ct
         return run
 

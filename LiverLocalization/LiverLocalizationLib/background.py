@@ -45,6 +45,16 @@ def _points_from_json(points: dict | None) -> dict[str, np.ndarray] | None:
     return None if points is None else {k: np.asarray(v, dtype=float) for k, v in points.items()}
 
 
+def _options_json(options: pipeline.PipelineOptions) -> dict:
+    fields = dataclasses.asdict(dataclasses.replace(options, lesion_points=None))
+    fields["lesion_points"] = _points_json(options.lesion_points)
+    return fields
+
+
+def _options_from_json(fields: dict) -> pipeline.PipelineOptions:
+    return pipeline.PipelineOptions(**{**fields, "lesion_points": _points_from_json(fields["lesion_points"])})
+
+
 def write_job(job_dir: str | os.PathLike, ct: sitk.Image, landmarks: dict[str, np.ndarray] | None,
               liver_mask: sitk.Image | None, options: pipeline.PipelineOptions) -> Path:
     """Write one run's inputs into `job_dir` (created; it must be empty): the CT and the liver mask as uncompressed
@@ -56,9 +66,7 @@ def write_job(job_dir: str | os.PathLike, ct: sitk.Image, landmarks: dict[str, n
     io.write_image(ct, job / INPUT_CT, compress=False)
     if liver_mask is not None:
         io.write_image(liver_mask, job / INPUT_LIVER, compress=False)
-    fields = dataclasses.asdict(dataclasses.replace(options, lesion_points=None))
-    spec = {"landmarks": _points_json(landmarks), "lesion_points": _points_json(options.lesion_points),
-            "options": fields, "liver_mask": liver_mask is not None}
+    spec = {"landmarks": _points_json(landmarks), "options": _options_json(options), "liver_mask": liver_mask is not None}
     (job / INPUT_JOB).write_text(json.dumps(spec, indent=1), encoding="utf-8")
     return job
 
@@ -67,7 +75,7 @@ def read_job(job_dir: str | os.PathLike) -> tuple[sitk.Image, dict | None, sitk.
     """(CT, landmarks, liver mask or None, options) of a job written by `write_job`."""
     job = Path(job_dir)
     spec = json.loads((job / INPUT_JOB).read_text(encoding="utf-8"))
-    options = pipeline.PipelineOptions(**{**spec["options"], "lesion_points": _points_from_json(spec["lesion_points"])})
+    options = _options_from_json(spec["options"])
     liver = sitk.ReadImage(str(job / INPUT_LIVER)) if spec["liver_mask"] else None
     return sitk.ReadImage(str(job / INPUT_CT)), _points_from_json(spec["landmarks"]), liver, options
 
@@ -91,8 +99,7 @@ def write_result(result: pipeline.PipelineResult, job_dir: str | os.PathLike) ->
         if image is not None:
             io.write_image(image, job / f"{name}.nrrd", compress=False)
     fields = {f.name: getattr(result, f.name) for f in dataclasses.fields(result) if f.name not in RESULT_IMAGES + ("ct",)}
-    fields["options"] = dataclasses.asdict(dataclasses.replace(result.options, lesion_points=None))
-    fields["lesion_points"] = _points_json(result.options.lesion_points)
+    fields["options"] = _options_json(result.options)
     fields["landmarks"] = _points_json(result.landmarks)
     partial = job / (RESULT_FILE + ".part")
     partial.write_text(json.dumps(pipeline.jsonable(fields, digits=None)), encoding="utf-8")
@@ -103,8 +110,7 @@ def read_result(job_dir: str | os.PathLike, ct: sitk.Image) -> pipeline.Pipeline
     """The `pipeline.PipelineResult` a worker wrote into `job_dir`, with `ct` (the run's input) as its CT."""
     job = Path(job_dir)
     fields = json.loads((job / RESULT_FILE).read_text(encoding="utf-8"))
-    points = _points_from_json(fields.pop("lesion_points"))
-    fields["options"] = pipeline.PipelineOptions(**{**fields["options"], "lesion_points": points})
+    fields["options"] = _options_from_json(fields["options"])
     fields["landmarks"] = _points_from_json(fields["landmarks"])
     images = {name: sitk.ReadImage(str(job / f"{name}.nrrd")) if (job / f"{name}.nrrd").exists() else None
               for name in RESULT_IMAGES}

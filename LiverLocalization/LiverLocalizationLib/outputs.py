@@ -179,7 +179,7 @@ def lock_is_stale(lock: Path) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
-    except (PermissionError, OSError):
+    except OSError:  # PermissionError: it exists, as another user's process
         return False
     return False
 

@@ -19,8 +19,10 @@ judges regions, not voxels (`detect_lesions`):
    scale and over the scales, so that `false_alarms` chance detections are expected in a liver.
 3. **Extent** (`lesion_extent`): round each connected set of significant voxels, an EM fit of two Gaussian
    classes (lesion, parenchyma) to the intensities, lightly smoothed in proportion to the scale at which the
-   seed is significant, and a mean-field MRF with equal priors and one pooled sd put the border where a voxel
-   is as likely lesion as parenchyma: the half-contrast edge of a blurred step. The lesion is the MRF's lesion
+   seed is significant, refined with a partial-volume class for the border voxels between them
+   (`partial_volume_em`: the pure levels, not levels pulled together by the border), and a mean-field MRF
+   with equal priors and one pooled sd put the border where a voxel is as likely lesion as parenchyma: the
+   half-contrast edge of a blurred step. The lesion is the MRF's lesion
    components touching the seed, holes filled (necrosis, septa and deposits inside are the lesion's),
    closed by a ball of `close_fraction` of its radius (a heterogeneous mass is one lesion), within the
    significant boxes (and `support_margin_mm`), reaching into the border band only next to its own interior.
@@ -357,8 +359,9 @@ def _lesion_extent_in_box(seed, values, liver, usable, solid, sp, p, ring_start_
 
 
 def _two_classes(values, seed, ring, fit, usable):
-    """EM of two Gaussian classes on the `fit` voxels, started at the seed's darker-than-ring voxels and the ring:
-    (means (lesion, parenchyma), pooled sd), or None when the seed is not darker or the classes swap."""
+    """EM of two Gaussian classes on the `fit` voxels, started at the seed's darker-than-ring voxels and the ring,
+    then their pure levels (`partial_volume_em`): (means (lesion, parenchyma), pooled sd), or None when the seed
+    is not darker or the classes swap."""
     from .tissue_model import _em, _histogram
 
     level = float(np.median(values[ring]))
@@ -371,7 +374,43 @@ def _two_classes(values, seed, ring, fit, usable):
                                   np.array([0.5, 0.5]), 200, 1e-7, 0.25)
     if not means[0] < means[1]:
         return None
+    pure = partial_volume_em(x, w, means, sds, weights)
+    # the pure levels lie beyond the two-class means (the mixed voxels pulled those together); otherwise the
+    # partial-volume fit has not found two levels, and the plain fit stands
+    if pure[0][0] <= means[0] and pure[0][1] >= means[1] and pure[0][0] < pure[0][1]:
+        means, sds, weights = pure
     return means, float(np.sqrt(np.sum(weights * sds ** 2) / np.sum(weights)))
+
+
+def partial_volume_em(x: np.ndarray, w: np.ndarray, means: np.ndarray, sds: np.ndarray, weights: np.ndarray,
+                      iterations: int = 100, tol_hu: float = 1e-3):
+    """EM of two pure classes (lesion, parenchyma) and the partial-volume voxels of the border between them, on a
+    weighted histogram (centres `x`, weights `w`), started at a two-class fit (`means`, `sds`, `weights`).
+
+    A border voxel holds both tissues in any proportion, so its value lies anywhere between the two levels: its
+    class is modelled as a Gaussian at the mid-level whose variance is the pooled noise plus that of a uniform
+    spread over the gap, (Δ²/12). Without it a small lesion's border voxels, many against its interior, pull the
+    lesion class towards the parenchyma and the half-way border outwards. Returns the pure classes' (means, sds,
+    weights normalised over the two)."""
+    means, sds = np.asarray(means, float).copy(), np.asarray(sds, float).copy()
+    share = np.array([weights[0], weights[1], 0.2])
+    share /= share.sum()
+    for _ in range(iterations):
+        pooled_var = float(np.sum(share[:2] * sds ** 2) / np.sum(share[:2]))
+        mu = np.array([means[0], means[1], 0.5 * (means[0] + means[1])])
+        var = np.array([sds[0] ** 2, sds[1] ** 2, pooled_var + (means[1] - means[0]) ** 2 / 12.0])
+        logp = np.log(share)[:, None] - 0.5 * np.log(var)[:, None] - (x[None] - mu[:, None]) ** 2 / (2 * var[:, None])
+        resp = np.exp(logp - logp.max(axis=0))
+        resp *= w[None] / resp.sum(axis=0)
+        nk = resp.sum(axis=1) + 1e-12
+        new = (resp[:2] @ x) / nk[:2]
+        sds = np.sqrt((resp[:2] * (x[None] - new[:, None]) ** 2).sum(axis=1) / nk[:2] + 0.25)
+        share = nk / nk.sum()
+        done = np.allclose(new, means, atol=tol_hu)
+        means = new
+        if done:
+            break
+    return means, sds, share[:2] / share[:2].sum()
 
 
 def add_rim(lesion: np.ndarray, values: np.ndarray, usable: np.ndarray, free: np.ndarray, spacing_zyx, null_sd,

@@ -217,9 +217,11 @@ def check_landmarks(landmarks: dict[str, np.ndarray], reference: sitk.Image | No
             raise InputError(f"The IVC axis (IVC_inferior → IVC) is tilted {tilt:.0f}° from the patient's "
                              "superior–inferior axis; both points must lie on the IVC, one above the other.")
     else:
-        warnings.append("No IVC_inferior landmark: the landmarks are not checked against the IVC's course, and the "
-                        "axis='ivc' option falls back to the patient's superior–inferior axis through IVC. Place "
-                        "IVC_inferior " + labels.LANDMARK_PLACES["IVC_inferior"] + " to have them checked.")
+        warnings.append("No IVC_inferior landmark: the landmarks are not checked against the IVC's course, segment I "
+                        "is placed from the IVC click alone (with IVC_inferior, from the middle of the two: less "
+                        "sensitive to a click's error), and the axis='ivc' option falls back to the patient's "
+                        "superior–inferior axis through IVC. Place IVC_inferior " + labels.LANDMARK_PLACES["IVC_inferior"]
+                        + ".")
     if "UP" not in pts:
         warnings.append("No UP landmark: segment IV is separated from II/III by the LHV plane alone, also below "
                         "the LHV. Place UP " + labels.LANDMARK_PLACES["UP"] + " for a better IV | III border.")

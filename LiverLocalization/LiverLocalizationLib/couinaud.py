@@ -24,10 +24,11 @@ Geometry (domain.md §1, docs/couinaud_geometry.md):
   plane, or the left lateral sector's portal height with vessel-guided borders; `split_heights`) into IVa above
   (label 4) and IVb below (label 9, `labels.COUINAUD_IVB`), after whichever method labelled IV (`split_segment_iv`).
 * **Segment I.** The dorsal region in front of the IVC, behind the hilum: an elliptic cylinder in the
-  horizontal plane on the line from the IVC axis to the portal bifurcation ``B`` (mid-point of RPV and LPV),
-  from just behind the axis to two thirds of the way to B (``CAUDATE_*``, in units of D, the horizontal
-  distance axis–B), from the height of B (the caudate process ends at the hilum) up to that of ``IVC``
-  (where the hepatic veins join it).
+  horizontal plane on the line from the IVC to the portal bifurcation ``B`` (mid-point of RPV and LPV),
+  from just behind the IVC to two thirds of the way to B (``CAUDATE_*``, in units of D, the horizontal
+  distance IVC–B), from the height of B (the caudate process ends at the hilum) up to that of ``IVC``
+  (where the hepatic veins join it). The IVC it is measured from is the middle of the retrohepatic IVC, half-way
+  between the ``IVC`` and ``IVC_inferior`` clicks (`caudate_frame`): two clicks averaged err less than one.
 
 Portal territories (``method='territories'``) refine the planes with a vessel mask: see `portal_territories`.
 Vessel-guided borders (``method='vessels'``) bend the three hepatic sector borders along the hepatic veins
@@ -216,9 +217,11 @@ def check_landmarks(landmarks: dict[str, np.ndarray], reference: sitk.Image | No
             raise InputError(f"The IVC axis (IVC_inferior → IVC) is tilted {tilt:.0f}° from the patient's "
                              "superior–inferior axis; both points must lie on the IVC, one above the other.")
     else:
-        warnings.append("No IVC_inferior landmark: the landmarks are not checked against the IVC's course, and the "
-                        "axis='ivc' option falls back to the patient's superior–inferior axis through IVC. Place "
-                        "IVC_inferior " + labels.LANDMARK_PLACES["IVC_inferior"] + " to have them checked.")
+        warnings.append("No IVC_inferior landmark: the landmarks are not checked against the IVC's course, segment I "
+                        "is placed from the IVC click alone (with IVC_inferior, from the middle of the two: less "
+                        "sensitive to a click's error), and the axis='ivc' option falls back to the patient's "
+                        "superior–inferior axis through IVC. Place IVC_inferior " + labels.LANDMARK_PLACES["IVC_inferior"]
+                        + ".")
     if "UP" not in pts:
         warnings.append("No UP landmark: segment IV is separated from II/III by the LHV plane alone, also below "
                         "the LHV. Place UP " + labels.LANDMARK_PLACES["UP"] + " for a better IV | III border.")
@@ -290,15 +293,25 @@ def _lerp_clamped(h: np.ndarray, h0: float, v0: float, h1: float, v1: float) -> 
     return (v0 + t * (v1 - v0)).astype(np.float32)
 
 
-def _caudate_axes(frame: LandmarkFrame):
-    """(f, g, D, h_bottom): unit vectors toward and across the bifurcation, their horizontal distance, and segment I's
-    lower end: the bifurcation's height."""
-    b = frame.bifurcation - frame.origin
+def caudate_frame(frame: LandmarkFrame):
+    """(o, f, g, D, h_bottom) of segment I's elliptic cylinder: o, the point of the IVC behind segment I at IVC's height
+    (LPS mm); f, g, unit horizontal vectors toward the portal bifurcation B and across to the patient's left; D, the
+    horizontal distance from o to B; h_bottom, segment I's lower end (B's height along the axis from IVC).
+
+    o is the IVC axis moved horizontally half-way toward ``IVC_inferior`` (the middle of the retrohepatic IVC that
+    segment I lies in front of) when that landmark is given, else the IVC axis. Two clicks on the IVC averaged move
+    segment I about 1/√2 as far as one click's error would, and segment I is the segment most sensitive to the IVC
+    click (docs/couinaud_geometry.md). With ``axis='ivc'`` the axis runs through both points, so o is IVC itself."""
+    o = np.asarray(frame.origin, dtype=float)
+    if "IVC_inferior" in frame.radius:
+        phi, r = frame.azimuth["IVC_inferior"], frame.radius["IVC_inferior"]
+        o = o + 0.5 * r * (np.cos(phi) * frame.e1 + np.sin(phi) * frame.e2)
+    b = frame.bifurcation - o
     bh = _horizontal(b, frame.axis)
     dist_b = float(np.linalg.norm(bh))
     f = bh / max(dist_b, 1e-6)
     g = np.cross(frame.axis, f)
-    return f, g, dist_b, float(b @ frame.axis)
+    return o, f, g, dist_b, float((frame.bifurcation - frame.origin) @ frame.axis)
 
 
 def superior_inferior_heights(frame: LandmarkFrame, split_heights: dict[str, float] | None = None) -> dict[str, float]:
@@ -337,16 +350,16 @@ def plane_labels(points_lps: np.ndarray, frame: LandmarkFrame, border_shift=None
     keeps the landmark's height (RPV for the right sectors, LPV for the left). Used by the vessel-guided method
     (`portal_split_heights`).
     """
-    f, g, dist_b, h_bottom = _caudate_axes(frame)
+    o_caudate, f, g, dist_b, h_bottom = caudate_frame(frame)
     p = np.asarray(points_lps, dtype=np.float32)
     cols = (p[:, 0], p[:, 1], p[:, 2])
 
-    def project(vector: np.ndarray, subset=slice(None)) -> np.ndarray:
+    def project(vector: np.ndarray, subset=slice(None), origin: np.ndarray = frame.origin) -> np.ndarray:
         w = vector.astype(np.float32)
         out = cols[0][subset] * w[0]
         out += cols[1][subset] * w[1]
         out += cols[2][subset] * w[2]
-        out -= np.float32(frame.origin @ vector)
+        out -= np.float32(origin @ vector)
         return out
 
     h = project(frame.axis)
@@ -372,8 +385,8 @@ def plane_labels(points_lps: np.ndarray, frame: LandmarkFrame, border_shift=None
     out[post] = np.where(h[post] >= np.float32(split["right_posterior"]), np.uint8(7), np.uint8(6))
     # segment I: elliptic cylinder between the IVC axis and the portal bifurcation
     cand = np.flatnonzero((h <= 0.0) & (h >= np.float32(h_bottom)))
-    u = (project(f, cand) - np.float32(CAUDATE_CENTRE * dist_b)) / np.float32(CAUDATE_ALONG * dist_b)
-    v = (project(g, cand) - np.float32(CAUDATE_LEFT * dist_b)) / np.float32(CAUDATE_ACROSS * dist_b)
+    u = (project(f, cand, o_caudate) - np.float32(CAUDATE_CENTRE * dist_b)) / np.float32(CAUDATE_ALONG * dist_b)
+    v = (project(g, cand, o_caudate) - np.float32(CAUDATE_LEFT * dist_b)) / np.float32(CAUDATE_ACROSS * dist_b)
     out[cand[u * u + v * v <= 1.0]] = 1
     return out
 

@@ -266,12 +266,9 @@ def plot_geometry(ct: sitk.Image, couinaud_labels: sitk.Image, landmarks: dict[s
             ax.plot([c_idx[0], e_idx[0]], [c_idx[1], e_idx[1]], "--" if name in ("cut", "UP") else "-", color="white", lw=1)
             ax.annotate(f"{name} {np.degrees(phi) % 360:.0f}°", (e_idx[0], e_idx[1]), color="yellow", fontsize=7)
         # segment I ellipse (shown when the slice is within its heights)
-        b = couinaud._horizontal(frame.bifurcation - frame.origin, frame.axis)
-        dist_b = float(np.linalg.norm(b))
-        f = b / max(dist_b, 1e-6)
-        g = np.cross(frame.axis, f)
+        o_caudate, f, g, dist_b, _ = couinaud.caudate_frame(frame)
         t = np.linspace(0, 2 * np.pi, 100)
-        ring = (centre[None] + (couinaud.CAUDATE_CENTRE * dist_b + couinaud.CAUDATE_ALONG * dist_b * np.cos(t))[:, None] * f
+        ring = (o_caudate[None] + h * frame.axis[None] + (couinaud.CAUDATE_CENTRE * dist_b + couinaud.CAUDATE_ALONG * dist_b * np.cos(t))[:, None] * f
                 + (couinaud.CAUDATE_LEFT * dist_b + couinaud.CAUDATE_ACROSS * dist_b * np.sin(t))[:, None] * g)
         r_idx = _to_index(ct_a, ring)
         ax.plot(r_idx[:, 0], r_idx[:, 1], ":", color="cyan", lw=1)

@@ -339,7 +339,7 @@ def _lesion_extent_in_box(seed, values, liver, usable, solid, sp, p, ring_start_
     sigma = 0.0
     while True:
         vals = _smoothed(values, usable, sigma, sp) if sigma > 0 else values
-        classes = _two_classes(vals, seed, ring, fit, usable)
+        classes = _two_classes(vals, seed, ring, fit, usable, sp, sigma)
         if classes is None:
             return None
         means, pooled = classes
@@ -358,10 +358,11 @@ def _lesion_extent_in_box(seed, values, liver, usable, solid, sp, p, ring_start_
     return geometry.fill_enclosed(np.isin(lab, touching)) & solid
 
 
-def _two_classes(values, seed, ring, fit, usable):
+def _two_classes(values, seed, ring, fit, usable, spacing_zyx, smoothing_mm: float = 0.0):
     """EM of two Gaussian classes on the `fit` voxels, started at the seed's darker-than-ring voxels and the ring,
-    then their pure levels (`partial_volume_em`): (means (lesion, parenchyma), pooled sd), or None when the seed
-    is not darker or the classes swap."""
+    then their pure levels where the border explains the voxels between them (`partial_volume_em`,
+    `border_explains_mixed`; `smoothing_mm`: the Gaussian sigma the values were smoothed with): (means (lesion,
+    parenchyma), pooled sd), or None when the seed is not darker or the classes swap."""
     from .tissue_model import _em, _histogram
 
     level = float(np.median(values[ring]))
@@ -374,11 +375,9 @@ def _two_classes(values, seed, ring, fit, usable):
                                   np.array([0.5, 0.5]), 200, 1e-7, 0.25)
     if not means[0] < means[1]:
         return None
-    pure = partial_volume_em(x, w, means, sds, weights)
-    # the pure levels lie beyond the two-class means (the mixed voxels pulled those together); otherwise the
-    # partial-volume fit has not found two levels, and the plain fit stands
-    if pure[0][0] <= means[0] and pure[0][1] >= means[1] and pure[0][0] < pure[0][1]:
-        means, sds, weights = pure
+    pure_means, pure_sds, shares = partial_volume_em(x, w, means, sds, weights)
+    if pure_means[0] < pure_means[1] and border_explains_mixed(shares, float(w.sum()), spacing_zyx, smoothing_mm):
+        means, sds, weights = pure_means, pure_sds, shares[:2] / shares[:2].sum()
     return means, float(np.sqrt(np.sum(weights * sds ** 2) / np.sum(weights)))
 
 
@@ -390,8 +389,8 @@ def partial_volume_em(x: np.ndarray, w: np.ndarray, means: np.ndarray, sds: np.n
     A border voxel holds both tissues in any proportion, so its value lies anywhere between the two levels: its
     class is modelled as a Gaussian at the mid-level whose variance is the pooled noise plus that of a uniform
     spread over the gap, (Δ²/12). Without it a small lesion's border voxels, many against its interior, pull the
-    lesion class towards the parenchyma and the half-way border outwards. Returns the pure classes' (means, sds,
-    weights normalised over the two)."""
+    lesion class towards the parenchyma and the half-way border outwards. Returns the pure classes' means and
+    sds, and the shares of (lesion, parenchyma, border) voxels."""
     means, sds = np.asarray(means, float).copy(), np.asarray(sds, float).copy()
     share = np.array([weights[0], weights[1], 0.2])
     share /= share.sum()
@@ -410,7 +409,28 @@ def partial_volume_em(x: np.ndarray, w: np.ndarray, means: np.ndarray, sds: np.n
         means = new
         if done:
             break
-    return means, sds, share[:2] / share[:2].sum()
+    return means, sds, share
+
+
+BORDER_SHELL_VOXELS = 3.0  # the partial-volume shell of a border (10-90 % of the step) is at most this many voxels thick
+GAUSSIAN_10_90_SIGMAS = 2.56  # a step blurred by a Gaussian rises from 10 to 90 % over this many sigmas
+
+
+def border_explains_mixed(shares: np.ndarray, n_voxels: float, spacing_zyx, smoothing_mm: float = 0.0) -> bool:
+    """Whether the voxels a partial-volume fit calls mixed (`shares`: lesion, parenchyma, border, of `n_voxels`)
+    could be the border of its lesion: the shell of thickness t centred on the surface of a ball of radius r holds
+    ((r + t/2)³ - (r - t/2)³) / r³ times its volume (about 3t/r for a large one), so more mixed voxels than a shell of `BORDER_SHELL_VOXELS` voxels (widened by the smoothing of the values,
+    `smoothing_mm` sigma) round the lesion holds are its interior's heterogeneity (a haemangioma's nodules, a
+    necrotic core's gradations), and its pure level is not the fit's. A lesion class emptied by the fit is no
+    lesion level either."""
+    voxel_mm3 = float(np.prod(np.asarray(spacing_zyx, float)))
+    lesion = shares[0] * n_voxels + 0.5 * shares[2] * n_voxels
+    if shares[0] * n_voxels < 3:
+        return False
+    shell = BORDER_SHELL_VOXELS * voxel_mm3 ** (1.0 / 3.0) + GAUSSIAN_10_90_SIGMAS * smoothing_mm
+    r = max(equivalent_radius_mm(int(round(lesion)), voxel_mm3), 1e-6)
+    shell_to_ball = ((r + 0.5 * shell) ** 3 - max(r - 0.5 * shell, 0.0) ** 3) / r ** 3
+    return shares[2] * n_voxels <= lesion * shell_to_ball
 
 
 def add_rim(lesion: np.ndarray, values: np.ndarray, usable: np.ndarray, free: np.ndarray, spacing_zyx, null_sd,

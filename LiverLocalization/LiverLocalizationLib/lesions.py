@@ -445,19 +445,29 @@ def add_attached_bright(lesion: np.ndarray, bright: np.ndarray, free: np.ndarray
     lesion's equivalent radius (at least `rim_mm`, at most 15 mm) from it: a vessel passing by runs on beyond."""
     sp = np.asarray(spacing_zyx, float)
     reach = float(np.clip(equivalent_radius_mm(int(lesion.sum()), float(np.prod(sp))), p.rim_mm, 15.0))
-    d = geometry.distance_to_mm(lesion, sp, reach + 1.0)  # +inf farther: a blob reaching there is not kept
-    blobs, n = ndimage.label(bright & free & ~lesion)
-    if n == 0:
+    # on the box round the lesion beyond which the distance is +inf: a blob crossing its faces holds voxels there
+    # and is not kept, as on the whole array, and one inside it is the same blob
+    box = _near_box(lesion, sp, reach + 1.0)
+    if box is None:
         return lesion
+    whole, lesion = lesion, lesion[box]
+    d = geometry.distance_to_mm(lesion, sp, reach + 1.0)  # +inf farther: a blob reaching there is not kept
+    blobs, n = ndimage.label(bright[box] & free[box] & ~lesion)
+    if n == 0:
+        return whole
     near = np.unique(blobs[(d <= 1.5) & (blobs > 0)])
     if near.size == 0:
-        return lesion
+        return whole
     # a blob whose farthest voxel lies within the reach is one with no voxel beyond it (the same blobs as
     # ndimage.maximum over each blob, without its pass over every label)
     beyond = np.zeros(n + 1, bool)
     beyond[blobs[(d > reach) & (blobs > 0)]] = True
     keep = near[~beyond[near]]
-    return lesion | np.isin(blobs, keep) if keep.size else lesion
+    if not keep.size:
+        return whole
+    out = whole.copy()
+    out[box] |= np.isin(blobs, keep)
+    return out
 
 
 def _close_heterogeneous(piece: np.ndarray, allowed: np.ndarray, spacing_zyx, p: LesionParameters) -> np.ndarray:
@@ -467,7 +477,12 @@ def _close_heterogeneous(piece: np.ndarray, allowed: np.ndarray, spacing_zyx, p:
     radius = min(p.close_fraction * equivalent_radius_mm(int(piece.sum()), float(np.prod(sp))), p.close_max_mm)
     if radius < float(sp.min()):
         return piece
-    return geometry.fill_enclosed(geometry.close_mm(piece, radius, sp) & allowed) & allowed | piece
+    # the closing lies within the radius of the piece: on the box round it, with background on every face, the
+    # closing and its holes are those of the whole array
+    box = geometry.bounding_box(piece, np.ceil(radius / sp).astype(int) + 2)
+    out = piece.copy()
+    out[box] |= geometry.fill_enclosed(geometry.close_mm(piece[box], radius, sp) & allowed[box]) & allowed[box]
+    return out
 
 
 # ------------------------------------------------------------------------------------- detection
@@ -512,7 +527,8 @@ def _significance(values: np.ndarray, liver: np.ndarray, ref: Reference, spacing
     shape = values.shape
     excess = [zs - scale.bound_z for zs, scale in zip(z, scales)]
     significant = _upsample(significant, f, shape) & ref.reference
-    support = geometry.depth_mm(~_upsample(support, f, shape), sp) <= p.support_margin_mm
+    # within the margin of the significant boxes: the distance on the box round them (not over the whole array)
+    support = geometry.distance_to_mm(_upsample(support, f, shape), sp, p.support_margin_mm) <= p.support_margin_mm
     return _Significance(excess, f, significant, support), scales
 
 

@@ -584,14 +584,17 @@ def segment_tissues(denoised_ct: sitk.Image, landmarks: dict[str, np.ndarray] | 
     extracted = liver_mask is None if liver_extracted is None else liver_extracted
     if extracted and lesion_crop.any():  # an extracted liver keeps the tumours at its surface whole
         t0 = time.perf_counter()
-        liver_arr = sitk.GetArrayFromImage(mask_img) > 0
+        liver_arr = sitk.GetArrayViewFromImage(mask_img) > 0
         grown = lesions.extend_beyond_liver(sitk.GetArrayViewFromImage(ct), liver_arr,
-                                            sitk.GetArrayFromImage(lesion_img), spacing_zyx)
-        added = (grown > 0) & ~liver_arr
+                                            sitk.GetArrayViewFromImage(lesion_img), spacing_zyx)
+        near = geometry.bounding_box(grown > 0)  # what was added lies in the box round the lesions
+        added = (grown[near] > 0) & ~liver_arr[near]
         if added.any():
             tissue_arr = sitk.GetArrayFromImage(tissue_img)
-            tissue_arr[added] = 2
-            mask_img = geometry.copy_geometry((liver_arr | added).astype(np.uint8), ct)
+            tissue_arr[near][added] = 2
+            liver_arr = liver_arr.astype(np.uint8)
+            liver_arr[near] |= added
+            mask_img = geometry.copy_geometry(liver_arr, ct)
             tissue_img = geometry.copy_geometry(tissue_arr, ct)
             grown, rows = _renumber_by_volume(grown, rows)  # a continued lesion may now outgrow a larger one
             lesion_img = geometry.copy_geometry(grown.astype(np.uint16), ct)

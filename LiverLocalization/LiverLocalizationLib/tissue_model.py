@@ -300,8 +300,8 @@ def posteriors(image_hu_array: np.ndarray, model: MixtureModel, mask: np.ndarray
 
 def _neighbour_sum(q: np.ndarray, out: np.ndarray) -> np.ndarray:
     """Sum over the 6 face neighbours of each voxel of a (z, y, x) array (zero beyond the border)."""
-    out[...] = 0
-    out[1:] += q[:-1]
+    out[0] = 0  # then out[1:] = 0 + q[:-1], which is q[:-1] exactly: one pass fewer
+    out[1:] = q[:-1]
     out[:-1] += q[1:]
     out[:, 1:] += q[:, :-1]
     out[:, :-1] += q[:, 1:]

@@ -133,6 +133,23 @@ def block_means(values: np.ndarray, weight: np.ndarray, factors) -> tuple[np.nda
     return total / np.maximum(count, 1e-6), count / float(np.prod(f))
 
 
+def block_majority(mask: np.ndarray, factors, of_whole_block: bool = False) -> np.ndarray:
+    """Blocks of `factors` voxels (as `block_means`' blocks) in which at least half the voxels are `mask` voxels
+    (bool): of the image's voxels in the block, or with `of_whole_block` of the whole block's (the padding beyond
+    the image counted as not `mask`). Exactly `block_means(mask, ones, factors)[0] >= 0.5` and
+    `block_means(values, mask, factors)[1] >= 0.5`, by integer counts (no float copies or padding of the array)."""
+    counts = np.asarray(mask, bool)
+    sizes = []
+    for axis, k in enumerate(int(v) for v in factors):
+        n = counts.shape[axis]
+        starts = np.arange(0, n, k)
+        sizes.append(np.full(starts.size, k) if of_whole_block else np.minimum(k, n - starts))
+        if k > 1:
+            counts = np.add.reduceat(counts, starts, axis=axis, dtype=np.int32)
+    total = sizes[0][:, None, None] * sizes[1][None, :, None] * sizes[2][None, None, :]
+    return 2 * counts.astype(np.int32) >= total
+
+
 def _upsample(a: np.ndarray, factors, shape) -> np.ndarray:
     """Repeat a block grid's values back onto the grid of `shape` (the inverse of `block_means`' blocks)."""
     for axis, k in enumerate(factors):
@@ -208,7 +225,7 @@ def reference_parenchyma(values: np.ndarray, liver: np.ndarray, spacing_zyx, p: 
     reference = usable & interior
     if p.sheath_mm > 0:  # on a grid of about 1.5 mm: the sheath's width needs no finer one
         f = working_factors(sp, 1.5)
-        coarse = block_means(bright_all.astype(np.float32), np.ones(bright_all.shape, bool), f)[0] >= 0.5
+        coarse = block_majority(bright_all, f)
         vessel_core = geometry.depth_mm(coarse, sp * f) >= p.large_vessel_mm / 2.0
         if vessel_core.any():
             sheath = geometry.depth_mm(~vessel_core, sp * f) <= p.large_vessel_mm / 2.0 + p.sheath_mm
@@ -448,26 +465,35 @@ def add_rim(lesion: np.ndarray, values: np.ndarray, usable: np.ndarray, free: np
         return lesion
     voxel_mm3 = float(np.prod(sp))
     reach = float(np.clip(p.rim_fraction * equivalent_radius_mm(int(lesion.sum()), voxel_mm3), p.rim_mm, p.rim_max_mm))
-    d = geometry.distance_to_mm(lesion, sp, reach + 8.0)
-    ring = usable & free & (d > reach + 2.0) & (d <= reach + 8.0)
+    # everything below lies within reach + 8 mm of the lesion: the box round it (that of `distance_to_mm`, beyond
+    # which the distance is +inf) gives the same shells, ring and result as the whole array, at the box's cost
+    box = _near_box(lesion, sp, reach + 8.0)
+    if box is None:
+        return lesion
+    lesion_b, values_b, free_b = lesion[box], values[box], free[box]
+    d = geometry.distance_to_mm(lesion_b, sp, reach + 8.0)
+    ring = usable[box] & free_b & (d > reach + 2.0) & (d <= reach + 8.0)
     if ring.sum() < 20:
         return lesion
-    level = float(np.median(values[ring]))
+    level = float(np.median(values_b[ring]))
+    shifted = values_b - level
     last = -1
     for k in range(int(reach)):
-        shell = free & (d > k) & (d <= k + 1)
+        shell = free_b & (d > k) & (d <= k + 1)
         n = int(shell.sum())
         if n < 10:
             break
-        z = (float(values[shell].mean()) - level) / null_sd(equivalent_radius_mm(n, voxel_mm3))
-        closed = geometry.ring_closure(values - level, shell, lesion, sp, 0.0) >= p.rim_closure
+        z = (float(values_b[shell].mean()) - level) / null_sd(equivalent_radius_mm(n, voxel_mm3))
+        closed = geometry.ring_closure(shifted, shell, lesion_b, sp, 0.0) >= p.rim_closure
         if z >= p.rim_z and closed:
             last = k
         elif k > 0:
             break
     if last < 0:
         return lesion
-    return geometry.fill_enclosed(lesion | (free & (d <= last + 1)))
+    grown = lesion.copy()
+    grown[box] |= free_b & (d <= last + 1)
+    return geometry.fill_enclosed(grown)
 
 
 def add_attached_bright(lesion: np.ndarray, bright: np.ndarray, free: np.ndarray, spacing_zyx,
@@ -478,16 +504,29 @@ def add_attached_bright(lesion: np.ndarray, bright: np.ndarray, free: np.ndarray
     lesion's equivalent radius (at least `rim_mm`, at most 15 mm) from it: a vessel passing by runs on beyond."""
     sp = np.asarray(spacing_zyx, float)
     reach = float(np.clip(equivalent_radius_mm(int(lesion.sum()), float(np.prod(sp))), p.rim_mm, 15.0))
-    d = geometry.distance_to_mm(lesion, sp, reach + 1.0)  # +inf farther: a blob reaching there is not kept
-    blobs, n = ndimage.label(bright & free & ~lesion)
-    if n == 0:
+    # on the box round the lesion beyond which the distance is +inf: a blob crossing its faces holds voxels there
+    # and is not kept, as on the whole array, and one inside it is the same blob
+    box = _near_box(lesion, sp, reach + 1.0)
+    if box is None:
         return lesion
+    whole, lesion = lesion, lesion[box]
+    d = geometry.distance_to_mm(lesion, sp, reach + 1.0)  # +inf farther: a blob reaching there is not kept
+    blobs, n = ndimage.label(bright[box] & free[box] & ~lesion)
+    if n == 0:
+        return whole
     near = np.unique(blobs[(d <= 1.5) & (blobs > 0)])
     if near.size == 0:
-        return lesion
-    farthest = ndimage.maximum(d, blobs, index=near)
-    keep = near[np.asarray(farthest) <= reach]
-    return lesion | np.isin(blobs, keep) if keep.size else lesion
+        return whole
+    # a blob whose farthest voxel lies within the reach is one with no voxel beyond it (the same blobs as
+    # ndimage.maximum over each blob, without its pass over every label)
+    beyond = np.zeros(n + 1, bool)
+    beyond[blobs[(d > reach) & (blobs > 0)]] = True
+    keep = near[~beyond[near]]
+    if not keep.size:
+        return whole
+    out = whole.copy()
+    out[box] |= np.isin(blobs, keep)
+    return out
 
 
 def _close_heterogeneous(piece: np.ndarray, allowed: np.ndarray, spacing_zyx, p: LesionParameters) -> np.ndarray:
@@ -497,7 +536,12 @@ def _close_heterogeneous(piece: np.ndarray, allowed: np.ndarray, spacing_zyx, p:
     radius = min(p.close_fraction * equivalent_radius_mm(int(piece.sum()), float(np.prod(sp))), p.close_max_mm)
     if radius < float(sp.min()):
         return piece
-    return geometry.fill_enclosed(geometry.close_mm(piece, radius, sp) & allowed) & allowed | piece
+    # the closing lies within the radius of the piece: on the box round it, with background on every face, the
+    # closing and its holes are those of the whole array
+    box = geometry.bounding_box(piece, np.ceil(radius / sp).astype(int) + 2)
+    out = piece.copy()
+    out[box] |= geometry.fill_enclosed(geometry.close_mm(piece[box], radius, sp) & allowed[box]) & allowed[box]
+    return out
 
 
 # ------------------------------------------------------------------------------------- detection
@@ -526,7 +570,7 @@ def _significance(values: np.ndarray, liver: np.ndarray, ref: Reference, spacing
     f = working_factors(sp, p.working_mm)
     if np.any(f > 1):
         work_values, _ = block_means(values, liver, f)
-        work_ref = block_means(values, ref.reference, f)[1] >= 0.5
+        work_ref = block_majority(ref.reference, f, of_whole_block=True)
     else:
         work_values, work_ref = values, ref.reference
     work_sp = sp * f
@@ -542,7 +586,8 @@ def _significance(values: np.ndarray, liver: np.ndarray, ref: Reference, spacing
     shape = values.shape
     excess = [zs - scale.bound_z for zs, scale in zip(z, scales)]
     significant = _upsample(significant, f, shape) & ref.reference
-    support = geometry.depth_mm(~_upsample(support, f, shape), sp) <= p.support_margin_mm
+    # within the margin of the significant boxes: the distance on the box round them (not over the whole array)
+    support = geometry.distance_to_mm(_upsample(support, f, shape), sp, p.support_margin_mm) <= p.support_margin_mm
     return _Significance(excess, f, significant, support), scales
 
 
@@ -598,20 +643,32 @@ def _grow_seed(seed_box, seed: np.ndarray, values: np.ndarray, liver: np.ndarray
 def _wrapped_in_fat(piece: np.ndarray, values: np.ndarray, spacing_zyx, width_mm: float = 2.5) -> float:
     """Share of the shell `width_mm` round a region that is fat (below FAT_HU): a lesion lies against parenchyma,
     the gallbladder and bowel that a liver mask took in lie in their own fat."""
-    d = geometry.distance_to_mm(piece, spacing_zyx, width_mm)
+    box = _near_box(piece, spacing_zyx, width_mm)
+    if box is None:
+        return 0.0
+    d = geometry.distance_to_mm(piece[box], spacing_zyx, width_mm)
     shell = (d > 0) & (d <= width_mm)
-    return float((values[shell] < FAT_HU).mean()) if shell.any() else 0.0
+    return float((values[box][shell] < FAT_HU).mean()) if shell.any() else 0.0
+
+
+def _near_box(mask: np.ndarray, spacing_zyx, limit_mm: float):
+    """The box round `mask` beyond which `geometry.distance_to_mm(mask, spacing_zyx, limit_mm)` is +inf (None when
+    `mask` is empty): what lies within `limit_mm` of a lesion is found on it at the cost of the box."""
+    return geometry.bounding_box(mask, np.ceil(limit_mm / np.asarray(spacing_zyx, float)).astype(int) + 1)
 
 
 def _contrast_hu(piece: np.ndarray, values: np.ndarray, usable: np.ndarray, free: np.ndarray, spacing_zyx) -> float:
     """Median of the usable free liver 2-8 mm round a lesion minus the mean of its usable voxels (HU; NaN when
     either is nearly empty)."""
-    d = geometry.distance_to_mm(piece, spacing_zyx, 8.0)
-    ring = usable & free & (d > 2.0) & (d <= 8.0)
-    inside = piece & usable
+    box = _near_box(piece, spacing_zyx, 8.0)
+    if box is None:
+        return float("nan")
+    d = geometry.distance_to_mm(piece[box], spacing_zyx, 8.0)
+    ring = usable[box] & free[box] & (d > 2.0) & (d <= 8.0)
+    inside = piece[box] & usable[box]
     if ring.sum() < 10 or not inside.any():
         return float("nan")
-    return float(np.median(values[ring]) - values[inside].mean())
+    return float(np.median(values[box][ring]) - values[box][inside].mean())
 
 
 def detect_lesions(values: np.ndarray, liver: np.ndarray, spacing_zyx, p: LesionParameters | None = None,
@@ -659,7 +716,10 @@ def detect_lesions(values: np.ndarray, liver: np.ndarray, spacing_zyx, p: Lesion
         for piece in _grow_seed(box, seeds[box] == i, values, liver, ref, labels, sig.support, radius, sp, p,
                                 null_sd):
             target = labels[box]
-            touching = np.unique(target[ndimage.binary_dilation(piece) & taken])
+            near = geometry.bounding_box(piece, 1)  # the dilation by one voxel lies in the piece's box widened by one
+            if near is None:
+                continue  # an empty piece (no contrast to measure)
+            touching = np.unique(target[near][ndimage.binary_dilation(piece[near]) & taken[near]])
             touching = touching[touching > 0]
             if touching.size:  # what a weaker seed adds to a lesion already found is that lesion's
                 target[piece & (target == 0)] = int(touching[0])
@@ -674,12 +734,11 @@ def detect_lesions(values: np.ndarray, liver: np.ndarray, spacing_zyx, p: Lesion
             evidence[new_id] = {"contrast_hu": contrast, "evidence_z": excess + scales[scale].bound_z,
                                 "scale_mm": p.radii_mm[scale]}
     labels = labels.astype(np.uint16)
-    order = relabel_by_volume(labels)
-    rows = []
-    for old_id, row in evidence.items():
-        new_ids = np.unique(order[labels == old_id])
-        if new_ids.size and new_ids[0] > 0:
-            rows.append({"id": int(new_ids[0]), **row})
+    lut = _volume_order(labels)
+    order = lut[labels]
+    # every voxel of an instance gets its new id: the rows follow the lookup table (0: the instance is empty)
+    rows = [{"id": int(lut[old_id]), **row} for old_id, row in evidence.items()
+            if old_id < lut.size and lut[old_id] > 0]
     return LesionDetection(order, sorted(rows, key=lambda r: r["id"]), scales, ref.level_hu, ref.sd_hu)
 
 
@@ -713,10 +772,16 @@ def _extend_in_box(values, liver, labels, sp, reach_mm, outer, image_shape) -> n
     """`extend_beyond_liver` on the box `outer` of an image of `image_shape` (None: the whole image)."""
     out = labels.copy()
     six = ndimage.generate_binary_structure(3, 1)
-    border = liver & ~ndimage.binary_erosion(liver, structure=six, border_value=1)
     voxel_mm3 = float(np.prod(sp))
     for i, sl in enumerate(ndimage.find_objects(labels), start=1):
-        if sl is None or not (border[sl] & (labels[sl] == i)).any():
+        if sl is None:
+            continue
+        # the liver's border voxels (those with a face neighbour outside it) in the lesion's box: the erosion on the
+        # box widened by one voxel, which holds every neighbour it reads
+        wide = geometry.widen(sl, 1, labels.shape)
+        inner = tuple(slice(s.start - w.start, s.stop - w.start) for s, w in zip(sl, wide))
+        border = liver[sl] & ~ndimage.binary_erosion(liver[wide], structure=six, border_value=1)[inner]
+        if not (border & (labels[sl] == i)).any():
             continue
         r_eq = equivalent_radius_mm(int((labels[sl] == i).sum()), voxel_mm3)
         radius = float(np.clip(r_eq, *reach_mm))
@@ -750,7 +815,11 @@ def _interface_ball(lesion: np.ndarray, parenchyma: np.ndarray, spacing_zyx, r_e
     the parenchyma round it; None when fewer than 20 touch or the fit is not a ball of 0.7-2.5 times the lesion's
     equivalent radius `r_eq` whose centre lies within its radius of the lesion's voxels."""
     sp = np.asarray(spacing_zyx, float)
-    touching = lesion & ndimage.binary_dilation(parenchyma, structure=ndimage.generate_binary_structure(3, 1))
+    touching = np.zeros(lesion.shape, bool)
+    near = geometry.bounding_box(lesion, 1)  # the face neighbours of the lesion's voxels lie in its box widened by one
+    if near is not None:
+        touching[near] = lesion[near] & ndimage.binary_dilation(parenchyma[near],
+                                                                structure=ndimage.generate_binary_structure(3, 1))
     points = np.argwhere(touching) * sp
     if len(points) < 20:
         return None
@@ -783,8 +852,8 @@ def _closed_beyond_faces(mask: np.ndarray, box, shape, radius_mm: float, spacing
     padded = np.pad(mask, pads, mode="edge") if any(p != (0, 0) for p in pads) else mask
     factors = np.maximum(1, np.floor(radius_mm / CLOSING_STEPS_PER_RADIUS / sp)).astype(int)
     if factors.max() > 1:  # a coarser grid: a ball of that radius does not see the fine voxels
-        share, _ = block_means(padded.astype(np.float32), np.ones(padded.shape, bool), factors)
-        closed = _upsample(geometry.close_mm(share >= 0.5, radius_mm, sp * factors), factors, padded.shape) | padded
+        majority = block_majority(padded, factors)
+        closed = _upsample(geometry.close_mm(majority, radius_mm, sp * factors), factors, padded.shape) | padded
     else:
         closed = geometry.close_mm(padded, radius_mm, sp)
     return closed[tuple(slice(lo, closed.shape[a] - hi) for a, (lo, hi) in enumerate(pads))]
@@ -906,12 +975,17 @@ def lesion_at_point(values: np.ndarray, liver: np.ndarray, spacing_zyx, point_zy
 
 def relabel_by_volume(labels_arr: np.ndarray, min_voxels: int = 1) -> np.ndarray:
     """Renumber instances 1..n by decreasing voxel count, dropping those below min_voxels (uint16)."""
+    return _volume_order(labels_arr, min_voxels)[labels_arr]
+
+
+def _volume_order(labels_arr: np.ndarray, min_voxels: int = 1) -> np.ndarray:
+    """`relabel_by_volume`'s lookup table (uint16, old id -> new id, 0 for dropped ids)."""
     counts = np.bincount(np.asarray(labels_arr).ravel())
     counts[0] = 0
     order = [int(i) for i in np.argsort(-counts, kind="stable") if i != 0 and counts[i] >= max(1, min_voxels)]
     lut = np.zeros(counts.size, np.uint16)
     lut[order] = np.arange(1, len(order) + 1, dtype=np.uint16)
-    return lut[labels_arr]
+    return lut
 
 
 def _max_diameter_mm(points_mm: np.ndarray) -> float:

@@ -66,7 +66,11 @@ class MixtureModel:
         for k in range(self.n_classes):
             var = float(self.sds_hu[k]) ** 2
             const = float(np.log(self.weights[k]) - 0.5 * (_LOG_2PI + np.log(var)))
-            out[k] = const - (v - np.float32(self.means_hu[k])) ** 2 / np.float32(2.0 * var)
+            # const - (v - mean)^2 / (2 var), the same float32 operations written in place (no temporaries)
+            term = np.subtract(v, np.float32(self.means_hu[k]), out=out[k])
+            np.square(term, out=term)
+            term /= np.float32(2.0 * var)
+            np.subtract(const, term, out=term)
         return out
 
     def as_dicts(self) -> list[dict]:
@@ -296,8 +300,8 @@ def posteriors(image_hu_array: np.ndarray, model: MixtureModel, mask: np.ndarray
 
 def _neighbour_sum(q: np.ndarray, out: np.ndarray) -> np.ndarray:
     """Sum over the 6 face neighbours of each voxel of a (z, y, x) array (zero beyond the border)."""
-    out[...] = 0
-    out[1:] += q[:-1]
+    out[0] = 0  # then out[1:] = 0 + q[:-1], which is q[:-1] exactly: one pass fewer
+    out[1:] = q[:-1]
     out[:-1] += q[1:]
     out[:, 1:] += q[:, :-1]
     out[:, :-1] += q[:, 1:]
@@ -338,17 +342,18 @@ def mrf_regularise(posteriors: np.ndarray, beta: float = 1.0, iterations: int = 
     inside = np.ones(p.shape[1:], bool) if mask is None else np.asarray(mask, dtype=bool)
     log_data = np.log(np.maximum(p, 1e-12))
     q = p.copy()
+    new = np.empty_like(q)  # the sweeps alternate between two buffers (the same float32 operations, in place)
     field_k = np.empty(p.shape[1:], dtype=np.float32)
     for _ in range(int(iterations)):
-        new = np.empty_like(q)
         for k in range(p.shape[0]):
             _neighbour_sum(q[k], field_k)
-            new[k] = log_data[k] + np.float32(beta) * field_k
+            field_k *= np.float32(beta)
+            np.add(log_data[k], field_k, out=new[k])
         new -= new.max(axis=0, keepdims=True)
         np.exp(new, out=new)
         new /= new.sum(axis=0, keepdims=True)
         new *= inside[None]
-        q = new
+        q, new = new, q
     return q
 
 
@@ -579,14 +584,17 @@ def segment_tissues(denoised_ct: sitk.Image, landmarks: dict[str, np.ndarray] | 
     extracted = liver_mask is None if liver_extracted is None else liver_extracted
     if extracted and lesion_crop.any():  # an extracted liver keeps the tumours at its surface whole
         t0 = time.perf_counter()
-        liver_arr = sitk.GetArrayFromImage(mask_img) > 0
+        liver_arr = sitk.GetArrayViewFromImage(mask_img) > 0
         grown = lesions.extend_beyond_liver(sitk.GetArrayViewFromImage(ct), liver_arr,
-                                            sitk.GetArrayFromImage(lesion_img), spacing_zyx)
-        added = (grown > 0) & ~liver_arr
+                                            sitk.GetArrayViewFromImage(lesion_img), spacing_zyx)
+        near = geometry.bounding_box(grown > 0)  # what was added lies in the box round the lesions
+        added = (grown[near] > 0) & ~liver_arr[near]
         if added.any():
             tissue_arr = sitk.GetArrayFromImage(tissue_img)
-            tissue_arr[added] = 2
-            mask_img = geometry.copy_geometry((liver_arr | added).astype(np.uint8), ct)
+            tissue_arr[near][added] = 2
+            liver_arr = liver_arr.astype(np.uint8)
+            liver_arr[near] |= added
+            mask_img = geometry.copy_geometry(liver_arr, ct)
             tissue_img = geometry.copy_geometry(tissue_arr, ct)
             grown, rows = _renumber_by_volume(grown, rows)  # a continued lesion may now outgrow a larger one
             lesion_img = geometry.copy_geometry(grown.astype(np.uint16), ct)
@@ -602,10 +610,17 @@ def segment_tissues(denoised_ct: sitk.Image, landmarks: dict[str, np.ndarray] | 
 
 def _renumber_by_volume(labels_arr: np.ndarray, rows: list[dict]) -> tuple[np.ndarray, list[dict]]:
     """Instances renumbered 1..n by decreasing volume, with their rows' ids to match (rows of empty ids dropped)."""
-    counts = np.bincount(labels_arr.ravel(), minlength=max((r["id"] for r in rows), default=0) + 1)
+    from .geometry import bounding_box
+
+    box = bounding_box(labels_arr != 0)  # counted and renumbered on the box round the instances (zeros stay 0)
+    inner = labels_arr[box] if box is not None else labels_arr[:0]
+    counts = np.bincount(inner.ravel(), minlength=max((r["id"] for r in rows), default=0) + 1)
     counts[0] = 0
     order = [int(i) for i in np.argsort(-counts, kind="stable") if i != 0 and counts[i] > 0]
     lut = np.zeros(counts.size, np.int32)
     lut[order] = np.arange(1, len(order) + 1)
     renumbered = [{**row, "id": int(lut[row["id"]])} for row in rows if lut[row["id"]] > 0]
-    return lut[labels_arr], sorted(renumbered, key=lambda r: r["id"])
+    out = np.zeros(labels_arr.shape, np.int32)
+    if box is not None:
+        out[box] = lut[inner]
+    return out, sorted(renumbered, key=lambda r: r["id"])

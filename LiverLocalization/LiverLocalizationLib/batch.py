@@ -136,9 +136,20 @@ def one_line(exc: BaseException) -> str:
     return text if len(text) <= ERROR_CHARS else text[:ERROR_CHARS - 3] + "..."
 
 
+def worker_address() -> str:
+    """The address of the Dask worker running the calling task ("" outside one), recorded in cases.csv so that a
+    case that failed on a cluster can be traced to its machine."""
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().address)
+    except (ImportError, ValueError):
+        return ""
+
+
 def run_case(case: Case, out: str, classify: bool = True, figures: bool = True) -> dict:
     """Run one case as `liverloc run` would (in a Dask worker); never raises for the case's own failure: returns
-    {case, status ok/failed, error, seconds}."""
+    {case, status ok/failed, error, seconds, worker}."""
     from .cli import run_command
 
     start = time.perf_counter()
@@ -147,7 +158,8 @@ def run_case(case: Case, out: str, classify: bool = True, figures: bool = True) 
         status, error = "ok", ""
     except Exception as exc:  # recorded, never stops the other cases
         status, error = "failed", one_line(exc)
-    return {"case": case.case, "status": status, "error": error, "seconds": round(time.perf_counter() - start, 2)}
+    return {"case": case.case, "status": status, "error": error, "seconds": round(time.perf_counter() - start, 2),
+            "worker": worker_address()}
 
 
 def up_to_date(case: Case, out: Path, classify: bool = True, figures: bool = True) -> bool:
@@ -225,13 +237,14 @@ def _number(value, digits: int = 3):
 
 
 def write_tables(out: Path, cases: list[Case], outcomes: dict[str, dict]) -> tuple[Path, Path]:
-    """OUT/cases.csv (case, status, error, liver_ml, one column per Couinaud segment in ml, n_lesions, seconds) and
+    """OUT/cases.csv (case, status, error, liver_ml, one column per Couinaud segment in ml, n_lesions, seconds, the
+    Dask worker that ran it) and
     OUT/lesions.csv (one row per lesion), from each completed case's report.json, in the CSV's order."""
     case_rows, lesion_rows, segments = [], [], []
     for case in cases:
         outcome = dict(outcomes[case.case])
         row = {"case": case.case, "status": outcome["status"], "error": outcome.get("error", ""),
-               "seconds": outcome.get("seconds", "")}
+               "seconds": outcome.get("seconds", ""), "worker": outcome.get("worker", "")}
         if outcome["status"] != "failed":
             try:
                 report = json.loads((out / case.case / "report.json").read_text(encoding="utf-8"))
@@ -256,7 +269,8 @@ def write_tables(out: Path, cases: list[Case], outcomes: dict[str, dict]) -> tup
                     "malignant_probability": _number(lesion.get("malignant_probability"), 4),
                 })
         case_rows.append(row)
-    columns = ["case", "status", "error", "liver_ml", *[f"segment_{s}_ml" for s in segments], "n_lesions", "seconds"]
+    columns = ["case", "status", "error", "liver_ml", *[f"segment_{s}_ml" for s in segments], "n_lesions", "seconds",
+               "worker"]
     _write_csv(out / "cases.csv", columns, case_rows)
     _write_csv(out / "lesions.csv", list(LESION_COLUMNS), lesion_rows)
     return out / "cases.csv", out / "lesions.csv"

@@ -389,9 +389,10 @@ command again to resume: a case whose run.json exists with the same input checks
 others (failed, interrupted, or whose inputs changed) are run again and replace what was there.
 
 Progress: one line per finished case (a bar over the cases on a terminal). At the end, OUT/cases.csv (case,
-status ok/failed/skipped, error, liver_ml, segment_<name>_ml per Couinaud segment, n_lesions, seconds) and
-OUT/lesions.csv (case, lesion, volume_ml, max_diameter_mm, axial_diameter_mm, equivalent_diameter_mm,
-main_segment, segments, kind, malignant_probability), read from each case's report.json.
+status ok/failed/skipped, error, liver_ml, segment_<name>_ml per Couinaud segment, n_lesions, seconds,
+worker: the Dask worker's address) and OUT/lesions.csv (case, lesion, volume_ml, max_diameter_mm,
+axial_diameter_mm, equivalent_diameter_mm, main_segment, segments, kind, malignant_probability), read from each
+case's report.json.
 Exit status: 0 when every case is ok or skipped, 1 when any failed, 2 for a bad CSV or option.
 
 Needs Dask: pip install 'liverlocalization[batch]'.""",

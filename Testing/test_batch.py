@@ -312,3 +312,56 @@ def test_a_batch_killed_mid_run_resumes_without_losing_or_duplicating_a_case(coh
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
     leftovers += [p.name for p in out.iterdir() if p.name.startswith(".")]
     assert leftovers == []
+
+
+@pytest.mark.parametrize("header, row, message", [
+    ("case,ct,landmark", "one,ct.nii.gz,clicks.mrk.json", "unknown column(s) 'landmark'"),
+    ("case,ct,ct", "one,ct.nii.gz,ct.nii.gz", "column(s) named twice: ct"),
+    ("case,ct", "one,ct.nii.gz,extra,more", "row 2 (case 'one'): 4 cells where the header names 2"),
+    ("case,ct", "One,ct.nii.gz\none,ct.nii.gz", "row 3 (case 'one'): case id 'one' already used on row 2 as 'One'"),
+])
+def test_a_csv_that_would_run_silently_wrong_is_refused(tmp_path, capsys, header, row, message):
+    """A misspelt column ran every case without its landmarks; a column named twice, cells beyond the header and
+    ids differing only in letter case (one folder on macOS and Windows) were taken without a word."""
+    (tmp_path / "ct.nii.gz").write_bytes(b"not read: the CSV is refused first")
+    (tmp_path / "cases.csv").write_text(f"{header}\n{row}\n", encoding="utf-8")
+    out = tmp_path / "out"
+    assert cli.main(["-q", "batch", str(tmp_path / "cases.csv"), "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_blank_lines_and_a_bom_are_read_and_rows_named_by_their_line(tmp_path):
+    (tmp_path / "ct.nii.gz").write_bytes(b"x")
+    (tmp_path / "cases.csv").write_text("\ufeffcase,ct\n\none,ct.nii.gz\n\ntwo,missing.nii.gz\n", encoding="utf-8")
+    with pytest.raises(InputError, match=r"row 5 \(case 'two'\): ct missing.nii.gz: no such file"):
+        batch.read_cases(tmp_path / "cases.csv", tmp_path / "out")
+    (tmp_path / "cases.csv").write_text("\ufeffcase,ct\n\none,ct.nii.gz\n\n", encoding="utf-8")
+    assert [case.case for case in batch.read_cases(tmp_path / "cases.csv", tmp_path / "out")] == ["one"]
+
+
+def test_tables_never_replace_the_csv_or_a_users_file_and_no_input_lies_in_out(tmp_path, capsys):
+    """`--out` the CSV's own folder replaced the user's cases.csv with the results table; a cases.csv a batch did
+    not write is never replaced; a CT anywhere in --out (not only in its case's folder) is refused."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "ct.nii.gz").write_bytes(b"x")
+    table = tmp_path / "data" / "cases.csv"
+    table.write_text("case,ct\none,ct.nii.gz\n", encoding="utf-8")
+    before = table.read_bytes()
+    assert cli.main(["-q", "batch", str(table), "--out", str(tmp_path / "data")]) == 2
+    assert "cases.csv lies in the --out folder" in capsys.readouterr().err and table.read_bytes() == before
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "lesions.csv").write_text("my own notes\n", encoding="utf-8")
+    elsewhere = tmp_path / "cases.csv"
+    elsewhere.write_text(f"case,ct\none,{tmp_path / 'data' / 'ct.nii.gz'}\n", encoding="utf-8")
+    assert cli.main(["-q", "batch", str(elsewhere), "--out", str(out)]) == 2
+    assert "holds a lesions.csv that liverloc batch did not write" in capsys.readouterr().err
+    assert (out / "lesions.csv").read_text() == "my own notes\n" and sorted(p.name for p in out.iterdir()) == [
+        "lesions.csv"]
+
+    elsewhere.write_text("case,ct\none,ct.nii.gz\n", encoding="utf-8")
+    (tmp_path / "ct.nii.gz").write_bytes(b"x")
+    with pytest.raises(InputError, match="row 2 .* lies in the --out folder"):
+        batch.read_cases(elsewhere, tmp_path)

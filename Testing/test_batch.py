@@ -3,6 +3,7 @@ never stopping the others; a second run resumes; a bad CSV refused before any wo
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import shutil
@@ -16,7 +17,11 @@ from LiverLocalizationLib import batch, cli
 from LiverLocalizationLib.errors import InputError
 from LiverLocalizationLib.phantom import generate_phantom, write_phantom
 
-SEEDS = {"case_a": (11, 1), "case_b": (12, 2), "case_c": (13, 1)}  # case → (seed, lesions)
+SEEDS = {"case_a": (11, 1), "case_b": (12, 2), "case_c": (13, 1),  # case → (seed, lesions): six small phantoms
+         "case_d": (14, 0), "case_e": (15, 2), "case_f": (16, 1)}
+KILLED = ("case_a", "case_b", "case_c")  # the kill test's cases (fewer, for CI time)
+RUN_OPTIONS = ["--no-classify", "--no-figures"]
+VOLATILE = {"timings_s"}  # report.json keys that differ between two runs of one case
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -26,7 +31,8 @@ def read_rows(path: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory) -> Path:
-    """Three small phantoms and a truncated CT, listed in cases.csv with paths relative to it."""
+    """Six small phantoms (the smallest size liverloc phantom makes: 2 x 2 x 2.5 mm voxels, every structure of a
+    real run) and a truncated CT, listed in cases.csv with paths relative to it."""
     root = tmp_path_factory.mktemp("cohort")
     lines = ["case,ct,landmarks,liver_mask"]
     for case, (seed, lesions) in SEEDS.items():
@@ -37,6 +43,54 @@ def cohort(tmp_path_factory) -> Path:
     lines.append("corrupt,corrupt.nii.gz,,")
     (root / "cases.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return root
+
+
+@pytest.fixture(scope="module")
+def single_runs(cohort, tmp_path_factory) -> dict[str, Path]:
+    """Each phantom of the cohort run alone by `liverloc run` (the reference a batch must reproduce exactly)."""
+    root = tmp_path_factory.mktemp("single")
+    folders = {}
+    for case in SEEDS:
+        folders[case] = root / case
+        assert cli.main(["-q", "run", str(cohort / case / "ct.nii.gz"), "--landmarks",
+                         str(cohort / case / "landmarks.mrk.json"), "--out", str(folders[case]), *RUN_OPTIONS]) == 0
+    return folders
+
+
+def assert_same_results(batched: Path, alone: Path) -> None:
+    """A case's batch results equal its single run's: the same files, the same report (but its timings) and the
+    same voxels and geometry in every image."""
+    names = set(json.loads((alone / "run.json").read_text())["files"])
+    assert set(json.loads((batched / "run.json").read_text())["files"]) == names
+    reports = [json.loads((folder / "report.json").read_text()) for folder in (batched, alone)]
+    assert [{k: v for k, v in r.items() if k not in VOLATILE} for r in reports][0] == \
+        {k: v for k, v in reports[1].items() if k not in VOLATILE}
+    for name in sorted(n for n in names if n.endswith((".nii.gz", ".nrrd"))):
+        images = [sitk.ReadImage(str(folder / name)) for folder in (batched, alone)]
+        assert images[0].GetSize() == images[1].GetSize(), name
+        assert images[0].GetSpacing() == images[1].GetSpacing() and images[0].GetOrigin() == images[1].GetOrigin()
+        assert images[0].GetDirection() == images[1].GetDirection(), name
+        assert np.array_equal(*[sitk.GetArrayViewFromImage(image) for image in images]), name
+
+
+def assert_tables_match_reports(out: Path, cases) -> dict[str, dict]:
+    """cases.csv and lesions.csv hold what each case's report.json says; returns cases.csv's rows by case."""
+    rows = {row["case"]: row for row in read_rows(out / "cases.csv")}
+    lesion_rows = read_rows(out / "lesions.csv")
+    for case in cases:
+        report = json.loads((out / case / "report.json").read_text())
+        assert int(rows[case]["n_lesions"]) == len(report["lesions"])
+        assert float(rows[case]["liver_ml"]) == pytest.approx(report["liver_volume_ml"], abs=1e-3)
+        for name, ml in (report["couinaud_volumes_ml"] or {}).items():
+            assert float(rows[case][f"segment_{name}_ml"]) == pytest.approx(ml, abs=1e-3)
+        mine = [row for row in lesion_rows if row["case"] == case]
+        assert len(mine) == len(report["lesions"])
+        for row, lesion in zip(mine, report["lesions"]):
+            assert row["lesion"] == str(lesion["id"]) and row["main_segment"] == (lesion.get("main_segment") or "")
+            assert float(row["volume_ml"]) == pytest.approx(lesion["volume_ml"], abs=1e-3)
+            assert float(row["max_diameter_mm"]) == pytest.approx(lesion["max_diameter_mm"], abs=1e-3)
+            assert row["segments"] == ";".join(lesion.get("segments") or [])
+    return rows
 
 
 def test_a_bad_csv_is_refused_before_any_work_one_line_per_row(tmp_path, capsys):
@@ -76,53 +130,134 @@ def test_a_failure_is_one_line():
 
 
 @pytest.mark.slow
-def test_batch_on_two_workers_matches_single_runs_records_the_failure_and_resumes(cohort, tmp_path, capsys):
+def test_batch_on_two_workers_matches_single_runs_records_the_failure_and_resumes(cohort, single_runs, tmp_path,
+                                                                                   capsys):
+    """Six phantoms and a corrupt CT on a 2-worker LocalCluster: the six results equal their single runs file by
+    file, the corrupt one is one recorded failure, and a second run skips the six and redoes the (now fixed) one."""
     pytest.importorskip("distributed", reason="dask[distributed] is not installed (pip install -e '.[batch]')")
     out = tmp_path / "results"
     argv = ["batch", str(cohort / "cases.csv"), "--out", str(out), "--workers", "2", "--memory-limit", "2",
-            "--no-classify", "--no-figures"]
+            *RUN_OPTIONS]
     assert cli.main(argv) == 1  # one case failed; the others completed
     captured = capsys.readouterr()
-    assert sum("/4 " in line for line in captured.err.splitlines()) == 4  # a progress line per finished case
-    rows = {row["case"]: row for row in read_rows(out / "cases.csv")}
+    assert sum("/7 " in line for line in captured.err.splitlines()) == 7  # a progress line per finished case
+    assert "7 case(s): 6 ok, 0 skipped (up to date), 1 failed" in captured.out
+    assert "corrupt: " in captured.out and "cut short" in captured.out
+    rows = assert_tables_match_reports(out, SEEDS)
     assert list(rows) == [*SEEDS, "corrupt"]
     assert rows["corrupt"]["status"] == "failed" and "cut short" in rows["corrupt"]["error"]
     assert "\n" not in rows["corrupt"]["error"] and not (out / "corrupt").exists()
-    lesion_rows = read_rows(out / "lesions.csv")
+    assert rows["corrupt"]["liver_ml"] == rows["corrupt"]["n_lesions"] == ""
+    assert len(read_rows(out / "lesions.csv")) == sum(int(rows[case]["n_lesions"]) for case in SEEDS)
+    workers = {rows[case]["worker"] for case in rows}
+    assert len(workers) == 2 and all(w.startswith("tcp://127.0.0.1:") for w in workers)  # both workers took cases
     for case in SEEDS:
-        assert rows[case]["status"] == "ok", rows[case]
-        report = json.loads((out / case / "report.json").read_text())
+        assert rows[case]["status"] == "ok" and float(rows[case]["seconds"]) > 0, rows[case]
         manifest = json.loads((out / case / "run.json").read_text())
-        assert manifest["generator"] == "liverloc run" and "report.json" in manifest["files"]
-        assert int(rows[case]["n_lesions"]) == len(report["lesions"])
-        assert float(rows[case]["liver_ml"]) == pytest.approx(report["liver_volume_ml"], abs=1e-3)
-        assert float(rows[case]["segment_VIII_ml"]) == pytest.approx(report["couinaud_volumes_ml"]["VIII"], abs=1e-3)
-        assert sum(r["case"] == case for r in lesion_rows) == len(report["lesions"])
+        assert manifest["generator"] == "liverloc run"
+        assert manifest["inputs"]["CT"]["path"] == str(cohort / case / "ct.nii.gz")
+        assert_same_results(out / case, single_runs[case])
 
-    # The same case run alone by `liverloc run` gives the same report and the same lesion voxels.
-    single = tmp_path / "single"
-    assert cli.main(["-q", "run", str(cohort / "case_b" / "ct.nii.gz"), "--landmarks",
-                     str(cohort / "case_b" / "landmarks.mrk.json"), "--out", str(single),
-                     "--no-classify", "--no-figures"]) == 0
-    alone = json.loads((single / "report.json").read_text())
-    batched = json.loads((out / "case_b" / "report.json").read_text())
-    assert batched["liver_volume_ml"] == alone["liver_volume_ml"]
-    assert batched["couinaud_volumes_ml"] == alone["couinaud_volumes_ml"]
-    assert len(batched["lesions"]) == len(alone["lesions"]) >= 1
-    voxels = [sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "lesions.nii.gz"))) for folder in (single, out / "case_b")]
-    assert np.array_equal(*voxels)
-
-    # Resume: the three complete cases are skipped (their files untouched), the failed one is run again, now fixed.
+    # Resume: the six complete cases are skipped (their files untouched), the failed one is run again, now fixed.
     stamps = {case: (out / case / "run.json").stat().st_mtime_ns for case in SEEDS}
     shutil.copyfile(cohort / "case_c" / "ct.nii.gz", cohort / "corrupt.nii.gz")
     capsys.readouterr()
     assert cli.main(argv) == 0
     rows = {row["case"]: row for row in read_rows(out / "cases.csv")}
-    assert [rows[case]["status"] for case in SEEDS] == ["skipped"] * 3
+    assert [rows[case]["status"] for case in SEEDS] == ["skipped"] * 6
     assert {case: (out / case / "run.json").stat().st_mtime_ns for case in SEEDS} == stamps
     assert rows["corrupt"]["status"] == "ok" and rows["corrupt"]["error"] == ""
     assert float(rows["corrupt"]["liver_ml"]) > 0 and (out / "corrupt" / "run.json").is_file()
-    assert "3 skipped" in capsys.readouterr().out
+    assert "6 skipped" in capsys.readouterr().out
+    assert_tables_match_reports(out, [*SEEDS, "corrupt"])
+
+
+@pytest.mark.slow
+def test_batch_on_an_existing_cluster_given_its_scheduler_address(cohort, single_runs, tmp_path, capsys):
+    """`--scheduler ADDRESS`: a separate `dask scheduler` and `dask worker` (two processes, as on another
+    machine) run the cases; the results equal the single runs, the corrupt CT is one recorded failure, every
+    case ran on one of that cluster's workers, and no local cluster was started."""
+    pytest.importorskip("distributed", reason="dask[distributed] is not installed (pip install -e '.[batch]')")
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import distributed
+
+    table = tmp_path / "cases.csv"
+    table.write_text("case,ct,landmarks\n"
+                     + "".join(f"{case},{cohort / case / 'ct.nii.gz'},{cohort / case / 'landmarks.mrk.json'}\n"
+                               for case in ("case_b", "case_d"))
+                     + f"broken,{tmp_path / 'broken.nii.gz'},\n", encoding="utf-8")
+    data = (cohort / "case_b" / "ct.nii.gz").read_bytes()
+    (tmp_path / "broken.nii.gz").write_bytes(data[: len(data) // 2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(batch.__file__).resolve().parents[1]),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    scheduler_file = tmp_path / "scheduler.json"
+    processes = []
+    try:
+        processes.append(subprocess.Popen(
+            [sys.executable, "-m", "distributed.cli.dask_scheduler", "--scheduler-file",
+             str(scheduler_file), "--host", "127.0.0.1", "--port", "0", "--no-dashboard"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+        start = time.perf_counter()
+        while not scheduler_file.is_file():
+            assert time.perf_counter() - start < 60, "the scheduler did not start"
+            time.sleep(0.2)
+        address = json.loads(scheduler_file.read_text())["address"]
+        processes.append(subprocess.Popen(
+            [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nworkers", "2",
+             "--nthreads", "1", "--memory-limit", "2GB", "--no-dashboard", "--host", "127.0.0.1"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+        with distributed.Client(address, timeout="30s") as client:
+            client.wait_for_workers(2, timeout=60)
+            cluster_workers = set(client.scheduler_info()["workers"])
+
+        def no_local_cluster(*args, **kwargs):
+            raise AssertionError("a LocalCluster was started although --scheduler was given")
+
+        original = distributed.LocalCluster
+        distributed.LocalCluster = no_local_cluster
+        try:
+            out = tmp_path / "results"
+            assert cli.main(["-q", "batch", str(table), "--out", str(out), "--scheduler", address, *RUN_OPTIONS]) == 1
+        finally:
+            distributed.LocalCluster = original
+    finally:
+        for process in reversed(processes):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+    rows = assert_tables_match_reports(out, ("case_b", "case_d"))
+    assert [(case, row["status"]) for case, row in rows.items()] == [("case_b", "ok"), ("case_d", "ok"),
+                                                                     ("broken", "failed")]
+    assert "cut short" in rows["broken"]["error"] and not (out / "broken").exists()
+    assert {row["worker"] for row in rows.values()} <= cluster_workers
+    for case in ("case_b", "case_d"):
+        assert_same_results(out / case, single_runs[case])
+    assert "1 failed" in capsys.readouterr().out
+
+
+def test_an_unreachable_scheduler_is_one_line_exit_2_and_nothing_written(cohort, tmp_path, capsys):
+    pytest.importorskip("distributed", reason="dask[distributed] is not installed (pip install -e '.[batch]')")
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = tmp_path / "results"
+    assert cli.main(["-q", "batch", str(cohort / "cases.csv"), "--out", str(out), "--scheduler",
+                     f"tcp://127.0.0.1:{port}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"--scheduler tcp://127.0.0.1:{port}: cannot connect" in err
+    assert not out.exists() or sorted(p.name for p in out.iterdir()) == []
 
 
 def test_a_batch_killed_mid_run_resumes_without_losing_or_duplicating_a_case(cohort, tmp_path):
@@ -140,7 +275,7 @@ def test_a_batch_killed_mid_run_resumes_without_losing_or_duplicating_a_case(coh
     data = (cohort / "case_a" / "ct.nii.gz").read_bytes()  # the cohort's own corrupt file is fixed by another test
     (tmp_path / "corrupt.nii.gz").write_bytes(data[: len(data) // 3])
     lines = ["case,ct,landmarks,liver_mask"]
-    lines += [f"{case},{cohort / case / 'ct.nii.gz'},{cohort / case / 'landmarks.mrk.json'}," for case in SEEDS]
+    lines += [f"{case},{cohort / case / 'ct.nii.gz'},{cohort / case / 'landmarks.mrk.json'}," for case in KILLED]
     lines.append(f"corrupt,{tmp_path / 'corrupt.nii.gz'},,")
     (tmp_path / "cases.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     argv = ["batch", str(tmp_path / "cases.csv"), "--out", str(out), "--workers", "2", "--memory-limit", "2",
@@ -154,7 +289,7 @@ def test_a_batch_killed_mid_run_resumes_without_losing_or_duplicating_a_case(coh
         while not done:
             assert first.poll() is None, "the batch ended before it could be killed"
             assert time.perf_counter() - start < 300, "no case finished"
-            done = [case for case in SEEDS if (out / case / "run.json").is_file()]
+            done = [case for case in KILLED if (out / case / "run.json").is_file()]
             time.sleep(0.2)
     finally:
         os.killpg(first.pid, signal.SIGKILL)
@@ -164,12 +299,12 @@ def test_a_batch_killed_mid_run_resumes_without_losing_or_duplicating_a_case(coh
 
     assert cli.main(["-q", *argv]) == 1  # the corrupt case fails again; everything else completes
     rows = read_rows(out / "cases.csv")
-    assert [row["case"] for row in rows] == [*SEEDS, "corrupt"]
+    assert [row["case"] for row in rows] == [*KILLED, "corrupt"]
     statuses = {row["case"]: row["status"] for row in rows}
     assert statuses[done[0]] == "skipped" and (out / done[0] / "run.json").stat().st_mtime_ns == stamp
-    assert all(statuses[case] in ("ok", "skipped") for case in SEEDS) and statuses["corrupt"] == "failed"
+    assert all(statuses[case] in ("ok", "skipped") for case in KILLED) and statuses["corrupt"] == "failed"
     lesion_rows = read_rows(out / "lesions.csv")
-    for case in SEEDS:
+    for case in KILLED:
         report = json.loads((out / case / "report.json").read_text())
         assert sum(row["case"] == case for row in lesion_rows) == len(report["lesions"])
         listed = set(json.loads((out / case / "run.json").read_text())["files"]) | {"run.json"}
@@ -177,3 +312,56 @@ def test_a_batch_killed_mid_run_resumes_without_losing_or_duplicating_a_case(coh
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
     leftovers += [p.name for p in out.iterdir() if p.name.startswith(".")]
     assert leftovers == []
+
+
+@pytest.mark.parametrize("header, row, message", [
+    ("case,ct,landmark", "one,ct.nii.gz,clicks.mrk.json", "unknown column(s) 'landmark'"),
+    ("case,ct,ct", "one,ct.nii.gz,ct.nii.gz", "column(s) named twice: ct"),
+    ("case,ct", "one,ct.nii.gz,extra,more", "row 2 (case 'one'): 4 cells where the header names 2"),
+    ("case,ct", "One,ct.nii.gz\none,ct.nii.gz", "row 3 (case 'one'): case id 'one' already used on row 2 as 'One'"),
+])
+def test_a_csv_that_would_run_silently_wrong_is_refused(tmp_path, capsys, header, row, message):
+    """A misspelt column ran every case without its landmarks; a column named twice, cells beyond the header and
+    ids differing only in letter case (one folder on macOS and Windows) were taken without a word."""
+    (tmp_path / "ct.nii.gz").write_bytes(b"not read: the CSV is refused first")
+    (tmp_path / "cases.csv").write_text(f"{header}\n{row}\n", encoding="utf-8")
+    out = tmp_path / "out"
+    assert cli.main(["-q", "batch", str(tmp_path / "cases.csv"), "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_blank_lines_and_a_bom_are_read_and_rows_named_by_their_line(tmp_path):
+    (tmp_path / "ct.nii.gz").write_bytes(b"x")
+    (tmp_path / "cases.csv").write_text("\ufeffcase,ct\n\none,ct.nii.gz\n\ntwo,missing.nii.gz\n", encoding="utf-8")
+    with pytest.raises(InputError, match=r"row 5 \(case 'two'\): ct missing.nii.gz: no such file"):
+        batch.read_cases(tmp_path / "cases.csv", tmp_path / "out")
+    (tmp_path / "cases.csv").write_text("\ufeffcase,ct\n\none,ct.nii.gz\n\n", encoding="utf-8")
+    assert [case.case for case in batch.read_cases(tmp_path / "cases.csv", tmp_path / "out")] == ["one"]
+
+
+def test_tables_never_replace_the_csv_or_a_users_file_and_no_input_lies_in_out(tmp_path, capsys):
+    """`--out` the CSV's own folder replaced the user's cases.csv with the results table; a cases.csv a batch did
+    not write is never replaced; a CT anywhere in --out (not only in its case's folder) is refused."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "ct.nii.gz").write_bytes(b"x")
+    table = tmp_path / "data" / "cases.csv"
+    table.write_text("case,ct\none,ct.nii.gz\n", encoding="utf-8")
+    before = table.read_bytes()
+    assert cli.main(["-q", "batch", str(table), "--out", str(tmp_path / "data")]) == 2
+    assert "cases.csv lies in the --out folder" in capsys.readouterr().err and table.read_bytes() == before
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "lesions.csv").write_text("my own notes\n", encoding="utf-8")
+    elsewhere = tmp_path / "cases.csv"
+    elsewhere.write_text(f"case,ct\none,{tmp_path / 'data' / 'ct.nii.gz'}\n", encoding="utf-8")
+    assert cli.main(["-q", "batch", str(elsewhere), "--out", str(out)]) == 2
+    assert "holds a lesions.csv that liverloc batch did not write" in capsys.readouterr().err
+    assert (out / "lesions.csv").read_text() == "my own notes\n" and sorted(p.name for p in out.iterdir()) == [
+        "lesions.csv"]
+
+    elsewhere.write_text("case,ct\none,ct.nii.gz\n", encoding="utf-8")
+    (tmp_path / "ct.nii.gz").write_bytes(b"x")
+    with pytest.raises(InputError, match="row 2 .* lies in the --out folder"):
+        batch.read_cases(elsewhere, tmp_path)

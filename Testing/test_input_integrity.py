@@ -462,3 +462,82 @@ def test_a_path_with_bytes_that_are_not_utf8_is_refused_before_the_image_library
     assert code == 2
     assert_one_clear_line(err, "--out", "not UTF-8")
     assert not odd_out.exists() and not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- found by a hostile round (2026-12-07)
+
+def run_subprocess(argv: list, cwd: Path):
+    """liverloc in its own process, so that what ITK prints on file descriptor 2 is seen as a user sees it."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(io.__file__).resolve().parents[1]),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", "LiverLocalizationLib.cli", "-q", *map(str, argv)], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_itk_prints_nothing_beside_the_one_line_error(tmp_path):
+    """ITK, MetaIO and GDCM print their own lines (a C++ source path, "Cannot open data file", "No Series were
+    found") on the process's stderr; the user sees only liverloc's line, exit status 2, and nothing is written."""
+    header = "ObjectType = Image\nNDims = 3\nDimSize = 10 10 10\nElementType = MET_SHORT\nElementDataFile = {}\n"
+    (tmp_path / "lost.mhd").write_text(header.format("lost.raw"), encoding="utf-8")
+    (tmp_path / "empty").mkdir()
+    arr = ct_array()
+    write(arr, tmp_path / "ct.nii", compress=False)
+    data = bytearray((tmp_path / "ct.nii").read_bytes())
+    struct.pack_into("<f", data, 80, 0.0)  # pixdim[1]: ITK warns ("unexpected scales in sform") and reads 1 mm
+    (tmp_path / "zero.nii").write_bytes(bytes(data))
+    expected = {"lost.mhd": "its voxel data file lost.raw (the header's 'ElementDataFile') is not there",
+                "empty": "a folder with no DICOM series in it",
+                "zero.nii": "the header's voxel spacing (pixdim) is 0×1×2; a spacing of 0 mm would be read as 1 mm"}
+    for name, message in expected.items():
+        result = run_subprocess(["run", name, "--out", "out"], tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert_one_clear_line(result.stderr, "liverloc run: error:", message)
+        assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("suffix", [".mhd", ".nhdr"])
+def test_a_detached_data_file_missing_or_short_is_named(tmp_path, suffix):
+    arr = ct_array()
+    image = write(arr, tmp_path / f"ct{suffix}", compress=False)
+    data = next(p for p in tmp_path.iterdir() if p != image)
+    assert np.array_equal(sitk.GetArrayFromImage(io.read_image(image)), arr)  # a whole pair reads as ITK reads it
+    data.write_bytes(data.read_bytes()[:1000])
+    with pytest.raises(InputError, match=rf"{data.name}: the file is cut short \(the header describes {arr.nbytes} "):
+        io.read_image(image)
+    data.unlink()
+    with pytest.raises(InputError, match=rf"its voxel data file {data.name} .* is not there"):
+        io.read_image(image)
+
+
+def test_an_empty_ct_file_is_named_empty(tmp_path):
+    (tmp_path / "ct.nii.gz").write_bytes(b"")
+    with pytest.raises(InputError, match=r"ct.nii.gz: the file is empty \(0 bytes\)"):
+        io.read_image(tmp_path / "ct.nii.gz")
+
+
+def test_a_landmarks_file_without_points_is_refused_not_run_without_segments(tmp_path, capsys):
+    """A given --landmarks file with no placed point ran without Couinaud segments, exit 0, as if none were given."""
+    ct = write(ct_array(), tmp_path / "ct.nii.gz")
+    markups = tmp_path / "clicks.mrk.json"
+    markups.write_text(json.dumps({"markups": [{"type": "Fiducial", "coordinateSystem": "LPS",
+                                                "controlPoints": []}]}), encoding="utf-8")
+    before = snapshot(ct, markups)
+    code, err = run_cli(["-q", "run", str(ct), "--landmarks", str(markups), "--out", str(tmp_path / "out")], capsys)
+    assert code == 2
+    assert_one_clear_line(err, "clicks.mrk.json: the file holds no placed point", "leave --landmarks out")
+    assert not (tmp_path / "out").exists() and snapshot(ct, markups) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clicks.mrk.json", "ct.nii.gz"]  # no lock, no staging
+
+
+def test_evaluate_classifier_names_bad_weights_not_the_seeds(tmp_path, capsys):
+    """Weights without their model card were reported as 'cannot read the training seeds ... give --first-seed'."""
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"not safetensors")
+    code, err = run_cli(["-q", "evaluate-classifier", "--weights", str(weights), "--out", str(tmp_path / "out"),
+                         "--cases", "1"], capsys)
+    assert code == 2
+    assert_one_clear_line(err, f"Model card {tmp_path / 'w.json'} is missing")
+    assert "seeds" not in err and not (tmp_path / "out").exists()

@@ -191,32 +191,101 @@ def test_a_held_lock_refuses_a_second_command_naming_the_lock(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["report.json", "run.json"]
 
 
-def test_a_lock_left_by_a_killed_command_on_this_host_is_taken_over(tmp_path):
-    """A command killed by SIGKILL leaves its lock; its process no longer exists on this host, so the next command
-    takes the lock over instead of refusing until someone deletes it. A lock of a living process, or of another
-    host, still refuses."""
-    import socket
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from LiverLocalizationLib import outputs
+with outputs.folder_lock(Path(sys.argv[1]), Path(sys.argv[1])):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def lock_holder(tmp_path: Path):
+    """A separate process holding the lock of tmp_path/result (as a running command does) until it is killed."""
     import subprocess
     import sys
 
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(outputs.__file__).resolve().parents[1]),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path / "result")], env=env,
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+@pytest.mark.skipif(os.name == "nt", reason="no flock on Windows: a left lock there is deleted by hand")
+def test_a_lock_left_by_a_killed_command_on_this_host_is_taken_over_leaving_nothing(tmp_path):
+    """A command killed by SIGKILL leaves its lock file; its lock is released with the process, so the next command
+    takes the file over in place (its own pid in it) and, once done, nothing is left beside --out: no lock, no file
+    set aside. The same for a lock file left empty (killed between creating and writing it) and for an earlier
+    version's lock naming a dead process. A living holder's lock, or another host's, still refuses."""
+    import socket
+
     lock = tmp_path / ".result.lock"
-    lock.write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started": "2026-01-01T00:00:00+00:00"}),
-                    encoding="utf-8")
-    assert outputs.lock_is_stale(lock)
-    with outputs.folder_lock(tmp_path / "result", tmp_path / "result") as held:
-        assert json.loads(held.read_text(encoding="utf-8"))["pid"] == os.getpid()
-    assert not lock.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
-    for holder in ({"pid": os.getpid(), "host": socket.gethostname()}, {"pid": dead.pid, "host": "elsewhere"}):
-        lock.write_text(json.dumps({**holder, "started": "2026-01-01T00:00:00+00:00"}), encoding="utf-8")
-        assert not outputs.lock_is_stale(lock)
-        with pytest.raises(outputs.OutputError, match="in use by another liverloc command"):
-            with outputs.folder_lock(tmp_path / "result", tmp_path / "result"):
-                pass
-        assert lock.is_file()
-    lock.write_text("not json", encoding="utf-8")
+    holder = lock_holder(tmp_path)
+    held_by = json.loads(lock.read_text(encoding="utf-8"))
+    assert held_by["pid"] == holder.pid and not outputs.lock_is_stale(lock)
+    with pytest.raises(outputs.OutputError, match=f"in use by another liverloc command .*process {holder.pid} on"):
+        fake_run(tmp_path / "result", ["report.json"])
+    assert json.loads(lock.read_text(encoding="utf-8")) == held_by  # the holder's lock untouched
+    holder.kill()
+    holder.wait()
+    assert lock.is_file() and outputs.lock_is_stale(lock)  # left behind by the killed command
+    fake_run(tmp_path / "result", ["report.json"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["result"]
+
+    for left in ("", json.dumps({"pid": holder.pid, "host": socket.gethostname(), "started": "2026-01-01"})):
+        lock.write_text(left, encoding="utf-8")
+        assert outputs.lock_is_stale(lock)
+        with outputs.folder_lock(tmp_path / "result", tmp_path / "result") as taken:
+            assert json.loads(taken.read_text(encoding="utf-8"))["pid"] == os.getpid()
+            assert sorted(p.name for p in tmp_path.iterdir()) == [".result.lock", "result"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["result"]
+
+    lock.write_text(json.dumps({"pid": 1, "host": "elsewhere", "started": "2026-01-01"}), encoding="utf-8")
     assert not outputs.lock_is_stale(lock)
+    with pytest.raises(outputs.OutputError, match="in use by another liverloc command"):
+        fake_run(tmp_path / "result", ["report.json"], overwrite=True)
+    assert json.loads(lock.read_text(encoding="utf-8"))["host"] == "elsewhere"
+
+
+def test_two_commands_racing_for_a_stale_lock_one_wins(tmp_path):
+    """Several processes started at once on a folder whose lock a killed command left: exactly one takes it (the
+    others are refused naming it), and nothing is left once they end."""
+    import subprocess
+    import sys
+
+    holder = lock_holder(tmp_path)
+    holder.kill()
+    holder.wait()
+    script = """
+import sys
+from pathlib import Path
+from LiverLocalizationLib import outputs
+print("ready", flush=True)
+sys.stdin.readline()
+try:
+    with outputs.folder_lock(Path(sys.argv[1]), Path(sys.argv[1])):
+        print("took", flush=True)
+        sys.stdin.readline()
+except outputs.OutputError:
+    print("refused", flush=True)
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(outputs.__file__).resolve().parents[1]),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    racers = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "result")], env=env, text=True,
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE) for _ in range(4)]
+    assert [racer.stdout.readline().strip() for racer in racers] == ["ready"] * 4
+    for racer in racers:  # all at once, on a lock file left by a killed command
+        racer.stdin.write("go\n")
+        racer.stdin.flush()
+    results = sorted(racer.stdout.readline().strip() for racer in racers)
+    for racer in racers:
+        racer.stdin.close()
+        racer.wait(timeout=60)
+    assert results == ["refused", "refused", "refused", "took"]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_staging_folders_a_killed_command_left_are_removed_under_the_lock(tmp_path):

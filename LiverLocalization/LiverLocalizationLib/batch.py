@@ -35,6 +35,7 @@ LESION_COLUMNS = ("case", "lesion", "volume_ml", "max_diameter_mm", "axial_diame
                   "main_segment", "segments", "kind", "malignant_probability")
 PATH_OPTIONS = {"ct", "landmarks", "liver_mask", "lesion_seeds", "weights", "truth", "out"}  # checked by checksum
 ERROR_CHARS = 400
+LINE = "\0line"  # where read_cases keeps a row's line number (no CSV header can hold a NUL)
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,8 @@ class Case:
 
 
 def read_cases(path: Path, out: Path) -> list[Case]:
-    """The cases of a cases.csv, checked before any work: the columns, each id (unique, usable as a folder name),
-    each file (present, not inside the --out folder). Every problem found is one line naming its row, all of them
+    """The cases of a cases.csv, checked before any work: the columns (known, each once), each row's cells, each id
+    (unique even ignoring letter case, usable as a folder name), each file (present, not inside the --out folder). Every problem found is one line naming its row, all of them
     in one InputError."""
     path = Path(path)
     if not path.is_file():
@@ -57,7 +58,10 @@ def read_cases(path: Path, out: Path) -> list[Case]:
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
-            rows = list(reader)
+            rows = []
+            for row in reader:
+                row[LINE] = reader.line_num  # the file's line, blank lines counted, for the messages
+                rows.append(row)
             header = [(name or "").strip() for name in (reader.fieldnames or [])]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise InputError(f"{path}: not a readable CSV ({exc}).") from None
@@ -65,23 +69,38 @@ def read_cases(path: Path, out: Path) -> list[Case]:
     if missing:
         raise InputError(f"{path}: missing column(s) {', '.join(missing)}; the header must name {', '.join(REQUIRED)} "
                          f"(and optionally landmarks, liver_mask); found {', '.join(header) or 'no header'}.")
+    unknown = [name for name in header if name not in COLUMNS]
+    twice = sorted({name for name in header if header.count(name) > 1})
+    if unknown or twice:  # a misspelt `landmark` column would otherwise run every case without its landmarks
+        what = [f"unknown column(s) {', '.join(repr(n) for n in unknown)}"] if unknown else []
+        what += [f"column(s) named twice: {', '.join(twice)}"] if twice else []
+        raise InputError(f"{path}: {'; '.join(what)}; the header names case, ct and optionally landmarks, "
+                         "liver_mask, each once. Correct the header.")
     if not rows:
         raise InputError(f"{path}: no cases (only a header).")
     problems: list[str] = []
     cases: list[Case] = []
-    seen: dict[str, int] = {}
+    seen: dict[str, tuple[str, int]] = {}
     base = path.resolve().parent
-    for number, raw in enumerate(rows, start=2):  # line 1 is the header
+    for number, raw in enumerate(rows, start=2):  # line 1 is the header (blank lines are skipped by the reader)
+        number = reader_line(raw, number)
         row = {(k or "").strip(): (v or "").strip() for k, v in raw.items() if k is not None}
         case_id = row.get("case", "")
         where = f"row {number} (case {case_id!r})" if case_id else f"row {number}"
-        if not CASE_ID.fullmatch(case_id) or case_id in RESERVED:
+        extra = [v for v in (raw.get(None) or []) if (v or "").strip()]
+        if extra:
+            problems.append(f"{where}: {len(header) + len(raw[None])} cells where the header names {len(header)} "
+                            f"({', '.join(repr(v) for v in extra[:3])} beyond them); a comma inside a path needs the "
+                            "cell in double quotes")
+        if not CASE_ID.fullmatch(case_id) or case_id.lower() in RESERVED:
             problems.append(f"{where}: the case id must be letters, digits, '.', '_' or '-' (a folder name under "
                             "--out), not starting with '.' or '-', and not cases.csv or lesions.csv")
-        elif case_id in seen:
-            problems.append(f"{where}: case id {case_id!r} already used on row {seen[case_id]}")
+        elif case_id.lower() in seen:  # 'One' and 'one' would share a folder on macOS and Windows
+            earlier, row_number = seen[case_id.lower()]
+            same = "" if earlier == case_id else f" as {earlier!r} (ids must differ in more than letter case)"
+            problems.append(f"{where}: case id {case_id!r} already used on row {row_number}{same}")
         else:
-            seen[case_id] = number
+            seen[case_id.lower()] = (case_id, number)
         paths: dict[str, Path | None] = {}
         for column in COLUMNS[1:]:
             text = row.get(column, "")
@@ -95,8 +114,7 @@ def read_cases(path: Path, out: Path) -> list[Case]:
             paths[column] = file
             if not file.exists():
                 problems.append(f"{where}: {column} {text}: no such file or folder ({file})")
-        case_out = Path(out) / case_id if case_id else Path(out)
-        inside = _input_in_out(case_out, paths)
+        inside = _input_in_out(Path(out), paths)  # anywhere in --out: a case's folder or the tables could replace it
         if inside:
             problems.append(f"{where}: {inside}")
         if paths.get("ct") is not None:
@@ -104,6 +122,11 @@ def read_cases(path: Path, out: Path) -> list[Case]:
     if problems:
         raise InputError(f"{path}: {len(problems)} problem(s), nothing was run:\n  " + "\n  ".join(problems))
     return cases
+
+
+def reader_line(raw: dict, default: int) -> int:
+    """The file line of a row read by read_cases (removed from the row), else `default`."""
+    return int(raw.pop(LINE, default))
 
 
 def _input_in_out(case_out: Path, paths: dict[str, Path | None]) -> str | None:
@@ -136,9 +159,20 @@ def one_line(exc: BaseException) -> str:
     return text if len(text) <= ERROR_CHARS else text[:ERROR_CHARS - 3] + "..."
 
 
+def worker_address() -> str:
+    """The address of the Dask worker running the calling task ("" outside one), recorded in cases.csv so that a
+    case that failed on a cluster can be traced to its machine."""
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().address)
+    except (ImportError, ValueError):
+        return ""
+
+
 def run_case(case: Case, out: str, classify: bool = True, figures: bool = True) -> dict:
     """Run one case as `liverloc run` would (in a Dask worker); never raises for the case's own failure: returns
-    {case, status ok/failed, error, seconds}."""
+    {case, status ok/failed, error, seconds, worker}."""
     from .cli import run_command
 
     start = time.perf_counter()
@@ -147,7 +181,8 @@ def run_case(case: Case, out: str, classify: bool = True, figures: bool = True) 
         status, error = "ok", ""
     except Exception as exc:  # recorded, never stops the other cases
         status, error = "failed", one_line(exc)
-    return {"case": case.case, "status": status, "error": error, "seconds": round(time.perf_counter() - start, 2)}
+    return {"case": case.case, "status": status, "error": error, "seconds": round(time.perf_counter() - start, 2),
+            "worker": worker_address()}
 
 
 def up_to_date(case: Case, out: Path, classify: bool = True, figures: bool = True) -> bool:
@@ -225,13 +260,14 @@ def _number(value, digits: int = 3):
 
 
 def write_tables(out: Path, cases: list[Case], outcomes: dict[str, dict]) -> tuple[Path, Path]:
-    """OUT/cases.csv (case, status, error, liver_ml, one column per Couinaud segment in ml, n_lesions, seconds) and
+    """OUT/cases.csv (case, status, error, liver_ml, one column per Couinaud segment in ml, n_lesions, seconds, the
+    Dask worker that ran it) and
     OUT/lesions.csv (one row per lesion), from each completed case's report.json, in the CSV's order."""
     case_rows, lesion_rows, segments = [], [], []
     for case in cases:
         outcome = dict(outcomes[case.case])
         row = {"case": case.case, "status": outcome["status"], "error": outcome.get("error", ""),
-               "seconds": outcome.get("seconds", "")}
+               "seconds": outcome.get("seconds", ""), "worker": outcome.get("worker", "")}
         if outcome["status"] != "failed":
             try:
                 report = json.loads((out / case.case / "report.json").read_text(encoding="utf-8"))
@@ -256,10 +292,36 @@ def write_tables(out: Path, cases: list[Case], outcomes: dict[str, dict]) -> tup
                     "malignant_probability": _number(lesion.get("malignant_probability"), 4),
                 })
         case_rows.append(row)
-    columns = ["case", "status", "error", "liver_ml", *[f"segment_{s}_ml" for s in segments], "n_lesions", "seconds"]
+    columns = ["case", "status", "error", "liver_ml", *[f"segment_{s}_ml" for s in segments], "n_lesions", "seconds",
+               "worker"]
     _write_csv(out / "cases.csv", columns, case_rows)
     _write_csv(out / "lesions.csv", list(LESION_COLUMNS), lesion_rows)
     return out / "cases.csv", out / "lesions.csv"
+
+
+TABLE_HEADERS = {"cases.csv": "case,status,error,", "lesions.csv": ",".join(LESION_COLUMNS)}
+
+
+def tables_problem(csv_path: Path, out: Path) -> str | None:
+    """Why OUT/cases.csv and OUT/lesions.csv may not be written (None when they may): the CSV of cases lies in
+    --out (a cases.csv there would be replaced by the results table), or a file of either name is there that a batch
+    did not write (its header is not the batch table's)."""
+    target = out.resolve()
+    if csv_path.resolve() in {target / name for name in RESERVED} or target in csv_path.resolve().parents:
+        return (f"{csv_path} lies in the --out folder {out}, where the results tables (cases.csv, lesions.csv) are "
+                "written. Keep the CSV of cases elsewhere, or choose another --out folder.")
+    for name, header in TABLE_HEADERS.items():
+        table = out / name
+        if table.exists():
+            try:
+                with table.open(encoding="utf-8", errors="replace") as handle:
+                    first = handle.readline()
+            except OSError:
+                first = ""
+            if not first.startswith(header):
+                return (f"--out {out} holds a {name} that liverloc batch did not write; it is never replaced. "
+                        "Choose another --out folder, or move that file away.")
+    return None
 
 
 def run_batch(csv_path: Path, out: Path, scheduler: str | None = None, workers: int = 2,
@@ -273,6 +335,9 @@ def run_batch(csv_path: Path, out: Path, scheduler: str | None = None, workers: 
     problem = io.path_problem(out, "--out") or out_folder_problem(out)
     if problem:
         raise InputError(problem + ".")
+    problem = tables_problem(Path(csv_path), out)
+    if problem:
+        raise InputError(problem)
     cases = read_cases(csv_path, out)
     out.mkdir(parents=True, exist_ok=True)
     report = progress or (lambda fraction, message: None)

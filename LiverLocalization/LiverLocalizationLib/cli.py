@@ -349,6 +349,10 @@ def _run_into(args, folder: Path) -> list[str]:
     )
     ct = io.read_image(args.ct, series_uid=args.series)
     landmarks = io.read_markups(args.landmarks) if args.landmarks else None
+    if args.landmarks and not landmarks:  # a given file without points would silently skip the Couinaud segments
+        raise InputError(f"--landmarks {args.landmarks}: the file holds no placed point; place the vessel landmarks "
+                         "(IVC, IVC_inferior, RHV, MHV, LHV, RPV, LPV, UP) and save it again, or leave --landmarks "
+                         "out to run without Couinaud segments.")
     liver_mask = io.read_image(args.liver_mask) if args.liver_mask else None
     if args.liver_label is not None:
         liver_mask = pipeline.select_liver_label(liver_mask, args.liver_label)
@@ -389,9 +393,10 @@ command again to resume: a case whose run.json exists with the same input checks
 others (failed, interrupted, or whose inputs changed) are run again and replace what was there.
 
 Progress: one line per finished case (a bar over the cases on a terminal). At the end, OUT/cases.csv (case,
-status ok/failed/skipped, error, liver_ml, segment_<name>_ml per Couinaud segment, n_lesions, seconds) and
-OUT/lesions.csv (case, lesion, volume_ml, max_diameter_mm, axial_diameter_mm, equivalent_diameter_mm,
-main_segment, segments, kind, malignant_probability), read from each case's report.json.
+status ok/failed/skipped, error, liver_ml, segment_<name>_ml per Couinaud segment, n_lesions, seconds,
+worker: the Dask worker's address) and OUT/lesions.csv (case, lesion, volume_ml, max_diameter_mm,
+axial_diameter_mm, equivalent_diameter_mm, main_segment, segments, kind, malignant_probability), read from each
+case's report.json.
 Exit status: 0 when every case is ok or skipped, 1 when any failed, 2 for a bad CSV or option.
 
 Needs Dask: pip install 'liverlocalization[batch]'.""",
@@ -482,9 +487,11 @@ def _add_evaluate(sub) -> None:
 
 
 def _cmd_evaluate(args) -> int:
+    from .classifier import load_model
     from .classifier_training import evaluate, evaluation_seeds
 
     _check_paths(args.out, {"--weights": args.weights})
+    load_model(args.weights)  # the weights and their card checked first: a bad file is named as such, not as seeds
     seeds = evaluation_seeds(args.weights, args.cases, args.first_seed)
     with outputs.atomic_results(args.out, "liverloc evaluate-classifier", {"--weights": weights_used(args.weights)},
                                 options_record(args), args.overwrite) as results:

@@ -7,11 +7,14 @@ all through SimpleITK. Markups: Slicer's ``.mrk.json`` (schema v1.0.x), honourin
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
 import re
 import struct
+import sys
+import tempfile
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -49,6 +52,34 @@ def _require_usable_path(path: str | os.PathLike, what: str) -> None:
         raise InputError(problem + ".")
 
 
+@contextlib.contextmanager
+def quiet_native_stderr() -> Iterator[None]:
+    """Silence what ITK, GDCM and MetaIO print to the process's stderr (file descriptor 2) while the body runs.
+
+    They print their own lines ("MetaImage: Read: Cannot open data file", GDCM's "No Series were found"
+    warning with its source file and line) besides the exception that the caller turns into one clear InputError,
+    so a user would otherwise see several lines, some of them C++ source paths. Python's own sys.stderr is
+    flushed first and is written again once the body ends; where descriptor 2 cannot be redirected (closed), the
+    body runs as it is.
+    """
+    with contextlib.suppress(AttributeError, ValueError, OSError):
+        sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+
+
 def read_image(path: str | os.PathLike, series_uid: str | None = None) -> sitk.Image:
     """Read a 3-D image file or a DICOM series folder; the geometry is kept as stored.
 
@@ -70,9 +101,13 @@ def read_image(path: str | os.PathLike, series_uid: str | None = None) -> sitk.I
         raise InputError(f"{path}: a file, not a DICOM folder; a series UID picks a series in a folder of DICOM "
                          "files. Leave the series out, or give the folder.")
     else:
+        if path.stat().st_size == 0:
+            raise InputError(f"{path}: the file is empty (0 bytes); an interrupted copy, download or save? "
+                             f"{COPY_AGAIN}")
         check_file_integrity(path)
         try:
-            image = sitk.ReadImage(str(path))
+            with quiet_native_stderr():
+                image = sitk.ReadImage(str(path))
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
             if "bytes but received" in first or "not read completely" in first:
@@ -103,17 +138,18 @@ def check_file_integrity(path: str | os.PathLike) -> None:
     """Check an image file's own bytes before ITK reads it; raises InputError naming the file.
 
     NIfTI (.nii, .nii.gz): a gzip stream that ends early or fails its checksum, fewer voxel bytes than the
-    header describes, NaN/inf voxels, a sheared sform. NRRD with attached raw or gzip data and MetaImage with
-    local raw or zlib data: a stream that ends early or is corrupt, fewer voxel bytes than the header describes.
-    Other files (and detached data) are left to ITK.
+    header describes, NaN/inf voxels, a sheared sform, a zero or non-finite voxel spacing. NRRD (.nrrd, .nhdr) and MetaImage (.mha, .mhd) with raw or
+    compressed data in the file or in one data file beside it: a data file that is missing, a stream that ends
+    early or is corrupt, fewer voxel bytes than the header describes. Other layouts (a list or pattern of data
+    files, skipped header bytes) are left to ITK.
     """
     path = Path(path)
     name = path.name.lower()
     if name.endswith((".nii", ".nii.gz")):
         _check_nifti(path)
-    elif name.endswith(".nrrd"):
+    elif name.endswith((".nrrd", ".nhdr")):
         _check_nrrd(path)
-    elif name.endswith(".mha"):
+    elif name.endswith((".mha", ".mhd")):
         _check_metaimage(path)
 
 
@@ -190,7 +226,8 @@ def nifti_header(head: bytes) -> dict | None:
     """The fields of a NIfTI-1 or NIfTI-2 single-file header that the checks need; None when `head` is not one.
 
     Keys: data_offset, data_bytes (voxels × bytes per voxel), values (voxel count), dtype (numpy dtype of the
-    float/complex components, else None), sform_code, sform (3 × 3 linear part of srow_x/y/z).
+    float/complex components, else None), sform_code, sform (3 × 3 linear part of srow_x/y/z), spacing (pixdim of
+    the spatial axes).
     """
     for endian in "<>":
         size = struct.unpack_from(endian + "i", head, 0)[0] if len(head) >= 4 else 0
@@ -200,12 +237,14 @@ def nifti_header(head: bytes) -> dict | None:
             offset, minimum = struct.unpack_from(endian + "f", head, 108)[0], 352
             sform_code = struct.unpack_from(endian + "h", head, 254)[0]
             srow = struct.unpack_from(endian + "12f", head, 280)
+            pixdim = struct.unpack_from(endian + "8f", head, 76)
         elif size == 540 and len(head) >= 540 and head[4:7] == b"n+2":
             datatype, bitpix = struct.unpack_from(endian + "2h", head, 12)
             dims = struct.unpack_from(endian + "8q", head, 16)
             offset, minimum = struct.unpack_from(endian + "q", head, 168)[0], 544
             sform_code = struct.unpack_from(endian + "i", head, 348)[0]
             srow = struct.unpack_from(endian + "12d", head, 400)
+            pixdim = struct.unpack_from(endian + "8d", head, 104)
         else:
             continue
         n = dims[0]
@@ -218,6 +257,7 @@ def nifti_header(head: bytes) -> dict | None:
             "values": values * (2 if datatype in (32, 1792) else 1),
             "dtype": np.dtype(endian + code) if code else None,
             "sform_code": int(sform_code), "sform": np.reshape(srow, (3, 4))[:, :3].astype(float),
+            "spacing": tuple(float(v) for v in pixdim[1:min(n, 3) + 1]),
         }
     return None
 
@@ -235,6 +275,11 @@ def _check_nifti(path: Path) -> None:
         header = nifti_header(head)
         if header is None:
             return  # not a single-file NIfTI: ITK says what it is
+        bad = [v for v in header["spacing"] if not (np.isfinite(v) and v != 0)]
+        if bad:  # the NIfTI library replaces such a pixdim by 1 mm without a word: wrong volumes and distances
+            raise InputError(f"{path}: the header's voxel spacing (pixdim) is {_mm(header['spacing'])}; a spacing of "
+                             f"{bad[0]:g} mm would be read as 1 mm, giving wrong volumes and distances. Export the "
+                             "volume again, or fix the header's pixdim.")
         norms = np.linalg.norm(header["sform"], axis=0)
         if header["sform_code"] > 0 and np.all(norms > 0):  # a degenerate sform is left to ITK (it uses the qform)
             _check_orthonormal(header["sform"] / norms, path, "the header's sform")
@@ -253,6 +298,8 @@ def _nrrd_header(path: Path) -> tuple[str, int] | None:
     with path.open("rb") as f:
         head = f.read(1 << 16)
     at, crlf = head.find(b"\n\n"), head.find(b"\r\n\r\n")
+    if at < 0 and len(head) < 1 << 16 and b"\r\n" not in head:  # a detached header (.nhdr) may end without one
+        at = len(head.rstrip(b"\n"))
     if not head.startswith(b"NRRD") or at < 0 or 0 <= crlf < at or b"\0" in head[:at]:
         return None
     return head[:at].decode("latin-1"), at + 2
@@ -282,14 +329,33 @@ def _check_nrrd(path: Path) -> None:
     encoding = fields.get("encoding", "").lower()
     size = _nrrd_type_bytes(fields.get("type", ""))
     simple = fields.get("line skip", "0") == "0" and fields.get("byte skip", "0") == "0"
-    if "data file" in fields or "datafile" in fields or size is None or not simple or encoding not in (
-            "raw", "gzip", "gz"):
+    detached = fields.get("data file", fields.get("datafile"))
+    if detached is not None:
+        data = _detached_data_file(path, detached, "data file")
+        if data is None:
+            return
+        path, offset = data, 0
+    if size is None or not simple or encoding not in ("raw", "gzip", "gz"):
         return
     try:
         values = int(np.prod([int(v) for v in fields.get("sizes", "").split()], dtype=np.int64))
     except ValueError:
         return
     _check_payload(path, offset, values * size, None if encoding == "raw" else _GZIP_WBITS)
+
+
+def _detached_data_file(header: Path, name: str, field: str) -> Path | None:
+    """The one data file a NRRD or MetaImage header names (relative to the header's folder); None for a list or a
+    pattern of files (left to ITK). Raises InputError when the file is not there, where ITK would print its own
+    lines and fail with "No such file or directory" without naming the file."""
+    name = name.strip()
+    if not name or "%" in name or name.upper().startswith("LIST") or " " in name:
+        return None
+    data = Path(name) if Path(name).is_absolute() else header.parent / name
+    if not data.is_file():
+        raise InputError(f"{header}: its voxel data file {name} (the header's {field!r}) is not there ({data}). Copy "
+                         "the header and its data file together, or save the volume as one file (.nrrd, .nii.gz).")
+    return data
 
 
 def _check_payload(path: Path, offset: int, expected: int, wbits: int | None) -> None:
@@ -307,7 +373,8 @@ _MET_TYPE_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 
 
 
 def _check_metaimage(path: Path) -> None:
-    """Check the local raw or zlib data of a MetaImage (.mha) against DimSize, ElementType and channels."""
+    """Check the raw or zlib data of a MetaImage (.mha, or .mhd with its data file) against DimSize, ElementType
+    and channels."""
     with path.open("rb") as f:
         head = f.read(1 << 16)
     fields, offset = {}, None
@@ -319,8 +386,13 @@ def _check_metaimage(path: Path) -> None:
         if key.strip().lower() == "elementdatafile":
             offset = at
             break
-    if offset is None or fields["elementdatafile"].upper() != "LOCAL":
+    if offset is None:
         return
+    if fields["elementdatafile"].upper() != "LOCAL":
+        data = _detached_data_file(path, fields["elementdatafile"], "ElementDataFile")
+        if data is None or fields.get("headersize", "0") != "0":
+            return
+        path, offset = data, 0
     size = _MET_TYPE_BYTES.get(fields.get("elementtype", "").upper())
     try:
         values = int(np.prod([int(v) for v in fields.get("dimsize", "").split()], dtype=np.int64))
@@ -417,11 +489,12 @@ def _dicom_series(folder: Path) -> dict[str, tuple[str, ...]]:
     """The DICOM series of a folder (not its subfolders), as GDCM groups the files: SeriesInstanceUID → files.
     Raises InputError when there is none."""
     reader = sitk.ImageSeriesReader()
-    uids = reader.GetGDCMSeriesIDs(str(folder)) or ()
-    if not uids:
-        raise InputError(f"{folder}: a folder with no DICOM series in it. Point to a folder of DICOM slices or an "
-                         "image file.")
-    return {uid: tuple(reader.GetGDCMSeriesFileNames(str(folder), uid)) for uid in uids}
+    with quiet_native_stderr():
+        uids = reader.GetGDCMSeriesIDs(str(folder)) or ()
+        if not uids:
+            raise InputError(f"{folder}: a folder with no DICOM series in it. Point to a folder of DICOM slices or "
+                             "an image file.")
+        return {uid: tuple(reader.GetGDCMSeriesFileNames(str(folder), uid)) for uid in uids}
 
 
 def _series_summary(uid: str, files: tuple[str, ...]) -> str:
@@ -431,7 +504,8 @@ def _series_summary(uid: str, files: tuple[str, ...]) -> str:
     reader = sitk.ImageFileReader()
     reader.SetFileName(files[0])
     try:
-        reader.ReadImageInformation()
+        with quiet_native_stderr():
+            reader.ReadImageInformation()
         for key, quoted in (("0008|0060", False), ("0008|103e", True)):
             value = reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else ""
             if value:
@@ -479,7 +553,8 @@ def _dicom_slice_header(file: str | Path) -> DicomSlice:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(file))
     try:
-        reader.ReadImageInformation()
+        with quiet_native_stderr():
+            reader.ReadImageInformation()
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
         raise InputError(f"{file}: cannot be read as DICOM ({first}). {COPY_AGAIN}") from None
@@ -624,7 +699,8 @@ def _read_dicom_files(folder: Path, files: list[Path]) -> sitk.Image:
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(f) for f in files])
     try:
-        return reader.Execute()
+        with quiet_native_stderr():
+            return reader.Execute()
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
         raise InputError(f"{folder}: the DICOM series cannot be read ({first}). {COPY_AGAIN}") from None

@@ -30,6 +30,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
 from . import __version__
 from .checksums import file_sha256
 from .errors import InputError
@@ -138,50 +143,97 @@ def sibling(target: Path, kind: str) -> Path:
 
 @contextlib.contextmanager
 def folder_lock(out: Path, target: Path) -> Iterator[Path]:
-    """Hold the lock file beside `target` (created exclusively) while the body runs, so that a second command into
-    the same folder stops at once with a message naming the lock, rather than mixing its files with ours."""
+    """Hold the lock file beside `target` while the body runs, so that a second command into the same folder stops
+    at once with a message naming the lock, rather than mixing its files with ours.
+
+    Where the system has advisory file locks (POSIX), the lock is the file's `flock`, held through an open file
+    descriptor: the kernel releases it when its holder ends in any way (SIGKILL, a crash), so a lock file left by a
+    killed command is taken over in place (the same file, rewritten with the new holder) and nothing else is
+    created or left behind. A lock file naming another host is never taken over (a command there may hold it on a
+    shared disk). Elsewhere (Windows) the lock is the file's exclusive creation, and a left lock must be deleted.
+    """
     lock = sibling(target, "lock")
+    fd = _acquire_lock(out, lock)
     try:
-        fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        if not lock_is_stale(lock):
-            raise OutputError(lock_held_message(out, lock)) from None
-        # its holder was killed (SIGKILL, power loss): set the stale lock aside (one command wins the rename) and retry
-        aside = sibling(target, "stale-lock")
-        try:
-            os.rename(lock, aside)
-            aside.unlink()
-            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except (FileNotFoundError, FileExistsError):
-            raise OutputError(lock_held_message(out, lock)) from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump({"pid": os.getpid(), "host": socket.gethostname(), "started": now()}, handle)
         yield lock
     finally:
         with contextlib.suppress(FileNotFoundError):
-            lock.unlink()
+            lock.unlink()  # before the descriptor closes, so that no one takes an unlinked file for the lock
+        os.close(fd)
+
+
+def _holder_text() -> bytes:
+    return json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": now()}).encode("utf-8")
+
+
+def _acquire_lock(out: Path, lock: Path) -> int:
+    """The open descriptor of `lock`, now held by this process and naming it; OutputError when another holds it."""
+    if fcntl is None:
+        return _acquire_lock_by_creation(out, lock)
+    for _attempt in range(20):
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise OutputError(lock_held_message(out, lock)) from None
+            return _acquire_lock_by_creation(out, lock)  # a filesystem without flock (some network shares)
+        try:
+            here, there = os.fstat(fd), os.stat(lock)
+            current = (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+        except FileNotFoundError:
+            current = False
+        if not current:  # its holder removed it between our open and our flock: open the path again
+            os.close(fd)
+            continue
+        holder = _read_holder(fd)
+        if holder and holder.get("host") not in (None, socket.gethostname()):
+            os.close(fd)
+            raise OutputError(lock_held_message(out, lock))
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, _holder_text(), 0)
+        return fd
+    raise OutputError(lock_held_message(out, lock))
+
+
+def _read_holder(fd: int) -> dict | None:
+    """The holder a lock file names (pid, host, started); None when it is empty or not such a record."""
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0).decode("utf-8"))
+    except (OSError, ValueError):
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+def _acquire_lock_by_creation(out: Path, lock: Path) -> int:
+    """The lock as a file created exclusively (where there is no flock): refused while the file exists."""
+    try:
+        fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        raise OutputError(lock_held_message(out, lock)) from None
+    os.write(fd, _holder_text())
+    return fd
 
 
 def lock_is_stale(lock: Path) -> bool:
-    """Whether the lock's holder is gone: its file names this host and a process that no longer exists (a command
-    killed by SIGKILL or a crash leaves its lock behind). A lock from another host, an unreadable one, one whose
-    process exists (also as another user's), and any lock on Windows (no harmless probe of a process there) is not
-    stale."""
-    try:
-        holder = json.loads(lock.read_text(encoding="utf-8"))
-        pid, host = int(holder["pid"]), str(holder["host"])
-    except (OSError, ValueError, TypeError, KeyError):
-        return False
-    if host != socket.gethostname() or pid <= 0 or os.name == "nt":  # on Windows os.kill would end the process
+    """Whether a lock file exists that no running command holds, so that the next command takes it over: its flock
+    is free (its holder ended, even by SIGKILL) and it names this host or no host. Where there is no flock
+    (Windows), no lock is stale."""
+    if fcntl is None:
         return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # PermissionError: it exists, as another user's process
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
         return False
-    return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return False
+    holder = _read_holder(fd)
+    os.close(fd)
+    return not holder or holder.get("host") in (None, socket.gethostname())
 
 
 def lock_held_message(out: Path, lock: Path) -> str:

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from . import labels
+from . import io, labels
 from .errors import InputError
 
 # Terminology contexts of Slicer's Terminologies module (the DICOM master lists hold liver, portal and
@@ -349,7 +349,8 @@ def read_seg_nrrd(path: str | os.PathLike) -> tuple[sitk.Image, list[dict]]:
     if not path.exists():
         raise InputError(f"{path}: no such segmentation file.")
     try:
-        image = sitk.ReadImage(str(path))
+        with io.quiet_native_stderr():
+            image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise InputError(f"{path}: cannot be read as a NRRD segmentation ({str(exc).strip().splitlines()[-1]}).") from None
     if image.GetDimension() != 3:

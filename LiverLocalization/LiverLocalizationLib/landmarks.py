@@ -291,6 +291,7 @@ def confluence_index(grid: WorkGrid, track: IvcTrack, vessels: np.ndarray) -> tu
 PORTAL_MIN_RADIUS_MM = 2.5  # portal trunk and first-order branches are 10-16 mm across; segmental branches thinner
 PORTAL_BELOW_CONFLUENCE_MM = (15.0, 110.0)  # the hilum lies this far below the hepatic-vein confluence
 PORTAL_ANTERIOR_MM = 15.0  # ... and at least this far in front of the IVC axis
+UP_MIN_FROM_LPV_MM = 10.0  # an umbilical portion found closer than this to the LPV is the same branch: not proposed
 PORTAL_RIGHT_MM = 25.0  # portal voxels this far right of the IVC axis are the right branch (RPV)
 PORTAL_LEFT_MM = 0.0  # ... those left of the axis by this much the left branch (LPV, UP)
 
@@ -409,8 +410,13 @@ def propose_landmarks(ct: sitk.Image, liver_mask: sitk.Image | None = None,
             points["LPV"], confidence["LPV"] = _median_point(grid, portal.left), conf
             reasons["LPV"] = "middle of the thick portal vein inside the liver left of the IVC axis"
             front = portal.left[portal.left[:, 1] <= np.quantile(portal.left[:, 1], 0.2)]
-            points["UP"], confidence["UP"] = _median_point(grid, front), round(0.5 * conf, 2)
-            reasons["UP"] = "most anterior fifth of the left portal branch (umbilical portion)"
+            up = _median_point(grid, front)
+            if np.linalg.norm(up - points["LPV"]) >= UP_MIN_FROM_LPV_MM:
+                points["UP"], confidence["UP"] = up, round(0.5 * conf, 2)
+                reasons["UP"] = "most anterior fifth of the left portal branch (umbilical portion)"
+            else:
+                missing["UP"] = (f"the left portal branch seen is too short (its front within {UP_MIN_FROM_LPV_MM:.0f} "
+                                 "mm of the LPV) to show the umbilical portion")
         else:
             for k in ("LPV", "UP"):
                 missing[k] = "no thick portal branch inside the liver left of the IVC axis"

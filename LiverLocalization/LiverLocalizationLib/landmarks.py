@@ -18,10 +18,9 @@ CT's own direction matrix. Steps:
    where it stops at the bottom (the lower end of the caudate).
 3. Portal vein (`find_portal`): voxels brighter than the parenchyma by `k` sd inside the liver dilated by 10 mm,
    away from the IVC and from the top of the liver; the thickest part in front of the IVC is the hilum.
-   `RPV` and `LPV` are the points of that tree to the right and to the left of the bifurcation.
-4. Hepatic veins (`find_hepatic_veins`): bright voxels in the upper liver, about the IVC axis; the azimuths of
-   the three densest wedges name RHV, MHV and LHV (right to left).
-5. `UP`: the portal tree's most anterior branch left of the bifurcation.
+   `RPV` and `LPV` are the middles of its intrahepatic voxels right of the IVC axis (by 25 mm) and left of it.
+4. `UP`: the most anterior fifth of the left portal part (not proposed when it falls within 10 mm of the LPV).
+5. Hepatic veins (RHV, MHV, LHV): not proposed yet; `missing` says so, and the Couinaud map needs them clicked.
 """
 
 from __future__ import annotations

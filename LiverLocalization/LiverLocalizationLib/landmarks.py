@@ -346,8 +346,8 @@ HV_SMOOTH_DEG = 7.0  # Gaussian smoothing of the azimuth histogram (the veins ar
 HV_MIN_SEPARATION_DEG = 25.0  # two azimuth peaks closer than this are one vein
 HV_MIN_PEAK_SHARE = 0.1  # a peak weaker than this share of the strongest is not a vein
 HV_HALF_WIDTH_DEG = 12.0  # a vein's voxels lie within this azimuth of its peak
-HV_POINT_RADIUS_MM = (30.0, 60.0)  # the point: median of the vein's voxels this far from the IVC axis (30-60 mm,
-#                                    between domain.md's 2-4 cm and the border where an expert's click lies)
+HV_POINT_RADIUS_MM = (32.0, 48.0)  # the point: median of the vein's voxels about 4 cm from the IVC axis (domain.md's
+#                                    2-4 cm on the vein; an expert's click on the segment border lies 3-6 cm out)
 HV_NAMES = ("RHV", "MHV", "LHV")
 
 

@@ -387,8 +387,8 @@ def _run_into(args, folder: Path) -> list[str]:
 
 def _add_landmarks(sub) -> None:
     p = sub.add_parser("landmarks", help="propose the vessel landmarks from a CT (to confirm or move in Slicer)",
-                       description="Propose IVC, IVC_inferior, RPV, LPV and UP (hepatic veins are not yet proposed) "
-                                   "from a portal-venous CT; each point's description holds its confidence (0-1) and "
+                       description="Propose IVC, IVC_inferior, RHV, MHV, LHV, RPV, LPV and UP from a portal-venous CT; "
+                                   "each point's description holds its confidence (0-1) and "
                                    "why it was placed there. Landmarks not found are listed with the reason and left "
                                    "out of the file.")
     p.add_argument("ct", type=Path, help="CT volume (.nii/.nii.gz/.nrrd/.mha file or a DICOM series folder, HU)")

@@ -1,4 +1,4 @@
-"""Landmarks proposed from the CT: the IVC, the portal bifurcation and the hepatic veins found by anatomy.
+"""Landmarks proposed from the CT: the IVC, the hepatic veins and the portal bifurcation found by anatomy.
 
 `propose_landmarks(ct, liver_mask)` returns a `ProposedLandmarks`: for each of the eight landmark names either a
 point (LPS mm) with a confidence (0-1) and a one-line reason, or the reason it was not found. Nothing is guessed
@@ -20,7 +20,10 @@ CT's own direction matrix. Steps:
    away from the IVC and from the top of the liver; the thickest part in front of the IVC is the hilum.
    `RPV` and `LPV` are the middles of its intrahepatic voxels right of the IVC axis (by 25 mm) and left of it.
 4. `UP`: the most anterior fifth of the left portal part (not proposed when it falls within 10 mm of the LPV).
-5. Hepatic veins (RHV, MHV, LHV): not proposed yet; `missing` says so, and the Couinaud map needs them clicked.
+5. Hepatic veins (`find_hepatic_veins`): bright voxels in the liver in the cone round the IVC above the portal vein,
+   an azimuth histogram about the IVC axis weighted by vessel thickness; its three strongest peaks are RHV, MHV, LHV
+   in their order from the patient's right to the left, each point about 4 cm out along its vein. Fewer than
+   three peaks (two veins merged, poor enhancement): none is named, with the reason.
 """
 
 from __future__ import annotations

@@ -247,7 +247,8 @@ def _add_run(sub) -> None:
                    help="with a DICOM folder holding several series: the SeriesInstanceUID of the one to read (without "
                         "it such a folder is refused with a list of its series: UID, slices, modality, description)")
     p.add_argument("--landmarks", type=Path, help="Slicer markups .mrk.json (or .fcsv) with IVC, IVC_inferior, RHV, MHV, "
-                                                   "LHV, RPV, LPV, UP; LPS or RAS as the file states")
+                                                   "LHV, RPV, LPV, UP; LPS or RAS as the file states; or 'auto': "
+                                                   "proposed from the CT (`liverloc landmarks`), the report says which")
     p.add_argument("--liver-mask", type=Path, help="a liver mask on the CT's grid (e.g. from TotalSegmentator); "
                                                    "nonzero = liver. Replaces the EM liver extraction")
     p.add_argument("--liver-label", type=bounded(float), default=None,
@@ -293,10 +294,15 @@ def _add_run(sub) -> None:
     p.set_defaults(func=_cmd_run)
 
 
+def _landmarks_file(args) -> Path | None:
+    """The --landmarks file, None when not given or 'auto' (proposed from the CT)."""
+    return None if args.landmarks is None or str(args.landmarks) == "auto" else args.landmarks
+
+
 def run_inputs(args) -> dict[str, Path | None]:
     """The inputs `liverloc run` reads with these options (option → path; None where not given), as run.json
     records them: the classifier weights only when classifying, the shipped model when none are given."""
-    return {"CT": args.ct, "--landmarks": args.landmarks, "--liver-mask": args.liver_mask,
+    return {"CT": args.ct, "--landmarks": _landmarks_file(args), "--liver-mask": args.liver_mask,
             "--lesion-seeds": args.lesion_seeds, "--weights": None if args.no_classify else weights_used(args.weights),
             "--truth": args.truth}
 
@@ -307,7 +313,7 @@ def run_command(args) -> tuple[list[str], outputs.Results]:
     with run.json. Returns the summary lines and where the results are."""
     from .phantom import phantom_folder_problem
 
-    inputs = {"CT": args.ct, "--landmarks": args.landmarks, "--liver-mask": args.liver_mask,
+    inputs = {"CT": args.ct, "--landmarks": _landmarks_file(args), "--liver-mask": args.liver_mask,
               "--lesion-seeds": args.lesion_seeds, "--weights": args.weights, "--truth": args.truth}
     _check_paths(args.out, inputs)
     truth_problem = phantom_folder_problem(args.truth) if args.truth else None
@@ -348,19 +354,28 @@ def _run_into(args, folder: Path) -> list[str]:
         denoise_whole_volume=args.denoise_whole_volume,
     )
     ct = io.read_image(args.ct, series_uid=args.series)
-    landmarks = io.read_markups(args.landmarks) if args.landmarks else None
-    if args.landmarks and not landmarks:  # a given file without points would silently skip the Couinaud segments
+    landmarks = io.read_markups(args.landmarks) if _landmarks_file(args) else None
+    if _landmarks_file(args) and not landmarks:  # a given file without points would silently skip the segments
         raise InputError(f"--landmarks {args.landmarks}: the file holds no placed point; place the vessel landmarks "
                          "(IVC, IVC_inferior, RHV, MHV, LHV, RPV, LPV, UP) and save it again, or leave --landmarks "
                          "out to run without Couinaud segments.")
     liver_mask = io.read_image(args.liver_mask) if args.liver_mask else None
     if args.liver_label is not None:
         liver_mask = pipeline.select_liver_label(liver_mask, args.liver_label)
+    proposed = None
+    if args.landmarks is not None and str(args.landmarks) == "auto":
+        from .landmarks import propose_landmarks, write_proposed_markups
+
+        proposed = propose_landmarks(ct, liver_mask)
+        landmarks = dict(proposed.points) or None
+        if proposed.points:
+            write_proposed_markups(folder / "proposed_landmarks.mrk.json", proposed)
     if args.truth:
         geometry.require_same_geometry(io.read_image(Path(args.truth) / "truth_couinaud.nii.gz"), ct,
                                        f"The phantom's truth in {args.truth}")
     with progress_bar("liverloc run", not args.quiet) as progress:
-        result = pipeline.run_pipeline(ct, landmarks, liver_mask, options, progress=progress)
+        result = pipeline.run_pipeline(ct, landmarks, liver_mask, options, progress=progress,
+                                       proposed_landmarks=proposed)
         if args.ct.is_dir():  # a DICOM series: the segmentation also as a DICOM SEG referencing it
             from . import dicomseg
 
@@ -372,6 +387,47 @@ def _run_into(args, folder: Path) -> list[str]:
         pipeline.write_json(scores, folder / "evaluation.json")
         lines.append(pipeline.scores_text(scores))
     return lines
+
+
+def _add_landmarks(sub) -> None:
+    p = sub.add_parser("landmarks", help="propose the vessel landmarks from a CT (to confirm or move in Slicer)",
+                       description="Propose IVC, IVC_inferior, RHV, MHV, LHV, RPV, LPV and UP from a portal-venous CT; "
+                                   "each point's description holds its confidence (0-1) and "
+                                   "why it was placed there. Landmarks not found are listed with the reason and left "
+                                   "out of the file.")
+    p.add_argument("ct", type=Path, help="CT volume (.nii/.nii.gz/.nrrd/.mha file or a DICOM series folder, HU)")
+    p.add_argument("--liver-mask", type=Path, help="a liver mask on the CT's grid (nonzero = liver); without it the "
+                                                   "liver is found without seeds (slower, less reliable)")
+    p.add_argument("--out", required=True, type=Path, help="the markups file to write (.mrk.json, LPS)")
+    p.set_defaults(func=_cmd_landmarks)
+
+
+def _cmd_landmarks(args) -> int:
+    from . import io
+    from .landmarks import propose_landmarks, write_proposed_markups
+
+    if not str(args.out).endswith(".mrk.json"):
+        raise InputError(f"--out {args.out}: name a .mrk.json file (a Slicer markups file).")
+    for option, path in {"CT": args.ct, "--liver-mask": args.liver_mask}.items():
+        if path is not None and not path.exists():
+            raise InputError(f"{option} {path}: no such file or folder. Check the path.")
+    problem = out_folder_problem(args.out.parent if str(args.out.parent) else Path("."))
+    if problem:
+        raise InputError(problem.replace("--out", "the folder of --out") + ".")
+    ct = io.read_image(args.ct)
+    mask = io.read_image(args.liver_mask) if args.liver_mask else None
+    if mask is not None:
+        from . import geometry
+
+        geometry.require_same_geometry(mask, ct, f"--liver-mask {args.liver_mask}")
+    with progress_bar("liverloc landmarks", not args.quiet) as progress:
+        proposed = propose_landmarks(ct, mask, progress=progress)
+    if not proposed.points:
+        raise InputError("no landmark found: " + "; ".join(f"{k}: {v}" for k, v in proposed.missing.items()))
+    write_proposed_markups(args.out, proposed)
+    print("\n".join(proposed.summary_lines()))
+    print(f"Written {len(proposed.points)} landmark(s) to {args.out.resolve()}; check and move them in Slicer.")
+    return 0
 
 
 def _add_batch(sub) -> None:
@@ -510,6 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_phantom(sub)
     _add_run(sub)
+    _add_landmarks(sub)
     _add_batch(sub)
     _add_train(sub)
     _add_evaluate(sub)

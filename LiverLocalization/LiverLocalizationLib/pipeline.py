@@ -93,6 +93,7 @@ class PipelineResult:
     couinaud_volumes_ml: dict[str, float] | None = None
     couinaud_vessel_guidance: dict | None = None
     couinaud_segments: int = 8  # the segments of `couinaud` (8, or 9: 4 = IVa, 9 = IVb)
+    proposed_landmarks: dict | None = None  # with landmarks proposed from the CT: label → confidence, reason or missing
 
 
 def _stage_progress(progress: Progress | None, start: float, stop: float) -> Progress:
@@ -293,6 +294,7 @@ def run_pipeline(
     options: PipelineOptions | None = None,
     progress: Progress | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    proposed_landmarks=None,
 ) -> PipelineResult:
     """Run every stage on a CT in Hounsfield units.
 
@@ -304,6 +306,9 @@ def run_pipeline(
         options: settings; defaults when None.
         progress: called with (fraction 0..1, message).
         should_cancel: polled between stages; when it returns True, `Cancelled` is raised.
+        proposed_landmarks: the `landmarks.ProposedLandmarks` that `landmarks` came from, when they were proposed
+            from the CT: the report lists them (confidence, reason, and the ones not found); when a landmark the
+            Couinaud map needs was not found, the map is not computed and a warning says which were missing.
 
     All input is checked before any work, and the inputs are never modified.
     """
@@ -318,6 +323,20 @@ def run_pipeline(
     ct_float = io.validate_ct(ct)
     mask = _binary_liver_mask(liver_mask, ct_float) if liver_mask is not None else None
     warnings: list[str] = []
+    proposed_record = None
+    if proposed_landmarks is not None:
+        proposed_record = {"proposed": {k: {"confidence": proposed_landmarks.confidence[k],
+                                            "reason": proposed_landmarks.reasons[k]} for k in proposed_landmarks.points},
+                           "missing": dict(proposed_landmarks.missing)}
+        lacking = [k for k in labels.REQUIRED_LANDMARKS if k not in (landmarks or {})]
+        if lacking:
+            warnings.append(f"Landmarks proposed from the CT: {', '.join(proposed_landmarks.points) or 'none'}; "
+                            f"not found: {', '.join(proposed_landmarks.missing)}. Couinaud segments are not computed "
+                            f"without {', '.join(lacking)}: click them (or confirm the proposed file in Slicer) and "
+                            "run again.")
+            landmarks = None
+        else:
+            warnings.append(f"Landmarks proposed from the CT (not clicked): {', '.join(proposed_landmarks.points)}.")
     if landmarks:
         warnings += couinaud.check_landmarks(landmarks, ct_float)
     else:
@@ -374,7 +393,7 @@ def run_pipeline(
         couinaud_method=couinaud_result.method if couinaud_result else None,
         couinaud_volumes_ml=couinaud_result.volumes_ml if couinaud_result else None,
         couinaud_vessel_guidance=couinaud_result.vessel_guidance if couinaud_result else None,
-        couinaud_segments=options.couinaud_segments,
+        couinaud_segments=options.couinaud_segments, proposed_landmarks=proposed_record,
     )
 
 
@@ -465,6 +484,7 @@ def report_dict(result: PipelineResult) -> dict:
         "couinaud_volumes_ml": result.couinaud_volumes_ml,
         "couinaud_vessel_guidance": result.couinaud_vessel_guidance,
         "landmarks_ras_mm": {k: geometry.lps_to_ras(v) for k, v in (result.landmarks or {}).items()},
+        "landmarks_proposed": result.proposed_landmarks,
         "lesions": result.lesions,
         "em_classes": result.em_classes,
         "timings_s": result.timings,

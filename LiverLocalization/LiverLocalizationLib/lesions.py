@@ -335,8 +335,10 @@ def lesion_extent(seed: np.ndarray, values: np.ndarray, liver: np.ndarray, usabl
     box = geometry.bounding_box(seed, np.ceil(reach / sp).astype(int) + 1)
     if box is None:
         return None
-    found = _lesion_extent_in_box(seed[box], values[box], liver[box], usable[box], solid[box], sp, p,
-                                  ring_start_mm, max_smoothing_mm)
+    args = (seed[box], values[box], liver[box], usable[box], solid[box], sp, p, ring_start_mm, max_smoothing_mm)
+    found = _lesion_extent_in_box(*args)
+    if found is None:  # the pure levels leave nothing at the seed: a faint lesion's border voxels are most of it
+        found = _lesion_extent_in_box(*args, partial_volume=False)
     if found is None:
         return None
     out = np.zeros(seed.shape, bool)
@@ -344,8 +346,10 @@ def lesion_extent(seed: np.ndarray, values: np.ndarray, liver: np.ndarray, usabl
     return out
 
 
-def _lesion_extent_in_box(seed, values, liver, usable, solid, sp, p, ring_start_mm, max_smoothing_mm):
-    """`lesion_extent` on the box round its seed."""
+def _lesion_extent_in_box(seed, values, liver, usable, solid, sp, p, ring_start_mm, max_smoothing_mm,
+                          partial_volume: bool = True):
+    """`lesion_extent` on the box round its seed (`partial_volume`: the border half-way between the pure levels,
+    `_two_classes`)."""
     from .tissue_model import MixtureModel, mrf_regularise, posteriors
 
     d = geometry.distance_to_mm(seed, sp, ring_start_mm + p.context_mm)
@@ -356,7 +360,7 @@ def _lesion_extent_in_box(seed, values, liver, usable, solid, sp, p, ring_start_
     sigma = 0.0
     while True:
         vals = _smoothed(values, usable, sigma, sp) if sigma > 0 else values
-        classes = _two_classes(vals, seed, ring, fit, usable, sp, sigma)
+        classes = _two_classes(vals, seed, ring, fit, usable, sp, sigma if partial_volume else None)
         if classes is None:
             return None
         means, pooled = classes
@@ -375,11 +379,12 @@ def _lesion_extent_in_box(seed, values, liver, usable, solid, sp, p, ring_start_
     return geometry.fill_enclosed(np.isin(lab, touching)) & solid
 
 
-def _two_classes(values, seed, ring, fit, usable, spacing_zyx, smoothing_mm: float = 0.0):
+def _two_classes(values, seed, ring, fit, usable, spacing_zyx, smoothing_mm: float | None = 0.0):
     """EM of two Gaussian classes on the `fit` voxels, started at the seed's darker-than-ring voxels and the ring,
     then their pure levels where the border explains the voxels between them (`partial_volume_em`,
-    `border_explains_mixed`; `smoothing_mm`: the Gaussian sigma the values were smoothed with): (means (lesion,
-    parenchyma), pooled sd), or None when the seed is not darker or the classes swap."""
+    `border_explains_mixed`; `smoothing_mm`: the Gaussian sigma the values were smoothed with, None for the two
+    classes as fitted): (means (lesion, parenchyma), pooled sd), or None when the seed is not darker or the classes
+    swap."""
     from .tissue_model import _em, _histogram
 
     level = float(np.median(values[ring]))
@@ -392,9 +397,11 @@ def _two_classes(values, seed, ring, fit, usable, spacing_zyx, smoothing_mm: flo
                                   np.array([0.5, 0.5]), 200, 1e-7, 0.25)
     if not means[0] < means[1]:
         return None
-    pure_means, pure_sds, shares = partial_volume_em(x, w, means, sds, weights)
-    if pure_means[0] < pure_means[1] and border_explains_mixed(shares, float(w.sum()), spacing_zyx, smoothing_mm):
-        means, sds, weights = pure_means, pure_sds, shares[:2] / shares[:2].sum()
+    if smoothing_mm is not None:
+        pure_means, pure_sds, shares = partial_volume_em(x, w, means, sds, weights)
+        if pure_means[0] < pure_means[1] and border_explains_mixed(shares, float(w.sum()), spacing_zyx,
+                                                                   smoothing_mm):
+            means, sds, weights = pure_means, pure_sds, shares[:2] / shares[:2].sum()
     return means, float(np.sqrt(np.sum(weights * sds ** 2) / np.sum(weights)))
 
 

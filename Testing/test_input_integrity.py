@@ -471,10 +471,10 @@ def run_subprocess(argv: list, cwd: Path):
     import subprocess
     import sys
 
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(io.__file__).resolve().parents[1]),
-                                                         os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8",  # the messages hold "×" whatever the machine's locale
+           "PYTHONPATH": os.pathsep.join([str(Path(io.__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
     return subprocess.run([sys.executable, "-m", "LiverLocalizationLib.cli", "-q", *map(str, argv)], cwd=cwd,
-                          env=env, capture_output=True, text=True, timeout=120)
+                          env=env, capture_output=True, encoding="utf-8", timeout=120)
 
 
 def test_itk_prints_nothing_beside_the_one_line_error(tmp_path):

@@ -367,6 +367,78 @@ def test_a_batch_killed_mid_run_resumes_without_losing_or_duplicating_a_case(coh
     assert leftovers == []
 
 
+@pytest.mark.slow
+def test_a_case_over_the_memory_limit_is_one_failed_line_and_the_other_completes(cohort, tmp_path):
+    """A CT that needs several GB (300 slices of 512 x 512) beside a small phantom, each worker under 1 GB: Dask's
+    nanny stops the big case's worker, the case is tried once more and then recorded as failed with one line naming
+    the limit, nothing of it is left in --out, and the phantom completes; the batch ends on its own (run in a
+    subprocess with a deadline, so that a retry loop or a hang fails the test instead of stalling it)."""
+    pytest.importorskip("distributed", reason="dask[distributed] is not installed (pip install -e '.[batch]')")
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    voxels = np.full((300, 512, 512), -1000, np.int16)  # 0.16 GB as int16, compresses to 1 MB; its run takes > 3 GB
+    voxels[:, 100:400, 80:430] = 40
+    voxels[50:250, 150:330, 100:300] = 100
+    image = sitk.GetImageFromArray(voxels)
+    image.SetSpacing((0.7, 0.7, 1.0))
+    sitk.WriteImage(image, str(tmp_path / "big.nii.gz"))
+    del voxels, image
+    (tmp_path / "cases.csv").write_text(
+        "case,ct,landmarks\n"
+        f"big,{tmp_path / 'big.nii.gz'},\n"
+        f"case_c,{cohort / 'case_c' / 'ct.nii.gz'},{cohort / 'case_c' / 'landmarks.mrk.json'}\n", encoding="utf-8")
+    out = tmp_path / "results"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(batch.__file__).resolve().parents[1]),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "LiverLocalizationLib.cli", "batch", str(tmp_path / "cases.csv"), "--out", str(out),
+         "--workers", "2", "--memory-limit", "1", *RUN_OPTIONS],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        printed, _ = process.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        pytest.fail("the batch did not end within 240 s: a case over the memory limit was retried or waited on")
+    assert process.returncode == 1, printed  # one case failed, the other completed
+    rows = {row["case"]: row for row in read_rows(out / "cases.csv")}
+    assert rows["case_c"]["status"] == "ok" and float(rows["case_c"]["liver_ml"]) > 0
+    assert_tables_match_reports(out, ["case_c"])
+    error = rows["big"]["status"], rows["big"]["error"]
+    assert error[0] == "failed" and error[1].startswith("the worker exceeded its memory limit of 1 GB ("), error
+    assert "; 2 tries); raise --memory-limit or run fewer workers" in error[1] and "\n" not in error[1], error
+    assert f"  big: {error[1]}" in printed.splitlines()
+    assert sorted(p.name for p in out.iterdir()) == ["case_c", "cases.csv", "lesions.csv"]  # no staging, no lock
+
+
+def test_a_killed_worker_outside_the_memory_limit_is_one_line_too():
+    """A KilledWorker with no memory event for its worker (the system's OOM killer, a signal, a crash) is one line
+    that does not blame --memory-limit; with the nanny's event it names the limit and the memory in use."""
+    distributed = pytest.importorskip("distributed", reason="dask[distributed] is not installed")
+
+    class Client:
+        def __init__(self, events):
+            self.events = events
+
+        def get_events(self, topic):
+            assert topic == "worker-restart-memory"
+            return [(0.0, event) for event in self.events]
+
+    from types import SimpleNamespace
+
+    worker = SimpleNamespace(address="tcp://10.0.0.2:4000", memory_limit=int(4e9))  # what KilledWorker's carries
+    killed = distributed.KilledWorker("liverloc-x", worker, 1)
+    outside = batch.killed_line(Client([{"worker": "tcp://10.0.0.9:1", "rss": int(5e9)}]), killed)
+    assert outside.startswith("the worker process running this case died on each of 2 tries") and "\n" not in outside
+    assert "memory limit" not in outside
+    memory = batch.killed_line(Client([{"worker": "tcp://10.0.0.2:4000", "pid": 7, "rss": int(3.9e9)}]), killed)
+    assert memory == ("the worker exceeded its memory limit of 4 GB (3.90 GB in use when Dask stopped it; 2 tries); "
+                      "raise --memory-limit or run fewer workers")
+
+
 @pytest.mark.parametrize("header, row, message", [
     ("case,ct,landmark", "one,ct.nii.gz,clicks.mrk.json", "unknown column(s) 'landmark'"),
     ("case,ct,ct", "one,ct.nii.gz,ct.nii.gz", "column(s) named twice: ct"),

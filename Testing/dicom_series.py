@@ -26,11 +26,13 @@ def slice_values(number: int, n: int = 12) -> np.ndarray:
 
 
 def write_series(folder: Path, heights, orientation=AXIAL, uid=UID, description="abdomen", prefix="slice",
-                 sideways=None, orientations=None, n=12, pixels=None, tags=None) -> list[Path]:
-    """Write one DICOM file per height (mm along the slice normal from CORNER), in the order given; slice k holds
+                 sideways=None, orientations=None, n=12, pixels=None, tags=None, spacing=SPACING,
+                 corner=CORNER) -> list[Path]:
+    """Write one DICOM file per height (mm along the slice normal from `corner`), in the order given; slice k holds
     slice_values(k), or pixels[k] (rows × columns, int16) when `pixels` is given. `sideways` adds an in-plane
     offset per slice (mm, 3-vector each); `orientations` gives each slice its own ImageOrientationPatient; `tags`
-    adds header fields ('gggg|eeee' → value) to every slice. Returns the files."""
+    adds header fields ('gggg|eeee' → value) to every slice; `spacing` is the pixel spacing (mm, rows and columns
+    alike). Returns the files."""
     folder.mkdir(parents=True, exist_ok=True)
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
@@ -38,16 +40,17 @@ def write_series(folder: Path, heights, orientation=AXIAL, uid=UID, description=
     for k, height in enumerate(heights):
         cosines = np.asarray(orientations[k] if orientations else orientation, dtype=float)
         normal = np.cross(cosines[:3], cosines[3:])
-        position = CORNER + height * normal + (np.asarray(sideways[k]) if sideways is not None else 0.0)
+        position = np.asarray(corner, dtype=float) + height * normal
+        position = position + (np.asarray(sideways[k]) if sideways is not None else 0.0)
         values = slice_values(k, n) if pixels is None else np.asarray(pixels[k], dtype=np.int16)
         image = sitk.GetImageFromArray(values[None])
-        image.SetSpacing((SPACING, SPACING, 1.0))
+        image.SetSpacing((spacing, spacing, 1.0))
         header = {
             "0008|0060": "CT", "0008|103e": description, "0020|000e": uid, "0020|000d": uid + ".0",
             "0008|0018": f"{uid}.{k + 1}", "0020|0013": str(k + 1),
             "0020|0032": "\\".join(f"{v:.6f}" for v in position),
             "0020|0037": "\\".join(f"{v:.6f}" for v in cosines),
-            "0028|0030": f"{SPACING}\\{SPACING}", "0028|1052": "0", "0028|1053": "1",
+            "0028|0030": f"{spacing}\\{spacing}", "0028|1052": "0", "0028|1053": "1",
             **(tags or {}),
         }
         for key, value in header.items():

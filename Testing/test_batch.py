@@ -13,12 +13,17 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from LiverLocalizationLib import batch, cli
+from dicom_series import write_series
+from LiverLocalizationLib import batch, cli, labels, segfile
 from LiverLocalizationLib.errors import InputError
 from LiverLocalizationLib.phantom import generate_phantom, write_phantom
 
 SEEDS = {"case_a": (11, 1), "case_b": (12, 2), "case_c": (13, 1),  # case → (seed, lesions): six small phantoms
          "case_d": (14, 0), "case_e": (15, 2), "case_f": (16, 1)}
+DICOM = "case_dicom"  # case_c's phantom as a DICOM series folder: its results also hold the DICOM SEG
+DICOM_OF = "case_c"
+SERIES_UID = "1.2.826.0.1.3680043.2.1125.31.1"
+DICOM_TAGS = {"0010|0010": "Phantom^C", "0010|0020": "LL-31-C", "0020|0052": "1.2.826.0.1.3680043.2.1125.31.9"}
 KILLED = ("case_a", "case_b", "case_c")  # the kill test's cases (fewer, for CI time)
 RUN_OPTIONS = ["--no-classify", "--no-figures"]
 VOLATILE = {"timings_s"}  # report.json keys that differ between two runs of one case
@@ -32,12 +37,19 @@ def read_rows(path: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory) -> Path:
     """Six small phantoms (the smallest size liverloc phantom makes: 2 x 2 x 2.5 mm voxels, every structure of a
-    real run) and a truncated CT, listed in cases.csv with paths relative to it."""
+    real run), case_c's CT again as a DICOM series folder (the same voxels and geometry) and a truncated CT, listed
+    in cases.csv with paths relative to it."""
     root = tmp_path_factory.mktemp("cohort")
     lines = ["case,ct,landmarks,liver_mask"]
     for case, (seed, lesions) in SEEDS.items():
         write_phantom(generate_phantom(seed, size="small", n_lesions=lesions), root / case)
         lines.append(f"{case},{case}/ct.nii.gz,{case}/landmarks.mrk.json,")
+    image = sitk.ReadImage(str(root / DICOM_OF / "ct.nii.gz"))
+    assert image.GetDirection() == (1, 0, 0, 0, 1, 0, 0, 0, 1) and image.GetSpacing()[0] == image.GetSpacing()[1]
+    voxels = sitk.GetArrayFromImage(image)
+    write_series(root / f"{DICOM}_ct", [image.GetSpacing()[2] * k for k in range(len(voxels))], uid=SERIES_UID,
+                 pixels=voxels, spacing=image.GetSpacing()[0], corner=image.GetOrigin(), tags=DICOM_TAGS)
+    lines.append(f"{DICOM},{DICOM}_ct,{DICOM_OF}/landmarks.mrk.json,")
     data = (root / "case_a" / "ct.nii.gz").read_bytes()
     (root / "corrupt.nii.gz").write_bytes(data[: len(data) // 3])
     lines.append("corrupt,corrupt.nii.gz,,")
@@ -57,20 +69,54 @@ def single_runs(cohort, tmp_path_factory) -> dict[str, Path]:
     return folders
 
 
-def assert_same_results(batched: Path, alone: Path) -> None:
-    """A case's batch results equal its single run's: the same files, the same report (but its timings) and the
-    same voxels and geometry in every image."""
+def assert_same_results(batched: Path, alone: Path, extra: frozenset = frozenset(), mm: float = 0.0) -> None:
+    """A case's batch results equal its single run's: the same files (and `extra` ones), the same report (but its
+    timings) and the same voxels and geometry in every image (spacing and origin within `mm`: a DICOM series gives
+    them as decimal text, e.g. a slice spacing of 2.5000000000000004 from positions 2.5 mm apart)."""
     names = set(json.loads((alone / "run.json").read_text())["files"])
-    assert set(json.loads((batched / "run.json").read_text())["files"]) == names
+    assert set(json.loads((batched / "run.json").read_text())["files"]) == names | extra
     reports = [json.loads((folder / "report.json").read_text()) for folder in (batched, alone)]
     assert [{k: v for k, v in r.items() if k not in VOLATILE} for r in reports][0] == \
         {k: v for k, v in reports[1].items() if k not in VOLATILE}
     for name in sorted(n for n in names if n.endswith((".nii.gz", ".nrrd"))):
         images = [sitk.ReadImage(str(folder / name)) for folder in (batched, alone)]
         assert images[0].GetSize() == images[1].GetSize(), name
-        assert images[0].GetSpacing() == images[1].GetSpacing() and images[0].GetOrigin() == images[1].GetOrigin()
+        assert np.allclose(images[0].GetSpacing(), images[1].GetSpacing(), rtol=0, atol=mm), name
+        assert np.allclose(images[0].GetOrigin(), images[1].GetOrigin(), rtol=0, atol=mm), name
         assert images[0].GetDirection() == images[1].GetDirection(), name
         assert np.array_equal(*[sitk.GetArrayViewFromImage(image) for image in images]), name
+
+
+def assert_seg_of_the_series(folder: Path, series: Path) -> None:
+    """folder/segmentation.dcm is a DICOM SEG that references every file of the DICOM series it was made from, and
+    carries the segments of folder/segmentation.seg.nrrd: the same names, coded terms and voxels, slice by slice."""
+    hd = pytest.importorskip("highdicom", reason="highdicom is not installed (pip install -e '.[dicom]')")
+    import pydicom
+
+    seg = pydicom.dcmread(folder / "segmentation.dcm")
+    sources = {}  # SOP Instance UID → its slice's height (mm)
+    for file in series.iterdir():
+        header = pydicom.dcmread(file, stop_before_pixels=True)
+        sources[header.SOPInstanceUID] = float(header.ImagePositionPatient[2])
+        assert seg.StudyInstanceUID == header.StudyInstanceUID and seg.PatientID == header.PatientID == "LL-31-C"
+        assert seg.FrameOfReferenceUID == header.FrameOfReferenceUID
+    assert seg.Modality == "SEG" and seg.SeriesInstanceUID != SERIES_UID
+    (referenced,) = seg.ReferencedSeriesSequence
+    assert referenced.SeriesInstanceUID == SERIES_UID
+    assert sorted(item.ReferencedSOPInstanceUID for item in referenced.ReferencedInstanceSequence) == sorted(sources)
+
+    _, segments = segfile.read_seg_nrrd(folder / "segmentation.seg.nrrd")
+    assert len(segments) > 1 + 9  # the liver, the lesions, vessels and the nine Couinaud segments
+    assert [item.SegmentLabel for item in seg.SegmentSequence] == [segment["name"] for segment in segments]
+    for item, segment in zip(seg.SegmentSequence, segments):
+        for kind, sequence in (("type", "SegmentedPropertyTypeCodeSequence"),
+                               ("category", "SegmentedPropertyCategoryCodeSequence")):
+            code = item[sequence][0]
+            assert labels.Code(code.CodingSchemeDesignator, code.CodeValue, code.CodeMeaning) == \
+                segment["terminology"][kind], (segment["name"], kind)
+    in_ct_order = sorted(sources, key=sources.get)  # the CT's slice z is the z-th lowest
+    pixels = hd.seg.segread(folder / "segmentation.dcm").get_pixels_by_source_instance(in_ct_order)
+    assert np.array_equal(pixels, np.stack([segment["mask"] for segment in segments], axis=-1))
 
 
 def assert_tables_match_reports(out: Path, cases) -> dict[str, dict]:
@@ -132,23 +178,24 @@ def test_a_failure_is_one_line():
 @pytest.mark.slow
 def test_batch_on_two_workers_matches_single_runs_records_the_failure_and_resumes(cohort, single_runs, tmp_path,
                                                                                    capsys):
-    """Six phantoms and a corrupt CT on a 2-worker LocalCluster: the six results equal their single runs file by
-    file, the corrupt one is one recorded failure, and a second run skips the six and redoes the (now fixed) one."""
+    """Six phantoms, one of them again as a DICOM folder, and a corrupt CT on a 2-worker LocalCluster: the seven
+    results equal their single runs file by file (the DICOM case with the DICOM SEG of its series besides), the
+    corrupt one is one recorded failure, and a second run skips the seven and redoes the (now fixed) one."""
     pytest.importorskip("distributed", reason="dask[distributed] is not installed (pip install -e '.[batch]')")
     out = tmp_path / "results"
     argv = ["batch", str(cohort / "cases.csv"), "--out", str(out), "--workers", "2", "--memory-limit", "2",
             *RUN_OPTIONS]
     assert cli.main(argv) == 1  # one case failed; the others completed
     captured = capsys.readouterr()
-    assert sum("/7 " in line for line in captured.err.splitlines()) == 7  # a progress line per finished case
-    assert "7 case(s): 6 ok, 0 skipped (up to date), 1 failed" in captured.out
+    assert sum("/8 " in line for line in captured.err.splitlines()) == 8  # a progress line per finished case
+    assert "8 case(s): 7 ok, 0 skipped (up to date), 1 failed" in captured.out
     assert "corrupt: " in captured.out and "cut short" in captured.out
-    rows = assert_tables_match_reports(out, SEEDS)
-    assert list(rows) == [*SEEDS, "corrupt"]
+    rows = assert_tables_match_reports(out, [*SEEDS, DICOM])
+    assert list(rows) == [*SEEDS, DICOM, "corrupt"]
     assert rows["corrupt"]["status"] == "failed" and "cut short" in rows["corrupt"]["error"]
     assert "\n" not in rows["corrupt"]["error"] and not (out / "corrupt").exists()
     assert rows["corrupt"]["liver_ml"] == rows["corrupt"]["n_lesions"] == ""
-    assert len(read_rows(out / "lesions.csv")) == sum(int(rows[case]["n_lesions"]) for case in SEEDS)
+    assert len(read_rows(out / "lesions.csv")) == sum(int(rows[case]["n_lesions"]) for case in [*SEEDS, DICOM])
     workers = {rows[case]["worker"] for case in rows}
     assert len(workers) == 2 and all(w.startswith("tcp://127.0.0.1:") for w in workers)  # both workers took cases
     for case in SEEDS:
@@ -157,19 +204,25 @@ def test_batch_on_two_workers_matches_single_runs_records_the_failure_and_resume
         assert manifest["generator"] == "liverloc run"
         assert manifest["inputs"]["CT"]["path"] == str(cohort / case / "ct.nii.gz")
         assert_same_results(out / case, single_runs[case])
+    for case in SEEDS:
+        assert not (out / case / "segmentation.dcm").exists()  # a NIfTI CT has no series to reference
+    assert rows[DICOM]["status"] == "ok", rows[DICOM]
+    assert json.loads((out / DICOM / "run.json").read_text())["inputs"]["CT"]["path"] == str(cohort / f"{DICOM}_ct")
+    assert_same_results(out / DICOM, single_runs[DICOM_OF], extra=frozenset({"segmentation.dcm"}), mm=1e-5)
+    assert_seg_of_the_series(out / DICOM, cohort / f"{DICOM}_ct")
 
     # Resume: the six complete cases are skipped (their files untouched), the failed one is run again, now fixed.
-    stamps = {case: (out / case / "run.json").stat().st_mtime_ns for case in SEEDS}
+    stamps = {case: (out / case / "run.json").stat().st_mtime_ns for case in [*SEEDS, DICOM]}
     shutil.copyfile(cohort / "case_c" / "ct.nii.gz", cohort / "corrupt.nii.gz")
     capsys.readouterr()
     assert cli.main(argv) == 0
     rows = {row["case"]: row for row in read_rows(out / "cases.csv")}
-    assert [rows[case]["status"] for case in SEEDS] == ["skipped"] * 6
-    assert {case: (out / case / "run.json").stat().st_mtime_ns for case in SEEDS} == stamps
+    assert [rows[case]["status"] for case in [*SEEDS, DICOM]] == ["skipped"] * 7  # a DICOM folder's checksum too
+    assert {case: (out / case / "run.json").stat().st_mtime_ns for case in [*SEEDS, DICOM]} == stamps
     assert rows["corrupt"]["status"] == "ok" and rows["corrupt"]["error"] == ""
     assert float(rows["corrupt"]["liver_ml"]) > 0 and (out / "corrupt" / "run.json").is_file()
-    assert "6 skipped" in capsys.readouterr().out
-    assert_tables_match_reports(out, [*SEEDS, "corrupt"])
+    assert "7 skipped" in capsys.readouterr().out
+    assert_tables_match_reports(out, [*SEEDS, DICOM, "corrupt"])
 
 
 @pytest.mark.slow
@@ -312,6 +365,78 @@ def test_a_batch_killed_mid_run_resumes_without_losing_or_duplicating_a_case(coh
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
     leftovers += [p.name for p in out.iterdir() if p.name.startswith(".")]
     assert leftovers == []
+
+
+@pytest.mark.slow
+def test_a_case_over_the_memory_limit_is_one_failed_line_and_the_other_completes(cohort, tmp_path):
+    """A CT that needs several GB (300 slices of 512 x 512) beside a small phantom, each worker under 1 GB: Dask's
+    nanny stops the big case's worker, the case is tried once more and then recorded as failed with one line naming
+    the limit, nothing of it is left in --out, and the phantom completes; the batch ends on its own (run in a
+    subprocess with a deadline, so that a retry loop or a hang fails the test instead of stalling it)."""
+    pytest.importorskip("distributed", reason="dask[distributed] is not installed (pip install -e '.[batch]')")
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    voxels = np.full((300, 512, 512), -1000, np.int16)  # 0.16 GB as int16, compresses to 1 MB; its run takes > 3 GB
+    voxels[:, 100:400, 80:430] = 40
+    voxels[50:250, 150:330, 100:300] = 100
+    image = sitk.GetImageFromArray(voxels)
+    image.SetSpacing((0.7, 0.7, 1.0))
+    sitk.WriteImage(image, str(tmp_path / "big.nii.gz"))
+    del voxels, image
+    (tmp_path / "cases.csv").write_text(
+        "case,ct,landmarks\n"
+        f"big,{tmp_path / 'big.nii.gz'},\n"
+        f"case_c,{cohort / 'case_c' / 'ct.nii.gz'},{cohort / 'case_c' / 'landmarks.mrk.json'}\n", encoding="utf-8")
+    out = tmp_path / "results"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(batch.__file__).resolve().parents[1]),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "LiverLocalizationLib.cli", "batch", str(tmp_path / "cases.csv"), "--out", str(out),
+         "--workers", "2", "--memory-limit", "1", *RUN_OPTIONS],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        printed, _ = process.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        pytest.fail("the batch did not end within 240 s: a case over the memory limit was retried or waited on")
+    assert process.returncode == 1, printed  # one case failed, the other completed
+    rows = {row["case"]: row for row in read_rows(out / "cases.csv")}
+    assert rows["case_c"]["status"] == "ok" and float(rows["case_c"]["liver_ml"]) > 0
+    assert_tables_match_reports(out, ["case_c"])
+    error = rows["big"]["status"], rows["big"]["error"]
+    assert error[0] == "failed" and error[1].startswith("the worker exceeded its memory limit of 1 GB ("), error
+    assert "; 2 tries); raise --memory-limit or run fewer workers" in error[1] and "\n" not in error[1], error
+    assert f"  big: {error[1]}" in printed.splitlines()
+    assert sorted(p.name for p in out.iterdir()) == ["case_c", "cases.csv", "lesions.csv"]  # no staging, no lock
+
+
+def test_a_killed_worker_outside_the_memory_limit_is_one_line_too():
+    """A KilledWorker with no memory event for its worker (the system's OOM killer, a signal, a crash) is one line
+    that does not blame --memory-limit; with the nanny's event it names the limit and the memory in use."""
+    distributed = pytest.importorskip("distributed", reason="dask[distributed] is not installed")
+
+    class Client:
+        def __init__(self, events):
+            self.events = events
+
+        def get_events(self, topic):
+            assert topic == "worker-restart-memory"
+            return [(0.0, event) for event in self.events]
+
+    from types import SimpleNamespace
+
+    worker = SimpleNamespace(address="tcp://10.0.0.2:4000", memory_limit=int(4e9))  # what KilledWorker's carries
+    killed = distributed.KilledWorker("liverloc-x", worker, 1)
+    outside = batch.killed_line(Client([{"worker": "tcp://10.0.0.9:1", "rss": int(5e9)}]), killed)
+    assert outside.startswith("the worker process running this case died on each of 2 tries") and "\n" not in outside
+    assert "memory limit" not in outside
+    memory = batch.killed_line(Client([{"worker": "tcp://10.0.0.2:4000", "pid": 7, "rss": int(3.9e9)}]), killed)
+    assert memory == ("the worker exceeded its memory limit of 4 GB (3.90 GB in use when Dask stopped it; 2 tries); "
+                      "raise --memory-limit or run fewer workers")
 
 
 @pytest.mark.parametrize("header, row, message", [

@@ -3,7 +3,8 @@
 Each case runs `cli.run_command` (the very code of `liverloc run`) into OUT/<case>/, written whole with its run.json
 (outputs.atomic_results), in a Dask worker process: a `LocalCluster` of --workers processes with one thread each
 under --memory-limit, or the workers of an existing cluster given its scheduler address. A failed case is recorded
-with a one-line error and never stops the others. A second run skips the cases whose run.json exists with the same
+with a one-line error and never stops the others; a case whose worker dies (Dask's nanny stops a worker above 95 %
+of its memory limit) is tried once more on the LocalCluster, then recorded with the limit it passed (killed_line). A second run skips the cases whose run.json exists with the same
 input checksums and options, and redoes the others (failed, interrupted or changed). At the end OUT/cases.csv (one
 row per case) and OUT/lesions.csv (one row per lesion) are written from each case's report.json.
 
@@ -33,6 +34,15 @@ CASE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 RESERVED = {"cases.csv", "lesions.csv"}
 LESION_COLUMNS = ("case", "lesion", "volume_ml", "max_diameter_mm", "axial_diameter_mm", "equivalent_diameter_mm",
                   "main_segment", "segments", "kind", "malignant_probability")
+# The LocalCluster's Dask settings. A case that dies with its worker (above the memory limit, killed) is tried once
+# more, on a fresh worker, then recorded as failed: Dask's default of 4 tries would redo a case that
+# outgrows the limit three times over. A worker holds one case at a time (saturation 1), so that a worker's death
+# touches only the case it runs. A worker is never paused for memory: it holds no data that spilling could free,
+# and a worker left above the pause threshold by a finished case would never take another (the batch would wait
+# for ever); above the terminate threshold (95 %) the nanny restarts it instead.
+LOCAL_CLUSTER_CONFIG = {"distributed.scheduler.allowed-failures": 1, "distributed.scheduler.worker-saturation": 1.0,
+                        "distributed.worker.memory.target": False, "distributed.worker.memory.spill": False,
+                        "distributed.worker.memory.pause": False}
 PATH_OPTIONS = {"ct", "landmarks", "liver_mask", "lesion_seeds", "weights", "truth", "out"}  # checked by checksum
 ERROR_CHARS = 400
 LINE = "\0line"  # where read_cases keeps a row's line number (no CSV header can hold a NUL)
@@ -228,10 +238,32 @@ def dask_client(scheduler: str | None, workers: int, memory_limit_gb: float | No
         with client:
             yield client
         return
+    import dask
+
     limit = int(memory_limit_gb * 1e9) if memory_limit_gb else "auto"
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, memory_limit=limit,
-                      dashboard_address=None) as cluster, Client(cluster) as client:
+    with dask.config.set(LOCAL_CLUSTER_CONFIG), LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, memory_limit=limit,
+            dashboard_address=None) as cluster, Client(cluster) as client:
         yield client
+
+
+def killed_line(client, exc: BaseException) -> str:
+    """A case whose worker process died on every try (Dask's KilledWorker) as one line: the memory limit it passed
+    when Dask's nanny stopped the worker for it (its 'worker-restart-memory' event names that worker), otherwise a
+    death from outside (the system's out-of-memory killer, a signal, a crash)."""
+    worker = getattr(exc, "last_worker", None)
+    tries = getattr(exc, "allowed_failures", 0) + 1
+    address, limit = getattr(worker, "address", ""), getattr(worker, "memory_limit", 0) or 0
+    try:
+        events = [event for _, event in client.get_events("worker-restart-memory")]
+    except Exception:  # an old scheduler or a lost connection: the cause is then not known
+        events = []
+    used = [event.get("rss", 0) for event in events if event.get("worker") == address]
+    if used and limit:
+        return (f"the worker exceeded its memory limit of {limit / 1e9:.3g} GB ({max(used) / 1e9:.2f} GB in use "
+                f"when Dask stopped it; {tries} tries); raise --memory-limit or run fewer workers")
+    return (f"the worker process running this case died on each of {tries} tries (killed from outside Dask, e.g. "
+            "by the system's out-of-memory killer, or crashed); run fewer workers or see the worker's log")
 
 
 def _seconds_recorded(folder: Path) -> float | str:
@@ -356,7 +388,8 @@ def run_batch(csv_path: Path, out: Path, scheduler: str | None = None, workers: 
                 outputs.sibling((out / case.case).resolve(), "lock").unlink()
         if todo:
             with dask_client(scheduler, workers, memory_limit_gb) as client:
-                from dask.distributed import as_completed
+                from distributed import KilledWorker
+                from distributed import as_completed
 
                 futures = {client.submit(run_case, case, str(out.absolute()), classify, figures, pure=False,
                                          key=f"liverloc-{case.case}-{os.getpid()}-{time.time_ns()}"): case
@@ -365,7 +398,14 @@ def run_batch(csv_path: Path, out: Path, scheduler: str | None = None, workers: 
                     case = futures[future]
                     try:
                         outcome = future.result()
-                    except Exception as exc:  # the worker died (memory limit, killed) or the task could not run
+                    except KilledWorker as exc:  # its worker died on every try: above the memory limit, or killed
+                        outcome = {"case": case.case, "status": "failed", "error": killed_line(client, exc),
+                                   "seconds": ""}
+                        folder = (out / case.case).resolve()  # no worker runs it now: clear what the dead one left
+                        outputs.remove_stale_siblings(folder)
+                        with contextlib.suppress(FileNotFoundError):
+                            outputs.sibling(folder, "lock").unlink()
+                    except Exception as exc:  # the task could not run
                         outcome = {"case": case.case, "status": "failed", "error": one_line(exc), "seconds": ""}
                     outcomes[case.case] = outcome
                     seconds = f" in {outcome['seconds']:.1f} s" if outcome["seconds"] != "" else ""

@@ -443,10 +443,10 @@ GAUSSIAN_10_90_SIGMAS = 2.56  # a step blurred by a Gaussian rises from 10 to 90
 def border_explains_mixed(shares: np.ndarray, n_voxels: float, spacing_zyx, smoothing_mm: float = 0.0) -> bool:
     """Whether the voxels a partial-volume fit calls mixed (`shares`: lesion, parenchyma, border, of `n_voxels`)
     could be the border of its lesion: the shell of thickness t centred on the surface of a ball of radius r holds
-    ((r + t/2)³ - (r - t/2)³) / r³ times its volume (about 3t/r for a large one), so more mixed voxels than a shell of `BORDER_SHELL_VOXELS` voxels (widened by the smoothing of the values,
-    `smoothing_mm` sigma) round the lesion holds are its interior's heterogeneity (a haemangioma's nodules, a
-    necrotic core's gradations), and its pure level is not the fit's. A lesion class emptied by the fit is no
-    lesion level either."""
+    ((r + t/2)³ - (r - t/2)³) / r³ times its volume (about 3t/r for a large one), so more mixed voxels than a
+    shell of `BORDER_SHELL_VOXELS` voxels (widened by the smoothing of the values, `smoothing_mm` sigma) round the
+    lesion holds are its interior's heterogeneity (a haemangioma's nodules, a necrotic core's gradations), and its
+    pure level is not the fit's. A lesion class emptied by the fit is no lesion level either."""
     voxel_mm3 = float(np.prod(np.asarray(spacing_zyx, float)))
     lesion = shares[0] * n_voxels + 0.5 * shares[2] * n_voxels
     if shares[0] * n_voxels < 3:

@@ -39,18 +39,18 @@ def test_with_its_liver_mask_every_tumour_is_found_with_few_false_ones(case):
     evaluation, ct, liver, tumours, landmarks, big = case
     assert len(big) == 22
     r = evaluation.run_with_mask(ct, liver, tumours, landmarks, big, float(np.prod(ct.GetSpacing())))
-    assert r["dice"] >= 0.80
+    assert r["dice"] >= 0.83  # target 0.80; 0.859 measured
     assert r["found"] >= 21, f"missed tumours {r['missed']}"
     assert r["false_positives"] <= 1
 
 
 def test_one_click_inside_each_tumour_segments_it(case):
     """Detection off, one click at each tumour's deepest voxel: every tumour gets its lesion, the largest (155 ml,
-    lobulated) too (target: median per-tumour Dice 0.80; measured 0.79, lowest 0.62)."""
+    lobulated) too, at the target median per-tumour Dice of 0.80 (measured 0.833, lowest 0.679)."""
     evaluation, ct, liver, tumours, landmarks, big = case
     r = evaluation.run_clicks(ct, liver, tumours, landmarks, big, float(np.prod(ct.GetSpacing())))
     assert r["segmented"] == len(big) and r["from_clicks"] == len(big)
-    assert r["median_dice"] >= 0.77
+    assert r["median_dice"] >= 0.80  # the target; 0.833 measured
     assert r["min_dice"] >= 0.5
 
 

@@ -308,8 +308,7 @@ class LiverLocalizationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             liverSegmentId = (p.liverSegmentId or "") if p.liverSegmentation else ""
             if not self.logic.ensureDependencies(liverMaskGiven=bool(liverSegmentId), classify=False, askConfirmation=True):
                 return
-            node, missing = self.logic.proposeLandmarks(p.inputVolume, p.liverSegmentation if liverSegmentId else None,
-                                                        liverSegmentId, p.landmarks)
+            node, missing = self.logic.proposeLandmarks(p.inputVolume, p.liverSegmentation, liverSegmentId, p.landmarks)
             p.landmarks = node
             if missing:
                 slicer.util.infoDisplay(_("Not proposed (place them with their buttons):") + "\n" + "\n".join(

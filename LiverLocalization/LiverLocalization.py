@@ -49,7 +49,9 @@ class LiverLocalization(ScriptedLoadableModule):
         self.parent.helpText = _(
             "Finds liver tumours on a portal-venous CT and tells in which Couinaud segment(s) they lie: "
             "denoising, EM tissue segmentation (parenchyma, lesions, vessels), Couinaud segments I-VIII (or nine, "
-            "with IVa above and IVb below the left portal plane) from vessel landmarks you place, and a CNN lesion classification with a Grad-CAM map. Lesions are found by "
+            "with IVa above and IVb below the left portal plane) from vessel landmarks you place, and a CNN lesion classification with a Grad-CAM map. "
+            "Propose landmarks places them from the CT for you to check and move (each point's description gives "
+            "its confidence). Lesions are found by "
             "their contrast with the liver round them, judged against the liver's own variation at their size; "
             "a point you click inside a lesion the detection missed (Mark lesion) gives that lesion too. "
             f'See the <a href="{README_URL}">documentation and tutorial</a>.')
@@ -170,6 +172,7 @@ class LiverLocalizationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.showGradCamButton.connect("toggled(bool)", self.onShowGradCam)
         self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
         self.ui.markLesionButton.connect("clicked(bool)", self.onMarkLesion)
+        self.ui.proposeLandmarksButton.connect("clicked(bool)", self.onProposeLandmarks)
         self.ui.lesionTableView.connect("doubleClicked(QModelIndex)", self.onLesionDoubleClicked)
         self.ui.cancelButton.enabled = False
         self.ui.progressBar.setVisible(False)
@@ -297,6 +300,20 @@ class LiverLocalizationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                 self._parameterNode.landmarks = node
             self.logic.startLandmarkPlacement(self._parameterNode.landmarks, name)
 
+    def onProposeLandmarks(self) -> None:
+        """Propose the landmarks from the CT (and the liver segment) into a new point list, or the chosen one when it
+        is empty, and choose it; the landmarks not found are named with the reason."""
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Could not propose landmarks."), waitCursor=True):
+            liverSegmentId = (p.liverSegmentId or "") if p.liverSegmentation else ""
+            if not self.logic.ensureDependencies(liverMaskGiven=bool(liverSegmentId), classify=False, askConfirmation=True):
+                return
+            node, missing = self.logic.proposeLandmarks(p.inputVolume, p.liverSegmentation, liverSegmentId, p.landmarks)
+            p.landmarks = node
+            if missing:
+                slicer.util.infoDisplay(_("Not proposed (place them with their buttons):") + "\n" + "\n".join(
+                    f"{name}: {why}" for name, why in missing.items()), windowTitle=_("Propose landmarks"))
+
     def onMarkLesion(self) -> None:
         """Start placing a point inside a lesion that the detection missed (in the selected lesion point list,
         created when none)."""
@@ -359,6 +376,7 @@ class LiverLocalizationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         p = self._parameterNode
         reason = self.logic.inputProblem(p.inputVolume if p else None, p.landmarks if p else None)
         self.ui.applyButton.enabled = reason is None and not self._running
+        self.ui.proposeLandmarksButton.enabled = bool(p and p.inputVolume) and not self._running
         self.ui.applyButton.toolTip = reason or _("Run denoising, tissue segmentation, Couinaud mapping and classification.")
         self.ui.medianRadiusSliderWidget.enabled = bool(self._parameterNode and self._parameterNode.denoiseMethod == "median")
 
@@ -628,6 +646,28 @@ class LiverLocalizationLogic(ScriptedLoadableModuleLogic):
         from LiverLocalizationLib import mrml
 
         return mrml.landmark_status(markupsNode)
+
+    @staticmethod
+    def proposeLandmarks(volumeNode, liverSegmentation=None, liverSegmentId: str = "", landmarksNode=None):
+        """Propose the vessel landmarks from the CT (LiverLocalizationLib.landmarks.propose_landmarks) for the user
+        to confirm, move or delete.
+
+        :param volumeNode: CT in Hounsfield units (any spacing and orientation).
+        :param liverSegmentation: optional segmentation with a liver mask; liverSegmentId picks the segment (without
+            one the liver is found automatically, which needs scikit-image).
+        :param landmarksNode: a point list to fill only when it is empty; one holding points is never overwritten
+            (a new node is made instead).
+        :return: (markupsNode, missing): the point list with one control point per landmark found (labelled IVC,
+            RHV, ...; RAS world coordinates, converted from the library's LPS millimetres in
+            LiverLocalizationLib.mrml; description 'proposed, confidence C: reason'; unlocked), and a dict
+            landmark name -> why it was not proposed.
+        :raises ValueError: (InputError) no volume, or a liver segmentation without a chosen segment.
+        """
+        from LiverLocalizationLib import mrml
+
+        node, proposed = mrml.propose_landmarks_on_nodes(volumeNode, liverSegmentation, liverSegmentId or None,
+                                                         landmarksNode)
+        return node, dict(proposed.missing)
 
     @staticmethod
     def startLandmarkPlacement(markupsNode, name: str) -> int:

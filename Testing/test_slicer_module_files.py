@@ -24,6 +24,7 @@ UI_FILE = MODULE_DIR / "Resources" / "UI" / "LiverLocalization.ui"
 EXPECTED_WIDGETS = {
     "inputVolumeSelector": "qMRMLNodeComboBox",
     "landmarksSelector": "qMRMLNodeComboBox",
+    "proposeLandmarksButton": "QPushButton",
     "liverSegmentationSelector": "qMRMLNodeComboBox",
     "liverSegmentComboBox": "QComboBox",
     "landmarkButtonsFrame": "QFrame",
@@ -370,3 +371,67 @@ def test_background_run_cancelled_or_its_input_deleted_writes_nothing(module_fil
         logic.finishProcessing(run)
     assert not run.job_dir.exists()
     assert slicer_scene.GetFirstNodeByClass("vtkMRMLSegmentationNode") is None
+
+
+def test_propose_landmarks_fills_a_new_point_list_and_names_the_missing(module_file, slicer_scene):
+    """Propose landmarks: the Logic's point list holds what the library proposes for the same image (RAS in the node,
+    LPS in the library), each point movable with its confidence in its description; a point list the user filled
+    is never overwritten (a new one is made), an empty one is filled; what was not found comes back with the
+    reason. The module's help and the README's tutorial name the button."""
+    import numpy as np
+    import SimpleITK as sitk
+    from LiverLocalizationLib import labels, mrml, segfile
+    from LiverLocalizationLib.landmarks import propose_landmarks
+
+    logic = module_file.LiverLocalizationLogic()
+    volume, userLandmarks, phantom = logic.loadPhantomSample(seed=7)
+    userPoints = mrml.markups_to_landmarks(userLandmarks)
+    liver = sitk.GetArrayFromImage(phantom.truth_couinaud) > 0
+    segmentation = mrml.write_segments(None, volume, [segfile.SegmentSpec("liver", "Liver", liver, labels.LIVER)],
+                                       name="liver mask")
+    expected = propose_landmarks(mrml.volume_node_to_image(volume),
+                                 mrml.segment_to_image(segmentation, "liver", volume))
+    assert len(expected.points) >= 6  # the phantom shows its vessels
+
+    node, missing = logic.proposeLandmarks(volume, segmentation, "liver", userLandmarks)
+    assert node is not userLandmarks and node.GetID() != userLandmarks.GetID()
+    assert mrml.markups_to_landmarks(userLandmarks).keys() == userPoints.keys()
+    for k, lps in mrml.markups_to_landmarks(userLandmarks).items():  # the user's points did not move
+        np.testing.assert_allclose(lps, userPoints[k])
+    proposed = mrml.markups_to_landmarks(node)  # back to LPS
+    assert set(proposed) == set(expected.points)
+    for k, lps in proposed.items():
+        assert np.linalg.norm(lps - expected.points[k]) < 3.0, k
+    ras = np.zeros(3)
+    for i in range(node.GetNumberOfControlPoints()):
+        label = node.GetNthControlPointLabel(i)
+        assert f"confidence {expected.confidence[label]:.2f}" in node.GetNthControlPointDescription(i)
+        assert not node.GetNthControlPointLocked(i)
+        node.GetNthControlPointPositionWorld(i, ras)
+        np.testing.assert_allclose(ras[:2], -expected.points[label][:2], atol=3.0)  # RAS in the node: x, y flipped
+    assert not node.GetLocked()
+    assert missing == expected.missing and all(isinstance(why, str) and why for why in missing.values())
+
+    # an empty point list the user chose is filled (no new node)
+    empty = slicer_scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "empty")
+    filled, _ = logic.proposeLandmarks(volume, segmentation, "liver", empty)
+    assert filled is empty and set(mrml.markups_to_landmarks(empty)) == set(expected.points)
+
+    # a CT showing no vessels (a 60 HU liver in -100 HU fat): nothing is guessed, every landmark is missing with
+    # its reason, and the new point list is empty
+    flat = sitk.Cast(sitk.GetImageFromArray(liver.astype(np.int16)), sitk.sitkInt16) * 160 - 100
+    flat.CopyInformation(phantom.ct)
+    flatVolume = mrml.image_to_volume_node(flat, "flat")
+    flatNode, flatMissing = logic.proposeLandmarks(flatVolume, segmentation, "liver")
+    assert flatNode.GetNumberOfControlPoints() == 0
+    assert set(flatMissing) == set(labels.LANDMARK_NAMES) and all(flatMissing.values())
+    with pytest.raises(ValueError, match="segment"):
+        logic.proposeLandmarks(volume, segmentation, "")
+
+    tree = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
+    helpText = next(n.value for n in ast.walk(tree) if isinstance(n, ast.Assign)
+                    and ast.unparse(n.targets[0]) == "self.parent.helpText")
+    assert "Propose landmarks" in " ".join(c.value for c in ast.walk(helpText) if isinstance(c, ast.Constant)
+                                           and isinstance(c.value, str))
+    tutorial = (ROOT / "README.md").read_text(encoding="utf-8").split("## Tutorial (Slicer)", 1)[1].split("\n## ", 1)[0]
+    assert "Propose landmarks" in tutorial

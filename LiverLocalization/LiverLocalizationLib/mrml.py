@@ -260,6 +260,58 @@ def landmarks_to_markups(landmarks: dict[str, np.ndarray], name: str = "Liver la
     return node
 
 
+def proposed_to_markups(proposed, name: str = "Proposed liver landmarks", node=None, scene=None):
+    """Proposed landmarks (`landmarks.ProposedLandmarks`, LPS mm) as control points of a point-list node (RAS,
+    world; the LPS/RAS flip is `landmarks_to_markups`'s); returns the node.
+
+    Each point is labelled with its landmark name, its description holds 'proposed, confidence C: reason', and it
+    is left unlocked (movable). `node`: a point list to fill, which must be empty (a user's points are never
+    overwritten: InputError otherwise); None: a new node named `name`. The missing landmarks get no point.
+    """
+    if node is not None and node.GetNumberOfControlPoints() > 0:
+        raise InputError(f"'{node.GetName()}' already holds points; proposed landmarks go to an empty or new point list.")
+    from .landmarks import LANDMARK_ORDER
+
+    ordered = {k: proposed.points[k] for k in LANDMARK_ORDER if k in proposed.points}
+    node = landmarks_to_markups(ordered, name, node=node, scene=scene)
+    descriptions = proposed.descriptions()
+    node.SetLocked(False)
+    for i in range(node.GetNumberOfControlPoints()):
+        label = _canonical_label(node.GetNthControlPointLabel(i))
+        if label in descriptions:
+            node.SetNthControlPointDescription(i, descriptions[label])
+        node.SetNthControlPointLocked(i, False)
+    return node
+
+
+def propose_landmarks_on_nodes(volume_node, liver_segmentation_node=None, liver_segment_id: str | None = None,
+                               markups_node=None, progress: Callable[[float, str], None] | None = None):
+    """Propose the vessel landmarks from a CT volume node (`landmarks.propose_landmarks`), with the liver segment
+    as mask when a segmentation is given, into a point list (`proposed_to_markups`: `markups_node` when it is
+    empty, else a new node named after the volume, placed beside it). The input nodes are not modified.
+
+    Returns (markups node, ProposedLandmarks); its ``missing`` maps each landmark not found to the reason.
+    Raises InputError when no volume is selected or a liver segmentation has no segment chosen.
+    """
+    from .landmarks import propose_landmarks
+
+    if volume_node is None:
+        raise InputError("Select the CT volume to propose landmarks on.")
+    if liver_segmentation_node is not None and not liver_segment_id:
+        raise InputError("A liver segmentation was selected without choosing its liver segment.")
+    ct = volume_node_to_image(volume_node)
+    liver_mask = (segment_to_image(liver_segmentation_node, liver_segment_id, volume_node)
+                  if liver_segmentation_node is not None else None)
+    proposed = propose_landmarks(ct, liver_mask, progress=progress)
+    if markups_node is not None and markups_node.GetNumberOfControlPoints() > 0:
+        markups_node = None  # the user's points stay as they are: a new list
+    node = proposed_to_markups(proposed, f"{volume_node.GetName()} proposed landmarks", node=markups_node,
+                               scene=volume_node.GetScene())
+    if markups_node is None:
+        place_next_to(node, volume_node)
+    return node, proposed
+
+
 def landmark_status(markups_node) -> dict[str, bool]:
     """Landmark name → placed (a defined control point with that label, case ignored) for every project landmark."""
     placed: set[str] = set()

@@ -66,6 +66,21 @@ def test_no_vessels_reported_missing_with_reason():
     assert "IVC" in proposed.missing and "tube" in proposed.missing["IVC"]
 
 
+def test_a_uniform_ct_round_a_liver_mask_proposes_nothing():
+    """Everything outside the liver at 60 HU is blood-like but no tube: no IVC (the inscribed discs of that region
+    are wider than an IVC's), so nothing is proposed and every landmark is missing with its reason."""
+    arr = np.full((60, 120, 120), 60.0, np.float32)
+    liver = np.zeros(arr.shape, np.uint8)
+    liver[10:50, 30:90, 20:80] = 1
+    ct = sitk.GetImageFromArray(arr)
+    ct.SetSpacing((2.0, 2.0, 2.0))
+    mask = sitk.GetImageFromArray(liver)
+    mask.CopyInformation(ct)
+    proposed = propose_landmarks(ct, mask)
+    assert not proposed.points
+    assert set(proposed.missing) == set(LANDMARK_ORDER) and all(proposed.missing.values())
+
+
 def test_cli_writes_markups_read_back(tmp_path, phantom, capsys):
     write_phantom(phantom, tmp_path / "ph")
     out = tmp_path / "proposed.mrk.json"

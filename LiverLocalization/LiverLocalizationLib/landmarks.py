@@ -148,6 +148,7 @@ def parenchyma_level(grid: WorkGrid) -> tuple[float, float]:
 # ------------------------------------------------------------------------ IVC
 
 IVC_MIN_RADIUS_MM = 5.0  # an IVC cross-section holds a disc at least this wide (it is 20-25 mm across, flattened 12)
+IVC_MAX_RADIUS_MM = 18.0  # ... and none wider than this: a larger blood-like blob is a cavity or a uniform region
 IVC_STEP_MM = 5.0  # the IVC moves at most this much sideways between neighbouring 2 mm slices
 RING_GAP_MM = 4.0  # the ring whose liver share is read lies this far outside a blob's inscribed disc
 RING_ANGLES = 32
@@ -210,7 +211,7 @@ def spine_weight(y: float, x: float, spine_yx: np.ndarray | None, spacing: float
 def ivc_candidates(grid: WorkGrid, blood: np.ndarray, z: int, max_candidates: int = 6,
                    spine_yx: np.ndarray | None = None) -> list[tuple]:
     """(y, x, radius mm, wrap, score) of the round blood-like blobs of slice `z`: local maxima of the in-plane
-    distance to the blob's edge of at least `IVC_MIN_RADIUS_MM`, scored radius (capped at 12 mm) × liver wrap ×
+    distance to the blob's edge from `IVC_MIN_RADIUS_MM` to `IVC_MAX_RADIUS_MM`, scored radius (capped at 12 mm) × liver wrap ×
     place, so that a round vessel lying in the liver's dorsal groove scores highest. Place is `spine_weight`, or
     without a spine the posteriority (0 at the slice's most anterior liver row, 1 at its most posterior): the
     portal vein, as round and as wrapped at the hilum, lies 3-5 cm further forward."""
@@ -218,7 +219,7 @@ def ivc_candidates(grid: WorkGrid, blood: np.ndarray, z: int, max_candidates: in
     rows = np.flatnonzero(grid.liver[z].any(axis=1))
     if rows.size == 0:
         return []
-    peaks = (dt >= IVC_MIN_RADIUS_MM) & (dt == ndimage.maximum_filter(dt, size=5))
+    peaks = (dt >= IVC_MIN_RADIUS_MM) & (dt <= IVC_MAX_RADIUS_MM) & (dt == ndimage.maximum_filter(dt, size=5))
     out = []
     for y, x in np.argwhere(peaks):
         r = float(dt[y, x])

@@ -597,8 +597,8 @@ def portal_territories(liver_mask: sitk.Image, liver_pts: np.ndarray, plane_valu
        nearest seed along the tree (so a branch that crosses a plane keeps its segment).
     4. A liver voxel within `TERRITORY_BAND_MM` of a plane border and within `TERRITORY_REACH_MM` of a
        labelled portal voxel takes that voxel's label; all others, and segment I, keep the plane label.
-       (Unrestricted nearest-branch territories were measured far worse: whole segments vanished where
-       hepatic and portal trees touch in the mask; see docs/couinaud_geometry.md.)
+       (Territories are restricted to the band because unrestricted nearest-branch territories lose whole
+       segments where hepatic and portal trees touch in the mask; see docs/couinaud_geometry.md.)
     """
     from scipy.spatial import cKDTree
 
@@ -738,8 +738,8 @@ class VeinBorders:
     interpolated across gaps and held constant beyond the traced range, smoothed (Gaussian σ
     `PROFILE_SIGMA_MM`) and clipped to ±`BORDER_MAX_DEG`. The profile does not vary with height: a vein runs
     from the confluence outward and downward along its border sheet, so it samples each radius at one height,
-    and the border is taken to keep that radius profile above and below (measured better on phantoms than a
-    height-dependent shift that fades back to the plane away from the vein). Calling it with arrays h, r (mm)
+    and the border is taken to keep that radius profile above and below: the vein's course gives no height
+    at which its shift should fade back to the plane. Calling it with arrays h, r (mm)
     gives (dR, dM, dL) in radians (float32; 0 for a vein without a profile).
     """
 

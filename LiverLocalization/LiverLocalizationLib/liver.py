@@ -153,8 +153,8 @@ def check_landmarks_on_the_right(ct: sitk.Image, landmarks: dict[str, np.ndarray
 
 
 def median_filtered(arr: np.ndarray, size: int) -> np.ndarray:
-    """Median over `size` voxels a side (odd) of a 3-D float array: SimpleITK's multi-threaded filter, in half
-    the time of scipy's `median_filter` on 2 cores (0.22 against 0.46 s for 64 x 128 x 128 voxels). For size 3
+    """Median over `size` voxels a side (odd) of a 3-D float array: SimpleITK's multi-threaded filter, faster than
+    scipy's `median_filter` on few cores. For size 3
     the values are scipy's, faces included; for larger sizes the faces differ (ITK repeats the face voxel,
     scipy reflects)."""
     image = sitk.GetImageFromArray(np.ascontiguousarray(arr, dtype=np.float32))
@@ -257,43 +257,29 @@ def extract_liver(ct: sitk.Image, landmarks: dict[str, np.ndarray] | None = None
         separation_mm: erosion radius of the markers of a watershed that cuts the liver from touching organs
             at necks (`separate_at_necks`); it acts only when larger than `erosion_mm`, and 0 disables it. The
             6 mm erosion leaves the pancreas (and the spleen beyond it, or the duodenum) joined to the liver
-            where they touch over a broad neck. Measured with `benchmarks/eval_liver.py --set separation_mm=V`
-            on 97 full phantoms (seeds 0-11, 100-104, 200-209, 300-309, ..., 700-709, 800-819) and ircadb1_1 at
-            full resolution, for V = 0 / 7 / 8 / 9 / 10 mm: phantoms with a false part of 50 ml or more joined
-            to the mask 33 / 23 / 11 / 4 / 5 (57-389 ml without the watershed; ircadb1_1 80 ml), mean phantom
-            liver Dice 0.9660 / 0.9693 / 0.9725 / 0.9746 / 0.9729, ircadb1_1 0.926 / 0.928 / 0.948 / 0.943 /
-            0.882. At 10 mm liver thinner than the markers' radius is cut from the seeded part (ircadb1_1's
-            left lobe); 8 keeps a margin from that edge. The 2 mm crop of ircadb1_1: 0.915 -> 0.919 (a
-            one-off check, script not kept). Erosion by
-            8 mm instead (`--set separation_mm=0 --set erosion_mm=8`: one step, no watershed) gave 0.9714 and
-            0.936.
+            where they touch over a broad neck; the larger markers' erosion cuts them apart there. Too large a
+            radius cuts liver thinner than the markers' radius (a thin left lobe) from the seeded part; 8 mm
+            keeps a margin from that edge. A single larger erosion (no watershed) separates less well.
         closing_mm: closing radius that brings border notches (vessels, lesions) into the liver.
         mrf_beta: strength of the mean-field smoothing of the liver-class posterior.
         half_max_edge: move the border out to the half-maximum point (`half_maximum_edge`).
         concavity_mm, soft_tissue_hu: soft tissue (from `soft_tissue_hu` to the parenchyma minus one sd)
             in the mask's concavities up to this radius joins the liver (`soft_tissue_in_concavities`:
             tumours at the surface); 0 disables it. 35 mm closes the bite of a tumour up to about 70 mm across,
-            the size of the large masses real CTs show (`benchmarks/eval_real_tumours.py` on lits117, end to end,
-            25 -> 35 mm: tumour voxels in the liver 0.73 -> 0.77, tumour Dice 0.65 -> 0.70, false lesions 4 -> 0;
-            the variants and the phantoms in docs/validation_history.md).
+            the size of the large masses real CTs show.
         concavity_median: that test reads the working grid median-filtered over this many voxels a side (1: as
-            it is). On the raw CT's grid noise puts many voxels of a 55 HU metastasis under the 40 HU floor, and
-            the opening then drops what is left between them: phantom 409's 45 mm metastasis was half outside
-            the mask and missed. `benchmarks/eval_liver.py` on 97 full phantoms, 1 -> 3: lesions of 10 mm or
-            more with less than 90 % of their volume in the mask 29 -> 23, mean liver Dice 0.9725 -> 0.9725,
-            mask outside the truth 2916 -> 2961 ml in all, ircadb1_1 0.948 -> 0.948. The heterogeneous-tumour
-            test (`surrounded_tissue_in_concavities`) keeps the unfiltered grid: smoothed, it took in 20-50 ml
-            of other tissue on 8 of 10 phantoms looked at (a one-off check, script not kept).
+            it is). On the raw CT's grid noise puts many voxels of a metastasis (about 55 HU) under the 40 HU
+            floor, and the opening then drops what is left between them, so that a large metastasis lies half
+            outside the mask; the median restores them. The heterogeneous-tumour test
+            (`surrounded_tissue_in_concavities`) keeps the unfiltered grid: smoothed, it takes in other tissue.
         thin_contact: liver-like tissue beyond the reach of the dilation that undoes the erosion joins where at
             least this share of its surface touches the liver and it closes the liver over 1 ml or more
             (`thin_attached_parts`: the thin parenchyma over a tumour near the surface); 0 disables it.
         raw: the CT is not denoised (the pipeline finds the liver before denoising). Block averaging to the
             working grid averages its noise away only where the CT's voxels are small; where a working voxel
             averages fewer than `MIN_AVERAGED_VOXELS` CT voxels (pixels of 1.25 mm or more) the working grid is
-            median-filtered (3 voxels). On 40 small phantoms (2 x 2 x 2.5 mm, seeds 10150-10189) the liver
-            Dice from the raw CT was 0.812 on average (two cases failed, three below 0.05), 0.961 with the
-            filter (min 0.932; a one-off comparison, script not kept); `liverloc run` had stopped on two of
-            them (`liverloc evaluate-classifier` with its pipeline detector). Grids of the real case are unaffected.
+            median-filtered (3 voxels): on coarse CTs the noise is otherwise left in and the liver region can
+            fail to grow from the seeds. Grids of finely sampled CTs are unaffected.
         min_separation, max_smoothing_mm: with landmarks, the working grid is smoothed (up to `max_smoothing_mm`)
             until the parenchyma near them stands `min_separation` of its sds from the darker soft tissue of the
             region (`_separating_smoothing`): a liver of 60-80 HU is otherwise not told from muscle and bowel in
@@ -448,17 +434,15 @@ def thin_attached_parts(candidate: np.ndarray, liver: np.ndarray, liver_cores: n
     The dilation that undoes the erosion reaches one erosion radius (plus a voxel) from the eroded cores, so
     parenchyma thinner than twice that radius is kept only near thick liver. The layer of parenchyma between a
     tumour near the surface and the capsule is such a part: where the dilation does not reach it, the tumour is
-    left at the mask's surface instead of inside it (fresh phantom 601: the layer over a 40 mm haemangioma).
+    left at the mask's surface instead of inside it.
     The candidate (liver-like) voxels are shared between the liver's cores and the other organs' cores by a
     watershed of the distance to the candidate's border, which puts the borders at the necks where organs
     touch. Of the liver's share, the 26-connected pieces outside `liver` with at least `min_contact` of their
     one-voxel shell in `liver` (a layer lies along the liver; a structure reached through a neck or standing on
     it touches it at one end) join when, with them, the liver encloses at least `min_enclosed_ml` more.
-    Measured on the working grids of 11 cases (phantoms 0-2, 200, 201, 209, 300, 409, 601, 604 and ircadb1_1;
-    a one-off analysis, script not kept): pieces of true liver had contact shares of 0.07-0.54, pieces of other
-    tissue up to 0.31 (ircadb1_1: 2 ml of them joined without the enclosure test, and two small false lesions
-    with them). With the enclosure test no piece joins on ircadb1_1. A long thin lobe attached at one end is not
-    taken (phantom 209: the tip of the left lobe beyond a 38 mm metastasis, contact 0.08).
+    The contact shares of true liver and of other tissue overlap, so contact alone would join pieces of other
+    organs; the enclosure test keeps them out, since they close nothing of the liver. A long thin lobe
+    attached at one end (the tip of a left lobe beyond a metastasis) touches little and is not taken.
     candidate, liver, liver_cores, other_cores: bool masks of one shape; spacing_zyx: mm. Returns a bool mask.
     """
     from skimage.segmentation import watershed
@@ -504,13 +488,8 @@ def soft_tissue_in_concavities(arr: np.ndarray, mask: np.ndarray, spacing_zyx, r
     parenchyma around it and leaves a bite. The liver's own outline closes over the bite: voxels inside
     the mask's closing by a ball of `radius_mm` (`geometry.close_mm`: two distance transforms), outside the mask,
     with intensities in `soft_hu` (above fluid and fat, below the parenchyma), are returned (opened by
-    one voxel, so that single voxels between organs do not join).
-    Measured with radius 25 mm and (40 HU, parenchyma − 1 sd): on ircadb1_1 the hypodense tumour at the
-    front of the liver came into the mask (liver Dice 0.913 → 0.926 at full resolution, 0.908 → 0.914
-    on the 2 mm crop; 3 ml more false positive); on phantoms 0-11 and 100-104 (full) the liver Dice
-    changed by at most 0.003 and the lesion Dice by at most 0.004 (`benchmarks/eval_tissue.py`; a one-off
-    comparison of the masks on phantoms 2, 8, 100 and 103: 0.1-9.6 ml added, all of it non-liver tissue
-    between the liver and a neighbour the mask already touched).
+    one voxel, so that single voxels between organs do not join). What else it adds is non-liver tissue
+    between the liver and a neighbour the mask already touches, in small amounts.
     arr: intensities (HU); mask: bool liver mask (same shape); spacing_zyx: mm. Returns a bool mask.
     """
     closed = geometry.close_mm(mask, radius_mm, spacing_zyx)
@@ -525,16 +504,12 @@ def surrounded_tissue_in_concavities(arr: np.ndarray, mask: np.ndarray, spacing_
 
     A haemangioma's peripheral band mixes nodules as bright as blood with tissue between hypodense and
     parenchymal; a large one near the surface is neither liver-like, nor dark (`dark_regions`), nor soft
-    tissue alone (`soft_tissue_in_concavities`), so the mask leaves a bite where it lies (fresh phantom 601:
-    a 40 mm haemangioma 32 % inside the mask). Components of voxels above `min_hu` inside the mask's
+    tissue alone (`soft_tissue_in_concavities`), so the mask leaves a bite where it lies and most of the
+    tumour outside. Components of voxels above `min_hu` inside the mask's
     closing by a ball of `radius_mm` and outside the mask (opened by one voxel) join when at least
     `min_contact` of their one-voxel shell is mask, the share `dark_regions` asks of a tumour: the kidney in
-    its impression, the IVC in its groove and the hilum's vessels touch the mask on one side. Measured on the
-    working grid of 11 cases (a one-off analysis, script not kept): the haemangioma's region 0.73, every
-    component of non-liver tissue at most 0.49 (the IVC and portal vein of ircadb1_1). Over 42 phantoms
-    (seeds 0-11, 200-209, 400-409, 600-609; one-off) the liver masks of 4 changed, none for the worse (601:
-    liver Dice 0.941 -> 0.949, the haemangioma 0.32 -> 0.96 inside); ircadb1_1 0.9261 -> 0.9263.
-    `benchmarks/eval_tissue.py --seeds 600 ... 609`: lesion Dice 0.746 -> 0.770 per case, recall 0.86 -> 0.88.
+    its impression, the IVC in its groove and the hilum's vessels touch the mask on one side, well under
+    that share, while a tumour in a bite is mostly surrounded by it.
     arr: intensities (HU); mask: bool liver mask (same shape); spacing_zyx: mm. Returns a bool mask.
     """
     six = ndimage.generate_binary_structure(3, 1)
@@ -549,8 +524,8 @@ def half_maximum_edge(arr: np.ndarray, mask: np.ndarray, liver_mean_hu: float, s
     between the liver and the tissue beyond them (the mean, over each voxel's in-plane neighbourhood, of the
     ring `beyond_mm` further out, past the blurred edge): where the border voxel is mostly liver by the
     partial-volume model. The
-    class-posterior border lies inside that point at high-contrast borders (liver vs fat): the masks were
-    3-5 % smaller than the references on phantoms and on ircadb1_1 before this step.
+    class-posterior border lies inside that point at high-contrast borders (liver vs fat), which leaves the
+    mask a few per cent smaller than the liver without this step.
     Intensities are lightly smoothed in-plane first (Gaussian sigma 1 voxel) against noise."""
     plane = np.zeros((3, 3, 3), bool)
     plane[1] = ndimage.generate_binary_structure(2, 1)
@@ -625,13 +600,11 @@ def dark_regions(arr: np.ndarray, parenchyma: np.ndarray, filled: np.ndarray, pa
     regions (below `fluid_floor_hu`, 30 HU, or `fluid_sd` sds below the parenchyma where that is higher) of
     at least `min_fluid_ml` that lie at least
     `min_in_envelope` inside the liver's envelope (the parenchyma closed by a ball of `hull_mm`) are
-    accepted with a one-voxel rim. On the development phantoms (seeds 0-11, small) the fluid pieces that
-    were not lesions had at most 0.46 of their volume in the envelope, the lesions 1.0.
-    The 30 HU floor: on the raw working grid the parenchyma's sd is that of the noise, and 5 sds below it fell
-    under 0 HU on noisy CTs (fresh phantom 817: 109 ± 22.6 HU, so -4 HU), so that a 21 mm cyst of 14 HU at the
-    surface was no fluid and was left out of the liver, and missed. With the floor it is found; of 97 full
-    phantoms' liver masks 3 changed, each by true liver only (a one-off comparison, script not kept), and the
-    mask of ircadb1_1 is identical.
+    accepted with a one-voxel rim: a lesion lies wholly in the envelope, while fluid that is no lesion
+    (gallbladder, bowel) lies mostly outside it.
+    The 30 HU floor: on the raw working grid the parenchyma's sd is that of the noise, and 5 sds below it can
+    fall under 0 HU on noisy CTs, so that a subcapsular cyst (about 10-20 HU) would be no fluid, left out of
+    the liver and missed; with the floor it is found.
     Returns (accepted, rejected) voxel masks (bool, arr's shape).
     """
     enclosed = geometry.fill_enclosed(parenchyma)  # 3-D holes: always the liver's
@@ -665,11 +638,9 @@ def _accept_subcapsular_fluid(arr, parenchyma, accepted, rejected, fluid_below_h
                               min_ml, min_in_envelope) -> None:
     """Move fluid-dark blobs inside the liver's envelope, or embedded in the parenchyma, from `rejected` to
     `accepted` (in place). Embedded (`embedded_in_parenchyma`): at least 0.25 of the blob's own one-voxel
-    shell is parenchyma, and parenchyma lies within 5 mm of it in at least 0.4 of 26 directions. That takes in a cyst filling the thickness of a thin lobe, which the envelope (a closing smaller than the
-    cyst) does not reach: fresh phantoms 400 and 402 (cysts of 20 and 34 mm, contact 0.29 and 0.35, closure
-    0.42 and 0.58); the 124 other fluid blobs of at least 1 ml on 42 full phantoms (seeds 0-11, 200-209,
-    300-309, 400-409; gallbladder, stomach, bowel, kidney) had contact <= 0.21 and closure <= 0.35 (a one-off
-    analysis, script not kept)."""
+    shell is parenchyma, and parenchyma lies within 5 mm of it in at least 0.4 of 26 directions. That takes in
+    a cyst filling the thickness of a thin lobe, which the envelope (a closing smaller than the cyst) does not
+    reach, while the gallbladder, stomach, bowel and kidney touch the parenchyma less and are not closed by it."""
     six = ndimage.generate_binary_structure(3, 1)
     fluid = ndimage.binary_opening(rejected & (arr < fluid_below_hu), structure=six)
     lab, n = ndimage.label(fluid)

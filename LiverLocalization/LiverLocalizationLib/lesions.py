@@ -332,13 +332,11 @@ def lesion_extent(seed: np.ndarray, values: np.ndarray, liver: np.ndarray, usabl
     # what decides the lesion lies within the fit's reach of the seed (smoothing reads 3 sigmas further): the
     # box round that gives the same lesion as the whole array, at the cost of the box
     reach = ring_start_mm + p.context_mm + 3.0 * max_smoothing_mm + 1.0
-    box = geometry.bounding_box(seed, np.ceil(reach / sp).astype(int) + 1)
+    box = _near_box(seed, sp, reach)
     if box is None:
         return None
-    args = (seed[box], values[box], liver[box], usable[box], solid[box], sp, p, ring_start_mm, max_smoothing_mm)
-    found = _lesion_extent_in_box(*args)
-    if found is None:  # the pure levels leave nothing at the seed: a faint lesion's border voxels are most of it
-        found = _lesion_extent_in_box(*args, partial_volume=False)
+    found = _lesion_extent_in_box(seed[box], values[box], liver[box], usable[box], solid[box], sp, p, ring_start_mm,
+                                  max_smoothing_mm)
     if found is None:
         return None
     out = np.zeros(seed.shape, bool)
@@ -346,17 +344,27 @@ def lesion_extent(seed: np.ndarray, values: np.ndarray, liver: np.ndarray, usabl
     return out
 
 
-def _lesion_extent_in_box(seed, values, liver, usable, solid, sp, p, ring_start_mm, max_smoothing_mm,
-                          partial_volume: bool = True):
-    """`lesion_extent` on the box round its seed (`partial_volume`: the border half-way between the pure levels,
-    `_two_classes`)."""
-    from .tissue_model import MixtureModel, mrf_regularise, posteriors
-
+def _lesion_extent_in_box(seed, values, liver, usable, solid, sp, p, ring_start_mm, max_smoothing_mm):
+    """`lesion_extent` on the box round its seed: the border half-way between the pure levels (`_two_classes`), or,
+    where those leave no lesion at the seed (a faint lesion whose border voxels are most of it), between the two
+    classes as fitted."""
     d = geometry.distance_to_mm(seed, sp, ring_start_mm + p.context_mm)
     ring = usable & (d > ring_start_mm) & (d <= ring_start_mm + p.context_mm)
     if ring.sum() < 20:
         return None
     fit = liver & usable & (d <= ring_start_mm + p.context_mm)
+    for partial_volume in (True, False):
+        lesion = _lesion_at_levels(seed, values, ring, fit, usable, solid, sp, p, max_smoothing_mm, partial_volume)
+        if lesion is not None:
+            return lesion
+    return None
+
+
+def _lesion_at_levels(seed, values, ring, fit, usable, solid, sp, p, max_smoothing_mm, partial_volume: bool):
+    """The lesion at a seed from its two levels (`_two_classes`; values smoothed until they separate) and the MRF;
+    None when the levels cannot be fitted or no lesion voxel touches the seed."""
+    from .tissue_model import MixtureModel, mrf_regularise, posteriors
+
     sigma = 0.0
     while True:
         vals = _smoothed(values, usable, sigma, sp) if sigma > 0 else values
@@ -741,7 +749,7 @@ def detect_lesions(values: np.ndarray, liver: np.ndarray, spacing_zyx, p: Lesion
             evidence[new_id] = {"contrast_hu": contrast, "evidence_z": excess + scales[scale].bound_z,
                                 "scale_mm": p.radii_mm[scale]}
     labels = labels.astype(np.uint16)
-    lut = _volume_order(labels)
+    lut = volume_order(labels)
     order = lut[labels]
     # every voxel of an instance gets its new id: the rows follow the lookup table (0: the instance is empty)
     rows = [{"id": int(lut[old_id]), **row} for old_id, row in evidence.items()
@@ -982,11 +990,12 @@ def lesion_at_point(values: np.ndarray, liver: np.ndarray, spacing_zyx, point_zy
 
 def relabel_by_volume(labels_arr: np.ndarray, min_voxels: int = 1) -> np.ndarray:
     """Renumber instances 1..n by decreasing voxel count, dropping those below min_voxels (uint16)."""
-    return _volume_order(labels_arr, min_voxels)[labels_arr]
+    return volume_order(labels_arr, min_voxels)[labels_arr]
 
 
-def _volume_order(labels_arr: np.ndarray, min_voxels: int = 1) -> np.ndarray:
-    """`relabel_by_volume`'s lookup table (uint16, old id -> new id, 0 for dropped ids)."""
+def volume_order(labels_arr: np.ndarray, min_voxels: int = 1) -> np.ndarray:
+    """`relabel_by_volume`'s lookup table (uint16, old id -> new id by decreasing voxel count, 0 for dropped
+    ids), indexed by every id up to the largest present."""
     counts = np.bincount(np.asarray(labels_arr).ravel())
     counts[0] = 0
     order = [int(i) for i in np.argsort(-counts, kind="stable") if i != 0 and counts[i] >= max(1, min_voxels)]

@@ -609,18 +609,16 @@ def segment_tissues(denoised_ct: sitk.Image, landmarks: dict[str, np.ndarray] | 
 
 
 def _renumber_by_volume(labels_arr: np.ndarray, rows: list[dict]) -> tuple[np.ndarray, list[dict]]:
-    """Instances renumbered 1..n by decreasing volume, with their rows' ids to match (rows of empty ids dropped)."""
+    """Instances renumbered 1..n by decreasing volume (`lesions.volume_order`), with their rows' ids to match (rows
+    of empty ids dropped)."""
     from .geometry import bounding_box
+    from .lesions import volume_order
 
-    box = bounding_box(labels_arr != 0)  # counted and renumbered on the box round the instances (zeros stay 0)
-    inner = labels_arr[box] if box is not None else labels_arr[:0]
-    counts = np.bincount(inner.ravel(), minlength=max((r["id"] for r in rows), default=0) + 1)
-    counts[0] = 0
-    order = [int(i) for i in np.argsort(-counts, kind="stable") if i != 0 and counts[i] > 0]
-    lut = np.zeros(counts.size, np.int32)
-    lut[order] = np.arange(1, len(order) + 1)
-    renumbered = [{**row, "id": int(lut[row["id"]])} for row in rows if lut[row["id"]] > 0]
     out = np.zeros(labels_arr.shape, np.int32)
-    if box is not None:
-        out[box] = lut[inner]
+    box = bounding_box(labels_arr != 0)  # counted and renumbered on the box round the instances (zeros stay 0)
+    if box is None:
+        return out, []  # no instance: every row's id is empty
+    lut = volume_order(labels_arr[box])
+    out[box] = lut[labels_arr[box]]
+    renumbered = [{**row, "id": int(lut[row["id"]])} for row in rows if row["id"] < lut.size and lut[row["id"]] > 0]
     return out, sorted(renumbered, key=lambda r: r["id"])

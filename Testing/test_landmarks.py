@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from LiverLocalizationLib import cli, io
-from LiverLocalizationLib.landmarks import LANDMARK_ORDER, propose_landmarks
+from LiverLocalizationLib.labels import LANDMARK_NAMES
+from LiverLocalizationLib.landmarks import propose_landmarks
 from LiverLocalizationLib.phantom import generate_phantom, write_phantom
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -28,7 +29,7 @@ def test_phantom_ivc_found_near_truth(phantom):
         assert np.linalg.norm(proposed.points[name] - phantom.landmarks[name]) < 10.0
         assert 0.0 < proposed.confidence[name] <= 1.0 and proposed.reasons[name]
     # every landmark is either proposed or reported missing with a reason
-    assert set(proposed.points) | set(proposed.missing) == set(LANDMARK_ORDER)
+    assert set(proposed.points) | set(proposed.missing) == set(LANDMARK_NAMES)
     assert all(proposed.missing.values())
 
 
@@ -62,7 +63,7 @@ def test_no_vessels_reported_missing_with_reason():
     mask.CopyInformation(ct)
     proposed = propose_landmarks(ct, mask)
     assert not proposed.points
-    assert set(proposed.missing) == set(LANDMARK_ORDER)
+    assert set(proposed.missing) == set(LANDMARK_NAMES)
     assert "IVC" in proposed.missing and "tube" in proposed.missing["IVC"]
 
 
@@ -78,7 +79,7 @@ def test_a_uniform_ct_round_a_liver_mask_proposes_nothing():
     mask.CopyInformation(ct)
     proposed = propose_landmarks(ct, mask)
     assert not proposed.points
-    assert set(proposed.missing) == set(LANDMARK_ORDER) and all(proposed.missing.values())
+    assert set(proposed.missing) == set(LANDMARK_NAMES) and all(proposed.missing.values())
 
 
 def test_cli_writes_markups_read_back(tmp_path, phantom, capsys):

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from eval_couinaud import dice_per_segment  # noqa: E402
 from LiverLocalizationLib import couinaud, io, labels  # noqa: E402
 from LiverLocalizationLib.errors import InputError  # noqa: E402
-from LiverLocalizationLib.landmarks import LANDMARK_ORDER, propose_landmarks  # noqa: E402
+from LiverLocalizationLib.landmarks import propose_landmarks  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 
@@ -51,7 +51,7 @@ def case_row(name: str, ct: sitk.Image, liver: sitk.Image, truth: np.ndarray, re
     t0 = time.perf_counter()
     proposed = propose_landmarks(ct, liver)
     seconds = time.perf_counter() - t0
-    dist = {k: float(np.linalg.norm(proposed.points[k] - reference[k])) for k in LANDMARK_ORDER
+    dist = {k: float(np.linalg.norm(proposed.points[k] - reference[k])) for k in labels.LANDMARK_NAMES
             if k in proposed.points and k in reference}
     merged = {**reference, **proposed.points}  # what the user would have after confirming and clicking the rest
     return {"case": name, "dist": dist, "missing": sorted(proposed.missing), "seconds": seconds,
@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-real", action="store_true")
     args = parser.parse_args(argv)
     rows = ([] if args.no_real else real_rows()) + [phantom_row(s) for s in args.seeds]
-    header = ["case", *LANDMARK_ORDER, "median", "max", "s", "Dice ref", "Dice proposed", "Dice proposed+clicked"]
+    header = ["case", *labels.LANDMARK_NAMES, "median", "max", "s", "Dice ref", "Dice proposed", "Dice proposed+clicked"]
     print("| " + " | ".join(header) + " |")
     print("|" + " --- |" * len(header))
 
@@ -97,7 +97,7 @@ def main(argv=None) -> int:
 
     for r in rows:
         d = list(r["dist"].values())
-        cells = [r["case"], *[f"{r['dist'][k]:.1f}" if k in r["dist"] else "missing" for k in LANDMARK_ORDER],
+        cells = [r["case"], *[f"{r['dist'][k]:.1f}" if k in r["dist"] else "missing" for k in labels.LANDMARK_NAMES],
                  f"{np.median(d):.1f}" if d else "–", f"{max(d):.1f}" if d else "–", f"{r['seconds']:.1f}",
                  fmt(r["dice_reference"]), fmt(r["dice_proposed"]), fmt(r["dice_proposed_plus_clicked"])]
         print("| " + " | ".join(cells) + " |")

@@ -45,7 +45,6 @@ LOCAL_CLUSTER_CONFIG = {"distributed.scheduler.allowed-failures": 1, "distribute
                         "distributed.worker.memory.pause": False}
 PATH_OPTIONS = {"ct", "landmarks", "liver_mask", "lesion_seeds", "weights", "truth", "out"}  # checked by checksum
 ERROR_CHARS = 400
-LINE = "\0line"  # where read_cases keeps a row's line number (no CSV header can hold a NUL)
 
 
 @dataclass(frozen=True)
@@ -68,10 +67,8 @@ def read_cases(path: Path, out: Path) -> list[Case]:
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
-            rows = []
-            for row in reader:
-                row[LINE] = reader.line_num  # the file's line, blank lines counted, for the messages
-                rows.append(row)
+            # each row with its line in the file (blank lines counted), for the messages
+            rows = [(reader.line_num, row) for row in reader]
             header = [(name or "").strip() for name in (reader.fieldnames or [])]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise InputError(f"{path}: not a readable CSV ({exc}).") from None
@@ -92,8 +89,7 @@ def read_cases(path: Path, out: Path) -> list[Case]:
     cases: list[Case] = []
     seen: dict[str, tuple[str, int]] = {}
     base = path.resolve().parent
-    for number, raw in enumerate(rows, start=2):  # line 1 is the header (blank lines are skipped by the reader)
-        number = reader_line(raw, number)
+    for number, raw in rows:
         row = {(k or "").strip(): (v or "").strip() for k, v in raw.items() if k is not None}
         case_id = row.get("case", "")
         where = f"row {number} (case {case_id!r})" if case_id else f"row {number}"
@@ -132,11 +128,6 @@ def read_cases(path: Path, out: Path) -> list[Case]:
     if problems:
         raise InputError(f"{path}: {len(problems)} problem(s), nothing was run:\n  " + "\n  ".join(problems))
     return cases
-
-
-def reader_line(raw: dict, default: int) -> int:
-    """The file line of a row read by read_cases (removed from the row), else `default`."""
-    return int(raw.pop(LINE, default))
 
 
 def _input_in_out(case_out: Path, paths: dict[str, Path | None]) -> str | None:

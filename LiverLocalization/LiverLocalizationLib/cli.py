@@ -134,18 +134,24 @@ def _add_out(p, what: str) -> None:
                         "remain); only once the new set is complete")
 
 
-def _check_paths(out: Path, inputs: dict[str, Path | None]) -> None:
-    """Raise InputError, before any work, for an input that does not exist or lies in --out, an --out folder
-    results cannot be written into, or a path the image library cannot use (`io.path_problem`)."""
+def _check_input_paths(usable: dict[str, Path | None], exist: dict[str, Path | None]) -> None:
+    """Raise InputError for a path the image library cannot use (`io.path_problem`), among `usable`, then for one of
+    `exist` that does not exist (option → path; None: not given)."""
     from . import io
 
-    for option, path in {**inputs, "--out": out}.items():
+    for option, path in usable.items():
         problem = io.path_problem(path, option) if path is not None else None
         if problem:
             raise InputError(problem + ".")
-    for option, path in inputs.items():
+    for option, path in exist.items():
         if path is not None and not path.exists():
             raise InputError(f"{option} {path}: no such file or folder. Check the path.")
+
+
+def _check_paths(out: Path, inputs: dict[str, Path | None]) -> None:
+    """Raise InputError, before any work, for an input that does not exist or lies in --out, an --out folder
+    results cannot be written into, or a path the image library cannot use (`io.path_problem`)."""
+    _check_input_paths({**inputs, "--out": out}, exist=inputs)
     problem = out_folder_problem(out) or input_in_out_problem(out, inputs)
     if problem:
         raise InputError(problem + ".")
@@ -408,9 +414,8 @@ def _cmd_landmarks(args) -> int:
 
     if not str(args.out).endswith(".mrk.json"):
         raise InputError(f"--out {args.out}: name a .mrk.json file (a Slicer markups file).")
-    for option, path in {"CT": args.ct, "--liver-mask": args.liver_mask}.items():
-        if path is not None and not path.exists():
-            raise InputError(f"{option} {path}: no such file or folder. Check the path.")
+    inputs = {"CT": args.ct, "--liver-mask": args.liver_mask}
+    _check_input_paths(inputs, exist=inputs)
     problem = out_folder_problem(args.out.parent if str(args.out.parent) else Path("."))
     if problem:
         raise InputError(problem.replace("--out", "the folder of --out") + ".")

@@ -909,8 +909,10 @@ def _read_fcsv(path: Path) -> list[tuple[str, np.ndarray]]:
     return points
 
 
-def write_markups(path: str | os.PathLike, landmarks_lps: dict[str, np.ndarray], coordinate_system: str = "LPS") -> Path:
-    """Write landmarks (label → LPS mm) as a Slicer point-list markups file in LPS or RAS."""
+def write_markups(path: str | os.PathLike, landmarks_lps: dict[str, np.ndarray], coordinate_system: str = "LPS",
+                  descriptions: dict[str, str] | None = None) -> Path:
+    """Write landmarks (label → LPS mm) as a Slicer point-list markups file in LPS or RAS; `descriptions`: label →
+    the text of that control point's description (empty otherwise)."""
     coordinate_system = coordinate_system.upper()
     if coordinate_system not in ("LPS", "RAS"):
         raise ValueError("coordinate_system must be 'LPS' or 'RAS'")
@@ -918,7 +920,7 @@ def write_markups(path: str | os.PathLike, landmarks_lps: dict[str, np.ndarray],
     for i, (label, p) in enumerate(landmarks_lps.items(), start=1):
         q = lps_to_ras(p) if coordinate_system == "RAS" else np.asarray(p, dtype=float)
         control_points.append({
-            "id": str(i), "label": label, "description": "", "associatedNodeID": "",
+            "id": str(i), "label": label, "description": (descriptions or {}).get(label, ""), "associatedNodeID": "",
             "position": [round(float(v), 4) for v in q],
             "orientation": [-1.0, -0.0, -0.0, -0.0, -1.0, -0.0, 0.0, 0.0, 1.0],
             "selected": True, "locked": False, "visibility": True, "positionStatus": "defined",

@@ -36,10 +36,10 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from .errors import InputError
+from .labels import LANDMARK_NAMES
 
 Progress = Callable[[float, str], None]
 
-LANDMARK_ORDER = ("IVC", "IVC_inferior", "RHV", "MHV", "LHV", "RPV", "LPV", "UP")
 WORK_SPACING_MM = 2.0
 MARGIN_MM = 25.0  # the working grid covers the liver's box plus this: the IVC and the hilum lie at its surface
 
@@ -59,6 +59,10 @@ class ProposedLandmarks:
     reasons: dict[str, str] = field(default_factory=dict)
     missing: dict[str, str] = field(default_factory=dict)
 
+    def ordered_points(self) -> dict[str, np.ndarray]:
+        """The found points in the usual landmark order (`labels.LANDMARK_NAMES`)."""
+        return {k: self.points[k] for k in LANDMARK_NAMES if k in self.points}
+
     def descriptions(self) -> dict[str, str]:
         """label → 'confidence 0.83: reason', the text a markups control point's description holds."""
         return {k: f"proposed, confidence {self.confidence[k]:.2f}: {self.reasons[k]}" for k in self.points}
@@ -66,7 +70,7 @@ class ProposedLandmarks:
     def summary_lines(self) -> list[str]:
         """One line per landmark, found or missing, in the usual order."""
         lines = []
-        for k in LANDMARK_ORDER:
+        for k in LANDMARK_NAMES:
             if k in self.points:
                 p = self.points[k]
                 lines.append(f"{k}: LPS ({p[0]:.1f}, {p[1]:.1f}, {p[2]:.1f}) mm, confidence {self.confidence[k]:.2f}: "
@@ -141,8 +145,10 @@ def parenchyma_level(grid: WorkGrid) -> tuple[float, float]:
     values = grid.hu[core if core.sum() > 100 else grid.liver]
     if values.size < 50:
         raise InputError("The liver mask is too small to propose landmarks (under 50 voxels of 2 mm).")
-    med = float(np.median(values))
-    return med, max(8.0, 1.4826 * float(np.median(np.abs(values - med))))
+    from .tissue_model import parenchyma_statistics
+
+    med, sd = parenchyma_statistics(values)
+    return med, max(8.0, sd)
 
 
 # ------------------------------------------------------------------------ IVC
@@ -469,7 +475,7 @@ def propose_landmarks(ct: sitk.Image, liver_mask: sitk.Image | None = None,
     if track is None or len(track.z) < 5:
         why = "no round blood-filled tube runs along the liver's dorsal groove over 10 mm or more"
         return ProposedLandmarks(missing={k: why if k.startswith("IVC") else "needs the IVC, not found" for k in
-                                          LANDMARK_ORDER})
+                                          LANDMARK_NAMES})
     length_mm = (track.z[-1] - track.z[0]) * grid.spacing
     wrap = float(np.median(track.wrap))
     vessels = vessel_voxels(grid, par_med, par_sd)
@@ -529,16 +535,6 @@ def write_proposed_markups(path, proposed: ProposedLandmarks):
     """Write the found landmarks as a Slicer markups file (LPS, `io.write_markups`), each control point's
     description holding its confidence and reason; the missing ones are not written (the file's points are what
     the user confirms or moves)."""
-    import json
-    from pathlib import Path
-
     from . import io
 
-    ordered = {k: proposed.points[k] for k in LANDMARK_ORDER if k in proposed.points}
-    path = io.write_markups(path, ordered)
-    doc = json.loads(Path(path).read_text(encoding="utf-8"))
-    text = proposed.descriptions()
-    for cp in doc["markups"][0]["controlPoints"]:
-        cp["description"] = text[cp["label"]]
-    Path(path).write_text(json.dumps(doc, indent=2), encoding="utf-8")
-    return path
+    return io.write_markups(path, proposed.ordered_points(), descriptions=proposed.descriptions())

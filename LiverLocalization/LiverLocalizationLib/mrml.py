@@ -270,10 +270,7 @@ def proposed_to_markups(proposed, name: str = "Proposed liver landmarks", node=N
     """
     if node is not None and node.GetNumberOfControlPoints() > 0:
         raise InputError(f"'{node.GetName()}' already holds points; proposed landmarks go to an empty or new point list.")
-    from .landmarks import LANDMARK_ORDER
-
-    ordered = {k: proposed.points[k] for k in LANDMARK_ORDER if k in proposed.points}
-    node = landmarks_to_markups(ordered, name, node=node, scene=scene)
+    node = landmarks_to_markups(proposed.ordered_points(), name, node=node, scene=scene)
     descriptions = proposed.descriptions()
     node.SetLocked(False)
     for i in range(node.GetNumberOfControlPoints()):
@@ -282,6 +279,22 @@ def proposed_to_markups(proposed, name: str = "Proposed liver landmarks", node=N
             node.SetNthControlPointDescription(i, descriptions[label])
         node.SetNthControlPointLocked(i, False)
     return node
+
+
+def _require_ct_and_liver_segment(volume_node, liver_segmentation_node, liver_segment_id: str | None,
+                                  purpose: str) -> None:
+    """InputError (naming `purpose`) when no CT volume is selected, or a liver segmentation without its segment."""
+    if volume_node is None:
+        raise InputError(f"Select the CT volume to {purpose}.")
+    if liver_segmentation_node is not None and not liver_segment_id:
+        raise InputError("A liver segmentation was selected without choosing its liver segment.")
+
+
+def _liver_mask(liver_segmentation_node, liver_segment_id: str | None, volume_node):
+    """The chosen liver segment as a mask on the CT volume's grid; None without a segmentation."""
+    if liver_segmentation_node is None:
+        return None
+    return segment_to_image(liver_segmentation_node, liver_segment_id, volume_node)
 
 
 def propose_landmarks_on_nodes(volume_node, liver_segmentation_node=None, liver_segment_id: str | None = None,
@@ -295,14 +308,10 @@ def propose_landmarks_on_nodes(volume_node, liver_segmentation_node=None, liver_
     """
     from .landmarks import propose_landmarks
 
-    if volume_node is None:
-        raise InputError("Select the CT volume to propose landmarks on.")
-    if liver_segmentation_node is not None and not liver_segment_id:
-        raise InputError("A liver segmentation was selected without choosing its liver segment.")
+    _require_ct_and_liver_segment(volume_node, liver_segmentation_node, liver_segment_id, "propose landmarks on")
     ct = volume_node_to_image(volume_node)
-    liver_mask = (segment_to_image(liver_segmentation_node, liver_segment_id, volume_node)
-                  if liver_segmentation_node is not None else None)
-    proposed = propose_landmarks(ct, liver_mask, progress=progress)
+    proposed = propose_landmarks(ct, _liver_mask(liver_segmentation_node, liver_segment_id, volume_node),
+                                 progress=progress)
     if markups_node is not None and markups_node.GetNumberOfControlPoints() > 0:
         markups_node = None  # the user's points stay as they are: a new list
     node = proposed_to_markups(proposed, f"{volume_node.GetName()} proposed landmarks", node=markups_node,
@@ -748,10 +757,7 @@ def read_run_inputs(volume_node, markups_node=None, liver_segmentation_node=None
     one of the inputs."""
     from . import pipeline
 
-    if volume_node is None:
-        raise InputError("Select the CT volume to analyse.")
-    if liver_segmentation_node is not None and not liver_segment_id:
-        raise InputError("A liver segmentation was selected without choosing its liver segment.")
+    _require_ct_and_liver_segment(volume_node, liver_segmentation_node, liver_segment_id, "analyse")
     inputs = {id(n) for n in (volume_node, markups_node, liver_segmentation_node, lesion_points_node) if n is not None}
     for role, node in (outputs or {}).items():
         if node is not None and id(node) in inputs:
@@ -759,8 +765,7 @@ def read_run_inputs(volume_node, markups_node=None, liver_segmentation_node=None
                              "overwritten: choose another output node or create a new one.")
     ct = volume_node_to_image(volume_node)
     landmarks = markups_to_landmarks(markups_node) if markups_node is not None else None
-    liver_mask = (segment_to_image(liver_segmentation_node, liver_segment_id, volume_node)
-                  if liver_segmentation_node is not None else None)
+    liver_mask = _liver_mask(liver_segmentation_node, liver_segment_id, volume_node)
     options = options or pipeline.PipelineOptions()
     points = markups_to_points(lesion_points_node)
     if points:

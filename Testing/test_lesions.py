@@ -218,6 +218,64 @@ def test_a_tumour_cut_by_an_extracted_livers_border_is_continued_beyond_it_and_m
     assert (grown[~tumour] == 0).all()
 
 
+def _bulging_tumour(outside_hu: float, sheet: bool):
+    """A liver (110 HU) whose flat surface at x = 60 the extraction followed, with a tumour (60 HU, radius 16 mm)
+    centred 4 mm inside it: the part beyond x = 60 bulges from a smooth stretch of the outline (no bite). Beyond
+    the liver: fat, or (`sheet`) a muscle sheet of the tumour's density 8 mm thick along the surface, touching
+    the tumour. `outside_hu`: the bulge's own intensity (60: the tumour's tissue; 10: fluid beside it). The lesion
+    found inside is cut short on one side (as real tumours found in pieces are), so that its interface with the
+    parenchyma is no sphere's."""
+    shape = (50, 90, 100)
+    zz, yy, xx = np.indices(shape)
+    values = np.full(shape, -100.0, np.float32)  # fat
+    liver = xx < 60
+    values[liver] = 110.0
+    muscle = (xx >= 62) & (xx < 70) & sheet
+    values[muscle] = 60.0
+    tumour = (zz - 25) ** 2 + (yy - 45) ** 2 + (xx - 56) ** 2 <= 16 ** 2
+    values[tumour & liver] = 60.0
+    values[tumour & ~liver] = outside_hu
+    values += np.random.default_rng(1).normal(0, 5, shape).astype(np.float32)
+    labels = (tumour & liver & (yy < 52)).astype(np.uint16)  # the lesion found: most of the part inside the liver
+    return values, liver, labels, tumour, muscle & ~tumour
+
+
+def test_a_tumour_bulging_from_a_smooth_surface_is_continued_beyond_it_and_the_muscle_sheet_it_touches_is_not():
+    """No bite to close (the outline is flat), and the bulge is larger than the ball fitted to the lesion's
+    interface reaches: the lesion goes on into the thick part beyond the liver of its own tissue; the 8 mm
+    muscle sheet it touches holds no ball of `BULGE_MM` and stays out."""
+    values, liver, labels, tumour, muscle = _bulging_tumour(60.0, sheet=True)
+    without = lesions.extend_beyond_liver(values, liver, labels, (1.0, 1.0, 1.0), bulge_mm=0.0)
+    grown = lesions.extend_beyond_liver(values, liver, labels, (1.0, 1.0, 1.0))
+    beyond = tumour & ~liver
+    assert (without[beyond] > 0).mean() < 0.8  # what the ball and the bite give alone (measured 0.71)
+    assert (grown[beyond] == 1).mean() > 0.9  # measured 0.93
+    assert (grown[muscle] > 0).mean() < 0.05  # measured 0.03
+    thin = lesions.extend_beyond_liver(values, liver, labels, (1.0, 1.0, 1.0), bulge_mm=1.0)
+    assert (thin[muscle] > 0).mean() > 0.2  # a ball the sheet holds lets it in (measured 0.39)
+
+
+def test_fluid_beside_a_lesion_at_the_border_is_not_its_bulge():
+    """A lesion at the surface touching fluid beyond the liver (the gallbladder beside it): the fluid is no
+    continuation of the solid tumour's tissue and stays out."""
+    values, liver, labels, tumour, _ = _bulging_tumour(10.0, sheet=False)
+    grown = lesions.extend_beyond_liver(values, liver, labels, (1.0, 1.0, 1.0))
+    assert (grown[tumour & ~liver] > 0).mean() < 0.05
+
+
+def test_open_mm_is_scipys_opening_by_the_ball_away_from_the_faces():
+    from LiverLocalizationLib import geometry
+
+    spacing = (1.6, 0.8, 0.8)
+    mask = ndimage.gaussian_filter(np.random.default_rng(5).random((40, 70, 70)), 3.0) > 0.5
+    mask[:4] = mask[-4:] = False
+    mask[:, :8] = mask[:, -8:] = mask[:, :, :8] = mask[:, :, -8:] = False
+    opened = geometry.open_mm(mask, 4.0, spacing)
+    reference = ndimage.binary_opening(mask, structure=geometry.ball_structure(4.0, spacing))
+    assert opened.any() and (mask & ~opened).any()
+    assert np.array_equal(opened, reference)
+
+
 def test_measure_lesions_gives_the_maximum_axial_and_equivalent_diameters():
     import SimpleITK as sitk
 

@@ -166,6 +166,15 @@ def close_mm(mask: np.ndarray, radius_mm: float, spacing_zyx) -> np.ndarray:
     return closed[tuple(slice(p[0], closed.shape[i] - p[1]) for i, p in enumerate(pad))]
 
 
+def open_mm(mask: np.ndarray, radius_mm: float, spacing_zyx) -> np.ndarray:
+    """Opening of `mask` by a ball of `radius_mm`: the union of the balls of that radius that fit inside it (the
+    parts at least that thick), by two distance transforms (`depth_mm`, `dilate_mm`) whose cost does not grow
+    with the ball. The array's outside counts as inside the mask (a region cut by the array's faces goes on)."""
+    sp = np.asarray(spacing_zyx, dtype=float)
+    centres = depth_mm(mask, sp) > radius_mm + _BALL_TOLERANCE_MM
+    return dilate_mm(centres, radius_mm, sp) & np.asarray(mask, dtype=bool)
+
+
 def fill_enclosed(mask: np.ndarray, structure: np.ndarray | None = None, axes: tuple[int, ...] = (0, 1, 2)) -> np.ndarray:
     """`mask` (bool) plus its background components (connectivity `structure`; None: face neighbours) that touch
     no face of the array along `axes`: with the defaults, scipy's `binary_fill_holes`, by labelling the

@@ -46,9 +46,12 @@ from scipy import ndimage, special
 
 from . import geometry
 from .errors import InputError
-from .tissue_model import peak_statistics
+from .tissue_model import FLUID_HU, peak_statistics
 
 FAT_HU = -30.0  # fat (and air) below this; a lesion holds none
+BULGE_MM = 6.0  # a tumour's bulge beyond the liver holds a ball of this radius; the sheets round the liver do not
+BULGE_MAX_SHARE = 1.5  # a bulge holds at most this share of the lesion found in the liver: a mass mostly outside is a neighbour's
+BULGE_ROUNDS = 4  # at most this many rounds of `_thick_continuation` (it stops when a round adds nothing)
 CLOSING_STEPS_PER_RADIUS = 8  # the bite's closing works on voxels of about 1/8 of its radius (or the CT's, if larger)
 
 
@@ -758,7 +761,7 @@ def detect_lesions(values: np.ndarray, liver: np.ndarray, spacing_zyx, p: Lesion
 
 
 def extend_beyond_liver(values: np.ndarray, liver: np.ndarray, labels: np.ndarray, spacing_zyx,
-                        reach_mm: tuple[float, float] = (10.0, 40.0)) -> np.ndarray:
+                        reach_mm: tuple[float, float] = (10.0, 40.0), bulge_mm: float = BULGE_MM) -> np.ndarray:
     """Lesions cut by the border of an extracted liver, continued beyond it: a tumour at the surface is the liver's.
 
     An extracted liver follows the parenchyma, so a tumour at or bulging from the surface is left partly outside
@@ -768,7 +771,13 @@ def extend_beyond_liver(values: np.ndarray, liver: np.ndarray, labels: np.ndarra
     ball of the lesion's equivalent radius within `reach_mm`, continued beyond the image's faces where the liver
     reaches them, `_closed_beyond_faces`), with the lesion's own intensities (from 2.5 of its robust sds below
     its median up to the middle between its median and the parenchyma round it: fat, a darker neighbour's fluid
-    and vessels are out), that connect to the lesion, join it. values: HU [z, y, x]; liver: bool; labels:
+    and vessels are out), that connect to the lesion, join it. A tumour that bulges from a smooth stretch of the
+    outline makes no bite: there the lesion goes on (`_thick_continuation`) into voxels of its intensities within
+    its reach beyond the liver where, with the lesion, they are thick enough to hold a ball of `bulge_mm` (a
+    mass; the diaphragm, the abdominal wall's muscles and the bowel's wall are sheets thinner than that), round
+    after round from what it reached, until it stops growing; a continuation whose median is fluid (below
+    `FLUID_HU`: the gallbladder or bowel beside a lesion at the border) is not the solid tumour's and is left out
+    (fluid at the surface is the liver extraction's to judge). values: HU [z, y, x]; liver: bool; labels:
     lesion instances (uint16). Returns new instance labels (the liver is the input liver plus every lesion
     voxel)."""
     sp = np.asarray(spacing_zyx, float)
@@ -778,12 +787,13 @@ def extend_beyond_liver(values: np.ndarray, liver: np.ndarray, labels: np.ndarra
         return labels.copy()
     if any(s.stop - s.start < n for s, n in zip(outer, labels.shape)):
         out = labels.copy()
-        out[outer] = _extend_in_box(values[outer], liver[outer], labels[outer], sp, reach_mm, outer, labels.shape)
+        out[outer] = _extend_in_box(values[outer], liver[outer], labels[outer], sp, reach_mm, bulge_mm, outer,
+                                    labels.shape)
         return out
-    return _extend_in_box(values, liver, labels, sp, reach_mm, None, labels.shape)
+    return _extend_in_box(values, liver, labels, sp, reach_mm, bulge_mm, None, labels.shape)
 
 
-def _extend_in_box(values, liver, labels, sp, reach_mm, outer, image_shape) -> np.ndarray:
+def _extend_in_box(values, liver, labels, sp, reach_mm, bulge_mm, outer, image_shape) -> np.ndarray:
     """`extend_beyond_liver` on the box `outer` of an image of `image_shape` (None: the whole image)."""
     out = labels.copy()
     six = ndimage.generate_binary_structure(3, 1)
@@ -816,12 +826,61 @@ def _extend_in_box(values, liver, labels, sp, reach_mm, outer, image_shape) -> n
         ball = _interface_ball(lesion, ring, sp, r_eq)
         if ball is not None:
             region |= ball
-        candidate = region & ~inside & (out[box] == 0)
-        candidate &= (vals >= max(level - 2.5 * spread, FAT_HU)) & (vals <= 0.5 * (level + parenchyma))
+        like = ~inside & (out[box] == 0) & (vals >= max(level - 2.5 * spread, FAT_HU)) & (vals <= 0.5 * (level + parenchyma))
+        candidate = region & like
         pieces, n = ndimage.label(candidate | lesion)
         keep = np.unique(pieces[lesion])
-        out[box][candidate & np.isin(pieces, keep[keep > 0])] = i
+        grown = lesion | (candidate & np.isin(pieces, keep[keep > 0]))
+        if bulge_mm > 0:
+            bulge = _thick_continuation(grown, like, sp, radius, bulge_mm)
+            # the lesion's own tissue (its median within one of the lesion's robust sds), and no fluid: the
+            # gallbladder or bowel beside a lesion at the border is darker
+            if bulge.any() and np.median(vals[bulge]) >= max(level - spread, FLUID_HU):
+                grown |= bulge
+        out[box][grown & ~lesion] = i
     return out
+
+
+def _thick_continuation(lesion: np.ndarray, like: np.ndarray, spacing_zyx, reach_mm: float,
+                        bulge_mm: float) -> np.ndarray:
+    """What a lesion cut by the liver's border goes on into: voxels of `like` (outside the liver, of the lesion's
+    intensities) within `reach_mm` of it that lie, with the lesion, in its opening by a ball of `bulge_mm`
+    (`geometry.open_mm`: only thick parts; a sheet beside the lesion is cut off) and connect to it; repeated from
+    what was reached (at most `BULGE_ROUNDS` rounds) until a round adds nothing. The rounds work on blocks of
+    about a quarter of the ball's radius (a ball of 6 mm needs no finer grid); what they reach is then taken at
+    full resolution (the `like` voxels there that connect to the lesion). Returns the added voxels (bool)."""
+    sp = np.asarray(spacing_zyx, float)
+    six = ndimage.generate_binary_structure(3, 1)
+    near = geometry.bounding_box(lesion, 1)
+    if near is None or not (like[near] & ndimage.binary_dilation(lesion[near], structure=six)).any():
+        return np.zeros(lesion.shape, bool)  # nothing of its intensities touches it beyond the liver
+    f = working_factors(sp, bulge_mm / 4.0)
+    coarse = np.any(f > 1)
+    grown = block_majority(lesion, f) if coarse else lesion.copy()
+    like_c = block_majority(like, f) if coarse else like
+    sp_c = sp * f
+    n_lesion = int(grown.sum())
+    for _ in range(BULGE_ROUNDS):
+        # what a round reads lies within its reach (and the ball's width more for the opening) of the lesion
+        box = geometry.bounding_box(grown, np.ceil((reach_mm + 2.0 * bulge_mm) / sp_c).astype(int) + 1)
+        g = grown[box]
+        candidate = (geometry.distance_to_mm(g, sp_c, reach_mm) <= reach_mm) & like_c[box] & ~g
+        if not candidate.any():
+            break
+        thick = geometry.open_mm(candidate | g, bulge_mm, sp_c) & candidate
+        pieces, _ = ndimage.label(thick | g, structure=six)
+        keep = np.unique(pieces[g])
+        added = thick & np.isin(pieces, keep[keep > 0])
+        if not added.any() or (grown.sum() + added.sum()) > (1.0 + BULGE_MAX_SHARE) * n_lesion:
+            break  # nothing more, or more beyond the liver than `BULGE_MAX_SHARE` of the lesion: a neighbour
+        grown[box] |= added
+    reached = (_upsample(grown, f, lesion.shape) if coarse else grown) & like & ~lesion
+    if not reached.any():
+        return reached
+    pieces, _ = ndimage.label(reached | lesion, structure=six)
+    keep = np.unique(pieces[lesion])
+    return reached & np.isin(pieces, keep[keep > 0])
+
 
 
 def _interface_ball(lesion: np.ndarray, parenchyma: np.ndarray, spacing_zyx, r_eq: float,

@@ -33,12 +33,11 @@ from scipy import ndimage
 
 from . import geometry
 from .errors import InputError
-from .tissue_model import parenchyma_statistics, peak_statistics
+from .tissue_model import FLUID_HU, parenchyma_statistics, peak_statistics
 
 Progress = Callable[[float, str], None]
 
 
-FLUID_HU = 30.0  # fluid (cysts, bile, water) lies below this, solid tissue above
 EMBEDDED_REACH_MM = 5.0  # how far round a blob `embedded_in_parenchyma` looks for parenchyma
 
 

@@ -26,6 +26,7 @@ from scipy import ndimage
 from .errors import InputError
 
 Progress = Callable[[float, str], None]
+FLUID_HU = 30.0  # fluid (cysts, bile, water) lies below this, solid tissue above
 _LOG_2PI = float(np.log(2.0 * np.pi))
 
 

@@ -256,7 +256,7 @@ def test_a_subcapsular_cyst_joined_to_the_body_wall_stays_in_the_liver():
     cyst = _ball(shape, (30, 40, 18), 9) & ~wall
     arr[cyst] = 10.0
     parenchyma &= ~cyst
-    filled = liver_module.fill_holes(parenchyma)
+    filled = geometry.fill_holes(parenchyma)
     # the old rule (no second chance) rejects the whole component, cyst included
     _, rejected_old = liver_module.dark_regions(arr, parenchyma, filled, 110.0, 14.0, (1.0, 1.0, 1.0), min_fluid_ml=1e9)
     assert rejected_old[cyst].mean() > 0.9
@@ -376,7 +376,6 @@ def test_border_refinement_on_the_box_round_the_mask_equals_the_whole_region(pha
 
 def test_fill_holes_equals_scipy_in_3d_then_per_slice():
     """The labelling version gives exactly scipy's binary_fill_holes on the volume, then on every axial slice."""
-    from LiverLocalizationLib import liver as liver_module
 
     def reference(mask):
         out = ndimage.binary_fill_holes(mask)
@@ -388,12 +387,12 @@ def test_fill_holes_equals_scipy_in_3d_then_per_slice():
     for _ in range(25):
         shape = tuple(int(v) for v in rng.integers(3, 30, 3))
         mask = ndimage.binary_opening(rng.random(shape) < rng.uniform(0.3, 0.8)) | (rng.random(shape) < 0.3)
-        np.testing.assert_array_equal(liver_module.fill_holes(mask), reference(mask))
+        np.testing.assert_array_equal(geometry.fill_holes(mask), reference(mask))
     shell = np.zeros((9, 12, 12), bool)
     shell[1:8, 2:10, 2:10] = True
     shell[2:7, 4:8, 4:8] = False  # a closed cavity: filled in 3-D
     shell[4, 0:6, 5] = False  # a channel to the side in one slice: that slice's part of the cavity stays open
-    filled = liver_module.fill_holes(shell)
+    filled = geometry.fill_holes(shell)
     assert filled[3, 5, 5] and filled[5, 5, 5] and not filled[4, 5, 5]
 
 
@@ -435,10 +434,10 @@ def test_a_cyst_filling_a_thin_lobe_joins_the_liver_and_a_gallbladder_on_its_fac
     sp = (2.5, 2.5, 2.5)
     arr, parenchyma, cyst = _thin_lobe(50.0, 20.0)
     assert geometry.close_mm(parenchyma, 15.0, sp)[cyst].mean() < 0.5  # the envelope alone would not take it
-    accepted, rejected = liver_module.dark_regions(arr, parenchyma, liver_module.fill_holes(parenchyma), 105.0, 8.0, sp)
+    accepted, rejected = liver_module.dark_regions(arr, parenchyma, geometry.fill_holes(parenchyma), 105.0, 8.0, sp)
     assert accepted[cyst].mean() > 0.95 and not rejected[cyst].any()
     arr, parenchyma, gallbladder = _thin_lobe(72.0, 15.0)
-    accepted, rejected = liver_module.dark_regions(arr, parenchyma, liver_module.fill_holes(parenchyma), 105.0, 8.0, sp)
+    accepted, rejected = liver_module.dark_regions(arr, parenchyma, geometry.fill_holes(parenchyma), 105.0, 8.0, sp)
     assert not accepted[gallbladder].any()
 
 
@@ -478,11 +477,11 @@ def test_thin_parenchyma_over_a_tumour_joins_the_liver_and_a_neighbour_or_a_rod_
     assert other_cores[organ].any() and not core[rod].any() and not core[layer].any()
     reached = ndimage.binary_dilation(liver_core, iterations=4, mask=candidate)  # as extract_liver
     missed = layer & ~reached
-    assert missed.sum() > 50 and not liver_module.fill_holes(reached)[tumour].all()  # the case to solve
+    assert missed.sum() > 50 and not geometry.fill_holes(reached)[tumour].all()  # the case to solve
     added = liver_module.thin_attached_parts(candidate, reached, liver_core, other_cores, sp)
     assert added[missed].all()
     assert not added[organ].any() and not added[rod & ~reached].any()
-    assert liver_module.fill_holes(reached | added)[tumour].all()
+    assert geometry.fill_holes(reached | added)[tumour].all()
     assert not liver_module.thin_attached_parts(candidate, reached, liver_core, other_cores, sp, min_contact=0.9).any()
 
 
@@ -601,3 +600,28 @@ def test_lesions_stay_numbered_by_decreasing_volume_after_one_is_continued_beyon
     assert sizes == sorted(sizes, reverse=True)
     assert (lesion[surface] == 1).mean() > 0.9 and (lesion[inner] == 2).mean() > 0.9
     assert [row["id"] for row in res.lesion_rows] == list(range(1, len(sizes) + 1))
+
+
+def test_what_a_tumour_continued_beyond_the_liver_encloses_joins_the_liver():
+    """A tumour bulging from the extracted liver's flat surface, with a brighter nodule (95 HU, between the
+    tumour's 55 and the parenchyma's 110: no voxel of the tumour's own intensities) inside its bulge: the bulge
+    is continued beyond the liver and the nodule it encloses is the liver's too (the mask is hole-filled again
+    after the lesions join it)."""
+    shape = (50, 90, 100)
+    zz, yy, xx = np.indices(shape)
+    values = np.full(shape, -100.0, np.float32)  # fat
+    values[:, :, 92:] = -1000.0  # air beside the body
+    extracted = (xx >= 8) & (xx < 60) & (yy >= 8) & (yy < 82) & (zz >= 4) & (zz < 46)
+    values[extracted] = 110.0
+    tumour = (zz - 25) ** 2 + (yy - 45) ** 2 + (xx - 56) ** 2 <= 16 ** 2
+    values[tumour] = 55.0
+    nodule = (zz - 25) ** 2 + (yy - 45) ** 2 + (xx - 64) ** 2 <= 4 ** 2
+    values[nodule] = 95.0
+    values += np.random.default_rng(2).normal(0, 6, shape).astype(np.float32)
+    res = tissue_model.segment_tissues(sitk.GetImageFromArray(values), None,
+                                       sitk.GetImageFromArray(extracted.astype(np.uint8)), liver_extracted=True)
+    liver_out = sitk.GetArrayFromImage(res.liver_mask) > 0
+    lesion = sitk.GetArrayFromImage(res.lesion_labels) > 0
+    assert (lesion[tumour & ~extracted & ~nodule]).mean() > 0.9
+    assert liver_out[nodule].all()
+    assert not liver_out[~(extracted | tumour)].any()

@@ -595,6 +595,13 @@ def segment_tissues(denoised_ct: sitk.Image, landmarks: dict[str, np.ndarray] | 
             tissue_arr[near][added] = 2
             liver_arr = liver_arr.astype(np.uint8)
             liver_arr[near] |= added
+            # what the continued lesions enclose is the liver's too (the liver was hole-filled before they joined)
+            inner = geometry.bounding_box(added)
+            around = geometry.widen(tuple(slice(n.start + a.start, n.start + a.stop) for n, a in zip(near, inner)), 2,
+                                    liver_arr.shape)
+            enclosed = geometry.fill_holes(liver_arr[around] > 0) & (liver_arr[around] == 0)
+            liver_arr[around][enclosed] = 1
+            tissue_arr[around][enclosed] = 1
             mask_img = geometry.copy_geometry(liver_arr, ct)
             tissue_img = geometry.copy_geometry(tissue_arr, ct)
             grown, rows = _renumber_by_volume(grown, rows)  # a continued lesion may now outgrow a larger one

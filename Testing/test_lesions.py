@@ -263,6 +263,21 @@ def test_fluid_beside_a_lesion_at_the_border_is_not_its_bulge():
     assert (grown[tumour & ~liver] > 0).mean() < 0.05
 
 
+def test_a_lesion_thinner_than_the_bulge_grid_at_the_border_of_a_fine_ct_gets_no_bulge():
+    """On a CT of 0.4 mm pixels the bulge search works on blocks of about 1.5 mm: a lesion of a few voxels fills
+    none of them and is left as the other steps extend it (no error)."""
+    shape = (20, 60, 60)
+    values = np.full(shape, -100.0, np.float32)
+    liver = np.zeros(shape, bool)
+    liver[:, :, :30] = True
+    values[liver] = 110.0
+    values[10, 29:32, 28:40] = 60.0  # the lesion and tissue of its intensity beyond the border
+    labels = np.zeros(shape, np.uint16)
+    labels[10, 30, 29] = 1
+    grown = lesions.extend_beyond_liver(values, liver, labels, (2.0, 0.4, 0.4))
+    assert grown[10, 30, 29] == 1 and (grown[:, :, 30:] > 0).sum() <= 10
+
+
 def test_open_mm_is_scipys_opening_by_the_ball_away_from_the_faces():
     from LiverLocalizationLib import geometry
 

@@ -857,6 +857,8 @@ def _thick_continuation(lesion: np.ndarray, like: np.ndarray, spacing_zyx, reach
     f = working_factors(sp, bulge_mm / 4.0)
     coarse = np.any(f > 1)
     grown = block_majority(lesion, f) if coarse else lesion.copy()
+    if not grown.any():
+        return np.zeros(lesion.shape, bool)  # thinner than a block: no bulge of a mass
     like_c = block_majority(like, f) if coarse else like
     sp_c = sp * f
     n_lesion = int(grown.sum())

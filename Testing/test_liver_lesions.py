@@ -625,3 +625,25 @@ def test_what_a_tumour_continued_beyond_the_liver_encloses_joins_the_liver():
     assert (lesion[tumour & ~extracted & ~nodule]).mean() > 0.9
     assert liver_out[nodule].all()
     assert not liver_out[~(extracted | tumour)].any()
+
+
+def test_a_hypodense_band_along_the_border_is_not_continued_into_the_tissue_beyond_it():
+    """A curved hypodense band inside the liver along its border (the hilum's fat and vessels at a fissure, taken
+    for a lesion), with a thin layer of tissue of the band's intensity beyond the border and fat past it: the ball
+    fitted to the band's interface with the parenchyma reaches far beyond the border, where it is mostly fat, so it
+    is no bulging tumour's ball and nothing beyond the border joins the band. A tumour that bulges fills its ball
+    there (the surface tumours of the tests above are still continued)."""
+    shape = (50, 80, 90)
+    zz, yy, xx = np.indices(shape)
+    values = np.full(shape, -100.0, np.float32)  # fat
+    liver = (xx >= 5) & (xx < 60) & (yy >= 5) & (yy < 75) & (zz >= 3) & (zz < 47)
+    values[liver] = 110.0
+    layer = (xx >= 60) & (xx < 63) & (yy >= 5) & (yy < 75) & (zz >= 3) & (zz < 47)  # 3 mm of soft tissue beyond
+    values[layer] = 55.0
+    r = np.sqrt((zz - 25) ** 2 + (yy - 40) ** 2 + (xx - 60) ** 2)
+    band = liver & (r <= 18) & (r > 15)  # 3 mm thick, curving round a point on the border
+    values[band] = 55.0
+    values += np.random.default_rng(0).normal(0, 6, shape).astype(np.float32)
+    grown = lesions.extend_beyond_liver(values, liver, band.astype(np.uint16), (1.0, 1.0, 1.0))
+    assert not (grown[~liver] > 0).any()  # without the test of the ball's content: about 3000 voxels of the layer
+    assert (grown[band] == 1).all()

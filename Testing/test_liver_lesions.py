@@ -578,20 +578,26 @@ def test_median_filtered_equals_scipy_median_filter_borders_included():
     assert np.array_equal(liver_module.median_filtered(arr, 5)[inner], ndimage.median_filter(arr, size=5)[inner])
 
 
+def _fat_beside_air(shape, air_from_x: int):
+    """Index grids (z, y, x) and a float32 volume of fat (-100 HU) with air (-1000 HU) from x = `air_from_x` on:
+    a body for synthetic organs (the air makes it read as CT)."""
+    zz, yy, xx = np.indices(shape)
+    values = np.full(shape, -100.0, np.float32)
+    values[:, :, air_from_x:] = -1000.0
+    return zz, yy, xx, values
+
+
 def test_lesions_stay_numbered_by_decreasing_volume_after_one_is_continued_beyond_the_liver():
     """Lesion 1 is the largest, as the report and the segmentation promise: a tumour at the surface, cut by the
     extracted liver to a tenth of its volume, is found smaller than a tumour inside the liver, then continued beyond
     the border to its whole volume; the numbering follows (it came before the continuation, leaving it second)."""
-    shape = (50, 90, 90)
-    zz, yy, xx = np.indices(shape)
-    values = np.full(shape, -100.0, np.float32)  # fat
-    values[:, :, 85:] = -1000.0  # air beside the body
+    zz, yy, xx, values = _fat_beside_air((50, 90, 90), 85)
     liver_true = (xx >= 5) & (xx < 60) & (yy >= 5) & (yy < 85) & (zz >= 3) & (zz < 47)
     values[liver_true] = 110.0
     inner = (zz - 25) ** 2 + (yy - 45) ** 2 + (xx - 22) ** 2 <= 10 ** 2
     surface = (zz - 25) ** 2 + (yy - 45) ** 2 + (xx - 58) ** 2 <= 14 ** 2
     values[inner | surface] = 50.0
-    values += np.random.default_rng(0).normal(0, 10, shape).astype(np.float32)
+    values += np.random.default_rng(0).normal(0, 10, values.shape).astype(np.float32)
     extracted = liver_true & ~(surface & (xx >= 50))
     res = tissue_model.segment_tissues(sitk.GetImageFromArray(values), None,
                                        sitk.GetImageFromArray(extracted.astype(np.uint8)), liver_extracted=True)
@@ -607,17 +613,14 @@ def test_what_a_tumour_continued_beyond_the_liver_encloses_joins_the_liver():
     tumour's 55 and the parenchyma's 110: no voxel of the tumour's own intensities) inside its bulge: the bulge
     is continued beyond the liver and the nodule it encloses is the liver's too (the mask is hole-filled again
     after the lesions join it)."""
-    shape = (50, 90, 100)
-    zz, yy, xx = np.indices(shape)
-    values = np.full(shape, -100.0, np.float32)  # fat
-    values[:, :, 92:] = -1000.0  # air beside the body
+    zz, yy, xx, values = _fat_beside_air((50, 90, 100), 92)
     extracted = (xx >= 8) & (xx < 60) & (yy >= 8) & (yy < 82) & (zz >= 4) & (zz < 46)
     values[extracted] = 110.0
     tumour = (zz - 25) ** 2 + (yy - 45) ** 2 + (xx - 56) ** 2 <= 16 ** 2
     values[tumour] = 55.0
     nodule = (zz - 25) ** 2 + (yy - 45) ** 2 + (xx - 64) ** 2 <= 4 ** 2
     values[nodule] = 95.0
-    values += np.random.default_rng(2).normal(0, 6, shape).astype(np.float32)
+    values += np.random.default_rng(2).normal(0, 6, values.shape).astype(np.float32)
     res = tissue_model.segment_tissues(sitk.GetImageFromArray(values), None,
                                        sitk.GetImageFromArray(extracted.astype(np.uint8)), liver_extracted=True)
     liver_out = sitk.GetArrayFromImage(res.liver_mask) > 0
@@ -643,7 +646,7 @@ def test_a_hypodense_band_along_the_border_is_not_continued_into_the_tissue_beyo
     r = np.sqrt((zz - 25) ** 2 + (yy - 40) ** 2 + (xx - 60) ** 2)
     band = liver & (r <= 18) & (r > 15)  # 3 mm thick, curving round a point on the border
     values[band] = 55.0
-    values += np.random.default_rng(0).normal(0, 6, shape).astype(np.float32)
+    values += np.random.default_rng(0).normal(0, 6, values.shape).astype(np.float32)
     grown = lesions.extend_beyond_liver(values, liver, band.astype(np.uint16), (1.0, 1.0, 1.0))
     assert not (grown[~liver] > 0).any()  # without the test of the ball's content: about 3000 voxels of the layer
     assert (grown[band] == 1).all()

@@ -102,6 +102,17 @@ def test_cli_bad_input_exit_2(tmp_path, capsys):
     assert len(err) == 2 and all(line.startswith("liverloc landmarks: error:") for line in err)
 
 
+def test_cli_names_the_folder_of_out_when_it_is_a_file(tmp_path, capsys):
+    """The markups file's folder is checked before any work, and the message names it as such."""
+    (tmp_path / "ct.nii.gz").write_bytes(b"not read: the folder is checked first")
+    (tmp_path / "blocker").write_text("a file where the folder should be", encoding="utf-8")
+    out = tmp_path / "blocker" / "p.mrk.json"
+    assert cli.main(["-q", "landmarks", str(tmp_path / "ct.nii.gz"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"the folder of --out {tmp_path / 'blocker'} is a file" in err
+    assert not out.exists()
+
+
 # distances measured on 2026-12-07 evening (docs/validation.md, "Proposed landmarks"), bounds with a margin of ~3 mm
 REAL_BOUNDS_MM = {"ircadb1_1": {"IVC": 24.0, "IVC_inferior": 24.0, "RHV": 17.0, "MHV": 16.0, "LHV": 14.0,
                                 "LPV": 19.0},

@@ -59,8 +59,10 @@ class Case:
 
 def read_cases(path: Path, out: Path) -> list[Case]:
     """The cases of a cases.csv, checked before any work: the columns (known, each once), each row's cells, each id
-    (unique even ignoring letter case, usable as a folder name), each file (present, not inside the --out folder). Every problem found is one line naming its row, all of them
-    in one InputError."""
+    (unique even ignoring letter case, usable as a folder name), each file (present, not inside the --out folder).
+    Every problem found is one line naming its row, all of them in one InputError."""
+    from .cli import input_in_out_problem
+
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file. Give the CSV of cases (columns {', '.join(COLUMNS)}).")
@@ -120,7 +122,7 @@ def read_cases(path: Path, out: Path) -> list[Case]:
             paths[column] = file
             if not file.exists():
                 problems.append(f"{where}: {column} {text}: no such file or folder ({file})")
-        inside = _input_in_out(Path(out), paths)  # anywhere in --out: a case's folder or the tables could replace it
+        inside = input_in_out_problem(Path(out), paths)  # anywhere in --out: a case's folder or the tables could replace it
         if inside:
             problems.append(f"{where}: {inside}")
         if paths.get("ct") is not None:
@@ -128,12 +130,6 @@ def read_cases(path: Path, out: Path) -> list[Case]:
     if problems:
         raise InputError(f"{path}: {len(problems)} problem(s), nothing was run:\n  " + "\n  ".join(problems))
     return cases
-
-
-def _input_in_out(case_out: Path, paths: dict[str, Path | None]) -> str | None:
-    from .cli import input_in_out_problem
-
-    return input_in_out_problem(case_out, {column: path for column, path in paths.items()})
 
 
 def case_args(case: Case, out: Path, classify: bool = True, figures: bool = True):
@@ -379,8 +375,7 @@ def run_batch(csv_path: Path, out: Path, scheduler: str | None = None, workers: 
                 outputs.sibling((out / case.case).resolve(), "lock").unlink()
         if todo:
             with dask_client(scheduler, workers, memory_limit_gb) as client:
-                from distributed import KilledWorker
-                from distributed import as_completed
+                from distributed import KilledWorker, as_completed
 
                 futures = {client.submit(run_case, case, str(out.absolute()), classify, figures, pure=False,
                                          key=f"liverloc-{case.case}-{os.getpid()}-{time.time_ns()}"): case

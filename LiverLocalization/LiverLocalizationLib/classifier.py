@@ -432,11 +432,11 @@ def gradcam(model, patch: np.ndarray, target: int | None = None, layer: int = GR
         patch: (channels, n, n, n) array (as `extract_patch` returns).
         target: kind index; default the predicted kind.
         layer: the map is computed on the activations after the first `layer` modules of ``net.features``.
-            The default, the first Inception-ResNet block (half the patch side: 12³ for a 24³ patch), shows where in the patch the
-            decision's features lie; the last block (``len(net.features)``, 8³) is the classic choice but
-            too coarse here: its map, upsampled, spreads over the whole patch (on lits117's 22 tumours, the
-            median share of the map within the tumour + 5 mm was 0.15 on the last block and 0.63 on the first,
-            against 0.12 for a uniform map; `benchmarks/eval_real_classifier.py`).
+            The default, the first Inception-ResNet block (half the patch side: 12³ for a 24³ patch), shows
+            where in the patch the decision's features lie; the last block (``len(net.features)``, a quarter of
+            the patch side) is the classic choice but too coarse here: its map, upsampled, spreads over the whole
+            patch (on lits117's 22 tumours, the median share of the map within the tumour + 5 mm was 0.15 on the
+            last block and 0.63 on the first, against 0.12 for a uniform map; `benchmarks/eval_real_classifier.py`).
 
     Returns an (n, n, n) float32 map in [0, 1] on the patch grid: ReLU(Σ_k w_k A_k) over that layer's activations
     A_k, weights w_k = mean gradient of the logit over A_k, trilinearly upsampled and divided by its maximum (all

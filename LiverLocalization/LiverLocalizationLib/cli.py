@@ -76,20 +76,20 @@ def bounded(kind: type, low: float | None = None, high: float | None = None, low
     return parse
 
 
-def out_folder_problem(out: Path) -> str | None:
+def out_folder_problem(out: Path, option: str = "--out") -> str | None:
     """Why results cannot be written into the folder `out` (None when they can), found before any work: it is a
     file, lies under a file, or the folder (or its nearest existing parent, where it would be created) is not
-    writable. Nothing is created."""
+    writable. Nothing is created. `option`: how the message names the folder."""
     if out.exists():
         if not out.is_dir():
-            return f"--out {out} is a file; name a folder (it is created when missing)"
+            return f"{option} {out} is a file; name a folder (it is created when missing)"
         existing = out
     else:
         existing = next(p for p in out.absolute().parents if p.exists())
         if not existing.is_dir():
-            return f"--out {out} lies under {existing}, which is a file; name a folder"
+            return f"{option} {out} lies under {existing}, which is a file; name a folder"
     if not os.access(existing, os.W_OK | os.X_OK):
-        return f"--out {out}: {existing} is not writable; choose a folder you can write to"
+        return f"{option} {out}: {existing} is not writable; choose a folder you can write to"
     return None
 
 
@@ -416,9 +416,9 @@ def _cmd_landmarks(args) -> int:
         raise InputError(f"--out {args.out}: name a .mrk.json file (a Slicer markups file).")
     inputs = {"CT": args.ct, "--liver-mask": args.liver_mask}
     _check_input_paths(inputs, exist=inputs)
-    problem = out_folder_problem(args.out.parent if str(args.out.parent) else Path("."))
+    problem = out_folder_problem(args.out.parent if str(args.out.parent) else Path("."), "the folder of --out")
     if problem:
-        raise InputError(problem.replace("--out", "the folder of --out") + ".")
+        raise InputError(problem + ".")
     ct = io.read_image(args.ct)
     mask = io.read_image(args.liver_mask) if args.liver_mask else None
     if mask is not None:

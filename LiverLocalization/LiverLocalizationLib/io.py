@@ -52,6 +52,13 @@ def _require_usable_path(path: str | os.PathLike, what: str) -> None:
         raise InputError(problem + ".")
 
 
+def itk_reason(exc: BaseException) -> str:
+    """The last line of an ITK/GDCM exception's text (its own reason, after the C++ source lines), or "unknown
+    reason" when the text is empty: what an InputError quotes in brackets."""
+    text = str(exc).strip()
+    return text.splitlines()[-1] if text else "unknown reason"
+
+
 @contextlib.contextmanager
 def quiet_native_stderr() -> Iterator[None]:
     """Silence what ITK, GDCM and MetaIO print to the process's stderr (file descriptor 2) while the body runs.
@@ -109,7 +116,7 @@ def read_image(path: str | os.PathLike, series_uid: str | None = None) -> sitk.I
             with quiet_native_stderr():
                 image = sitk.ReadImage(str(path))
         except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
+            first = itk_reason(exc)
             if "bytes but received" in first or "not read completely" in first:
                 raise InputError(f"{path}: the file is cut short or corrupt ({first}). {COPY_AGAIN}") from None
             raise InputError(
@@ -556,7 +563,7 @@ def _dicom_slice_header(file: str | Path) -> DicomSlice:
         with quiet_native_stderr():
             reader.ReadImageInformation()
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
+        first = itk_reason(exc)
         raise InputError(f"{file}: cannot be read as DICOM ({first}). {COPY_AGAIN}") from None
     position = _dicom_numbers(reader, _POSITION, 3, file, "ImagePositionPatient")
     orientation = _dicom_numbers(reader, _ORIENTATION, 6, file, "ImageOrientationPatient")
@@ -702,7 +709,7 @@ def _read_dicom_files(folder: Path, files: list[Path]) -> sitk.Image:
         with quiet_native_stderr():
             return reader.Execute()
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
+        first = itk_reason(exc)
         raise InputError(f"{folder}: the DICOM series cannot be read ({first}). {COPY_AGAIN}") from None
 
 

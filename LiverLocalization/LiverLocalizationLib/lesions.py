@@ -777,8 +777,9 @@ def extend_beyond_liver(values: np.ndarray, liver: np.ndarray, labels: np.ndarra
     its reach beyond the liver where, with the lesion, they are thick enough to hold a ball of `bulge_mm` (a
     mass; the diaphragm, the abdominal wall's muscles and the bowel's wall are sheets thinner than that), round
     after round from what it reached, until it stops growing; a continuation whose median is fluid (below
-    `FLUID_HU`: the gallbladder or bowel beside a lesion at the border) is not the solid tumour's and is left out
-    (fluid at the surface is the liver extraction's to judge). values: HU [z, y, x]; liver: bool; labels:
+    `FLUID_HU`: the gallbladder or bowel beside a lesion at the border) or darker than the lesion's median by more
+    than its robust sd (a neighbour's tissue) is not the solid tumour's and is left out (fluid at the surface is
+    the liver extraction's to judge). values: HU [z, y, x]; liver: bool; labels:
     lesion instances (uint16). Returns new instance labels (the liver is the input liver plus every lesion
     voxel)."""
     sp = np.asarray(spacing_zyx, float)
@@ -828,10 +829,7 @@ def _extend_in_box(values, liver, labels, sp, reach_mm, bulge_mm, outer, image_s
         ball = _interface_ball(lesion, ring, sp, r_eq, beyond=~inside & (out[box] == 0), own=like)
         if ball is not None:
             region |= ball
-        candidate = region & like
-        pieces, n = ndimage.label(candidate | lesion)
-        keep = np.unique(pieces[lesion])
-        grown = lesion | (candidate & np.isin(pieces, keep[keep > 0]))
+        grown = lesion | _connected_to(region & like, lesion)
         if bulge_mm > 0:
             bulge = _thick_continuation(grown, like, sp, radius, bulge_mm)
             # the lesion's own tissue (its median within one of the lesion's robust sds), and no fluid: the
@@ -865,25 +863,26 @@ def _thick_continuation(lesion: np.ndarray, like: np.ndarray, spacing_zyx, reach
     n_lesion = int(grown.sum())
     for _ in range(BULGE_ROUNDS):
         # what a round reads lies within its reach (and the ball's width more for the opening) of the lesion
-        box = geometry.bounding_box(grown, np.ceil((reach_mm + 2.0 * bulge_mm) / sp_c).astype(int) + 1)
+        box = _near_box(grown, sp_c, reach_mm + 2.0 * bulge_mm)
         g = grown[box]
         candidate = (geometry.distance_to_mm(g, sp_c, reach_mm) <= reach_mm) & like_c[box] & ~g
         if not candidate.any():
             break
-        thick = geometry.open_mm(candidate | g, bulge_mm, sp_c) & candidate
-        pieces, _ = ndimage.label(thick | g, structure=six)
-        keep = np.unique(pieces[g])
-        added = thick & np.isin(pieces, keep[keep > 0])
+        added = _connected_to(geometry.open_mm(candidate | g, bulge_mm, sp_c) & candidate, g)
         if not added.any() or (grown.sum() + added.sum()) > (1.0 + BULGE_MAX_SHARE) * n_lesion:
             break  # nothing more, or more beyond the liver than `BULGE_MAX_SHARE` of the lesion: a neighbour
         grown[box] |= added
-    reached = (_upsample(grown, f, lesion.shape) if coarse else grown) & like & ~lesion
-    if not reached.any():
-        return reached
-    pieces, _ = ndimage.label(reached | lesion, structure=six)
-    keep = np.unique(pieces[lesion])
-    return reached & np.isin(pieces, keep[keep > 0])
+    return _connected_to((_upsample(grown, f, lesion.shape) if coarse else grown) & like & ~lesion, lesion)
 
+
+def _connected_to(region: np.ndarray, seed: np.ndarray) -> np.ndarray:
+    """The voxels of `region` in the face-connected components of `region | seed` that hold a voxel of `seed`
+    (bool arrays of one shape): what joins a lesion through what it may take."""
+    if not region.any():
+        return region
+    pieces, _ = ndimage.label(region | seed)
+    keep = np.unique(pieces[seed])
+    return region & np.isin(pieces, keep[keep > 0])
 
 
 def _interface_ball(lesion: np.ndarray, parenchyma: np.ndarray, spacing_zyx, r_eq: float,

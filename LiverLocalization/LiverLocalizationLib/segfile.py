@@ -352,7 +352,7 @@ def read_seg_nrrd(path: str | os.PathLike) -> tuple[sitk.Image, list[dict]]:
         with io.quiet_native_stderr():
             image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        raise InputError(f"{path}: cannot be read as a NRRD segmentation ({str(exc).strip().splitlines()[-1]}).") from None
+        raise InputError(f"{path}: cannot be read as a NRRD segmentation ({io.itk_reason(exc)}).") from None
     if image.GetDimension() != 3:
         raise InputError(f"{path}: a {image.GetDimension()}-D image; a segmentation is 3-D with optional layers.")
     data = sitk.GetArrayFromImage(image)

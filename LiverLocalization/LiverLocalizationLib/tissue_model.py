@@ -23,6 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from . import geometry
 from .errors import InputError
 
 Progress = Callable[[float, str], None]
@@ -498,7 +499,7 @@ def segment_tissues(denoised_ct: sitk.Image, landmarks: dict[str, np.ndarray] | 
     Without landmarks and mask, the liver is the largest parenchyma-like component in the right upper
     abdomen (see liver.extract_liver). Bad input raises InputError before any result is made.
     """
-    from . import geometry, io, lesions, liver
+    from . import io, lesions, liver
 
     def report(f: float, msg: str) -> None:
         if progress is not None:
@@ -619,11 +620,10 @@ def segment_tissues(denoised_ct: sitk.Image, landmarks: dict[str, np.ndarray] | 
 def _renumber_by_volume(labels_arr: np.ndarray, rows: list[dict]) -> tuple[np.ndarray, list[dict]]:
     """Instances renumbered 1..n by decreasing volume (`lesions.volume_order`), with their rows' ids to match (rows
     of empty ids dropped)."""
-    from .geometry import bounding_box
     from .lesions import volume_order
 
     out = np.zeros(labels_arr.shape, np.int32)
-    box = bounding_box(labels_arr != 0)  # counted and renumbered on the box round the instances (zeros stay 0)
+    box = geometry.bounding_box(labels_arr != 0)  # counted and renumbered on the box round the instances (zeros stay 0)
     if box is None:
         return out, []  # no instance: every row's id is empty
     lut = volume_order(labels_arr[box])

@@ -541,3 +541,12 @@ def test_evaluate_classifier_names_bad_weights_not_the_seeds(tmp_path, capsys):
     assert code == 2
     assert_one_clear_line(err, f"Model card {tmp_path / 'w.json'} is missing")
     assert "seeds" not in err and not (tmp_path / "out").exists()
+
+
+def test_itk_reason_is_the_exceptions_last_line_or_unknown():
+    """What an InputError quotes from ITK: its reason after the C++ source lines; an empty text does not fail."""
+    from LiverLocalizationLib import io
+
+    assert io.itk_reason(RuntimeError("/src/itkImageFileReader.hxx:135:\nCould not create IO object")) == \
+        "Could not create IO object"
+    assert io.itk_reason(RuntimeError("")) == "unknown reason"

@@ -650,3 +650,25 @@ def test_a_hypodense_band_along_the_border_is_not_continued_into_the_tissue_beyo
     grown = lesions.extend_beyond_liver(values, liver, band.astype(np.uint16), (1.0, 1.0, 1.0))
     assert not (grown[~liver] > 0).any()  # without the test of the ball's content: about 3000 voxels of the layer
     assert (grown[band] == 1).all()
+
+
+def test_a_tumour_pressed_against_the_wall_is_continued_though_its_ball_overshoots_into_the_muscle():
+    """A tumour (95 HU) bulging 3 mm beyond the extracted liver (130 HU) where it meets the abdominal wall's muscle
+    (45 HU, darker than the tumour, not fat): the ball fitted to its interface with the parenchyma overshoots the
+    flattened bulge into the muscle, so less than half of its part beyond the border is the tumour's tissue, the
+    rest soft tissue the tumour pushes against. That is a tumour's ball (unlike the hilum's, whose rest is fat and
+    vessels): the bulge joins the lesion and the muscle does not."""
+    shape = (50, 80, 90)
+    zz, yy, xx = np.indices(shape)
+    values = np.full(shape, -100.0, np.float32)  # fat
+    liver = (xx >= 5) & (xx < 60) & (yy >= 5) & (yy < 75) & (zz >= 3) & (zz < 47)
+    values[liver] = 130.0
+    muscle = (xx >= 63) & (xx < 80) & (yy >= 2) & (yy < 78) & (zz >= 1) & (zz < 49)
+    values[muscle] = 45.0
+    tumour = ((zz - 25) ** 2 + (yy - 40) ** 2 + (xx - 56) ** 2 <= 16 ** 2) & (xx < 63)
+    values[tumour] = 95.0
+    values += np.random.default_rng(0).normal(0, 6, values.shape).astype(np.float32)
+    grown = lesions.extend_beyond_liver(values, liver, (tumour & liver).astype(np.uint16), (1.0, 1.0, 1.0))
+    bulge = tumour & ~liver
+    assert (grown[bulge] == 1).mean() > 0.9
+    assert not (grown[muscle] > 0).any()

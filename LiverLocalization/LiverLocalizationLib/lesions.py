@@ -52,7 +52,7 @@ FAT_HU = -30.0  # fat (and air) below this; a lesion holds none
 BULGE_MM = 6.0  # a tumour's bulge beyond the liver holds a ball of this radius; the sheets round the liver do not
 BULGE_MAX_SHARE = 1.5  # a bulge holds at most this share of the lesion found in the liver: a mass mostly outside is a neighbour's
 BULGE_ROUNDS = 4  # at most this many rounds of `_thick_continuation` (it stops when a round adds nothing)
-BALL_MIN_OWN = 0.5  # a bulging tumour's fitted ball is mostly its own tissue beyond the liver (`_interface_ball`)
+BALL_MIN_OWN = 0.5  # a bulging tumour's fitted ball is mostly its own tissue beyond the liver, or else what it pushes against (`_interface_ball`)
 CLOSING_STEPS_PER_RADIUS = 8  # the bite's closing works on voxels of about 1/8 of its radius (or the CT's, if larger)
 
 
@@ -825,8 +825,11 @@ def _extend_in_box(values, liver, labels, sp, reach_mm, bulge_mm, outer, image_s
             continue
         faces = box if outer is None else tuple(slice(b.start + o.start, b.stop + o.start) for b, o in zip(box, outer))
         region = _closed_beyond_faces(inside | lesion, faces, image_shape, radius, sp)
-        like = ~inside & (out[box] == 0) & (vals >= max(level - 2.5 * spread, FAT_HU)) & (vals <= 0.5 * (level + parenchyma))
-        ball = _interface_ball(lesion, ring, sp, r_eq, beyond=~inside & (out[box] == 0), own=like)
+        beyond = ~inside & (out[box] == 0)
+        floor = max(level - 2.5 * spread, FAT_HU)
+        like = beyond & (vals >= floor) & (vals <= 0.5 * (level + parenchyma))
+        ball = _interface_ball(lesion, ring, sp, r_eq, beyond=beyond, own=like,
+                               displaced=beyond & (vals >= FAT_HU) & (vals < floor))
         if ball is not None:
             region |= ball
         grown = lesion | _connected_to(region & like, lesion)
@@ -887,16 +890,19 @@ def _connected_to(region: np.ndarray, seed: np.ndarray) -> np.ndarray:
 
 def _interface_ball(lesion: np.ndarray, parenchyma: np.ndarray, spacing_zyx, r_eq: float,
                     margin_mm: float = 2.0, beyond: np.ndarray | None = None, own: np.ndarray | None = None,
-                    min_own: float = BALL_MIN_OWN) -> np.ndarray | None:
+                    displaced: np.ndarray | None = None, min_own: float = BALL_MIN_OWN) -> np.ndarray | None:
     """The ball (bool mask, widened by `margin_mm`) fitted by least squares to the voxels of the lesion that touch
     the parenchyma round it; None when fewer than 20 touch or the fit is not a ball of 0.7-2.5 times the lesion's
     equivalent radius `r_eq` whose centre lies within its radius of the lesion's voxels, or, given `beyond` (the
-    voxels beyond the liver that no other lesion has taken) and `own` (those of the lesion's own intensities), when
-    less than `min_own` of the ball's part in `beyond` is of the lesion's intensities.
-    A tumour that bulges from the liver fills its ball beyond the border with its own tissue. A ball whose part
-    beyond the border is mostly other tissue is not a tumour's: the fit to an irregular interface, such as the
-    hilum's fat and vessels at a fissure taken for a lesion, gives a ball far larger than the lesion, reaching
-    into the hilum, where the lesion's intensities are only the partial volumes of fat and vessels among it."""
+    voxels beyond the liver that no other lesion has taken), `own` (those of the lesion's own intensities) and
+    `displaced` (soft tissue darker than those, not fat), when less than `min_own` of the ball's part in `beyond` is
+    of the lesion's intensities and the rest of that part is mostly fat or tissue brighter than the lesion.
+    A tumour that bulges from the liver fills its ball beyond the border with its own tissue, and where the fitted
+    ball overshoots the bulge it reaches the soft tissue the tumour pushes against (diaphragm, abdominal wall),
+    darker than an enhancing tumour and not fat. A ball whose part beyond the border is mostly fat and brighter
+    tissue is not a tumour's: the fit to an irregular interface, such as the hilum's fat and vessels at a fissure
+    taken for a lesion, gives a ball far larger than the lesion, reaching into the hilum, where the lesion's
+    intensities are only the partial volumes of fat and vessels among it."""
     sp = np.asarray(spacing_zyx, float)
     touching = np.zeros(lesion.shape, bool)
     near = geometry.bounding_box(lesion, 1)  # the face neighbours of the lesion's voxels lie in its box widened by one
@@ -921,7 +927,9 @@ def _interface_ball(lesion: np.ndarray, parenchyma: np.ndarray, spacing_zyx, r_e
         return None
     if beyond is not None and own is not None:
         outside = (dist_sq <= radius_sq) & beyond
-        if (outside & own).sum() < min_own * outside.sum():
+        n_own = int((outside & own).sum())
+        n_displaced = int((outside & displaced).sum()) if displaced is not None else 0
+        if n_own < min_own * outside.sum() and n_displaced <= outside.sum() - n_own - n_displaced:
             return None
     return dist_sq <= (radius + margin_mm) ** 2
 

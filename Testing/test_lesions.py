@@ -372,3 +372,38 @@ def test_a_small_clicked_lesion_has_its_own_size_not_its_partial_volume_border_t
     assert found is not None
     assert found.sum() / ball.sum() == pytest.approx(1.0, abs=0.15)
     assert metrics.dice(found, ball) > 0.85
+
+
+def _faint_beside_dark(seed: int):
+    """A liver block (110 HU, correlated noise of 8 HU) holding a region near water (20 HU, 12 mm radius)."""
+    values, liver, coords = _block(seed, level=110.0, noise_sd=8.0)
+    dark = _ball(coords, CENTRE, 12.0)
+    hu = _blurred(values, dark, 90.0)
+    return hu, liver, coords, dark
+
+
+def test_a_faint_tumour_beside_a_cyst_is_found_too():
+    """A faint tumour (10 mm radius, 20 HU below the parenchyma) touching a cyst: the cyst's contrast dominates
+    every box round both, and the two-class fit round their seed takes the cyst as the lesion and the tumour as
+    parenchyma. The second look, with the cyst left out of the boxes and of the fit, measures the tumour against
+    the parenchyma."""
+    hu, liver, coords, cyst = _faint_beside_dark(23)
+    tumour = _ball(coords, np.add(CENTRE, (0.0, 0.0, 22.0)), 10.0) & ~cyst
+    hu = _blurred(hu, tumour, 20.0).astype(np.float32)
+    found = lesions.detect_lesions(hu, liver, SPACING)
+    assert (found.labels[tumour] > 0).mean() > 0.85
+    assert (found.labels[cyst] > 0).mean() > 0.95
+    assert (found.labels[~_ball(coords, np.add(CENTRE, (0.0, 0.0, 11.0)), 26.0)] > 0).sum() == 0
+
+
+def test_a_faint_solid_rim_round_a_necrotic_core_is_the_same_lesion():
+    """A mass of 18 mm radius whose solid part is faint (15 HU below the parenchyma, two noise sds) round a
+    necrotic core near water (12 mm): the seed covers the whole mass, but the fit round it takes the core alone.
+    The rest of the seed, beyond the core's partial-volume shell and darker than the parenchyma, is grown on its
+    own with the core left out of its fit, and the two, touching, are one lesion."""
+    hu, liver, coords, core = _faint_beside_dark(22)
+    mass = _ball(coords, CENTRE, 18.0)
+    hu = _blurred(hu, mass & ~core, 15.0).astype(np.float32)
+    found = lesions.detect_lesions(hu, liver, SPACING)
+    assert found.labels.max() == 1
+    assert metrics.dice(found.labels > 0, mass) > 0.85

@@ -26,6 +26,12 @@ judges regions, not voxels (`detect_lesions`):
    components touching the seed, holes filled (necrosis, septa and deposits inside are the lesion's),
    closed by a ball of `close_fraction` of its radius (a heterogeneous mass is one lesion), within the
    significant boxes (and `support_margin_mm`), reaching into the border band only next to its own interior.
+   A seed can span two regions of different darkness (a faint solid rim round a necrotic core): where more of
+   it lies beyond the extent's partial-volume shell than inside the extent, and that part is darker than the
+   parenchyma, it is grown on its own with the extent left out of its fit (`_grow_seed`).
+   Then a **second look**: the contrast is measured again, against the same null, with the lesions found left
+   out of the boxes, the rings and the extents' fits (`_significance_near`, round them only): a faint tumour
+   beside a cyst is otherwise hidden by the cyst's contrast in every box round both.
 4. **Rim** (`add_rim`): 1 mm shells round the lesion that are brighter than the parenchyma beyond (by `rim_z`
    null sds of a region of the shell's size) in at least `rim_closure` of the directions join it: an
    enhancing rim or capsule (metastasis, HCC) is part of the tumour.
@@ -267,24 +273,29 @@ def detection_bound(alarms: float, volume_mm3: float, fwhm_mm: float) -> float:
     return hi
 
 
-def contrast_evidence(values: np.ndarray, reference: np.ndarray, spacing_zyx, p: LesionParameters):
+def contrast_evidence(values: np.ndarray, reference: np.ndarray, spacing_zyx, p: LesionParameters,
+                      null: list[ScaleStatistics] | None = None):
     """Per radius of `p.radii_mm`: the centre-surround contrast's z against its null, and the null statistics
-    (module docstring, step 2). Returns (z stacked over the scales, float32 (S, z, y, x), -inf where invalid;
-    list of ScaleStatistics)."""
+    (module docstring, step 2; `null`: statistics measured before, used instead of measuring them on this
+    reference). Returns (z stacked over the scales, float32 (S, z, y, x), -inf where invalid; list of
+    ScaleStatistics)."""
     sp = np.asarray(spacing_zyx, float)
     reference_mm3 = float(reference.sum()) * float(np.prod(sp))
     zs, scales = [], []
-    for r in p.radii_mm:
+    for k, r in enumerate(p.radii_mm):
         contrast, valid, relative = centre_surround_contrast(values, reference, sp, r, p.gap_mm, p.ring_mm)
         box_mm = centre_box_voxels(r, sp) * sp
         fwhm = 0.68 * float(np.prod(box_mm)) ** (1.0 / 3.0)  # a box of side a smooths like a Gaussian of FWHM 0.68 a
-        bound = detection_bound(p.false_alarms / len(p.radii_mm), reference_mm3, fwhm)
+        bound = detection_bound(p.false_alarms / len(p.radii_mm), reference_mm3, fwhm) if null is None else null[k].bound_z
         sample = contrast[valid & reference & (relative < 1.2)]  # boxes (nearly) wholly inside: the noise to scale
-        if sample.size < 100:
+        if (null is None and sample.size < 100) or (null is not None and not np.isfinite(null[k].measured_sd_hu)):
             zs.append(np.full(values.shape, -np.inf, np.float32))
             scales.append(ScaleStatistics(r, 0.0, float("inf"), float("nan"), bound))
             continue
-        mode, measured = peak_statistics(sample[:: max(1, sample.size // 200_000)])
+        if null is None:
+            mode, measured = peak_statistics(sample[:: max(1, sample.size // 200_000)])
+        else:
+            mode, measured = null[k].mode_hu, null[k].measured_sd_hu
         sd = max(measured, p.structure_floor_hu)
         local_sd = np.maximum(measured * np.sqrt(relative), p.structure_floor_hu)
         zs.append(np.where(valid, (contrast - mode) / local_sd, -np.inf).astype(np.float32))
@@ -583,8 +594,10 @@ class _Significance:
     support: np.ndarray
 
 
-def _significance(values: np.ndarray, liver: np.ndarray, ref: Reference, spacing_zyx, p: LesionParameters):
-    """Contrast evidence on the working grid and its significant voxels and boxes (steps 2 and 3's support)."""
+def _significance(values: np.ndarray, liver: np.ndarray, ref: Reference, spacing_zyx, p: LesionParameters,
+                  null: list[ScaleStatistics] | None = None):
+    """Contrast evidence on the working grid and its significant voxels and boxes (steps 2 and 3's support; `null`:
+    the null statistics to measure against, None to measure them, `contrast_evidence`)."""
     sp = np.asarray(spacing_zyx, float)
     f = working_factors(sp, p.working_mm)
     if np.any(f > 1):
@@ -593,7 +606,7 @@ def _significance(values: np.ndarray, liver: np.ndarray, ref: Reference, spacing
     else:
         work_values, work_ref = values, ref.reference
     work_sp = sp * f
-    z, scales = contrast_evidence(work_values, work_ref, work_sp, p)
+    z, scales = contrast_evidence(work_values, work_ref, work_sp, p, null)
     significant = np.zeros(work_values.shape, bool)
     support = np.zeros(work_values.shape, bool)
     for zs, scale in zip(z, scales):
@@ -608,6 +621,36 @@ def _significance(values: np.ndarray, liver: np.ndarray, ref: Reference, spacing
     # within the margin of the significant boxes: the distance on the box round them (not over the whole array)
     support = geometry.distance_to_mm(_upsample(support, f, shape), sp, p.support_margin_mm) <= p.support_margin_mm
     return _Significance(excess, f, significant, support), scales
+
+
+def _significance_near(near: np.ndarray, values: np.ndarray, liver: np.ndarray, ref: Reference, spacing_zyx,
+                       p: LesionParameters, null: list[ScaleStatistics]) -> _Significance:
+    """`_significance` against the given null, computed only on the box round the `near` voxels widened by what
+    the largest scale's box and ring read twice over (its seeds' own boxes are whole); nothing is significant
+    outside that box. The box starts and ends on the working grid's blocks, so its blocks are the whole grid's."""
+    sp = np.asarray(spacing_zyx, float)
+    f = working_factors(sp, p.working_mm)
+    reach_mm = 2.0 * (0.806 * max(p.radii_mm) + p.gap_mm + p.ring_mm) + p.support_margin_mm
+    box = geometry.bounding_box(near, np.ceil(reach_mm / sp).astype(int))
+    if box is None:
+        box = tuple(slice(0, 0) for _ in values.shape)
+    shape = values.shape
+    box = tuple(slice(s.start // k * k, min(n, -(-s.stop // k) * k)) for s, k, n in zip(box, f, shape))
+    crop = replace(ref, **{name: getattr(ref, name)[box] for name in ("solid", "usable", "reference", "interior",
+                                                                     "bright", "fat")})
+    part, _ = _significance(values[box], liver[box], crop, sp, p, null=null)
+    work_shape = tuple(-(-n // k) for n, k in zip(shape, f))
+    at = tuple(slice(s.start // k, s.start // k + e.shape[a]) for a, (s, k, e) in enumerate(zip(box, f, [part.excess[0]] * 3)))
+    excess = []
+    for e in part.excess:
+        full = np.full(work_shape, -np.inf, np.float32)
+        full[at] = e
+        excess.append(full)
+    significant = np.zeros(shape, bool)
+    significant[box] = part.significant
+    support = np.zeros(shape, bool)
+    support[box] = part.support
+    return _Significance(excess, f, significant, support)
 
 
 def _best_scale(sig: _Significance, box, seed: np.ndarray) -> tuple[int, float]:
@@ -629,24 +672,48 @@ def _ring_start_mm(seed: np.ndarray, radius_mm: float, spacing_zyx) -> float:
 def _grow_seed(seed_box, seed: np.ndarray, values: np.ndarray, liver: np.ndarray, ref: Reference, taken: np.ndarray,
                support: np.ndarray, radius_mm: float, spacing_zyx, p: LesionParameters, null_sd) -> list[np.ndarray]:
     """The lesions round one seed (arrays of its box): the extent (values smoothed, where the lesion is faint, by up
-    to `smooth_fraction` of the seed's scale `radius_mm`), cut to the support, reaching into the border band only next to its own interior,
-    split into pieces; each piece given the bright blobs against it and its rim, and closed (heterogeneous
-    masses). `taken`: voxels of lesions already found (nonzero; the whole grid). Returns bool masks of the box."""
+    to `smooth_fraction` of the seed's scale `radius_mm`), cut to the support, reaching into the border band only
+    next to its own interior, split into pieces; each piece given the bright blobs against it and its rim, and
+    closed (heterogeneous masses). `taken`: voxels of lesions already found (nonzero; the whole grid). Returns bool
+    masks of the box.
+    A seed is where the contrast is significant, and it can span two regions of different darkness that touch (a
+    lesion beside darker tissue: a hilum's fat and vessels taken in by the liver mask, a cyst beside a solid
+    tumour). The two-class fit round it then takes the darker as the lesion, and the other falls on the
+    parenchyma's side. Where more of the seed lies beyond the extent and its partial-volume shell
+    (`BORDER_SHELL_VOXELS`) than within the extent, and that part is darker than the parenchyma by its sd, it is
+    grown on its own with the first extent left out of its fit: each region is judged against the parenchyma,
+    not against the other."""
     sp = np.asarray(spacing_zyx, float)
     b = seed_box
     taken_box = taken[b] != 0
     vals = values[b]
+    smoothing = min(p.smooth_fraction * radius_mm, p.smooth_max_mm)
     extent = lesion_extent(seed, vals, liver[b], ref.usable[b], ref.solid[b], sp, p, _ring_start_mm(seed, radius_mm, sp),
-                           max_smoothing_mm=min(p.smooth_fraction * radius_mm, p.smooth_max_mm))
+                           max_smoothing_mm=smoothing)
     if extent is None:
         return []
-    extent &= support[b] & ~taken_box
+    # the rest of the seed beyond the extent's partial-volume shell (a dark lesion's halo of mixed voxels, half of a
+    # border's shell beyond its half-way point, is not another region), darker than the parenchyma by its sd
+    shell_mm = 0.5 * BORDER_SHELL_VOXELS * float(sp.max())
+    rest = seed & ref.usable[b] & (geometry.distance_to_mm(extent, sp, shell_mm + 1.0) > shell_mm)
+    if rest.sum() > (seed & extent).sum() and np.median(vals[rest]) < ref.level_hu - ref.sd_hu:
+        other = lesion_extent(rest, vals, liver[b] & ~extent, ref.usable[b] & ~extent, ref.solid[b], sp, p,
+                              _ring_start_mm(rest, radius_mm, sp), max_smoothing_mm=smoothing)
+        if other is not None:
+            extent = extent | other  # one lesion where they touch (a solid rim round a necrotic core)
+    return _pieces(extent, seed, vals, liver[b] & ~taken_box, taken_box, support[b], ref, b, sp, p, null_sd)
+
+
+def _pieces(extent: np.ndarray, seed: np.ndarray, vals: np.ndarray, free: np.ndarray, taken_box: np.ndarray,
+            support: np.ndarray, ref: Reference, b, sp, p: LesionParameters, null_sd) -> list[np.ndarray]:
+    """`_grow_seed`'s lesions of one extent (arrays of the seed's box `b`): cut to the support and to the border
+    band next to its interior, split into pieces that touch the seed, each with its bright blobs and rim, closed."""
+    extent = extent & support & ~taken_box
     inside = extent & ref.interior[b]
     if not inside.any():
         return []
     extent &= geometry.distance_to_mm(inside, sp / ref.band_mm, 1.0) <= 1.0
     pieces, n = ndimage.label(extent)
-    free = liver[b] & ~taken_box
     out = []
     for j in range(1, n + 1):
         piece = pieces == j
@@ -710,6 +777,38 @@ def detect_lesions(values: np.ndarray, liver: np.ndarray, spacing_zyx, p: Lesion
     sig, scales = _significance(values, liver, ref, sp, p)
     if p.false_alarms == 0:  # no automatic detection: the null statistics only, for clicked lesions
         return LesionDetection(np.zeros(liver.shape, np.uint16), [], scales, ref.level_hu, ref.sd_hu)
+    labels = np.zeros(liver.shape, np.int32)
+    evidence: dict[int, dict] = {}
+    _grow_significant(sig, scales, values, liver, ref, sp, p, labels, evidence,
+                      progress=None if progress is None else lambda f, m: progress(0.4 + 0.4 * f, m))
+    if evidence:
+        # a second look with the lesions found left out of the contrast's boxes and of the extents' fits, against
+        # the same null: a lesion beside a darker one (a solid rim round a necrotic core, a tumour beside a cyst)
+        # is measured against the parenchyma, not hidden by its neighbour's contrast
+        found = labels > 0
+        shell_mm = BORDER_SHELL_VOXELS * float(sp.max())
+        beside = replace(ref, reference=ref.reference & ~geometry.dilate_mm(found, shell_mm, sp),
+                         usable=ref.usable & ~found)
+        if progress is not None:
+            progress(0.8, "lesions: beside those found")
+        sig = _significance_near(found, values, liver, beside, sp, p, scales)
+        _grow_significant(sig, scales, values, liver, beside, sp, p, labels, evidence)
+    labels = labels.astype(np.uint16)
+    lut = volume_order(labels)
+    order = lut[labels]
+    # every voxel of an instance gets its new id: the rows follow the lookup table (0: the instance is empty)
+    rows = [{"id": int(lut[old_id]), **row} for old_id, row in evidence.items()
+            if old_id < lut.size and lut[old_id] > 0]
+    return LesionDetection(order, sorted(rows, key=lambda r: r["id"]), scales, ref.level_hu, ref.sd_hu)
+
+
+def _grow_significant(sig: _Significance, scales: list[ScaleStatistics], values: np.ndarray, liver: np.ndarray,
+                      ref: Reference, sp: np.ndarray, p: LesionParameters, labels: np.ndarray, evidence: dict,
+                      progress=None) -> None:
+    """Grow lesions from the significant voxels of `sig` into `labels` (int32, in place; `evidence` gets a row per
+    new lesion): seeds by decreasing significance, each skipped when mostly inside a lesion already grown; a piece
+    touching a lesion already grown joins it, a new one needs `p.min_volume_mm3`, positive contrast and not to lie
+    in fat."""
     null_sd = _null_sd_at(scales)
     voxel_mm3 = float(np.prod(sp))
     seeds, _ = ndimage.label(sig.significant)
@@ -720,11 +819,9 @@ def detect_lesions(values: np.ndarray, liver: np.ndarray, spacing_zyx, p: Lesion
             scale, excess = _best_scale(sig, sl, seeds[sl] == i)
             ranked.append((excess, i, sl, scale))
     ranked.sort(key=lambda item: -item[0])
-    labels = np.zeros(liver.shape, np.int32)
-    evidence: dict[int, dict] = {}
     for count, (excess, i, sl, scale) in enumerate(ranked):
         if progress is not None and count % 10 == 0:
-            progress(0.4 + 0.6 * count / len(ranked), "lesions: extents")
+            progress(count / len(ranked), "lesions: extents")
         seed = seeds[sl] == i
         if (labels[sl][seed] > 0).mean() > 0.5:
             continue  # inside a lesion grown from a stronger seed
@@ -752,13 +849,6 @@ def detect_lesions(values: np.ndarray, liver: np.ndarray, spacing_zyx, p: Lesion
             target[piece & (target == 0)] = new_id
             evidence[new_id] = {"contrast_hu": contrast, "evidence_z": excess + scales[scale].bound_z,
                                 "scale_mm": p.radii_mm[scale]}
-    labels = labels.astype(np.uint16)
-    lut = volume_order(labels)
-    order = lut[labels]
-    # every voxel of an instance gets its new id: the rows follow the lookup table (0: the instance is empty)
-    rows = [{"id": int(lut[old_id]), **row} for old_id, row in evidence.items()
-            if old_id < lut.size and lut[old_id] > 0]
-    return LesionDetection(order, sorted(rows, key=lambda r: r["id"]), scales, ref.level_hu, ref.sd_hu)
 
 
 def extend_beyond_liver(values: np.ndarray, liver: np.ndarray, labels: np.ndarray, spacing_zyx,

@@ -672,3 +672,15 @@ def test_a_tumour_pressed_against_the_wall_is_continued_though_its_ball_overshoo
     bulge = tumour & ~liver
     assert (grown[bulge] == 1).mean() > 0.9
     assert not (grown[muscle] > 0).any()
+
+
+@pytest.mark.parametrize("noise_sd", [5.0, 20.0, 35.0])
+def test_working_noise_is_the_noise_of_the_soft_tissue_not_its_structure(noise_sd):
+    """`liver.working_noise_hu` reads the noise from neighbouring voxels' differences in soft tissue: organs of
+    different levels and a smooth gradient do not count, air and bone are left out."""
+    rng = np.random.default_rng(int(noise_sd))
+    zz, yy, xx = np.indices((30, 60, 60))
+    arr = np.where(xx < 30, 110.0, 55.0) + 0.5 * yy  # two organs and a gradient
+    arr[:, :, 50:] = -1000.0  # air
+    arr = (arr + rng.normal(0, noise_sd, arr.shape)).astype(np.float32)
+    assert liver_extraction.working_noise_hu(arr) == pytest.approx(noise_sd, rel=0.1)

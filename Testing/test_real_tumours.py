@@ -66,6 +66,21 @@ def test_end_to_end_the_extracted_liver_keeps_most_tumour_voxels(case):
     assert r["false_positives"] <= 1
 
 
+def test_with_slices_of_5_mm_the_extracted_liver_keeps_its_dome_and_tumours(case):
+    """lits117 re-made with 4.8 mm slices (the mean of 3), as many clinical CTs are reconstructed: the raw CT's
+    working grid is then not block-averaged across slices, but its noise is low (12 HU), so it is not
+    median-filtered, whose 3 slices (14 mm) cut the dome and the tumours from the liver (liver Dice 0.855 and
+    42 % of the tumour voxels inside with the median; 0.908 and 55 % without, before the lesion stage)."""
+    from LiverLocalizationLib import liver as liver_extraction
+
+    evaluation, ct, liver, tumours, landmarks, big = case
+    ct3, liver3, tumours3 = evaluation.make_variant("thick", ct, liver, tumours)
+    mask = sitk.GetArrayFromImage(liver_extraction.extract_liver(io.validate_ct(ct3), landmarks, raw=True)) > 0
+    reference = sitk.GetArrayFromImage(liver3) > 0
+    assert metrics.dice(mask, reference) >= 0.89
+    assert mask[sitk.GetArrayFromImage(tumours3) > 0].mean() >= 0.5
+
+
 def test_the_lesion_report_names_its_source_evidence_and_sizes(case):
     evaluation, ct, liver, tumours, landmarks, big = case
     result = pipeline.run_pipeline(ct, landmarks, liver_mask=liver, options=pipeline.PipelineOptions(classify=False))

@@ -670,7 +670,8 @@ def _ring_start_mm(seed: np.ndarray, radius_mm: float, spacing_zyx) -> float:
 
 
 def _grow_seed(seed_box, seed: np.ndarray, values: np.ndarray, liver: np.ndarray, ref: Reference, taken: np.ndarray,
-               support: np.ndarray, radius_mm: float, spacing_zyx, p: LesionParameters, null_sd) -> list[np.ndarray]:
+               support: np.ndarray, radius_mm: float, spacing_zyx, p: LesionParameters, null_sd,
+               split: bool = True) -> list[np.ndarray]:
     """The lesions round one seed (arrays of its box): the extent (values smoothed, where the lesion is faint, by up
     to `smooth_fraction` of the seed's scale `radius_mm`), cut to the support, reaching into the border band only
     next to its own interior, split into pieces; each piece given the bright blobs against it and its rim, and
@@ -682,7 +683,8 @@ def _grow_seed(seed_box, seed: np.ndarray, values: np.ndarray, liver: np.ndarray
     parenchyma's side. Where more of the seed lies beyond the extent and its partial-volume shell
     (`BORDER_SHELL_VOXELS`) than within the extent, and that part is darker than the parenchyma by its sd, it is
     grown on its own with the first extent left out of its fit: each region is judged against the parenchyma,
-    not against the other."""
+    not against the other. `split=False`: no such second region (a clicked lesion's seed is a ball round the
+    click, not a region of significant contrast)."""
     sp = np.asarray(spacing_zyx, float)
     b = seed_box
     taken_box = taken[b] != 0
@@ -696,7 +698,7 @@ def _grow_seed(seed_box, seed: np.ndarray, values: np.ndarray, liver: np.ndarray
     # border's shell beyond its half-way point, is not another region), darker than the parenchyma by its sd
     shell_mm = 0.5 * BORDER_SHELL_VOXELS * float(sp.max())
     rest = seed & ref.usable[b] & (geometry.distance_to_mm(extent, sp, shell_mm + 1.0) > shell_mm)
-    if rest.sum() > (seed & extent).sum() and np.median(vals[rest]) < ref.level_hu - ref.sd_hu:
+    if split and rest.sum() > (seed & extent).sum() and np.median(vals[rest]) < ref.level_hu - ref.sd_hu:
         other = lesion_extent(rest, vals, liver[b] & ~extent, ref.usable[b] & ~extent, ref.solid[b], sp, p,
                               _ring_start_mm(rest, radius_mm, sp), max_smoothing_mm=smoothing)
         if other is not None:
@@ -781,17 +783,18 @@ def detect_lesions(values: np.ndarray, liver: np.ndarray, spacing_zyx, p: Lesion
     evidence: dict[int, dict] = {}
     _grow_significant(sig, scales, values, liver, ref, sp, p, labels, evidence,
                       progress=None if progress is None else lambda f, m: progress(0.4 + 0.4 * f, m))
-    if evidence:
-        # a second look with the lesions found left out of the contrast's boxes and of the extents' fits, against
-        # the same null: a lesion beside a darker one (a solid rim round a necrotic core, a tumour beside a cyst)
-        # is measured against the parenchyma, not hidden by its neighbour's contrast
-        found = labels > 0
-        shell_mm = BORDER_SHELL_VOXELS * float(sp.max())
-        beside = replace(ref, reference=ref.reference & ~geometry.dilate_mm(found, shell_mm, sp),
-                         usable=ref.usable & ~found)
+    found = labels > 0
+    shell_mm = BORDER_SHELL_VOXELS * float(sp.max())
+    away = ~geometry.dilate_mm(found, shell_mm, sp) if evidence else None
+    unexplained = sig.significant & away if evidence else None
+    if evidence and unexplained.any():
+        # a second look where significant contrast is left that the lesions found do not explain, with them left
+        # out of the contrast's boxes and of the extents' fits, against the same null: a lesion beside a darker
+        # one (a tumour beside a cyst) is measured against the parenchyma, not hidden by its neighbour's contrast
+        beside = replace(ref, reference=ref.reference & away, usable=ref.usable & ~found)
         if progress is not None:
             progress(0.8, "lesions: beside those found")
-        sig = _significance_near(found, values, liver, beside, sp, p, scales)
+        sig = _significance_near(unexplained, values, liver, beside, sp, p, scales)
         _grow_significant(sig, scales, values, liver, beside, sp, p, labels, evidence)
     labels = labels.astype(np.uint16)
     lut = volume_order(labels)
@@ -1136,7 +1139,7 @@ def lesion_at_point(values: np.ndarray, liver: np.ndarray, spacing_zyx, point_zy
     null_sd = _null_sd_at(scales)
     for _ in range(CLICK_ROUNDS):
         pieces = _grow_seed(whole, seed, values[box], liver[box], ref_box, taken[box], support, best, sp, clicked,
-                            null_sd)
+                            null_sd, split=False)  # a click's seed is a ball round it, not a significant region
         grown = np.zeros(seed.shape, bool)
         for piece in pieces:
             if piece[local] or (piece & (dist <= 0.4 * best)).any():

@@ -30,8 +30,9 @@ judges regions, not voxels (`detect_lesions`):
    it lies beyond the extent's partial-volume shell than inside the extent, and that part is darker than the
    parenchyma, it is grown on its own with the extent left out of its fit (`_grow_seed`).
    Then a **second look**: the contrast is measured again, against the same null, with the lesions found left
-   out of the boxes, the rings and the extents' fits (`_significance_near`, round them only): a faint tumour
-   beside a cyst is otherwise hidden by the cyst's contrast in every box round both.
+   out of the boxes, the rings and the extents' fits (`_significance_near`, round the significant voxels they
+   leave unexplained): a faint tumour beside a cyst is otherwise hidden by the cyst's contrast in every box
+   round both.
 4. **Rim** (`add_rim`): 1 mm shells round the lesion that are brighter than the parenchyma beyond (by `rim_z`
    null sds of a region of the shell's size) in at least `rim_closure` of the directions join it: an
    enhancing rim or capsule (metastasis, HCC) is part of the tumour.
@@ -640,7 +641,7 @@ def _significance_near(near: np.ndarray, values: np.ndarray, liver: np.ndarray, 
                                                                      "bright", "fat")})
     part, _ = _significance(values[box], liver[box], crop, sp, p, null=null)
     work_shape = tuple(-(-n // k) for n, k in zip(shape, f))
-    at = tuple(slice(s.start // k, s.start // k + e.shape[a]) for a, (s, k, e) in enumerate(zip(box, f, [part.excess[0]] * 3)))
+    at = tuple(slice(s.start // k, s.start // k + n) for s, k, n in zip(box, f, part.excess[0].shape))
     excess = []
     for e in part.excess:
         full = np.full(work_shape, -np.inf, np.float32)
@@ -680,8 +681,8 @@ def _grow_seed(seed_box, seed: np.ndarray, values: np.ndarray, liver: np.ndarray
     A seed is where the contrast is significant, and it can span two regions of different darkness that touch (a
     lesion beside darker tissue: a hilum's fat and vessels taken in by the liver mask, a cyst beside a solid
     tumour). The two-class fit round it then takes the darker as the lesion, and the other falls on the
-    parenchyma's side. Where more of the seed lies beyond the extent and its partial-volume shell
-    (`BORDER_SHELL_VOXELS`) than within the extent, and that part is darker than the parenchyma by its sd, it is
+    parenchyma's side. Where more of the seed lies beyond the extent and its partial-volume shell (half of
+    `BORDER_SHELL_VOXELS` beyond its border) than within the extent, and that part is darker than the parenchyma by its sd, it is
     grown on its own with the first extent left out of its fit: each region is judged against the parenchyma,
     not against the other. `split=False`: no such second region (a clicked lesion's seed is a ball round the
     click, not a region of significant contrast)."""
@@ -783,19 +784,20 @@ def detect_lesions(values: np.ndarray, liver: np.ndarray, spacing_zyx, p: Lesion
     evidence: dict[int, dict] = {}
     _grow_significant(sig, scales, values, liver, ref, sp, p, labels, evidence,
                       progress=None if progress is None else lambda f, m: progress(0.4 + 0.4 * f, m))
-    found = labels > 0
-    shell_mm = BORDER_SHELL_VOXELS * float(sp.max())
-    away = ~geometry.dilate_mm(found, shell_mm, sp) if evidence else None
-    unexplained = sig.significant & away if evidence else None
-    if evidence and unexplained.any():
-        # a second look where significant contrast is left that the lesions found do not explain, with them left
-        # out of the contrast's boxes and of the extents' fits, against the same null: a lesion beside a darker
-        # one (a tumour beside a cyst) is measured against the parenchyma, not hidden by its neighbour's contrast
-        beside = replace(ref, reference=ref.reference & away, usable=ref.usable & ~found)
-        if progress is not None:
-            progress(0.8, "lesions: beside those found")
-        sig = _significance_near(unexplained, values, liver, beside, sp, p, scales)
-        _grow_significant(sig, scales, values, liver, beside, sp, p, labels, evidence)
+    if evidence:
+        # a second look where significant contrast is left that the lesions found (and their partial-volume
+        # shell) do not explain, with them left out of the contrast's boxes and of the extents' fits, against the
+        # same null: a lesion beside a darker one (a tumour beside a cyst) is measured against the parenchyma, not
+        # hidden by its neighbour's contrast
+        found = labels > 0
+        away = ~geometry.dilate_mm(found, BORDER_SHELL_VOXELS * float(sp.max()), sp)
+        unexplained = sig.significant & away
+        if unexplained.any():
+            beside = replace(ref, reference=ref.reference & away, usable=ref.usable & ~found)
+            if progress is not None:
+                progress(0.8, "lesions: beside those found")
+            sig = _significance_near(unexplained, values, liver, beside, sp, p, scales)
+            _grow_significant(sig, scales, values, liver, beside, sp, p, labels, evidence)
     labels = labels.astype(np.uint16)
     lut = volume_order(labels)
     order = lut[labels]

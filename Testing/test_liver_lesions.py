@@ -120,6 +120,23 @@ def test_a_weakly_enhanced_liver_is_told_from_muscle_and_bowel():
                                                        max_smoothing_mm=0.0), truth) < 0.5
 
 
+def test_where_the_median_leaves_no_liver_the_unfiltered_grid_is_tried(monkeypatch):
+    """Phantom seed 10 (small, 2 x 2 x 2.5 mm): parenchyma 64 HU beside muscle of 45 HU, noise 30 HU, so the working
+    grid (22 HU of noise) is median-filtered; filtered and smoothed, nothing liver-like survives the erosion. The
+    unfiltered grid is then tried, and the liver is found instead of the run stopping."""
+    from LiverLocalizationLib.phantom import generate_phantom
+
+    ph = generate_phantom(10, size="small")
+    assert ph.info["hu"]["liver"] < 70 and ph.info["hu"]["noise"] > 25
+    calls = []
+    median = liver_extraction.median_filtered
+    monkeypatch.setattr(liver_extraction, "median_filtered", lambda a, size: calls.append(size) or median(a, size))
+    mask = liver_extraction.extract_liver(io.validate_ct(ph.ct), ph.landmarks, raw=True)
+    truth = np.isin(sitk.GetArrayViewFromImage(ph.truth_tissue), labels.TRUTH_LIVER)
+    assert calls  # the filtered grid was tried first
+    assert metrics.dice(mask, truth) >= 0.9
+
+
 def test_given_liver_mask_is_used_as_is(phantom_run):
     ph, den, _ = phantom_run
     truth = sitk.Cast(sitk.BinaryThreshold(ph.truth_tissue, 1, 4), sitk.sitkUInt8)

@@ -240,7 +240,8 @@ def extract_liver(ct: sitk.Image, landmarks: dict[str, np.ndarray] | None = None
                   mrf_beta: float = 1.0, dark_sd: float = 3.0, half_max_edge: bool = True,
                   concavity_mm: float = 35.0, soft_tissue_hu: float = 40.0, concavity_median: int = 3,
                   thin_contact: float = 0.25, raw: bool = False, min_separation: float = 3.0,
-                  max_smoothing_mm: float = 3.0, progress: Progress | None = None) -> sitk.Image:
+                  max_smoothing_mm: float = 3.0, median_above_noise_hu: float = MEDIAN_ABOVE_NOISE_HU,
+                  progress: Progress | None = None) -> sitk.Image:
     """Liver mask (uint8 0/1, exactly the CT's geometry) of a (denoised) contrast-enhanced CT in HU.
 
     Args:
@@ -277,7 +278,8 @@ def extract_liver(ct: sitk.Image, landmarks: dict[str, np.ndarray] | None = None
             (`working_noise_hu`) is still above `MEDIAN_ABOVE_NOISE_HU` the grid is median-filtered (3 voxels):
             the liver region can otherwise fail to grow from the seeds. A grid whose noise is already low is left
             as it is: the median's 3 voxels span 14 mm across slices of 4.8 mm and cut thin parts (the dome, the
-            left lobe's tip) and tumours from the liver.
+            left lobe's tip) and tumours from the liver. Where nothing liver-like survives the erosion of the
+            filtered grid, the unfiltered one is tried (`median_above_noise_hu`: inf never filters).
         min_separation, max_smoothing_mm: with landmarks, the working grid is smoothed (up to `max_smoothing_mm`)
             until the parenchyma near them stands `min_separation` of its sds from the darker soft tissue of the
             region (`_separating_smoothing`): a liver of 60-80 HU is otherwise not told from muscle and bowel in
@@ -285,6 +287,9 @@ def extract_liver(ct: sitk.Image, landmarks: dict[str, np.ndarray] | None = None
     Raises InputError when no liver-like tissue is found near the seeds.
     """
     from .tissue_model import fit_anchored_mixture, mrf_regularise
+
+    options = {k: v for k, v in locals().items() if k not in ("ct", "landmarks", "fit_anchored_mixture",
+                                                              "mrf_regularise")}
 
     def report(f: float, msg: str) -> None:
         if progress is not None:
@@ -306,7 +311,8 @@ def extract_liver(ct: sitk.Image, landmarks: dict[str, np.ndarray] | None = None
     shrink = [int(max(1, round(working_spacing_mm / s))) for s in spacing]
     small = sitk.BinShrink(roi, shrink) if max(shrink) > 1 else roi
     arr = sitk.GetArrayFromImage(small)
-    if raw and working_noise_hu(arr) > MEDIAN_ABOVE_NOISE_HU:
+    filtered = raw and working_noise_hu(arr) > median_above_noise_hu
+    if filtered:
         # block averaging left the noise in (coarse or noisy voxels): the working grid is median-filtered
         arr = median_filtered(arr, 3)
     sp_zyx = np.asarray(small.GetSpacing())[::-1]
@@ -350,6 +356,8 @@ def extract_liver(ct: sitk.Image, landmarks: dict[str, np.ndarray] | None = None
     core = ndimage.binary_erosion(candidate, structure=ball)
     lab, n = ndimage.label(core)
     if n == 0:
+        if filtered:  # the median and the smoothing after it merged a weakly enhanced liver with its neighbours
+            return extract_liver(ct, landmarks, **{**options, "median_above_noise_hu": float("inf")})
         raise InputError("No liver-like tissue found (nothing survives the erosion); is this a contrast-enhanced "
                          "abdominal CT with the liver in the field of view?")
     counts = np.bincount(lab.ravel())

@@ -287,16 +287,17 @@ def contrast_evidence(values: np.ndarray, reference: np.ndarray, spacing_zyx, p:
         contrast, valid, relative = centre_surround_contrast(values, reference, sp, r, p.gap_mm, p.ring_mm)
         box_mm = centre_box_voxels(r, sp) * sp
         fwhm = 0.68 * float(np.prod(box_mm)) ** (1.0 / 3.0)  # a box of side a smooths like a Gaussian of FWHM 0.68 a
-        bound = detection_bound(p.false_alarms / len(p.radii_mm), reference_mm3, fwhm) if null is None else null[k].bound_z
-        sample = contrast[valid & reference & (relative < 1.2)]  # boxes (nearly) wholly inside: the noise to scale
-        if (null is None and sample.size < 100) or (null is not None and not np.isfinite(null[k].measured_sd_hu)):
+        if null is None:
+            bound = detection_bound(p.false_alarms / len(p.radii_mm), reference_mm3, fwhm)
+            sample = contrast[valid & reference & (relative < 1.2)]  # boxes (nearly) wholly inside: the noise to scale
+            mode, measured = (peak_statistics(sample[:: max(1, sample.size // 200_000)]) if sample.size >= 100
+                              else (0.0, float("nan")))
+        else:
+            bound, mode, measured = null[k].bound_z, null[k].mode_hu, null[k].measured_sd_hu
+        if not np.isfinite(measured):
             zs.append(np.full(values.shape, -np.inf, np.float32))
             scales.append(ScaleStatistics(r, 0.0, float("inf"), float("nan"), bound))
             continue
-        if null is None:
-            mode, measured = peak_statistics(sample[:: max(1, sample.size // 200_000)])
-        else:
-            mode, measured = null[k].mode_hu, null[k].measured_sd_hu
         sd = max(measured, p.structure_floor_hu)
         local_sd = np.maximum(measured * np.sqrt(relative), p.structure_floor_hu)
         zs.append(np.where(valid, (contrast - mode) / local_sd, -np.inf).astype(np.float32))
@@ -697,13 +698,15 @@ def _grow_seed(seed_box, seed: np.ndarray, values: np.ndarray, liver: np.ndarray
         return []
     # the rest of the seed beyond the extent's partial-volume shell (a dark lesion's halo of mixed voxels, half of a
     # border's shell beyond its half-way point, is not another region), darker than the parenchyma by its sd
-    shell_mm = 0.5 * BORDER_SHELL_VOXELS * float(sp.max())
-    rest = seed & ref.usable[b] & (geometry.distance_to_mm(extent, sp, shell_mm + 1.0) > shell_mm)
-    if split and rest.sum() > (seed & extent).sum() and np.median(vals[rest]) < ref.level_hu - ref.sd_hu:
-        other = lesion_extent(rest, vals, liver[b] & ~extent, ref.usable[b] & ~extent, ref.solid[b], sp, p,
-                              _ring_start_mm(rest, radius_mm, sp), max_smoothing_mm=smoothing)
-        if other is not None:
-            extent = extent | other  # one lesion where they touch (a solid rim round a necrotic core)
+    within = int((seed & extent).sum())
+    if split and (seed & ~extent).sum() > within:  # else the rest, a part of it, cannot outweigh the extent
+        shell_mm = 0.5 * BORDER_SHELL_VOXELS * float(sp.max())
+        rest = seed & ref.usable[b] & (geometry.distance_to_mm(extent, sp, shell_mm + 1.0) > shell_mm)
+        if rest.sum() > within and np.median(vals[rest]) < ref.level_hu - ref.sd_hu:
+            other = lesion_extent(rest, vals, liver[b] & ~extent, ref.usable[b] & ~extent, ref.solid[b], sp, p,
+                                  _ring_start_mm(rest, radius_mm, sp), max_smoothing_mm=smoothing)
+            if other is not None:
+                extent = extent | other  # one lesion where they touch (a solid rim round a necrotic core)
     return _pieces(extent, seed, vals, liver[b] & ~taken_box, taken_box, support[b], ref, b, sp, p, null_sd)
 
 

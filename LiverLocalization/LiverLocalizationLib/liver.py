@@ -161,14 +161,14 @@ def median_filtered(arr: np.ndarray, size: int) -> np.ndarray:
 
 
 def working_noise_hu(arr: np.ndarray) -> float:
-    """The noise sd (HU) of a working grid: the robust sd of the differences between neighbours along x in soft
-    tissue (0-300 HU, both voxels), over the square root of 2."""
+    """The noise sd (HU) of a working grid: the robust sd (`parenchyma_statistics`: 1.4826 × MAD) of the differences
+    between neighbours along x in soft tissue (0-300 HU, both voxels), over the square root of 2."""
     a, b = arr[:, :, 1:], arr[:, :, :-1]
     both = (a > 0) & (a < 300) & (b > 0) & (b < 300)
     d = (a - b)[both]
     if d.size < 100:
         return 0.0
-    return float(1.4826 * np.median(np.abs(d - np.median(d))) / np.sqrt(2.0))
+    return parenchyma_statistics(d)[1] / float(np.sqrt(2.0))
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:
@@ -286,10 +286,8 @@ def extract_liver(ct: sitk.Image, landmarks: dict[str, np.ndarray] | None = None
             noise.
     Raises InputError when no liver-like tissue is found near the seeds.
     """
+    options = {k: v for k, v in locals().items() if k not in ("ct", "landmarks")}  # the parameters, for a retry
     from .tissue_model import fit_anchored_mixture, mrf_regularise
-
-    options = {k: v for k, v in locals().items() if k not in ("ct", "landmarks", "fit_anchored_mixture",
-                                                              "mrf_regularise")}
 
     def report(f: float, msg: str) -> None:
         if progress is not None:

@@ -227,6 +227,17 @@ def liver_classes(model, anchor: int) -> np.ndarray:
     return same
 
 
+def equal_prior_model(model, classes: np.ndarray):
+    """The mixture with the liver classes (`classes`) holding half the prior and the other classes the other half,
+    each group's weights in their fitted proportions."""
+    from dataclasses import replace
+
+    weights = np.asarray(model.weights, float).copy()
+    weights[classes] *= 0.5 / max(weights[classes].sum(), 1e-12)
+    weights[~classes] *= 0.5 / max(weights[~classes].sum(), 1e-12)
+    return replace(model, weights=weights)
+
+
 def liver_class_posterior(values: np.ndarray, model, classes: np.ndarray) -> np.ndarray:
     """P(liver | intensity): summed posteriors of the mixture classes flagged in `classes`; float32."""
     from .tissue_model import posteriors
@@ -241,6 +252,7 @@ def extract_liver(ct: sitk.Image, landmarks: dict[str, np.ndarray] | None = None
                   concavity_mm: float = 35.0, soft_tissue_hu: float = 40.0, concavity_median: int = 3,
                   thin_contact: float = 0.25, raw: bool = False, min_separation: float = 3.0,
                   max_smoothing_mm: float = 3.0, median_above_noise_hu: float = MEDIAN_ABOVE_NOISE_HU,
+                  border_reach_mm: float = 4.0,
                   progress: Progress | None = None) -> sitk.Image:
     """Liver mask (uint8 0/1, exactly the CT's geometry) of a (denoised) contrast-enhanced CT in HU.
 
@@ -284,6 +296,14 @@ def extract_liver(ct: sitk.Image, landmarks: dict[str, np.ndarray] | None = None
             until the parenchyma near them stands `min_separation` of its sds from the darker soft tissue of the
             region (`_separating_smoothing`): a liver of 60-80 HU is otherwise not told from muscle and bowel in
             noise.
+        border_reach_mm: the liver grows up to this far into tissue that is liver by the mixture with equal
+            priors for the liver and the rest (`equal_prior_model`; the MRF supplies the spatial context). The
+            mixture's own weights are the region's shares, in which the liver is a minority beside muscle, bowel
+            and fat: with them the border voxels, partly liver and partly a neighbour, go to the neighbour and the
+            posterior border lies millimetres inside the half-contrast edge, most of all in noisy, weakly
+            enhanced CTs (where a tumour at the surface then falls outside). Equal priors everywhere would also
+            take in neighbours of nearly the liver's intensity (bowel, pancreas); within a few millimetres of the
+            border found with the region's priors they only move the border. 0 disables it.
     Raises InputError when no liver-like tissue is found near the seeds.
     """
     options = {k: v for k, v in locals().items() if k not in ("ct", "landmarks")}  # the parameters, for a retry
@@ -347,6 +367,10 @@ def extract_liver(ct: sitk.Image, landmarks: dict[str, np.ndarray] | None = None
     two = np.stack([p_liver, 1.0 - p_liver])
     q = mrf_regularise(two, beta=mrf_beta, iterations=5)[0]
     candidate = q > 0.5
+    if border_reach_mm > 0:
+        p_even = liver_class_posterior(arr, equal_prior_model(model, liver_class), liver_class)
+        p_even[~soft] = 0.0
+        border_candidate = mrf_regularise(np.stack([p_even, 1.0 - p_even]), beta=mrf_beta, iterations=5)[0] > 0.5
     report(0.45, "liver: connectivity")
 
     # 4. erosion, seeded components, geodesic dilation, closing, holes
@@ -380,6 +404,10 @@ def extract_liver(ct: sitk.Image, landmarks: dict[str, np.ndarray] | None = None
     if separation_mm > erosion_mm:
         liver_small &= separate_at_necks(candidate, seed_mask if landmarks else core, sp_zyx, separation_mm)
     liver_small = geometry.close_mm(liver_small, closing_mm, sp_zyx)
+    if border_reach_mm > 0:
+        within = geometry.dilate_mm(liver_small, border_reach_mm, sp_zyx) & border_candidate
+        reach_steps = int(np.ceil(border_reach_mm / sp_zyx.min()))
+        liver_small |= ndimage.binary_dilation(liver_small, iterations=reach_steps, mask=within)
     parenchyma = _largest_component(liver_small)
     added, rejected = dark_regions(arr, parenchyma, geometry.fill_holes(parenchyma), par_mu, par_sd, sp_zyx, dark_sd=dark_sd)
     liver_small = geometry.fill_holes(parenchyma | added) & ~rejected

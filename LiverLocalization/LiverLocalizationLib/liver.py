@@ -303,7 +303,9 @@ def extract_liver(ct: sitk.Image, landmarks: dict[str, np.ndarray] | None = None
             posterior border lies millimetres inside the half-contrast edge, most of all in noisy, weakly
             enhanced CTs (where a tumour at the surface then falls outside). Equal priors everywhere would also
             take in neighbours of nearly the liver's intensity (bowel, pancreas); within a few millimetres of the
-            border found with the region's priors they only move the border. 0 disables it.
+            border found with the region's priors they only move the border. What the growth adds is kept where,
+            with the liver, it holds a ball of that radius: it does not run along the sheets of nearly the
+            liver's intensity that touch it (the stomach's wall, the diaphragm, the bowel's wall). 0 disables it.
     Raises InputError when no liver-like tissue is found near the seeds.
     """
     options = {k: v for k, v in locals().items() if k not in ("ct", "landmarks")}  # the parameters, for a retry
@@ -407,7 +409,8 @@ def extract_liver(ct: sitk.Image, landmarks: dict[str, np.ndarray] | None = None
     if border_reach_mm > 0:
         within = geometry.dilate_mm(liver_small, border_reach_mm, sp_zyx) & border_candidate
         reach_steps = int(np.ceil(border_reach_mm / sp_zyx.min()))
-        liver_small |= ndimage.binary_dilation(liver_small, iterations=reach_steps, mask=within)
+        grown = ndimage.binary_dilation(liver_small, iterations=reach_steps, mask=within)
+        liver_small |= grown & geometry.open_mm(grown, border_reach_mm, sp_zyx)
     parenchyma = _largest_component(liver_small)
     added, rejected = dark_regions(arr, parenchyma, geometry.fill_holes(parenchyma), par_mu, par_sd, sp_zyx, dark_sd=dark_sd)
     liver_small = geometry.fill_holes(parenchyma | added) & ~rejected

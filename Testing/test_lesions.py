@@ -255,6 +255,31 @@ def test_a_tumour_bulging_from_a_smooth_surface_is_continued_beyond_it_and_the_m
     assert (thin[muscle] > 0).mean() > 0.2  # a ball the sheet holds lets it in (measured 0.39)
 
 
+def test_a_bulge_does_not_run_on_along_a_thick_layer_of_the_tumours_intensity(monkeypatch):
+    """A tumour (60 HU, radius 16 mm) bulging from a flat liver surface into a 14 mm layer of its own intensity that
+    runs on 55 mm along the surface (the abdominal wall's muscles, or bowel, beside ircadb1_1 with stronger
+    enhancement took 123 ml there): the bulge is the tumour's, but each round reaches at most `BULGE_MAX_RADII`
+    equivalent radii from the centre of what it grows from, so the lesion does not follow the layer to its end."""
+    shape = (60, 110, 100)
+    zz, yy, xx = np.indices(shape)
+    values = np.full(shape, -100.0, np.float32)
+    liver = xx < 60
+    values[liver] = 110.0
+    layer = (xx >= 62) & (xx < 76) & (yy >= 45) & (yy < 105) & (np.abs(zz - 30) < 10)
+    tumour = (zz - 30) ** 2 + (yy - 50) ** 2 + (xx - 56) ** 2 <= 16 ** 2
+    values[layer | tumour] = 60.0
+    values += np.random.default_rng(1).normal(0, 5, shape).astype(np.float32)
+    labels = (tumour & liver & (yy < 62)).astype(np.uint16)
+    muscle = layer & ~tumour
+    grown = lesions.extend_beyond_liver(values, liver, labels, (1.0, 1.0, 1.0))
+    assert (grown[tumour & ~liver] == 1).mean() > 0.95
+    assert np.nonzero(grown[:, :, 62:] > 0)[1].max() <= 90  # measured 87; the layer ends at 104
+    monkeypatch.setattr(lesions, "BULGE_MAX_RADII", float("inf"))
+    unbounded = lesions.extend_beyond_liver(values, liver, labels, (1.0, 1.0, 1.0))
+    assert (unbounded[muscle] > 0).mean() > (grown[muscle] > 0).mean() + 0.15  # measured 0.66 against 0.44
+    assert np.nonzero(unbounded[:, :, 62:] > 0)[1].max() >= 95  # the case to solve
+
+
 def test_fluid_beside_a_lesion_at_the_border_is_not_its_bulge():
     """A lesion at the surface touching fluid beyond the liver (the gallbladder beside it): the fluid is no
     continuation of the solid tumour's tissue and stays out."""

@@ -59,6 +59,7 @@ FAT_HU = -30.0  # fat (and air) below this; a lesion holds none
 BULGE_MM = 6.0  # a tumour's bulge beyond the liver holds a ball of this radius; the sheets round the liver do not
 BULGE_MAX_SHARE = 1.5  # a bulge holds at most this share of the lesion found in the liver: a mass mostly outside is a neighbour's
 BULGE_ROUNDS = 4  # at most this many rounds of `_thick_continuation` (it stops when a round adds nothing)
+BULGE_MAX_RADII = 2.0  # a round of `_thick_continuation` reaches at most this many equivalent radii of what it grows from, from its centre
 BALL_MIN_OWN = 0.5  # a bulging tumour's fitted ball is mostly its own tissue beyond the liver, or else what it pushes against (`_interface_ball`)
 CLOSING_STEPS_PER_RADIUS = 8  # the bite's closing works on voxels of about 1/8 of its radius (or the CT's, if larger)
 
@@ -946,7 +947,11 @@ def _thick_continuation(lesion: np.ndarray, like: np.ndarray, spacing_zyx, reach
     """What a lesion cut by the liver's border goes on into: voxels of `like` (outside the liver, of the lesion's
     intensities) within `reach_mm` of it that lie, with the lesion, in its opening by a ball of `bulge_mm`
     (`geometry.open_mm`: only thick parts; a sheet beside the lesion is cut off) and connect to it; repeated from
-    what was reached (at most `BULGE_ROUNDS` rounds) until a round adds nothing. The rounds work on blocks of
+    what was reached (at most `BULGE_ROUNDS` rounds) until a round adds nothing. Each round reaches no farther from
+    the centre of what it grows from than `BULGE_MAX_RADII` of its equivalent radii: a tumour is a compact mass
+    (a 3:1 ellipsoid's tip lies 2.1 equivalent radii from its centre), while the abdominal wall's muscles and the
+    bowel beside the liver run on as long layers and loops, which otherwise take the lesion's place round after
+    round where their intensity is the lesion's. The rounds work on blocks of
     about a quarter of the ball's radius (a ball of 6 mm needs no finer grid); what they reach is then taken at
     full resolution (the `like` voxels there that connect to the lesion). Returns the added voxels (bool)."""
     sp = np.asarray(spacing_zyx, float)
@@ -967,6 +972,7 @@ def _thick_continuation(lesion: np.ndarray, like: np.ndarray, spacing_zyx, reach
         box = _near_box(grown, sp_c, reach_mm + 2.0 * bulge_mm)
         g = grown[box]
         candidate = (geometry.distance_to_mm(g, sp_c, reach_mm) <= reach_mm) & like_c[box] & ~g
+        candidate &= _within_radii_of_centre(g, sp_c, BULGE_MAX_RADII)
         if not candidate.any():
             break
         added = _connected_to(geometry.open_mm(candidate | g, bulge_mm, sp_c) & candidate, g)
@@ -974,6 +980,16 @@ def _thick_continuation(lesion: np.ndarray, like: np.ndarray, spacing_zyx, reach
             break  # nothing more, or more beyond the liver than `BULGE_MAX_SHARE` of the lesion: a neighbour
         grown[box] |= added
     return _connected_to((_upsample(grown, f, lesion.shape) if coarse else grown) & like & ~lesion, lesion)
+
+
+def _within_radii_of_centre(mask: np.ndarray, spacing_zyx, radii: float) -> np.ndarray:
+    """The voxels (bool, the mask's shape) within `radii` times the mask's equivalent radius of its centroid."""
+    sp = np.asarray(spacing_zyx, float)
+    points = np.argwhere(mask)
+    centre = points.mean(axis=0) * sp
+    radius = radii * equivalent_radius_mm(len(points), float(np.prod(sp)))
+    grid = np.indices(mask.shape, sparse=True)
+    return sum(((g * s) - c) ** 2 for g, s, c in zip(grid, sp, centre)) <= radius ** 2
 
 
 def _connected_to(region: np.ndarray, seed: np.ndarray) -> np.ndarray:

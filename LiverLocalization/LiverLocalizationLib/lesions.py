@@ -986,10 +986,15 @@ def _within_radii_of_centre(mask: np.ndarray, spacing_zyx, radii: float) -> np.n
     """The voxels (bool, the mask's shape) within `radii` times the mask's equivalent radius of its centroid."""
     sp = np.asarray(spacing_zyx, float)
     points = np.argwhere(mask)
-    centre = points.mean(axis=0) * sp
     radius = radii * equivalent_radius_mm(len(points), float(np.prod(sp)))
-    grid = np.indices(mask.shape, sparse=True)
-    return sum(((g * s) - c) ** 2 for g, s, c in zip(grid, sp, centre)) <= radius ** 2
+    return _squared_distance_mm(mask.shape, sp, points.mean(axis=0) * sp) <= radius ** 2
+
+
+def _squared_distance_mm(shape, spacing_zyx, centre_mm) -> np.ndarray:
+    """Squared distance (mm²) of every voxel of an array of `shape` from the point `centre_mm` (index × spacing,
+    z, y, x), by broadcasting the axes' terms."""
+    grid = np.indices(shape, sparse=True)
+    return sum(((g * s) - c) ** 2 for g, s, c in zip(grid, spacing_zyx, centre_mm))
 
 
 def _connected_to(region: np.ndarray, seed: np.ndarray) -> np.ndarray:
@@ -1035,8 +1040,7 @@ def _interface_ball(lesion: np.ndarray, parenchyma: np.ndarray, spacing_zyx, r_e
     radius = float(np.sqrt(radius_sq))
     if not 0.7 * r_eq <= radius <= 2.5 * r_eq:
         return None
-    grid = np.indices(lesion.shape, sparse=True)
-    dist_sq = sum(((g * s) - c) ** 2 for g, s, c in zip(grid, sp, centre))
+    dist_sq = _squared_distance_mm(lesion.shape, sp, centre)
     if np.sqrt(float(dist_sq[lesion].min())) > radius:
         return None
     if beyond is not None and own is not None:

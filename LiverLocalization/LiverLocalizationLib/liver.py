@@ -26,6 +26,7 @@ upper abdomen, with the parenchyma intensity taken as the mode of the body's sof
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 import SimpleITK as sitk
@@ -33,7 +34,7 @@ from scipy import ndimage
 
 from . import geometry
 from .errors import InputError
-from .tissue_model import FLUID_HU, parenchyma_statistics, peak_statistics
+from .tissue_model import FLUID_HU, mrf_regularise, parenchyma_statistics, peak_statistics
 
 Progress = Callable[[float, str], None]
 
@@ -230,8 +231,6 @@ def liver_classes(model, anchor: int) -> np.ndarray:
 def equal_prior_model(model, classes: np.ndarray):
     """The mixture with the liver classes (`classes`) holding half the prior and the other classes the other half,
     each group's weights in their fitted proportions."""
-    from dataclasses import replace
-
     weights = np.asarray(model.weights, float).copy()
     weights[classes] *= 0.5 / max(weights[classes].sum(), 1e-12)
     weights[~classes] *= 0.5 / max(weights[~classes].sum(), 1e-12)
@@ -243,6 +242,14 @@ def liver_class_posterior(values: np.ndarray, model, classes: np.ndarray) -> np.
     from .tissue_model import posteriors
 
     return posteriors(values, model)[classes].sum(axis=0)
+
+
+def liver_by_mixture(arr: np.ndarray, soft: np.ndarray, model, classes: np.ndarray, mrf_beta: float) -> np.ndarray:
+    """Where the liver classes' posterior (`liver_class_posterior`; 0 outside the `soft` voxels), smoothed by the
+    mean-field MRF of two classes, liver and the rest, is above one half (bool)."""
+    p_liver = liver_class_posterior(arr, model, classes)
+    p_liver[~soft] = 0.0
+    return mrf_regularise(np.stack([p_liver, 1.0 - p_liver]), beta=mrf_beta, iterations=5)[0] > 0.5
 
 
 def extract_liver(ct: sitk.Image, landmarks: dict[str, np.ndarray] | None = None, *,
@@ -309,7 +316,7 @@ def extract_liver(ct: sitk.Image, landmarks: dict[str, np.ndarray] | None = None
     Raises InputError when no liver-like tissue is found near the seeds.
     """
     options = {k: v for k, v in locals().items() if k not in ("ct", "landmarks")}  # the parameters, for a retry
-    from .tissue_model import fit_anchored_mixture, mrf_regularise
+    from .tissue_model import fit_anchored_mixture
 
     def report(f: float, msg: str) -> None:
         if progress is not None:
@@ -364,15 +371,9 @@ def extract_liver(ct: sitk.Image, landmarks: dict[str, np.ndarray] | None = None
     soft = (arr > -150) & (arr < 400)
     model, anchor = fit_anchored_mixture(arr[soft], par_mu, par_sd)
     liver_class = liver_classes(model, anchor)
-    p_liver = liver_class_posterior(arr, model, liver_class)
-    p_liver[~soft] = 0.0
-    two = np.stack([p_liver, 1.0 - p_liver])
-    q = mrf_regularise(two, beta=mrf_beta, iterations=5)[0]
-    candidate = q > 0.5
+    candidate = liver_by_mixture(arr, soft, model, liver_class, mrf_beta)
     if border_reach_mm > 0:
-        p_even = liver_class_posterior(arr, equal_prior_model(model, liver_class), liver_class)
-        p_even[~soft] = 0.0
-        border_candidate = mrf_regularise(np.stack([p_even, 1.0 - p_even]), beta=mrf_beta, iterations=5)[0] > 0.5
+        border_candidate = liver_by_mixture(arr, soft, equal_prior_model(model, liver_class), liver_class, mrf_beta)
     report(0.45, "liver: connectivity")
 
     # 4. erosion, seeded components, geodesic dilation, closing, holes

@@ -122,7 +122,7 @@ def test_the_seg_carries_the_segments_codes_references_and_voxels_of_the_label_m
     # Voxels, placed by each frame's source image on the slice the test wrote it at.
     volumes = frames_by_slice(seg, slice_of_uid, liver.shape)
     for number, spec in enumerate(specs, start=1):
-        assert spec.mask.any(), spec.name
+        assert np.asarray(spec.mask).any(), spec.name
         np.testing.assert_array_equal(volumes[number], spec.mask, err_msg=spec.name)
 
     # highdicom's own reader gives the same voxels, slice by slice in the CT's order.

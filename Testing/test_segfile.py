@@ -266,3 +266,54 @@ def test_real_couinaud_labels_round_trip_through_slicer(tmp_path, slicer_scene, 
     node = _slicer_read(slicer_scene, path)
     for spec in specs:
         np.testing.assert_array_equal(mrml.segment_to_array(node, spec.segment_id, volume), spec.mask)
+
+
+def _payload(path) -> tuple[bytes, bytes]:
+    raw = path.read_bytes()
+    split = raw.index(b"\n\n")
+    return raw[:split], gzip.decompress(raw[split + 2:])
+
+
+def test_label_masks_write_the_same_file_as_arrays_and_keep_their_label_map_alive(tmp_path):
+    import gc
+
+    ref = _oblique_reference()
+    arrays = _phantom_specs(ref)
+    lesions = np.zeros(arrays[0].mask.shape, np.uint16)
+    lesions[arrays[1].mask], lesions[arrays[2].mask] = 1, 2
+    halves = np.where(arrays[0].mask, np.where(arrays[3].mask, 2, 7), 0).astype(np.uint8)
+
+    def image(array):  # a temporary image: only the LabelMask holds it after this returns
+        out = sitk.GetImageFromArray(array)
+        out.CopyInformation(ref)
+        return out
+
+    lazy = [segfile.SegmentSpec(s.segment_id, s.name, mask, s.style, s.tags) for s, mask in zip(arrays, [
+        segfile.LabelMask(image(arrays[0].mask.astype(np.uint8))), segfile.LabelMask(image(lesions), 1),
+        segfile.LabelMask(image(lesions), 2), segfile.LabelMask(image(halves), 2), segfile.LabelMask(halves, 7),
+        segfile.LabelMask(image(np.zeros_like(lesions)))])]
+    gc.collect()
+    for spec, lazy_spec in zip(arrays, lazy):
+        assert lazy_spec.mask.shape == spec.mask.shape
+        np.testing.assert_array_equal(np.asarray(lazy_spec.mask), spec.mask, err_msg=spec.segment_id)
+    a = segfile.write_seg_nrrd(tmp_path / "arrays.seg.nrrd", ref, arrays)
+    b = segfile.write_seg_nrrd(tmp_path / "lazy.seg.nrrd", ref, lazy)
+    assert _payload(a) == _payload(b)
+
+
+def test_writing_label_masks_holds_one_full_grid_mask_at_a_time(tmp_path):
+    import tracemalloc
+
+    ref = sitk.Image((128, 128, 64), sitk.sitkUInt8)  # masks of 1 MiB each
+    labels_arr = np.zeros((64, 128, 128), np.uint8)
+    for k in range(1, 21):  # twenty small segments in a corner: the file's crop is small
+        labels_arr[k, 2:6, 2:6] = k
+    specs = [segfile.SegmentSpec(f"s{k}", f"S{k}", segfile.LabelMask(labels_arr, k), labels.LIVER) for k in range(1, 21)]
+    tracemalloc.start()
+    segfile.write_seg_nrrd(tmp_path / "many.seg.nrrd", ref, specs)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 4 * 2 ** 20, f"{peak / 2 ** 20:.1f} MiB: the twenty masks (20 MiB) were held together"
+    _, segments = segfile.read_seg_nrrd(tmp_path / "many.seg.nrrd")
+    for k, segment in enumerate(segments, start=1):
+        np.testing.assert_array_equal(segment["mask"], labels_arr == k)

@@ -287,6 +287,18 @@ def _tissue_stage_canonical(ct: sitk.Image, landmarks: dict[str, np.ndarray] | N
     return denoised, tissues, timings
 
 
+def _load_beside(load: Callable, *args):
+    """A future of `load(*args)` run in a thread of its own: the classifier's model (importing torch, about a
+    second of one core) loads while the first stages run, whose filters leave Python's lock free. The thread
+    ends with the load; an error is raised where the result is asked for."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="liverloc-load")
+    future = pool.submit(load, *args)
+    pool.shutdown(wait=False)
+    return future
+
+
 def run_pipeline(
     ct: sitk.Image,
     landmarks: dict[str, np.ndarray] | None,
@@ -342,16 +354,18 @@ def run_pipeline(
     else:
         warnings.append("No landmarks: Couinaud segments are not computed" + ("" if mask is not None else
                         ", and the liver is found without seeds (place landmarks for a reliable liver extraction)") + ".")
-    model = None
-    if options.classify:  # load (and check) the weights before any work, so a bad file fails fast
+    model_loading = None
+    if options.classify:
         from . import classifier
 
-        model = classifier.load_model(options.weights_path)
+        classifier.check_weights(options.weights_path)  # before any work, so a bad file fails fast
+        model_loading = _load_beside(classifier.load_model, options.weights_path)
     timings: dict[str, float] = {}
 
     _check_cancel(should_cancel)
     denoised, tissues, stage_timings = tissue_stage(ct_float, landmarks or None, mask, options,
                                                     _stage_progress(progress, 0.0, 0.6), should_cancel)
+    model = model_loading.result() if model_loading is not None else None
     timings.update(stage_timings)
     warnings += tissue_model.contrast_phase_warnings(tissues.model) + tissues.warnings
     rows = {row["id"]: row for row in lesions.measure_lesions(tissues.lesion_labels, ct_float)}
@@ -411,21 +425,20 @@ def lesion_segment_name(row: dict) -> str:
 
 def result_segments(result: PipelineResult):
     """The result as Slicer segments: liver, each lesion, vessels, Couinaud I–VIII or I, II, III, IVa, IVb, V–VIII
-    (names, colours, SNOMED codes; IVa/IVb as segment IV with the type modifier Superior/Inferior)."""
-    from .segfile import SegmentSpec
+    (names, colours, SNOMED codes; IVa/IVb as segment IV with the type modifier Superior/Inferior). Each mask is a
+    `segfile.LabelMask` of the result's label maps, made into an array only when a writer reads it."""
+    from .segfile import LabelMask, SegmentSpec
 
-    liver = sitk.GetArrayViewFromImage(result.liver_mask) > 0
-    specs = [SegmentSpec("liver", labels.LIVER.name, liver, labels.LIVER)]
-    lesion_arr = sitk.GetArrayViewFromImage(result.lesion_labels)
+    specs = [SegmentSpec("liver", labels.LIVER.name, LabelMask(result.liver_mask), labels.LIVER)]
     for row in result.lesions:
         style = labels.lesion_style(row.get("kind"))
-        specs.append(SegmentSpec(f"lesion_{row['id']}", lesion_segment_name(row), lesion_arr == row["id"], style))
-    specs.append(SegmentSpec("vessels", labels.VESSELS.name, sitk.GetArrayViewFromImage(result.vessel_mask) > 0, labels.VESSELS))
+        specs.append(SegmentSpec(f"lesion_{row['id']}", lesion_segment_name(row), LabelMask(result.lesion_labels, row["id"]),
+                                 style))
+    specs.append(SegmentSpec("vessels", labels.VESSELS.name, LabelMask(result.vessel_mask), labels.VESSELS))
     if result.couinaud is not None:
-        seg_arr = sitk.GetArrayViewFromImage(result.couinaud)
         names = labels.couinaud_names(result.couinaud_segments)
         for value, style in labels.couinaud_styles(result.couinaud_segments).items():
-            specs.append(SegmentSpec(f"couinaud_{names[value]}", style.name, seg_arr == value, style))
+            specs.append(SegmentSpec(f"couinaud_{names[value]}", style.name, LabelMask(result.couinaud, value), style))
     return specs
 
 
@@ -538,31 +551,51 @@ def _whole_hu(image: sitk.Image | None) -> sitk.Image | None:
     half a HU is far under any CT's noise."""
     if image is None:
         return None
-    arr = np.clip(np.rint(sitk.GetArrayViewFromImage(image)), -32768, 32767).astype(np.int16)
+    values = sitk.GetArrayViewFromImage(image)
+    arr = np.empty(values.shape, dtype=np.int16)
+    for z in range(0, values.shape[0], 16):  # slab by slab: no full-size float temporaries
+        arr[z:z + 16] = np.clip(np.rint(values[z:z + 16]), -32768, 32767)
     return geometry.copy_geometry(arr, image)
 
 
 def write_outputs(result: PipelineResult, out_dir, figures: bool = True, progress: Progress | None = None) -> dict[str, Path]:
-    """Write images (.nii.gz), the Slicer segmentation (.seg.nrrd), report.json/.csv and figures to out_dir."""
-    from . import segfile
+    """Write images (.nii.gz), the Slicer segmentation (.seg.nrrd), report.json/.csv and figures to out_dir.
+
+    The files are written in a second thread while this one draws the figures: compressing and writing spend
+    their time in SimpleITK and zlib, which release Python's lock, and drawing holds it, so on two cores the two
+    take about as long as the longer of them (`benchmarks/bench_e2e.py`)."""
+    from concurrent.futures import ThreadPoolExecutor
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="liverloc-write") as pool:
+        files = pool.submit(write_files, result, out)
+        drawn: dict[str, Path] = {}
+        if figures:
+            if progress is not None:
+                progress(0.97, "figures")
+            drawn = write_figures(result, out)
+        paths = files.result()
+    paths.update(drawn)
+    if progress is not None:
+        progress(1.0, "written")
+    return paths
+
+
+def write_files(result: PipelineResult, out: Path) -> dict[str, Path]:
+    """Images (.nii.gz: the denoised CT in whole HU, the label maps, Grad-CAM), the Slicer segmentation
+    (.seg.nrrd) and report.json/.csv in the folder `out`; returns name → path."""
+    from . import segfile
+
     paths: dict[str, Path] = {}
-    images = {"denoised": _whole_hu(result.denoised), "tissue": result.tissue, "lesions": result.lesion_labels,
+    images = {"denoised": result.denoised, "tissue": result.tissue, "lesions": result.lesion_labels,
               "couinaud": result.couinaud, "gradcam": result.gradcam}
     for name, image in images.items():
         if image is not None:
-            paths[name] = io.write_image(image, out / f"{name}.nii.gz")
+            paths[name] = io.write_image(_whole_hu(image) if name == "denoised" else image, out / f"{name}.nii.gz")
     paths["segmentation"] = segfile.write_seg_nrrd(out / "segmentation.seg.nrrd", result.ct, result_segments(result))
     paths["report_json"] = write_json(report_dict(result), out / "report.json")
     paths["report_csv"] = write_report_csv(result.lesions, out / "report.csv")
-    if figures:
-        if progress is not None:
-            progress(0.97, "figures")
-        paths.update(write_figures(result, out))
-    if progress is not None:
-        progress(1.0, "written")
     return paths
 
 

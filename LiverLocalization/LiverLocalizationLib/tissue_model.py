@@ -606,7 +606,7 @@ def segment_tissues(denoised_ct: sitk.Image, landmarks: dict[str, np.ndarray] | 
             mask_img = geometry.copy_geometry(liver_arr, ct)
             tissue_img = geometry.copy_geometry(tissue_arr, ct)
             grown, rows = _renumber_by_volume(grown, rows)  # a continued lesion may now outgrow a larger one
-            lesion_img = geometry.copy_geometry(grown.astype(np.uint16), ct)
+            lesion_img = geometry.copy_geometry(grown.astype(np.uint16, copy=False), ct)
         timings["lesions_beyond_liver_s"] = time.perf_counter() - t0
 
     result = TissueResult(
@@ -618,11 +618,11 @@ def segment_tissues(denoised_ct: sitk.Image, landmarks: dict[str, np.ndarray] | 
 
 
 def _renumber_by_volume(labels_arr: np.ndarray, rows: list[dict]) -> tuple[np.ndarray, list[dict]]:
-    """Instances renumbered 1..n by decreasing volume (`lesions.volume_order`), with their rows' ids to match (rows
-    of empty ids dropped)."""
+    """Instances renumbered 1..n by decreasing volume (`lesions.volume_order`), in the input's integer type, with
+    their rows' ids to match (rows of empty ids dropped)."""
     from .lesions import volume_order
 
-    out = np.zeros(labels_arr.shape, np.int32)
+    out = np.zeros(labels_arr.shape, labels_arr.dtype)
     box = geometry.bounding_box(labels_arr != 0)  # counted and renumbered on the box round the instances (zeros stay 0)
     if box is None:
         return out, []  # no instance: every row's id is empty

@@ -23,8 +23,7 @@ MASK_COLOR = (1.0, 0.15, 0.0)
 
 def _aligned(image: sitk.Image, label: bool = False, default: float = -1024.0) -> np.ndarray:
     interp = sitk.sitkNearestNeighbor if label else sitk.sitkLinear
-    out = common.to_lps_aligned(image, interpolator=interp, default_value=0.0 if label else default)
-    return sitk.GetArrayFromImage(out)
+    return common.aligned_array(image, interpolator=interp, default_value=0.0 if label else default)
 
 
 def _liver_box(mask_zyx: np.ndarray, z: int, margin: int = 8):
@@ -65,7 +64,7 @@ def plot_overview(ct: sitk.Image, denoised: sitk.Image, liver_mask: sitk.Image, 
     from matplotlib.patches import Rectangle
 
     grid = common.to_lps_aligned(ct)  # the grid shown (identity direction)
-    ct_a = sitk.GetArrayFromImage(grid)
+    ct_a = sitk.GetArrayViewFromImage(grid)
     den_a = _aligned(denoised)
     liver_a = _aligned(liver_mask, label=True) > 0
     tissue_a = _aligned(tissue, label=True)

@@ -251,36 +251,35 @@ def _read_safetensors(path: Path) -> dict:
     SafetensorError = import_required(SAFETENSORS).SafetensorError
     load_file = import_required(SAFETENSORS, "torch").load_file
 
-    _check_safetensors_header(path)
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise InputError(f"{path} is a corrupt safetensors file ({err}). {_WEIGHTS_FIX}") from err
-
-
-_WEIGHTS_FIX = (f"Use the shipped weights ({DEFAULT_WEIGHTS}), or retrain with "
-                "`liverloc train --out DIR` and pass DIR/lesion_classifier.safetensors.")
-
-
-def _check_safetensors_header(path: Path) -> None:
-    """InputError unless the file starts like a safetensors file (a pickle is named as one, never unpickled)."""
+    fix = (f"Use the shipped weights ({DEFAULT_WEIGHTS}), or retrain with "
+           "`liverloc train --out DIR` and pass DIR/lesion_classifier.safetensors.")
     with open(path, "rb") as handle:
         head = handle.read(16)
     if _looks_like_pickle(head):
         raise InputError(f"{path} is a pickle / torch.save file; weights are only loaded from safetensors files, "
-                         f"because unpickling can run arbitrary code. {_WEIGHTS_FIX}")
+                         f"because unpickling can run arbitrary code. {fix}")
     if len(head) < 8:
-        raise InputError(f"{path} is not a safetensors file (only {len(head)} bytes). {_WEIGHTS_FIX}")
+        raise InputError(f"{path} is not a safetensors file (only {len(head)} bytes). {fix}")
     header_len = int.from_bytes(head[:8], "little")
     if header_len <= 0 or header_len > path.stat().st_size - 8 or head[8:9] != b"{":
-        raise InputError(f"{path} is not a safetensors file (no valid header). {_WEIGHTS_FIX}")
+        raise InputError(f"{path} is not a safetensors file (no valid header). {fix}")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise InputError(f"{path} is a corrupt safetensors file ({err}). {fix}") from err
 
 
-def check_weights(path=None) -> tuple[Path, Path, dict]:
-    """(weights path, model card path, model card) after the checks that need no torch: the weights file exists,
-    ends in .safetensors, is not a pickle and has a safetensors header; its model card exists, is one of ours,
-    matches the file's SHA-256 when it records one and lists the kinds this version knows. Raises InputError
-    naming the file and what to do. A run calls it before any work and loads the model beside the first stages."""
+def load_model(path=None) -> LesionClassifier:
+    """Load the classifier from a safetensors weights file and the JSON model card beside it.
+
+    Args:
+        path: ``*.safetensors`` file (default: `DEFAULT_WEIGHTS`, the shipped model). The model card
+            ``<same name>.json`` must sit beside it.
+
+    Raises InputError (naming the file and what to do) for a missing file, a file that is not
+    safetensors (pickles are refused, never unpickled), a corrupt file, a model card that is missing,
+    unreadable or does not belong to these weights, and tensors with missing/unexpected keys or wrong shapes.
+    """
     path = Path(path) if path is not None else DEFAULT_WEIGHTS
     if not path.is_file():
         raise InputError(f"Classifier weights {path} not found. Give the path of a lesion_classifier.safetensors "
@@ -299,29 +298,13 @@ def check_weights(path=None) -> tuple[Path, Path, dict]:
     if not isinstance(card, dict) or card.get("format") != MODEL_CARD_FORMAT:
         raise InputError(f"Model card {card_path} is not a LiverLocalization lesion-classifier card "
                          f"(expected format {MODEL_CARD_FORMAT!r}).")
-    _check_safetensors_header(path)
+    tensors = _read_safetensors(path)
     if card.get("weights_sha256") and card["weights_sha256"] != file_sha256(path):
         raise InputError(f"{path} does not match its model card {card_path.name} (SHA-256 differs): the weights were "
                          "changed or the card belongs to other weights. Keep the pair written by `liverloc train`.")
     kinds = tuple(card.get("kinds", KINDS))
     if kinds != KINDS:
         raise InputError(f"Model card {card_path} lists kinds {kinds}, this version knows {KINDS}; retrain the model.")
-    return path, card_path, card
-
-
-def load_model(path=None) -> LesionClassifier:
-    """Load the classifier from a safetensors weights file and the JSON model card beside it.
-
-    Args:
-        path: ``*.safetensors`` file (default: `DEFAULT_WEIGHTS`, the shipped model). The model card
-            ``<same name>.json`` must sit beside it.
-
-    Raises InputError (naming the file and what to do) for a missing file, a file that is not
-    safetensors (pickles are refused, never unpickled), a corrupt file, a model card that is missing,
-    unreadable or does not belong to these weights, and tensors with missing/unexpected keys or wrong shapes.
-    """
-    path, card_path, card = check_weights(path)
-    tensors = _read_safetensors(path)
     arch = {**ARCHITECTURE_DEFAULTS, **card.get("architecture", {})}
     try:
         net = build_model(**arch)

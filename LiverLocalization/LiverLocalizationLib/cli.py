@@ -360,6 +360,8 @@ def _run_into(args, folder: Path) -> list[str]:
         denoise_whole_volume=args.denoise_whole_volume,
     )
     ct = io.read_image(args.ct, series_uid=args.series)
+    pipeline.check_memory(ct)
+    ct = io.validate_ct(ct)  # the CT in float32 from here on: the pipeline then holds one copy of it, not two
     landmarks = io.read_markups(args.landmarks) if _landmarks_file(args) else None
     if _landmarks_file(args) and not landmarks:  # a given file without points would silently skip the segments
         raise InputError(f"--landmarks {args.landmarks}: the file holds no placed point; place the vessel landmarks "

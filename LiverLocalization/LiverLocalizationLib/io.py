@@ -740,7 +740,8 @@ def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = Tru
 
 
 def validate_ct(image: sitk.Image, name: str = "The input volume") -> sitk.Image:
-    """Check that an image is a usable 3-D CT in Hounsfield units; returns it as float32.
+    """Check that an image is a usable 3-D CT in Hounsfield units; returns it as float32 (a float32 image itself,
+    not a copy: images are never modified in place, and a copy of a 512 x 512 x 130 CT is 136 MB).
 
     Raises InputError for 2-D or tiny volumes, vector images, NaN/inf, constant images and
     intensity ranges that are not CT (e.g. MRI, or CT stored without rescale to HU).
@@ -772,7 +773,7 @@ def validate_ct(image: sitk.Image, name: str = "The input volume") -> sitk.Image
             f"{name} does not look like CT in Hounsfield units (range {lo:g} to {hi:g}, median {p50:g}); "
             "air should be near -1000 HU and liver near 100 HU. Check the modality, or rescale the values to HU."
         )
-    return sitk.Cast(image, sitk.sitkFloat32)
+    return image if image.GetPixelID() == sitk.sitkFloat32 else sitk.Cast(image, sitk.sitkFloat32)
 
 
 def read_markups(path: str | os.PathLike) -> dict[str, np.ndarray]:

@@ -45,6 +45,7 @@ vessels by intensity.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -193,8 +194,9 @@ def centre_surround_contrast(values: np.ndarray, weight: np.ndarray, spacing_zyx
     b = c + 2 * np.maximum(1, np.round(ring_mm / sp)).astype(int)
     vw = np.where(weight, values, 0).astype(np.float32)
     wf = np.asarray(weight, np.float32)
-    sums = [(_box_sum(vw, s), _box_sum(wf, s)) for s in (a, c, b)]
-    (sa, na), (sc, nc), (sb, nb) = sums
+    # six independent box sums: two at a time (scipy's filters release Python's lock), the same sums in half the time
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        sa, na, sc, nc, sb, nb = pool.map(lambda job: _box_sum(*job), [(x, s) for s in (a, c, b) for x in (vw, wf)])
     n_ring = nb - nc
     full_box, full_ring = float(np.prod(a)), float(np.prod(b) - np.prod(c))
     contrast = (sb - sc) / np.maximum(n_ring, 1e-3) - sa / np.maximum(na, 1e-3)
@@ -886,17 +888,18 @@ def extend_beyond_liver(values: np.ndarray, liver: np.ndarray, labels: np.ndarra
     outer = geometry.bounding_box(labels > 0, np.ceil((2.5 * reach_mm[1] + 3.0) / sp).astype(int) + 1)
     if outer is None:
         return labels.copy()
-    if any(s.stop - s.start < n for s, n in zip(outer, labels.shape)):
-        out = labels.copy()
-        out[outer] = _extend_in_box(values[outer], liver[outer], labels[outer], sp, reach_mm, bulge_mm, outer,
-                                    labels.shape)
-        return out
-    return _extend_in_box(values, liver, labels, sp, reach_mm, bulge_mm, None, labels.shape)
-
-
-def _extend_in_box(values, liver, labels, sp, reach_mm, bulge_mm, outer, image_shape) -> np.ndarray:
-    """`extend_beyond_liver` on the box `outer` of an image of `image_shape` (None: the whole image)."""
     out = labels.copy()
+    if any(s.stop - s.start < n for s, n in zip(outer, labels.shape)):
+        _extend_in_box(values[outer], liver[outer], labels[outer], out[outer], sp, reach_mm, bulge_mm, outer,
+                       labels.shape)
+    else:
+        _extend_in_box(values, liver, labels, out, sp, reach_mm, bulge_mm, None, labels.shape)
+    return out
+
+
+def _extend_in_box(values, liver, labels, out, sp, reach_mm, bulge_mm, outer, image_shape) -> None:
+    """`extend_beyond_liver` on the box `outer` of an image of `image_shape` (None: the whole image), written into
+    `out` (the labels' copy on that box)."""
     six = ndimage.generate_binary_structure(3, 1)
     voxel_mm3 = float(np.prod(sp))
     for i, sl in enumerate(ndimage.find_objects(labels), start=1):
@@ -939,7 +942,6 @@ def _extend_in_box(values, liver, labels, sp, reach_mm, bulge_mm, outer, image_s
             if bulge.any() and np.median(vals[bulge]) >= max(level - spread, FLUID_HU):
                 grown |= bulge
         out[box][grown & ~lesion] = i
-    return out
 
 
 def _thick_continuation(lesion: np.ndarray, like: np.ndarray, spacing_zyx, reach_mm: float,

@@ -287,18 +287,6 @@ def _tissue_stage_canonical(ct: sitk.Image, landmarks: dict[str, np.ndarray] | N
     return denoised, tissues, timings
 
 
-def _load_beside(load: Callable, *args):
-    """A future of `load(*args)` run in a thread of its own: the classifier's model (importing torch, about a
-    second of one core) loads while the first stages run, whose filters leave Python's lock free. The thread
-    ends with the load; an error is raised where the result is asked for."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="liverloc-load")
-    future = pool.submit(load, *args)
-    pool.shutdown(wait=False)
-    return future
-
-
 def run_pipeline(
     ct: sitk.Image,
     landmarks: dict[str, np.ndarray] | None,
@@ -354,18 +342,16 @@ def run_pipeline(
     else:
         warnings.append("No landmarks: Couinaud segments are not computed" + ("" if mask is not None else
                         ", and the liver is found without seeds (place landmarks for a reliable liver extraction)") + ".")
-    model_loading = None
-    if options.classify:
+    model = None
+    if options.classify:  # load (and check) the weights before any work, so a bad file fails fast
         from . import classifier
 
-        classifier.check_weights(options.weights_path)  # before any work, so a bad file fails fast
-        model_loading = _load_beside(classifier.load_model, options.weights_path)
+        model = classifier.load_model(options.weights_path)
     timings: dict[str, float] = {}
 
     _check_cancel(should_cancel)
     denoised, tissues, stage_timings = tissue_stage(ct_float, landmarks or None, mask, options,
                                                     _stage_progress(progress, 0.0, 0.6), should_cancel)
-    model = model_loading.result() if model_loading is not None else None
     timings.update(stage_timings)
     warnings += tissue_model.contrast_phase_warnings(tissues.model) + tissues.warnings
     rows = {row["id"]: row for row in lesions.measure_lesions(tissues.lesion_labels, ct_float)}

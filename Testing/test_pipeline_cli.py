@@ -400,3 +400,25 @@ def test_scores_name_each_missed_and_each_false_lesion(phantom_case, cli_run):
         "false_lesions": [{"id": 3, "max_diameter_mm": 14.6, "volume_ml": 0.8, "main_segment": None}]})
     assert "missed: truth lesion 7, metastasis, 11 mm (equivalent-sphere diameter), segment VI" in text
     assert "false: lesion 3, 15 mm (maximum diameter), 0.8 ml, segment -" in text
+
+
+def test_the_command_as_its_own_process_flushes_its_output_and_keeps_its_exit_code(tmp_path):
+    """`python -m LiverLocalizationLib.cli` (and the `liverloc` script, `cli.console_main`) ends without the
+    interpreter's teardown: what it printed and wrote is complete, and the exit code is `main`'s."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # buffered output: the flush counts
+    env["PYTHONPATH"] = str(Path(cli.__file__).resolve().parents[1])
+    command = [sys.executable, "-m", "LiverLocalizationLib.cli"]
+    done = subprocess.run(command + ["phantom", "--out", str(tmp_path / "case"), "--seed", "1", "--size", "small"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.rstrip().endswith("truth_tissue.nii.gz")  # the last line, printed just before the exit
+    assert io.read_image(tmp_path / "case" / "truth_tissue.nii.gz").GetSize() == io.read_image(
+        tmp_path / "case" / "ct.nii.gz").GetSize()
+    failed = subprocess.run(command + ["-q", "run", str(tmp_path / "missing.nii.gz"), "--out", str(tmp_path / "r")],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert failed.returncode == 2
+    assert "no such file" in failed.stderr and not (tmp_path / "r").exists()

@@ -51,9 +51,10 @@ def landmarks_on_slice(grid: sitk.Image, view: str, index: float, landmarks: dic
 
 
 def _panel(ax, view: str, ct, lab, les, index: int, grid: sitk.Image, landmarks, title: str, box=None,
-           lesion_ids: bool = True) -> None:
-    """One slice: CT, the segments (45 % opacity) with their names, lesion outlines (with ids), the landmarks
-    within the slab (with names), zoomed on `box`; direction letters, scale bar and the slice's position."""
+           lesion_ids: bool = True, segment_names: dict[int, str] | None = None) -> None:
+    """One slice: CT, the segments (45 % opacity) with their names (`segment_names`: `_segment_names(lab)`, given
+    when known), lesion outlines (with ids), the landmarks within the slab (with names), zoomed on `box`; direction
+    letters, scale bar and the slice's position."""
     shape = lab.shape
     cmap, norm = common.label_colors(common.COUINAUD_COLORS)
     aspect = common.view_aspect(grid.GetSpacing(), view)
@@ -79,7 +80,8 @@ def _panel(ax, view: str, ct, lab, les, index: int, grid: sitk.Image, landmarks,
         ax.plot(x, y, MARKER.get(name, "x"), color="white", markeredgecolor="black", markersize=6,
                 gid=f"landmark:{name}")
         placed.append((name, x, y))
-    names = _label_names(ax, lab_slice, _segment_names(lab), [(x, y) for _, x, y in placed] + obstacles, aspect)
+    names = _label_names(ax, lab_slice, segment_names or _segment_names(lab), [(x, y) for _, x, y in placed] + obstacles,
+                         aspect)
     _landmark_names(ax, placed, names)
     common.add_orientation(ax, grid, view)
     common.add_scale_bar(ax, grid.GetSpacing()[common.VIEWS[view][1]])
@@ -125,12 +127,12 @@ def _landmark_names(ax, placed, obstacles=(), fontsize: float = 7.0) -> None:
 
 def _liver_box(lab: np.ndarray, spacing, margin_mm: float = 15.0):
     """(z0, z1, y0, y1, x0, x1) index bounds of the labelled voxels with a margin (whole array if empty)."""
-    nz = np.argwhere(lab > 0)
-    if nz.size == 0:
+    box = geometry.bounding_box(lab > 0)
+    if box is None:
         return 0, lab.shape[0] - 1, 0, lab.shape[1] - 1, 0, lab.shape[2] - 1
     m = np.ceil(margin_mm / np.asarray(spacing, float)[::-1]).astype(int)
-    lo = np.maximum(nz.min(0) - m, 0)
-    hi = np.minimum(nz.max(0) + m, np.asarray(lab.shape) - 1)
+    lo = np.maximum(np.array([s.start for s in box]) - m, 0)
+    hi = np.minimum(np.array([s.stop - 1 for s in box]) + m, np.asarray(lab.shape) - 1)
     return lo[0], hi[0], lo[1], hi[1], lo[2], hi[2]
 
 
@@ -200,6 +202,7 @@ def plot_couinaud(ct: sitk.Image, couinaud_labels: sitk.Image, landmarks: dict[s
     spacing = grid.GetSpacing()
     shape = lab.shape
     box = _liver_box(lab, spacing)
+    names = _segment_names(lab)
     zs = np.flatnonzero(lab.any(axis=(1, 2)))
     mid = np.array([shape[2] // 2, shape[1] // 2, int(zs[len(zs) // 2]) if zs.size else shape[0] // 2], float)
 
@@ -214,13 +217,14 @@ def plot_couinaud(ct: sitk.Image, couinaud_labels: sitk.Image, landmarks: dict[s
               ("10 mm below RPV", "axial", at("RPV", 2, -10.0)), ("through the IVC", "coronal", at("IVC", 1)),
               ("right lobe, midway RPV to border", "sagittal", _right_lobe_x(lab, at("RPV", 0)))]
     for ax, (title, view, index) in zip(axes.ravel(), panels):
-        _panel(ax, view, ct_arr, lab, les, index, grid, landmarks, title, box)
+        _panel(ax, view, ct_arr, lab, les, index, grid, landmarks, title, box, segment_names=names)
     _legend(axes[1, 2], couinaud_labels)
     for ax, (value, centre) in zip(axes[2] if centres else [], centres):
         z = int(np.clip(round(centre[2]), 0, shape[0] - 1))
         segment = lab[z, int(round(centre[1])), int(round(centre[0]))]
-        where = f" in {_segment_names(lab).get(int(segment), '?')}" if segment else ""
-        _panel(ax, "axial", ct_arr, lab, les, z, grid, landmarks, f"lesion {value} centre{where}", box)
+        where = f" in {names.get(int(segment), '?')}" if segment else ""
+        _panel(ax, "axial", ct_arr, lab, les, z, grid, landmarks, f"lesion {value} centre{where}", box,
+               segment_names=names)
     for ax in (axes[2, len(centres):] if centres else []):
         ax.axis("off")
     return common.finish(fig, path, return_figure)

@@ -422,3 +422,32 @@ def test_the_command_as_its_own_process_flushes_its_output_and_keeps_its_exit_co
                             env=env, capture_output=True, text=True, timeout=300)
     assert failed.returncode == 2
     assert "no such file" in failed.stderr and not (tmp_path / "r").exists()
+
+
+def test_the_writing_thread_runs_no_simpleitk_call_on_the_results_images(phantom_case, tmp_path, monkeypatch):
+    """`write_outputs` writes in a second thread while this one draws: a SimpleITK call there on one of the
+    result's images (reading its voxels copies a shared buffer and frees the old one under the other thread's
+    views) crashed the process. The second thread gets numpy views and its own images only."""
+    import threading
+
+    ph, _ = phantom_case
+    result = pipeline.run_pipeline(ph.ct, ph.landmarks, options=pipeline.PipelineOptions(classify=False))
+    images = {id(getattr(result, name)): name for name in ("ct", "denoised", "liver_mask", "tissue", "lesion_labels",
+                                                           "vessel_mask", "couinaud") if getattr(result, name)}
+    calls = []
+
+    def recording(function):
+        def wrapper(image, *args, **kwargs):
+            calls.append((threading.current_thread() is threading.main_thread(), images.get(id(image))))
+            return function(image, *args, **kwargs)
+        return wrapper
+
+    for name in ("GetArrayViewFromImage", "GetArrayFromImage", "WriteImage", "Resample", "Cast"):
+        monkeypatch.setattr(sitk, name, recording(getattr(sitk, name)))
+    paths = pipeline.write_outputs(result, tmp_path)
+    in_background = [image for main, image in calls if not main]
+    assert in_background, "nothing was written in the second thread"
+    assert not [image for image in in_background if image], f"SimpleITK calls on {set(in_background) - {None}}"
+    assert {"denoised", "tissue", "lesions", "couinaud", "segmentation", "report_json", "overview"} <= set(paths)
+    written = io.read_image(paths["lesions"])
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(written), sitk.GetArrayViewFromImage(result.lesion_labels))

@@ -85,7 +85,8 @@ def in_process_parts(ct_path: Path, landmarks_path: Path, out: Path, classify: b
     from LiverLocalizationLib.figures import couinaud as couinaud_figure
     from LiverLocalizationLib.figures import overview
 
-    timed("  alone: write images, segmentation, reports", rows, pipeline.write_files, result, out)
+    timed("  alone: write images, segmentation, reports", rows, pipeline.write_outputs, result, out / "files",
+          figures=False)
     timed("  alone: figure overview.png", rows, overview.plot_overview, result.ct, result.denoised,
           result.liver_mask, result.tissue, result.lesion_labels, out / "overview.png")
     if result.couinaud is not None:

@@ -531,58 +531,76 @@ def summary_text(result: PipelineResult) -> str:
 
 # ------------------------------------------------------------------------ outputs
 
-def _whole_hu(image: sitk.Image | None) -> sitk.Image | None:
-    """A HU image rounded to whole HU as int16, the way CTs are stored: a quarter of the float file's size and
-    written in less than half the time (512x512x129: 25 MB, 1.5 s against 97 MB, 3.5 s), and a difference below
-    half a HU is far under any CT's noise."""
-    if image is None:
-        return None
-    values = sitk.GetArrayViewFromImage(image)
+def _grid_of(image: sitk.Image) -> tuple:
+    return image.GetOrigin(), image.GetSpacing(), image.GetDirection()
+
+
+def _whole_hu_image(values: np.ndarray, grid: tuple) -> sitk.Image:
+    """The HU voxels `values` ([z, y, x]) rounded to whole HU as int16 on the grid (origin, spacing, direction),
+    the way CTs are stored: a quarter of the float file's size and written in less than half the time
+    (512x512x129: 25 MB, 1.5 s against 97 MB, 3.5 s), and a difference below half a HU is far under any CT's
+    noise."""
     arr = np.empty(values.shape, dtype=np.int16)
     for z in range(0, values.shape[0], 16):  # slab by slab: no full-size float temporaries
         arr[z:z + 16] = np.clip(np.rint(values[z:z + 16]), -32768, 32767)
-    return geometry.copy_geometry(arr, image)
+    image = sitk.GetImageFromArray(arr)
+    image.SetOrigin(grid[0])
+    image.SetSpacing(grid[1])
+    image.SetDirection(grid[2])
+    return image
 
 
 def write_outputs(result: PipelineResult, out_dir, figures: bool = True, progress: Progress | None = None) -> dict[str, Path]:
     """Write images (.nii.gz), the Slicer segmentation (.seg.nrrd), report.json/.csv and figures to out_dir.
 
-    The files are written in a second thread while this one draws the figures: compressing and writing spend
-    their time in SimpleITK and zlib, which release Python's lock, and drawing holds it, so on two cores the two
-    take about as long as the longer of them (`benchmarks/bench_e2e.py`)."""
+    The denoised CT, the segmentation and the reports are written in a second thread while this one writes the
+    label maps and draws the figures: compressing spends its time in SimpleITK and zlib, which release Python's
+    lock, and drawing holds it, so on two cores the two overlap (`benchmarks/bench_e2e.py`). The second thread
+    runs no SimpleITK call on the result's images: it is given numpy views and grids read here. A SimpleITK image
+    whose buffer is shared gets a buffer of its own the first time its voxels are read, and the buffer it leaves
+    is freed when the other holder lets go (a writer holds one while it writes): a view taken before then would
+    point to freed memory. So every image is made sole owner of its buffer here, before the second thread starts,
+    and from then on no read replaces a buffer."""
     from concurrent.futures import ThreadPoolExecutor
+
+    from . import segfile
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    for image in (result.ct, result.denoised, result.liver_mask, result.tissue, result.lesion_labels,
+                  result.vessel_mask, result.couinaud, result.gradcam):
+        if image is not None:
+            sitk.GetArrayViewFromImage(image)  # sole owner of its buffer from here on (see above)
+    denoised = (sitk.GetArrayViewFromImage(result.denoised), _grid_of(result.denoised))
+    specs = result_segments(result)  # LabelMasks: views of the label maps, taken here
+    report = report_dict(result)
+
+    def in_background() -> dict[str, Path]:
+        written = {"denoised": io.write_image(_whole_hu_image(*denoised), out / "denoised.nii.gz")}
+        written["segmentation"] = segfile.write_seg_nrrd(out / "segmentation.seg.nrrd", result.ct, specs)
+        written["report_json"] = write_json(report, out / "report.json")
+        written["report_csv"] = write_report_csv(result.lesions, out / "report.csv")
+        return written
+
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="liverloc-write") as pool:
-        files = pool.submit(write_files, result, out)
+        background = pool.submit(in_background)
+        paths = {name: io.write_image(image, out / f"{name}.nii.gz") for name, image in _label_images(result).items()}
         drawn: dict[str, Path] = {}
         if figures:
             if progress is not None:
                 progress(0.97, "figures")
             drawn = write_figures(result, out)
-        paths = files.result()
-    paths.update(drawn)
+        paths = {**background.result(), **paths, **drawn}
     if progress is not None:
         progress(1.0, "written")
     return paths
 
 
-def write_files(result: PipelineResult, out: Path) -> dict[str, Path]:
-    """Images (.nii.gz: the denoised CT in whole HU, the label maps, Grad-CAM), the Slicer segmentation
-    (.seg.nrrd) and report.json/.csv in the folder `out`; returns name → path."""
-    from . import segfile
-
-    paths: dict[str, Path] = {}
-    images = {"denoised": result.denoised, "tissue": result.tissue, "lesions": result.lesion_labels,
-              "couinaud": result.couinaud, "gradcam": result.gradcam}
-    for name, image in images.items():
-        if image is not None:
-            paths[name] = io.write_image(_whole_hu(image) if name == "denoised" else image, out / f"{name}.nii.gz")
-    paths["segmentation"] = segfile.write_seg_nrrd(out / "segmentation.seg.nrrd", result.ct, result_segments(result))
-    paths["report_json"] = write_json(report_dict(result), out / "report.json")
-    paths["report_csv"] = write_report_csv(result.lesions, out / "report.csv")
-    return paths
+def _label_images(result: PipelineResult) -> dict[str, sitk.Image]:
+    """The result's label maps and Grad-CAM volume written as .nii.gz, by file name (without suffix)."""
+    images = {"tissue": result.tissue, "lesions": result.lesion_labels, "couinaud": result.couinaud,
+              "gradcam": result.gradcam}
+    return {name: image for name, image in images.items() if image is not None}
 
 
 def write_figures(result: PipelineResult, out: Path) -> dict[str, Path]:

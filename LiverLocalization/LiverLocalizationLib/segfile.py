@@ -75,30 +75,26 @@ class LabelMask:
 
     A result's segments are values of a few label maps (liver, lesions, vessels, Couinaud); as LabelMasks a list of
     twenty segments holds those maps, not twenty full-grid masks (0.65 GB on a 512 x 512 x 129 CT), and a writer
-    that reads one segment at a time holds one mask at a time. `labels` is a SimpleITK image (held here, so the
-    view of its voxels taken when read stays valid) or a [z, y, x] array.
+    that reads one segment at a time holds one mask at a time. `labels` is a SimpleITK image, whose voxels are
+    viewed here (the image is held, so the view stays valid; reading the mask later runs no SimpleITK call, so
+    another thread may read it), or a [z, y, x] array.
     """
 
     def __init__(self, labels: sitk.Image | np.ndarray, value: int | None = None):
-        self.labels = labels
+        self._image = labels if isinstance(labels, sitk.Image) else None
+        self.label_array = sitk.GetArrayViewFromImage(labels) if self._image is not None else np.asarray(labels)
         self.value = value
-
-    def _label_array(self) -> np.ndarray:
-        return sitk.GetArrayViewFromImage(self.labels) if isinstance(self.labels, sitk.Image) else np.asarray(self.labels)
 
     @property
     def shape(self) -> tuple[int, ...]:
-        if isinstance(self.labels, sitk.Image):
-            return tuple(reversed(self.labels.GetSize()))
-        return tuple(np.shape(self.labels))
+        return tuple(self.label_array.shape)
 
     @property
     def ndim(self) -> int:
-        return len(self.shape)
+        return self.label_array.ndim
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        values = self._label_array()
-        mask = values != 0 if self.value is None else values == self.value
+        mask = self.label_array != 0 if self.value is None else self.label_array == self.value
         return mask if dtype is None else mask.astype(dtype, copy=False)
 
 

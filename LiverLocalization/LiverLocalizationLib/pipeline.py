@@ -543,7 +543,12 @@ def _whole_hu_image(values: np.ndarray, grid: tuple) -> sitk.Image:
     arr = np.empty(values.shape, dtype=np.int16)
     for z in range(0, values.shape[0], 16):  # slab by slab: no full-size float temporaries
         arr[z:z + 16] = np.clip(np.rint(values[z:z + 16]), -32768, 32767)
-    image = sitk.GetImageFromArray(arr)
+    return _image_of(arr, grid)
+
+
+def _image_of(values: np.ndarray, grid: tuple) -> sitk.Image:
+    """A new image of the [z, y, x] voxels `values` (copied) on the grid (origin, spacing, direction)."""
+    image = sitk.GetImageFromArray(values)
     image.SetOrigin(grid[0])
     image.SetSpacing(grid[1])
     image.SetDirection(grid[2])
@@ -553,10 +558,11 @@ def _whole_hu_image(values: np.ndarray, grid: tuple) -> sitk.Image:
 def write_outputs(result: PipelineResult, out_dir, figures: bool = True, progress: Progress | None = None) -> dict[str, Path]:
     """Write images (.nii.gz), the Slicer segmentation (.seg.nrrd), report.json/.csv and figures to out_dir.
 
-    The denoised CT, the segmentation and the reports are written in a second thread while this one writes the
-    label maps and draws the figures: compressing spends its time in SimpleITK and zlib, which release Python's
-    lock, and drawing holds it, so on two cores the two overlap (`benchmarks/bench_e2e.py`). The second thread
-    runs no SimpleITK call on the result's images: it is given numpy views and grids read here. A SimpleITK image
+    The denoised CT, the label maps, the segmentation and the reports are written in a second thread while this
+    one writes the Grad-CAM volume and draws the figures: compressing spends its time in SimpleITK and zlib, which
+    release Python's lock, and drawing holds it, so on two cores the two overlap (`benchmarks/bench_e2e.py`). The
+    second thread runs no SimpleITK call on the result's images: it is given numpy views and grids read here and
+    writes images of its own made from them (one label map at a time). A SimpleITK image
     whose buffer is shared gets a buffer of its own the first time its voxels are read, and the buffer it leaves
     is freed when the other holder lets go (a writer holds one while it writes): a view taken before then would
     point to freed memory. So every image is made sole owner of its buffer here, before the second thread starts,
@@ -571,12 +577,19 @@ def write_outputs(result: PipelineResult, out_dir, figures: bool = True, progres
                   result.vessel_mask, result.couinaud, result.gradcam):
         if image is not None:
             sitk.GetArrayViewFromImage(image)  # sole owner of its buffer from here on (see above)
-    denoised = (sitk.GetArrayViewFromImage(result.denoised), _grid_of(result.denoised))
+    images = {"denoised": result.denoised, "tissue": result.tissue, "lesions": result.lesion_labels,
+              "couinaud": result.couinaud}
+    views = {name: (sitk.GetArrayViewFromImage(image), _grid_of(image)) for name, image in images.items()
+             if image is not None}
     specs = result_segments(result)  # LabelMasks: views of the label maps, taken here
     report = report_dict(result)
 
     def in_background() -> dict[str, Path]:
-        written = {"denoised": io.write_image(_whole_hu_image(*denoised), out / "denoised.nii.gz")}
+        written = {}
+        for name, (values, grid) in views.items():  # one image at a time
+            image = _whole_hu_image(values, grid) if name == "denoised" else _image_of(values, grid)
+            written[name] = io.write_image(image, out / f"{name}.nii.gz")
+            del image
         written["segmentation"] = segfile.write_seg_nrrd(out / "segmentation.seg.nrrd", result.ct, specs)
         written["report_json"] = write_json(report, out / "report.json")
         written["report_csv"] = write_report_csv(result.lesions, out / "report.csv")
@@ -584,23 +597,17 @@ def write_outputs(result: PipelineResult, out_dir, figures: bool = True, progres
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="liverloc-write") as pool:
         background = pool.submit(in_background)
-        paths = {name: io.write_image(image, out / f"{name}.nii.gz") for name, image in _label_images(result).items()}
-        drawn: dict[str, Path] = {}
+        paths = {}
+        if result.gradcam is not None:
+            paths["gradcam"] = io.write_image(result.gradcam, out / "gradcam.nii.gz")
         if figures:
             if progress is not None:
                 progress(0.97, "figures")
-            drawn = write_figures(result, out)
-        paths = {**background.result(), **paths, **drawn}
+            paths.update(write_figures(result, out))
+        paths = {**background.result(), **paths}
     if progress is not None:
         progress(1.0, "written")
     return paths
-
-
-def _label_images(result: PipelineResult) -> dict[str, sitk.Image]:
-    """The result's label maps and Grad-CAM volume written as .nii.gz, by file name (without suffix)."""
-    images = {"tissue": result.tissue, "lesions": result.lesion_labels, "couinaud": result.couinaud,
-              "gradcam": result.gradcam}
-    return {name: image for name, image in images.items() if image is not None}
 
 
 def write_figures(result: PipelineResult, out: Path) -> dict[str, Path]:

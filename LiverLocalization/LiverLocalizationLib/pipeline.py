@@ -562,11 +562,11 @@ def write_outputs(result: PipelineResult, out_dir, figures: bool = True, progres
     one writes the Grad-CAM volume and draws the figures: compressing spends its time in SimpleITK and zlib, which
     release Python's lock, and drawing holds it, so on two cores the two overlap (`benchmarks/bench_e2e.py`). The
     second thread runs no SimpleITK call on the result's images: it is given numpy views and grids read here and
-    writes images of its own made from them (one label map at a time). A SimpleITK image
-    whose buffer is shared gets a buffer of its own the first time its voxels are read, and the buffer it leaves
-    is freed when the other holder lets go (a writer holds one while it writes): a view taken before then would
-    point to freed memory. So every image is made sole owner of its buffer here, before the second thread starts,
-    and from then on no read replaces a buffer."""
+    writes images of its own made from them (one label map at a time). Why: SimpleITK gives an image a buffer of
+    its own when its voxels are read while the buffer is shared (with another image, or with a writer while it
+    writes), and the buffer it leaves is freed once the other holder lets go, under any view taken before. So every
+    image is made sole owner of its buffer here, before the second thread starts, and only this thread runs
+    SimpleITK on them from then on: no read replaces a buffer."""
     from concurrent.futures import ThreadPoolExecutor
 
     from . import segfile

@@ -531,28 +531,14 @@ def summary_text(result: PipelineResult) -> str:
 
 # ------------------------------------------------------------------------ outputs
 
-def _grid_of(image: sitk.Image) -> tuple:
-    return image.GetOrigin(), image.GetSpacing(), image.GetDirection()
-
-
-def _whole_hu_image(values: np.ndarray, grid: tuple) -> sitk.Image:
-    """The HU voxels `values` ([z, y, x]) rounded to whole HU as int16 on the grid (origin, spacing, direction),
-    the way CTs are stored: a quarter of the float file's size and written in less than half the time
-    (512x512x129: 25 MB, 1.5 s against 97 MB, 3.5 s), and a difference below half a HU is far under any CT's
-    noise."""
+def _whole_hu(values: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    """The HU voxels `values` ([z, y, x], on `reference`'s grid) rounded to whole HU as int16, the way CTs are
+    stored: a quarter of the float file's size and written in less than half the time (512x512x129: 25 MB, 1.5 s
+    against 97 MB, 3.5 s), and a difference below half a HU is far under any CT's noise."""
     arr = np.empty(values.shape, dtype=np.int16)
     for z in range(0, values.shape[0], 16):  # slab by slab: no full-size float temporaries
         arr[z:z + 16] = np.clip(np.rint(values[z:z + 16]), -32768, 32767)
-    return _image_of(arr, grid)
-
-
-def _image_of(values: np.ndarray, grid: tuple) -> sitk.Image:
-    """A new image of the [z, y, x] voxels `values` (copied) on the grid (origin, spacing, direction)."""
-    image = sitk.GetImageFromArray(values)
-    image.SetOrigin(grid[0])
-    image.SetSpacing(grid[1])
-    image.SetDirection(grid[2])
-    return image
+    return geometry.copy_geometry(arr, reference)
 
 
 def write_outputs(result: PipelineResult, out_dir, figures: bool = True, progress: Progress | None = None) -> dict[str, Path]:
@@ -561,12 +547,12 @@ def write_outputs(result: PipelineResult, out_dir, figures: bool = True, progres
     The denoised CT, the label maps, the segmentation and the reports are written in a second thread while this
     one writes the Grad-CAM volume and draws the figures: compressing spends its time in SimpleITK and zlib, which
     release Python's lock, and drawing holds it, so on two cores the two overlap (`benchmarks/bench_e2e.py`). The
-    second thread runs no SimpleITK call on the result's images: it is given numpy views and grids read here and
-    writes images of its own made from them (one label map at a time). Why: SimpleITK gives an image a buffer of
-    its own when its voxels are read while the buffer is shared (with another image, or with a writer while it
-    writes), and the buffer it leaves is freed once the other holder lets go, under any view taken before. So every
-    image is made sole owner of its buffer here, before the second thread starts, and only this thread runs
-    SimpleITK on them from then on: no read replaces a buffer."""
+    second thread reads no voxels of the result's images through SimpleITK (only their grids): it is given numpy
+    views taken here and writes images of its own made from them (one label map at a time). Why: SimpleITK gives an
+    image a buffer of its own when its voxels are read while the buffer is shared (with another image, or with a
+    writer while it writes), and the buffer it leaves is freed once the other holder lets go, under any view taken
+    before. So every image is made sole owner of its buffer here, before the second thread starts, and only this
+    thread reads or writes their voxels through SimpleITK from then on: no read replaces a buffer."""
     from concurrent.futures import ThreadPoolExecutor
 
     from . import segfile
@@ -579,15 +565,14 @@ def write_outputs(result: PipelineResult, out_dir, figures: bool = True, progres
             sitk.GetArrayViewFromImage(image)  # sole owner of its buffer from here on (see above)
     images = {"denoised": result.denoised, "tissue": result.tissue, "lesions": result.lesion_labels,
               "couinaud": result.couinaud}
-    views = {name: (sitk.GetArrayViewFromImage(image), _grid_of(image)) for name, image in images.items()
-             if image is not None}
+    views = {name: (sitk.GetArrayViewFromImage(image), image) for name, image in images.items() if image is not None}
     specs = result_segments(result)  # LabelMasks: views of the label maps, taken here
     report = report_dict(result)
 
     def in_background() -> dict[str, Path]:
         written = {}
-        for name, (values, grid) in views.items():  # one image at a time
-            image = _whole_hu_image(values, grid) if name == "denoised" else _image_of(values, grid)
+        for name, (values, reference) in views.items():  # one image at a time
+            image = _whole_hu(values, reference) if name == "denoised" else geometry.copy_geometry(values, reference)
             written[name] = io.write_image(image, out / f"{name}.nii.gz")
             del image
         written["segmentation"] = segfile.write_seg_nrrd(out / "segmentation.seg.nrrd", result.ct, specs)

@@ -298,11 +298,12 @@ def write_seg_nrrd(path: str | os.PathLike, reference: sitk.Image, segments: lis
     else:  # nothing to store: a single voxel, as Slicer writes empty segmentations
         lower, upper = np.zeros(3, dtype=int), np.zeros(3, dtype=int)
     crop_shape = tuple(int(hi - lo + 1) for lo, hi in zip(lower, upper))
+    in_file = [None if box is None else _box_slices(box[0] - lower, box[1] - lower) for box in boxes]
 
     def on_crop(index: int) -> np.ndarray:  # segment `index`'s mask on the file's (cropped) grid
         out = np.zeros(crop_shape, dtype=bool)
-        if boxes[index] is not None:
-            out[_box_slices(boxes[index][0] - lower, boxes[index][1] - lower)] = pieces[index]
+        if in_file[index] is not None:
+            out[in_file[index]] = pieces[index]
         return out
 
     placement = assign_layers(on_crop(i) for i in range(len(segments)))
@@ -311,8 +312,8 @@ def write_seg_nrrd(path: str | os.PathLike, reference: sitk.Image, segments: lis
     dtype = np.uint8 if max_label <= 255 else np.uint16
     data = np.zeros(crop_shape + (n_layers,) if segments else (1, 1, 1, 1), dtype=dtype)
     for index, (layer, value) in enumerate(placement):
-        if boxes[index] is not None:
-            data[..., layer][_box_slices(boxes[index][0] - lower, boxes[index][1] - lower)][pieces[index]] = value
+        if in_file[index] is not None:
+            data[..., layer][in_file[index]][pieces[index]] = value
 
     # geometry of the cropped grid (offset in x, y, z order)
     offset_xyz = lower[::-1].astype(int)
